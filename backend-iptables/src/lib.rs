@@ -1,0 +1,1 @@
+//! backend-iptables (work in progress).

@@ -1,0 +1,1 @@
+//! backend-ipvs (work in progress).

@@ -1,0 +1,131 @@
+//! Proxy health, as kube-proxy's `/healthz` defines it.
+//!
+//! Healthy while starting up and while every queued change is applied within
+//! the health timeout (2 × sync-period); unhealthy when a change has waited
+//! longer, or when the node is being deleted (so load balancers drain it).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::model::IpFamily;
+
+#[derive(Debug, Default)]
+struct State {
+    /// Per family: the oldest change queued and not yet applied.
+    oldest_pending: BTreeMap<IpFamily, Instant>,
+    /// Per family: the last successful sync.
+    last_updated: BTreeMap<IpFamily, SystemTime>,
+    node_deleting: bool,
+    synced_once: bool,
+}
+
+/// What `/healthz` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthStatus {
+    pub healthy: bool,
+    /// The last successful sync (any family), if there was one.
+    pub last_updated: Option<SystemTime>,
+    pub node_deleting: bool,
+}
+
+/// Shared health state; clone freely.
+#[derive(Clone, Debug)]
+pub struct ProxyHealth {
+    timeout: Duration,
+    state: Arc<Mutex<State>>,
+}
+
+impl ProxyHealth {
+    /// `timeout` is how long a queued change may wait (kube-proxy: 2 × sync-period).
+    pub fn new(timeout: Duration) -> Self {
+        ProxyHealth { timeout, state: Arc::new(Mutex::new(State::default())) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave it inconsistent (plain
+        // stores), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A change was queued for these families (keeps the oldest time).
+    pub fn queued(&self, families: impl IntoIterator<Item = IpFamily>, at: Instant) {
+        let mut s = self.lock();
+        for f in families {
+            s.oldest_pending.entry(f).or_insert(at);
+        }
+    }
+
+    /// A sync succeeded. `still_pending` is the oldest change that arrived
+    /// after the batch was cut, if any.
+    pub fn updated(&self, families: impl IntoIterator<Item = IpFamily>, still_pending: Option<Instant>) {
+        let mut s = self.lock();
+        let now = SystemTime::now();
+        for f in families {
+            s.last_updated.insert(f, now);
+            match still_pending {
+                Some(t) => {
+                    s.oldest_pending.insert(f, t);
+                }
+                None => {
+                    s.oldest_pending.remove(&f);
+                }
+            }
+        }
+        s.synced_once = true;
+    }
+
+    pub fn set_node_deleting(&self, deleting: bool) {
+        self.lock().node_deleting = deleting;
+    }
+
+    /// At least one sync succeeded (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.lock().synced_once
+    }
+
+    pub fn status(&self, now: Instant) -> HealthStatus {
+        let s = self.lock();
+        let late = s.oldest_pending.values().any(|t| now.saturating_duration_since(*t) >= self.timeout);
+        HealthStatus {
+            healthy: !late && !s.node_deleting,
+            last_updated: s.last_updated.values().max().copied(),
+            node_deleting: s.node_deleting,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_until_a_queued_change_is_late() {
+        let h = ProxyHealth::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(h.status(t0).healthy, "healthy while starting up");
+        h.queued([IpFamily::V4], t0);
+        assert!(h.status(t0 + Duration::from_secs(59)).healthy);
+        assert!(!h.status(t0 + Duration::from_secs(60)).healthy);
+        h.updated([IpFamily::V4], None);
+        assert!(h.status(t0 + Duration::from_secs(600)).healthy);
+        assert!(h.ready());
+    }
+
+    #[test]
+    fn later_queue_times_do_not_hide_an_older_one() {
+        let h = ProxyHealth::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        h.queued([IpFamily::V4], t0);
+        h.queued([IpFamily::V4], t0 + Duration::from_secs(9));
+        assert!(!h.status(t0 + Duration::from_secs(10)).healthy);
+    }
+
+    #[test]
+    fn node_deletion_makes_it_unhealthy() {
+        let h = ProxyHealth::new(Duration::from_secs(10));
+        h.set_node_deleting(true);
+        let st = h.status(Instant::now());
+        assert!(!st.healthy && st.node_deleting);
+    }
+}

@@ -1,0 +1,269 @@
+//! The proxier: events in, synced kernel state out.
+//!
+//! It owns the [`ChangeTracker`], feeds batches to a [`Dataplane`] when the
+//! [`SyncRunner`] says so, gives failed batches back to the tracker, and keeps
+//! health and metrics current. The daemon, the conformance runner and the
+//! benchmarks all drive backends through it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{Instrument, debug, error, info_span};
+
+use crate::dataplane::{Dataplane, SyncOutcome, SyncRequest};
+use crate::health::ProxyHealth;
+use crate::metrics::{BackendLabel, KindLabel, NoLocalEndpointsLabels, ProxyMetrics};
+use crate::model::IpFamily;
+use crate::plan::Route;
+use crate::runner::{SyncResult, SyncRunner, SyncTrigger};
+use crate::snapshot::Snapshot;
+use crate::tracker::{ApplyReport, ChangeTracker, ProxyEvent};
+
+/// The state of the last successful sync, published on a watch channel.
+#[derive(Clone, Debug, Default)]
+pub struct SyncedState {
+    /// Tracker generation the kernel now reflects.
+    pub generation: u64,
+    /// Successful syncs so far.
+    pub syncs: u64,
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub outcome: SyncOutcome,
+}
+
+/// Events in, synced kernel state out.
+#[derive(Debug)]
+pub struct Proxier {
+    tracker: Mutex<ChangeTracker>,
+    dataplane: Arc<dyn Dataplane>,
+    health: ProxyHealth,
+    metrics: Option<ProxyMetrics>,
+    trigger: SyncTrigger,
+    synced: watch::Sender<SyncedState>,
+}
+
+impl Proxier {
+    pub fn new(
+        tracker: ChangeTracker,
+        dataplane: Arc<dyn Dataplane>,
+        health: ProxyHealth,
+        metrics: Option<ProxyMetrics>,
+        trigger: SyncTrigger,
+    ) -> Self {
+        Proxier {
+            tracker: Mutex::new(tracker),
+            dataplane,
+            health,
+            metrics,
+            trigger,
+            synced: watch::Sender::new(SyncedState::default()),
+        }
+    }
+
+    fn tracker(&self) -> MutexGuard<'_, ChangeTracker> {
+        // The tracker's methods do not leave it half-updated on panic paths
+        // that matter here (they only panic on allocation failure).
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dataplane(&self) -> &Arc<dyn Dataplane> {
+        &self.dataplane
+    }
+
+    pub fn health(&self) -> &ProxyHealth {
+        &self.health
+    }
+
+    fn families(&self) -> Vec<IpFamily> {
+        self.tracker().config().planner.families.iter().collect()
+    }
+
+    /// Applies a source event; asks for a sync when the desired state changed.
+    pub fn handle(&self, event: ProxyEvent) -> ApplyReport {
+        let (report, pending, node_deleting, services) = {
+            let mut t = self.tracker();
+            let report = t.apply(event);
+            (report, t.pending_counts(), t.node().is_some_and(|n| n.deleting), t.service_count())
+        };
+        self.health.set_node_deleting(node_deleting);
+        if let Some(m) = &self.metrics {
+            for e in &report.errors {
+                m.invalid_objects.get_or_create(&KindLabel { kind: e.kind.into() }).inc();
+            }
+            m.service_changes_pending.set(pending.0 as i64);
+            m.endpoint_changes_pending.set(pending.1 as i64);
+            m.services.set(services as i64);
+        }
+        if report.changed {
+            self.health.queued(self.families(), Instant::now());
+            if let Some(m) = &self.metrics {
+                m.last_queued_timestamp.set(unix_now());
+            }
+            self.trigger.request();
+        }
+        report
+    }
+
+    /// Whether every source finished its initial list.
+    pub fn is_synced(&self) -> bool {
+        self.tracker().is_synced()
+    }
+
+    /// The current desired state.
+    pub fn desired(&self) -> Arc<Snapshot> {
+        self.tracker().snapshot()
+    }
+
+    /// Watches successful syncs (tests wait on it for convergence).
+    pub fn subscribe(&self) -> watch::Receiver<SyncedState> {
+        self.synced.subscribe()
+    }
+
+    /// The tracker generation the kernel reflects now.
+    pub fn synced_generation(&self) -> u64 {
+        self.synced.borrow().generation
+    }
+
+    /// One sync attempt.
+    pub async fn sync_once(&self, full: bool) -> SyncResult {
+        let batch = {
+            let mut t = self.tracker();
+            if !t.is_synced() {
+                debug!(waiting_for = ?t.unsynced(), "initial lists incomplete; not syncing yet");
+                return SyncResult::Skipped;
+            }
+            if !full && !t.has_pending() {
+                return SyncResult::Skipped;
+            }
+            t.take_batch()
+        };
+        let full = full || batch.full_required;
+        let request = SyncRequest { snapshot: batch.snapshot.clone(), changed: Arc::new(batch.changed.clone()), full };
+        let (service_changes, endpoint_changes) = batch.change_counts();
+        let span = info_span!(
+            "sync",
+            backend = self.dataplane.mode(),
+            full,
+            services = batch.snapshot.len(),
+            changed = batch.changed.len(),
+            generation = batch.snapshot.generation,
+        );
+        let start = Instant::now();
+        let result = self.dataplane.sync(request).instrument(span.clone()).await;
+        let elapsed = start.elapsed();
+        match result {
+            Ok(outcome) => {
+                let did_full = full || outcome.full;
+                let snapshot = batch.snapshot.clone();
+                let (commit, still_pending) = {
+                    let mut t = self.tracker();
+                    let report = t.commit(batch);
+                    (report, t.oldest_pending())
+                };
+                self.health.updated(self.families(), still_pending);
+                if let Some(m) = &self.metrics {
+                    m.sync_duration.observe(elapsed.as_secs_f64());
+                    if did_full {
+                        m.sync_full_duration.observe(elapsed.as_secs_f64());
+                    } else {
+                        m.sync_partial_duration.observe(elapsed.as_secs_f64());
+                    }
+                    m.last_sync_timestamp.set(unix_now());
+                    m.service_changes_total.inc_by(service_changes as u64);
+                    m.endpoint_changes_total.inc_by(endpoint_changes as u64);
+                    for d in &commit.trigger_to_programmed {
+                        m.network_programming_duration.observe(d.as_secs_f64());
+                    }
+                    for d in &commit.queued_to_programmed {
+                        m.queue_to_programmed.observe(d.as_secs_f64());
+                    }
+                    record_no_local_endpoints(m, &snapshot);
+                }
+                span.in_scope(|| {
+                    debug!(
+                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                        did_full,
+                        objects = ?outcome.objects,
+                        "synced"
+                    )
+                });
+                self.synced.send_modify(|s| {
+                    s.generation = snapshot.generation;
+                    s.syncs += 1;
+                    s.snapshot = Some(snapshot);
+                    s.outcome = outcome;
+                });
+                SyncResult::Synced { full: did_full }
+            }
+            Err(e) => {
+                self.tracker().restore(batch);
+                if let Some(m) = &self.metrics {
+                    m.sync_failures.get_or_create(&BackendLabel { backend: self.dataplane.mode().to_string() }).inc();
+                }
+                span.in_scope(
+                    || error!(error = %ErrorChain(&e), "sync failed; previous state stays in place, retrying"),
+                );
+                SyncResult::Failed
+            }
+        }
+    }
+
+    /// Runs the sync loop until `shutdown`.
+    pub async fn run(self: Arc<Self>, runner: SyncRunner, shutdown: impl Future<Output = ()>) {
+        let this = self.clone();
+        runner
+            .run(
+                move |full| {
+                    let this = this.clone();
+                    async move { this.sync_once(full).await }
+                },
+                shutdown,
+            )
+            .await;
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn record_no_local_endpoints(m: &ProxyMetrics, snapshot: &Snapshot) {
+    let mut counts: HashMap<(&'static str, IpFamily), i64> = HashMap::new();
+    for plan in snapshot.port_plans() {
+        let svc = snapshot.service(&plan.name.service).map(|s| s.service.clone());
+        let Some(svc) = svc else { continue };
+        if svc.internal_policy_local() && plan.internal == Route::Drop {
+            *counts.entry(("internal", plan.family)).or_default() += 1;
+        }
+        if plan.external_policy_local && plan.external == Route::Drop {
+            *counts.entry(("external", plan.family)).or_default() += 1;
+        }
+    }
+    for policy in ["internal", "external"] {
+        for family in IpFamily::ALL {
+            let labels = NoLocalEndpointsLabels {
+                traffic_policy: policy.to_string(),
+                address_family: family.as_str().to_string(),
+            };
+            m.no_local_endpoints.get_or_create(&labels).set(counts.get(&(policy, family)).copied().unwrap_or(0));
+        }
+    }
+}
+
+/// Displays an error with its whole source chain, once, at the edge.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! proxy-daemon library entry point (work in progress).
