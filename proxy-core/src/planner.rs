@@ -201,9 +201,15 @@ pub fn plan_service(
         for port in &service.ports {
             let eps = endpoints.get(&port.name, port.protocol, family);
             let cat = categorize(eps, service.traffic_distribution.as_ref(), node_name, zone);
-            let internal_set = if service.internal_policy_local() { &cat.local } else { &cat.cluster };
-            let external_set = if service.external_policy_local() { &cat.local } else { &cat.cluster };
             let local_ready_endpoints = eps.iter().filter(|e| e.is_local && e.is_ready()).count();
+            // The three routes usually share one endpoint set; build each set once.
+            let cluster = Route::from_set(cat.cluster, cat.has_any);
+            let local = if service.internal_policy_local() || service.external_policy_local() {
+                Route::from_set(cat.local, cat.has_any)
+            } else {
+                Route::Reject
+            };
+            let pick = |local_policy: bool| if local_policy { local.clone() } else { cluster.clone() };
             ports.push(ServicePortPlan {
                 name: service.port_name(port),
                 family,
@@ -221,9 +227,9 @@ pub fn plan_service(
                     .collect(),
                 affinity_timeout_seconds: service.session_affinity.timeout_seconds(),
                 health_check_node_port: service.health_check_node_port.filter(|_| service.needs_health_check()),
-                internal: Route::from_set(internal_set.clone(), cat.has_any),
-                external: Route::from_set(external_set.clone(), cat.has_any),
-                external_from_cluster: Route::from_set(cat.cluster.clone(), cat.has_any),
+                internal: pick(service.internal_policy_local()),
+                external: pick(service.external_policy_local()),
+                external_from_cluster: cluster.clone(),
                 external_policy_local: service.external_policy_local(),
                 local_ready_endpoints,
                 has_endpoints: cat.has_any,

@@ -80,21 +80,29 @@ impl Proxier {
         self.tracker().config().planner.families.iter().collect()
     }
 
+    /// Publishes the tracker's pending-change counts and size.
+    fn update_gauges(&self, t: &ChangeTracker) {
+        if let Some(m) = &self.metrics {
+            let (services, endpoints) = t.pending_counts();
+            m.service_changes_pending.set(services as i64);
+            m.endpoint_changes_pending.set(endpoints as i64);
+            m.services.set(t.service_count() as i64);
+        }
+    }
+
     /// Applies a source event; asks for a sync when the desired state changed.
     pub fn handle(&self, event: ProxyEvent) -> ApplyReport {
-        let (report, pending, node_deleting, services) = {
+        let (report, node_deleting) = {
             let mut t = self.tracker();
             let report = t.apply(event);
-            (report, t.pending_counts(), t.node().is_some_and(|n| n.deleting), t.service_count())
+            self.update_gauges(&t);
+            (report, t.node().is_some_and(|n| n.deleting))
         };
         self.health.set_node_deleting(node_deleting);
         if let Some(m) = &self.metrics {
             for e in &report.errors {
                 m.invalid_objects.get_or_create(&KindLabel { kind: e.kind.into() }).inc();
             }
-            m.service_changes_pending.set(pending.0 as i64);
-            m.endpoint_changes_pending.set(pending.1 as i64);
-            m.services.set(services as i64);
         }
         if report.changed {
             self.health.queued(self.families(), Instant::now());
@@ -137,7 +145,9 @@ impl Proxier {
             if !full && !t.has_pending() {
                 return SyncResult::Skipped;
             }
-            t.take_batch()
+            let batch = t.take_batch();
+            self.update_gauges(&t);
+            batch
         };
         let full = full || batch.full_required;
         let request = SyncRequest { snapshot: batch.snapshot.clone(), changed: Arc::new(batch.changed.clone()), full };
@@ -160,6 +170,7 @@ impl Proxier {
                 let (commit, still_pending) = {
                     let mut t = self.tracker();
                     let report = t.commit(batch);
+                    self.update_gauges(&t);
                     (report, t.oldest_pending())
                 };
                 self.health.updated(self.families(), still_pending);
@@ -198,7 +209,11 @@ impl Proxier {
                 SyncResult::Synced { full: did_full }
             }
             Err(e) => {
-                self.tracker().restore(batch);
+                {
+                    let mut t = self.tracker();
+                    t.restore(batch);
+                    self.update_gauges(&t);
+                }
                 if let Some(m) = &self.metrics {
                     m.sync_failures.get_or_create(&BackendLabel { backend: self.dataplane.mode().to_string() }).inc();
                 }

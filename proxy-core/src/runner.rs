@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
@@ -92,10 +93,10 @@ impl SyncRunner {
         let mut requested = true;
         loop {
             if !requested {
-                let periodic = last_full.map(|t| t + cfg.sync_period);
-                let deadline = match (retry.map(|r| r.0), periodic) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
+                // While retrying, the retry (which is full) replaces the periodic resync.
+                let deadline = match retry {
+                    Some((at, _)) => Some(at),
+                    None => last_full.map(|t| t + cfg.sync_period),
                 };
                 tokio::select! {
                     _ = &mut shutdown => return,
@@ -113,6 +114,10 @@ impl SyncRunner {
                     }
                 }
             }
+            // The sync about to run serves every request made until now: drop a
+            // permit stored by requests that arrived while we waited (Notify
+            // keeps one even after waking us).
+            let _ = self.trigger.0.notified().now_or_never();
             let now = Instant::now();
             last_attempt = Some(now);
             let full = force_full || last_full.is_none_or(|t| now >= t + cfg.sync_period);

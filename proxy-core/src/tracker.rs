@@ -553,6 +553,11 @@ impl ChangeTracker {
             candidates.extend(p.previous.iter().map(|s| s.service.clone()));
             candidates.extend(self.slices.get(key).map(|s| s.service.clone()));
         }
+        if node.is_some() {
+            // The Node's zone feeds every plan (topology hints).
+            candidates.extend(snapshot.plans.keys().cloned());
+            candidates.extend(self.synced_plans.keys().cloned());
+        }
         let changed = candidates
             .into_iter()
             .filter(|name| match (self.synced_plans.get(name), snapshot.plans.get(name)) {
