@@ -4,8 +4,6 @@
 //!
 //! Run: `cargo bench -p proxy-core --bench core` (add `-- --quick` for a fast pass).
 
-#![allow(clippy::print_stdout, reason = "a bench binary reports on stdout")]
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -19,6 +19,9 @@
 //!   tracker, runner and a [`Dataplane`] together with [`health`] and [`metrics`].
 //! - Backends implement [`Dataplane`] and are found through a [`Registry`].
 
+// Libraries log through tracing; only binaries print.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod convert;
 pub mod dataplane;
 pub mod health;

@@ -1,1 +1,26 @@
-fn main() {}
+//! `cargo xtask`: the project's task runner (usually reached through `./x`).
+//!
+//! Dependency-free on purpose: it is built before anything else on a fresh
+//! machine, so it must compile in seconds.
+
+mod test;
+
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo xtask <command>\n\n\
+         commands:\n  \
+         test [--skip TIER]...   run every test tier (lint, unit, conformance, vm)\n"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else { return usage() };
+    match cmd.as_str() {
+        "test" => test::run(rest),
+        _ => usage(),
+    }
+}

@@ -1,0 +1,80 @@
+//! `cargo xtask test`: every test tier, in order, with a summary. Fails when any tier fails.
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// One tier: a name and the commands it runs (all must succeed).
+struct Tier {
+    name: &'static str,
+    what: &'static str,
+    commands: Vec<Vec<&'static str>>,
+}
+
+fn tiers() -> Vec<Tier> {
+    vec![
+        Tier {
+            name: "lint",
+            what: "rustfmt and clippy with warnings as errors",
+            commands: vec![
+                vec!["cargo", "fmt", "--all", "--check"],
+                vec!["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            ],
+        },
+        Tier {
+            name: "unit",
+            what: "unit, property and netns integration tests of every crate",
+            commands: vec![vec!["cargo", "test", "--workspace"]],
+        },
+    ]
+}
+
+pub fn run(args: &[String]) -> ExitCode {
+    let mut skip: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--skip" => match it.next() {
+                Some(t) => skip.push(t),
+                None => return usage_error("--skip needs a tier name"),
+            },
+            other => return usage_error(&format!("unknown argument {other}")),
+        }
+    }
+    let mut results = Vec::new();
+    for tier in tiers() {
+        if skip.contains(&tier.name) {
+            results.push((tier.name, "skipped (--skip)".to_string(), 0.0));
+            continue;
+        }
+        println!("\n=== tier {}: {}", tier.name, tier.what);
+        let start = Instant::now();
+        let mut outcome = "ok".to_string();
+        for cmd in &tier.commands {
+            println!("$ {}", cmd.join(" "));
+            match Command::new(cmd[0]).args(&cmd[1..]).status() {
+                Ok(s) if s.success() => {}
+                Ok(s) => {
+                    outcome = format!("FAILED ({} exited with {s})", cmd.join(" "));
+                    break;
+                }
+                Err(e) => {
+                    outcome = format!("FAILED (could not run {}: {e})", cmd[0]);
+                    break;
+                }
+            }
+        }
+        results.push((tier.name, outcome, start.elapsed().as_secs_f64()));
+    }
+    println!("\n=== summary");
+    let mut failed = false;
+    for (name, outcome, secs) in &results {
+        println!("{name:<16} {outcome:<60} {secs:>7.1} s");
+        failed |= outcome.starts_with("FAILED");
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("xtask test: {msg}");
+    ExitCode::from(2)
+}
