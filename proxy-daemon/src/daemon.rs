@@ -324,7 +324,13 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         let router = admin::metrics_router(admin_state.clone());
         tasks.spawn(admin::serve(l, router, wait_for(stop_rx.clone())));
     }
-    let hc = HealthCheckServers::new(ctx.netns.clone(), ctx.families, health.clone());
+    let hc = HealthCheckServers::new(
+        ctx.netns.clone(),
+        ctx.families,
+        ctx.nodeport_addresses.clone(),
+        ctx.node_ips.clone(),
+        health.clone(),
+    );
     tasks.spawn(hc.run(proxier.subscribe(), wait_for(stop_rx.clone())));
     {
         // Lifecycle: the first successful sync.

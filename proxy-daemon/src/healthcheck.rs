@@ -10,7 +10,8 @@
 //!
 //! Servers follow the *programmed* state: they are opened, updated and
 //! closed after each successful sync. They bind inside the namespace the
-//! proxy programs (the process's own unless `--netns` says otherwise).
+//! proxy programs (the process's own unless `--netns` says otherwise), on
+//! the node addresses `--nodeport-addresses` selects (every address when unset).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,7 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use proxy_core::health::ProxyHealth;
-use proxy_core::{FamilySet, NetNamespace, ServiceName, Snapshot, SyncedState};
+use proxy_core::{FamilySet, NetNamespace, NodePortAddresses, ServiceName, Snapshot, SyncedState};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -53,6 +54,9 @@ type Table = Arc<RwLock<HashMap<u16, HealthCheckEntry>>>;
 pub struct HealthCheckServers {
     netns: NetNamespace,
     families: FamilySet,
+    /// As kube-proxy: servers listen on the node addresses `--nodeport-addresses` selects.
+    addresses: NodePortAddresses,
+    node_ips: Vec<IpAddr>,
     health: ProxyHealth,
     table: Table,
     running: HashMap<u16, oneshot::Sender<()>>,
@@ -72,8 +76,22 @@ struct PortState {
 }
 
 impl HealthCheckServers {
-    pub fn new(netns: NetNamespace, families: FamilySet, health: ProxyHealth) -> Self {
-        HealthCheckServers { netns, families, health, table: Table::default(), running: HashMap::new() }
+    pub fn new(
+        netns: NetNamespace,
+        families: FamilySet,
+        addresses: NodePortAddresses,
+        node_ips: Vec<IpAddr>,
+        health: ProxyHealth,
+    ) -> Self {
+        HealthCheckServers {
+            netns,
+            families,
+            addresses,
+            node_ips,
+            health,
+            table: Table::default(),
+            running: HashMap::new(),
+        }
     }
 
     /// The ports currently served.
@@ -126,17 +144,17 @@ impl HealthCheckServers {
     }
 
     async fn bind(&self, port: u16) -> std::io::Result<Vec<tokio::net::TcpListener>> {
-        let mut addrs = Vec::new();
-        if self.families.ipv4 {
-            addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
-        }
-        if self.families.ipv6 {
-            addrs.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
-        }
         let ns = self.netns.clone();
+        let families = self.families;
+        let selection = self.addresses.clone();
+        let node_ips = self.node_ips.clone();
         let std_listeners = ns
             .run_async(move || -> std::io::Result<Vec<std::net::TcpListener>> {
-                addrs.into_iter().map(bind_one).collect()
+                let ips = listen_ips(&selection, families, &node_ips)?;
+                if ips.is_empty() {
+                    return Err(std::io::Error::other("no local address matches --nodeport-addresses"));
+                }
+                ips.into_iter().map(|ip| bind_one(SocketAddr::new(ip, port))).collect()
             })
             .await??;
         std_listeners
@@ -166,6 +184,39 @@ impl HealthCheckServers {
         }
         debug!("healthCheckNodePort servers stopped");
     }
+}
+
+/// The addresses to listen on, read inside the namespace.
+fn listen_ips(selection: &NodePortAddresses, families: FamilySet, node_ips: &[IpAddr]) -> std::io::Result<Vec<IpAddr>> {
+    let served = |ip: &IpAddr| if ip.is_ipv4() { families.ipv4 } else { families.ipv6 };
+    Ok(match selection {
+        NodePortAddresses::All => {
+            let mut v = Vec::new();
+            if families.ipv4 {
+                v.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            }
+            if families.ipv6 {
+                v.push(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+            }
+            v
+        }
+        NodePortAddresses::Primary => node_ips.iter().filter(|ip| served(ip)).copied().collect(),
+        NodePortAddresses::Cidrs(cidrs) => {
+            let mut v: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+                .map_err(std::io::Error::from)?
+                .filter_map(|ifa| ifa.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|s| IpAddr::V4(s.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+                })
+                .filter(|ip| served(ip) && cidrs.iter().any(|c| c.contains(ip)))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+    })
 }
 
 /// Binds with SO_REUSEADDR, and IPv6 sockets v6-only so that both families can share a port.
