@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use proxy_core::health::ProxyHealth;
 use proxy_core::testing::{RecordingDataplane, ServiceBuilder, initial_list};
-use proxy_core::{ChangeTracker, PlannerConfig, ProxyEvent, Proxier, ResourceEvent, SyncTrigger, TrackerConfig};
+use proxy_core::{ChangeTracker, PlannerConfig, Proxier, ProxyEvent, ResourceEvent, SyncTrigger, TrackerConfig};
 
 #[tokio::test]
 async fn converged_tracks_pending_and_failed_syncs() {
     let dp = Arc::new(RecordingDataplane::new());
     let tracker = ChangeTracker::new(TrackerConfig::new(PlannerConfig::new("node-a")));
-    let proxier = Proxier::new(tracker, dp.clone(), ProxyHealth::new(Duration::from_secs(60)), None, SyncTrigger::default());
+    let proxier =
+        Proxier::new(tracker, dp.clone(), ProxyHealth::new(Duration::from_secs(60)), None, SyncTrigger::default());
     assert!(!proxier.converged(), "initial lists incomplete");
     for ev in initial_list(vec![], vec![], None) {
         proxier.handle(ev);

@@ -30,8 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use proxy_core::{
-    BackendContext, BackendFactory, Capabilities, Dataplane, DataplaneError, ProgrammedState, SyncOutcome,
-    SyncRequest,
+    BackendContext, BackendFactory, Capabilities, Dataplane, DataplaneError, ProgrammedState, SyncOutcome, SyncRequest,
 };
 
 /// The factory: registered under its mode name.

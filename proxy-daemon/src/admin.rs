@@ -242,7 +242,9 @@ async fn barrier(State(state): State<AdminState>, Query(q): Query<BarrierQuery>)
             match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(report)) => manifest_errors = report.errors.iter().map(ToString::to_string).collect(),
                 Ok(Err(_)) => {}
-                Err(_) => return json_response(StatusCode::GATEWAY_TIMEOUT, r#"{"error":"source reload timed out"}"#.into()),
+                Err(_) => {
+                    return json_response(StatusCode::GATEWAY_TIMEOUT, r#"{"error":"source reload timed out"}"#.into());
+                }
             }
         }
     }

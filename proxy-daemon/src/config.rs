@@ -417,7 +417,11 @@ pub fn insert_path(map: &mut Map<String, Value>, path: &str, value: Value) {
 }
 
 /// Reads a merged configuration value, collecting every problem.
-pub fn read(merged: Value, registry: &Registry, origin: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+pub fn read(
+    merged: Value,
+    registry: &Registry,
+    origin: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let mut r = Reader { problems: Vec::new(), origin };
     let mut cfg = Config::defaults();
     let mut root = match merged {
@@ -459,17 +463,16 @@ pub fn read(merged: Value, registry: &Registry, origin: &dyn Fn(&str) -> Option<
             // kube-proxy lowercases and trims the override.
             h.trim().to_lowercase()
         });
-    cfg.bind_address = r
-        .take(&mut root, "", "bindAddress", Reader::string)
-        .filter(|s| !s.is_empty())
-        .and_then(|s| match s.parse::<IpAddr>() {
+    cfg.bind_address = r.take(&mut root, "", "bindAddress", Reader::string).filter(|s| !s.is_empty()).and_then(|s| {
+        match s.parse::<IpAddr>() {
             Ok(ip) if ip.is_unspecified() => None,
             Ok(ip) => Some(ip),
             Err(_) => {
                 r.problem("bindAddress", format!("{s:?} is not an IP address"));
                 None
             }
-        });
+        }
+    });
     if let Some(a) = r.take(&mut root, "", "healthzBindAddress", Reader::bind_address).flatten() {
         cfg.healthz_bind_address = a;
     }
@@ -484,10 +487,10 @@ pub fn read(merged: Value, registry: &Registry, origin: &dyn Fn(&str) -> Option<
         cfg.ignored.push("showHiddenMetricsForVersion".into());
     }
     cfg.service_proxy_name = r.take(&mut root, "", "serviceProxyName", Reader::string).filter(|s| !s.is_empty());
-    if let Some(gates) = r.take(&mut root, "", "featureGates", Reader::bool_map) {
-        if !gates.is_empty() {
-            cfg.ignored.push(format!("featureGates ({})", gates.keys().cloned().collect::<Vec<_>>().join(", ")));
-        }
+    if let Some(gates) = r.take(&mut root, "", "featureGates", Reader::bool_map)
+        && !gates.is_empty()
+    {
+        cfg.ignored.push(format!("featureGates ({})", gates.keys().cloned().collect::<Vec<_>>().join(", ")));
     }
 
     // clientConnection
@@ -550,7 +553,8 @@ pub fn read(merged: Value, registry: &Registry, origin: &dyn Fn(&str) -> Option<
     if let Some(mut ct) = r.take(&mut root, "", "conntrack", Reader::object) {
         let mut set = Vec::new();
         for key in ["maxPerCore", "min"] {
-            if r.take(&mut ct, "conntrack", key, |r, p, v| r.int(p, v, 0, i64::from(i32::MAX))).is_some_and(|n| n != 0) {
+            if r.take(&mut ct, "conntrack", key, |r, p, v| r.int(p, v, 0, i64::from(i32::MAX))).is_some_and(|n| n != 0)
+            {
                 set.push(key);
             }
         }
@@ -593,20 +597,18 @@ pub fn read(merged: Value, registry: &Registry, origin: &dyn Fn(&str) -> Option<
             cfg.ip_families = Some(fams);
         }
     }
-    cfg.netns = r.take(&mut root, "", "netns", Reader::string).filter(|s| !s.is_empty()).map(|s| {
-        if s.contains('/') { PathBuf::from(s) } else { PathBuf::from("/run/netns").join(s) }
-    });
+    cfg.netns = r
+        .take(&mut root, "", "netns", Reader::string)
+        .filter(|s| !s.is_empty())
+        .map(|s| if s.contains('/') { PathBuf::from(s) } else { PathBuf::from("/run/netns").join(s) });
     if let Some(d) = r.take(&mut root, "", "filePollInterval", Reader::duration).filter(|d| !d.is_zero()) {
         cfg.file_poll_interval = d;
     }
 
     // Backend sections: kube-proxy's, and every registered mode's.
     let modes = registry.modes();
-    let section_names: Vec<String> = root
-        .keys()
-        .filter(|k| KUBE_PROXY_SECTIONS.contains(&k.as_str()) || modes.contains(k))
-        .cloned()
-        .collect();
+    let section_names: Vec<String> =
+        root.keys().filter(|k| KUBE_PROXY_SECTIONS.contains(&k.as_str()) || modes.contains(k)).cloned().collect();
     let mut generic: BTreeMap<String, (Option<Duration>, Option<Duration>, bool)> = BTreeMap::new();
     for name in section_names {
         let Some(value) = root.remove(&name) else { continue };
@@ -796,7 +798,10 @@ impl Reader<'_> {
             },
             Value::Number(n) if n.as_u64() == Some(0) => Some(Duration::ZERO),
             other => {
-                self.problem(path, format!("expected a duration such as \"30s\" or \"1m0s\", found {}", kind_of(&other)));
+                self.problem(
+                    path,
+                    format!("expected a duration such as \"30s\" or \"1m0s\", found {}", kind_of(&other)),
+                );
                 None
             }
         }
@@ -832,9 +837,7 @@ impl Reader<'_> {
     fn string_list(&mut self, path: &str, v: Value) -> Option<Vec<String>> {
         match v {
             Value::Null => None,
-            Value::String(s) => {
-                Some(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-            }
+            Value::String(s) => Some(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()),
             Value::Array(items) => {
                 let mut out = Vec::new();
                 for (i, item) in items.into_iter().enumerate() {
@@ -885,7 +888,9 @@ impl Reader<'_> {
         for (i, s) in list.iter().enumerate() {
             match s.parse::<IpNet>() {
                 Ok(n) => cidrs.push(n.trunc()),
-                Err(_) => self.problem(&format!("nodePortAddresses[{i}]"), format!("{s:?} is not a CIDR or \"primary\"")),
+                Err(_) => {
+                    self.problem(&format!("nodePortAddresses[{i}]"), format!("{s:?} is not a CIDR or \"primary\""))
+                }
             }
         }
         NodePortAddresses::Cidrs(cidrs)
@@ -1047,7 +1052,11 @@ mod tests {
         assert_eq!(env_key("iptables__masquerade_bit"), "iptables.masqueradeBit");
         assert_eq!(env_key("ipvs__strict_arp"), "ipvs.strictARP");
         assert_eq!(env_key("CLIENT_CONNECTION__KUBECONFIG"), "clientConnection.kubeconfig");
-        let l = layers(None, &[("SWITCHYARD_IPTABLES__MASQUERADE_BIT", "13"), ("SWITCHYARD_TEST_PATIENCE_MS", "5")], Value::Null);
+        let l = layers(
+            None,
+            &[("SWITCHYARD_IPTABLES__MASQUERADE_BIT", "13"), ("SWITCHYARD_TEST_PATIENCE_MS", "5")],
+            Value::Null,
+        );
         let c = load(&l, &registry()).unwrap();
         assert_eq!(c.section("iptables")["masqueradeBit"], 13);
     }
@@ -1072,7 +1081,11 @@ mod tests {
             "mode: iptables\nhealthzBindAdress: 0.0.0.0:1\nsyncPeriod: soon\nnodePortAddresses: [10.0.0.0/8, bogus]\n\
              iptables:\n  masqueradeBit: 14\n  colour: blue\nlogging:\n  format: xml\n",
         );
-        let l = layers(Some(path.clone()), &[("SWITCHYARD_MASQUERADE_ALL", "maybe")], serde_json::json!({"clusterCIDR": "10.0.0.0/33"}));
+        let l = layers(
+            Some(path.clone()),
+            &[("SWITCHYARD_MASQUERADE_ALL", "maybe")],
+            serde_json::json!({"clusterCIDR": "10.0.0.0/33"}),
+        );
         let err = load(&l, &registry()).unwrap_err();
         let text = err.to_string();
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();

@@ -20,7 +20,7 @@ use proxy_core::health::ProxyHealth;
 use proxy_core::metrics::ProxyMetrics;
 use proxy_core::{
     BackendContext, BackendFactory, ChangeTracker, DataplaneError, ErrorChain, FamilySet, IpFamily, MasqueradeConfig,
-    NetNamespace, PlannerConfig, ProxyEvent, Proxier, Registry, SyncRunner, SyncRunnerConfig, SyncTrigger,
+    NetNamespace, PlannerConfig, Proxier, ProxyEvent, Registry, SyncRunner, SyncRunnerConfig, SyncTrigger,
     TrackerConfig,
 };
 use tokio::sync::{mpsc, watch};
@@ -96,7 +96,10 @@ async fn node_ips(cfg: &Config, source: &PreparedSource, node: &str) -> Vec<IpAd
         PreparedSource::Kube(k) => k.get_node(Duration::from_secs(10)).await,
     };
     let Some(node_obj) = node_obj else {
-        warn!(node, "this node's Node was not found; node IPs unknown (NodePort on primary addresses and SNAT may be affected)");
+        warn!(
+            node,
+            "this node's Node was not found; node IPs unknown (NodePort on primary addresses and SNAT may be affected)"
+        );
         return Vec::new();
     };
     let ctx = proxy_core::convert::ConvertContext { families: FamilySet::DUAL, service_proxy_name: None };
@@ -199,10 +202,8 @@ fn bind_or_report(
 /// Runs the proxy until a signal. Returns Ok on a clean stop.
 pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), DaemonError> {
     let node = node_name(&cfg);
-    let factory: Arc<dyn BackendFactory> = registry
-        .get(&cfg.mode)
-        .map_err(|e| DaemonError::Config(e.to_string()))?
-        .clone();
+    let factory: Arc<dyn BackendFactory> =
+        registry.get(&cfg.mode).map_err(|e| DaemonError::Config(e.to_string()))?.clone();
     for item in &cfg.ignored {
         warn!(setting = %item, "kube-proxy setting has no effect in switchyard");
     }
@@ -260,11 +261,8 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         .build_info
         .get_or_create(&BuildLabels { version: version.into(), commit: commit.into(), mode: cfg.mode.clone() })
         .set(1);
-    let planner = PlannerConfig {
-        node_name: node.as_str().into(),
-        families: ctx.families,
-        masquerade: ctx.masquerade.clone(),
-    };
+    let planner =
+        PlannerConfig { node_name: node.as_str().into(), families: ctx.families, masquerade: ctx.masquerade.clone() };
     let tracker = ChangeTracker::new(TrackerConfig {
         planner,
         service_proxy_name: cfg.service_proxy_name.clone(),
@@ -277,8 +275,7 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         ..SyncRunnerConfig::default()
     };
     let runner = SyncRunner::with_trigger(runner_cfg, trigger.clone());
-    let proxier =
-        Arc::new(Proxier::new(tracker, dataplane, health.clone(), Some(proxy_metrics), trigger));
+    let proxier = Arc::new(Proxier::new(tracker, dataplane, health.clone(), Some(proxy_metrics), trigger));
 
     let (_stop_tx, stop_rx) = shutdown_signal();
     let sink: EventSink = {
@@ -354,9 +351,6 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         warn!("some tasks did not stop in time");
     }
-    info!(
-        synced_generation = proxier.synced_generation(),
-        "stopped cleanly; programmed rules left in place"
-    );
+    info!(synced_generation = proxier.synced_generation(), "stopped cleanly; programmed rules left in place");
     Ok(())
 }

@@ -311,7 +311,8 @@ fn parse_label_selector(s: &str) -> Result<Vec<Requirement>, String> {
 fn parse_field_selector(s: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once("==").or_else(|| part.split_once('=')).ok_or(format!("bad field selector {part:?}"))?;
+        let (k, v) =
+            part.split_once("==").or_else(|| part.split_once('=')).ok_or(format!("bad field selector {part:?}"))?;
         if k != "metadata.name" && k != "metadata.namespace" {
             return Err(format!("field label not supported: {k}"));
         }
@@ -383,7 +384,8 @@ fn list_response(shared: &Shared, kind: Kind, selector: &Selector, q: &HashMap<S
     let mut store = shared.store();
     *store.lists.entry(kind).or_default() += 1;
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
-    let offset = q.get("continue").and_then(|c| c.split_once(':')).and_then(|(_, o)| o.parse::<usize>().ok()).unwrap_or(0);
+    let offset =
+        q.get("continue").and_then(|c| c.split_once(':')).and_then(|(_, o)| o.parse::<usize>().ok()).unwrap_or(0);
     let all: Vec<&Value> =
         store.objects.iter().filter(|((k, _, _), v)| *k == kind && selector.matches(v)).map(|(_, v)| v).collect();
     let end = limit.map_or(all.len(), |l| (offset + l).min(all.len()));
@@ -493,9 +495,8 @@ fn watch_response(shared: Shared, kind: Kind, selector: Selector, q: &HashMap<St
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
     let mut r = (StatusCode::OK, Body::from_stream(stream)).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     r
@@ -533,7 +534,12 @@ mod tests {
         let sel = Selector { labels: parse_label_selector("!skip").unwrap(), fields: vec![] };
         let plain = json!({"metadata": {"name": "a"}});
         let skipped = json!({"metadata": {"name": "a", "labels": {"skip": "1"}}});
-        let ch = |old: Option<&Value>, new: Option<&Value>| Change { rv: 2, kind: Kind::Service, old: old.cloned(), new: new.cloned() };
+        let ch = |old: Option<&Value>, new: Option<&Value>| Change {
+            rv: 2,
+            kind: Kind::Service,
+            old: old.cloned(),
+            new: new.cloned(),
+        };
         assert_eq!(visible(&ch(None, Some(&plain)), &sel).unwrap().0, "ADDED");
         assert_eq!(visible(&ch(Some(&plain), Some(&plain)), &sel).unwrap().0, "MODIFIED");
         assert_eq!(visible(&ch(Some(&plain), Some(&skipped)), &sel).unwrap().0, "DELETED");

@@ -39,10 +39,9 @@ pub fn wanted(snapshot: &Snapshot) -> BTreeMap<u16, HealthCheckEntry> {
     let mut out: BTreeMap<u16, HealthCheckEntry> = BTreeMap::new();
     for plan in snapshot.port_plans() {
         let Some(port) = plan.health_check_node_port else { continue };
-        let e = out.entry(port).or_insert_with(|| HealthCheckEntry {
-            service: plan.name.service.clone(),
-            local_endpoints: 0,
-        });
+        let e = out
+            .entry(port)
+            .or_insert_with(|| HealthCheckEntry { service: plan.name.service.clone(), local_endpoints: 0 });
         e.local_endpoints = e.local_endpoints.max(plan.local_ready_endpoints);
     }
     out
@@ -167,7 +166,11 @@ impl HealthCheckServers {
     }
 
     /// Follows successful syncs until `shutdown`.
-    pub async fn run(mut self, mut synced: watch::Receiver<SyncedState>, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(
+        mut self,
+        mut synced: watch::Receiver<SyncedState>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
             let snapshot = synced.borrow_and_update().snapshot.clone();
@@ -221,7 +224,9 @@ fn listen_ips(selection: &NodePortAddresses, families: FamilySet, node_ips: &[Ip
 
 /// Binds with SO_REUSEADDR, and IPv6 sockets v6-only so that both families can share a port.
 fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt};
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt,
+    };
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;

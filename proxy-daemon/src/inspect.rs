@@ -56,7 +56,8 @@ pub async fn inspect(args: &InspectArgs, cfg: &Config, registry: &Registry) -> R
     let differences = if args.no_diff {
         None
     } else {
-        let timeout = parse_duration(&args.source_timeout).map_err(|e| DaemonError::Config(format!("--source-timeout: {e}")))?;
+        let timeout =
+            parse_duration(&args.source_timeout).map_err(|e| DaemonError::Config(format!("--source-timeout: {e}")))?;
         let desired = desired_state(cfg, &node, ctx.families, timeout).await?;
         Some(desired.diff(&programmed))
     };

@@ -75,7 +75,8 @@ impl LogHandle {
 /// Installs the global subscriber. `SWITCHYARD_LOG` (an EnvFilter directive)
 /// overrides the verbosity when set.
 pub fn init(format: LogFormat, verbosity: u8) -> LogHandle {
-    let directive = std::env::var("SWITCHYARD_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| directive_for(verbosity));
+    let directive =
+        std::env::var("SWITCHYARD_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| directive_for(verbosity));
     let filter = EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new(directive_for(verbosity)));
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = match format {

@@ -2,6 +2,7 @@
 //! source, admin endpoints, healthCheckNodePort servers, inspect, cleanup.
 //! Runs the example custom build (its "memory" dataplane programs nothing),
 //! so no kernel state is touched.
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
@@ -23,7 +24,9 @@ fn usage_error_exits_2() {
     assert!(err.contains("--no-such-flag"), "{err}");
     let (code, out, _) = run(&switchyard_bin(), &["--help"], &[]);
     assert_eq!(code, Some(0));
-    for flag in ["--proxy-mode", "--kubeconfig", "--master", "--iptables-sync-period", "--healthz-bind-address", "--cleanup"] {
+    for flag in
+        ["--proxy-mode", "--kubeconfig", "--master", "--iptables-sync-period", "--healthz-bind-address", "--cleanup"]
+    {
         assert!(out.contains(flag), "{flag} missing from --help");
     }
 }
@@ -38,8 +41,11 @@ fn config_errors_are_all_listed_and_exit_2() {
          clusterCidr: 10.0.0.0/8\niptables:\n  syncPeriod: often\nmemory:\n  colour: blue\n",
     );
     let cfg = cfg.display().to_string();
-    let (code, _, err) =
-        run(&memory_bin(), &["--config", &cfg, "--healthz-bind-address=nowhere"], &[("SWITCHYARD_MASQUERADE_ALL", "perhaps")]);
+    let (code, _, err) = run(
+        &memory_bin(),
+        &["--config", &cfg, "--healthz-bind-address=nowhere"],
+        &[("SWITCHYARD_MASQUERADE_ALL", "perhaps")],
+    );
     assert_eq!(code, Some(2), "{err}");
     for expected in [
         "clusterCidr: unknown field",
@@ -132,7 +138,11 @@ async fn file_source_admin_endpoints_and_clean_stop() {
     assert!(state.contains("10.0.1.2:8080") && !state.contains("10.0.1.1:8080"), "{state}");
 
     // A malformed file: reported, nothing programmed is lost, the rest still updates.
-    write(&manifests, "web.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: eighty}]\n");
+    write(
+        &manifests,
+        "web.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: eighty}]\n",
+    );
     write(&manifests, "db.yaml", &WEB.replace("web", "db").replace("10.96.0.10", "10.96.0.11"));
     let body = d.barrier().await;
     assert!(body.contains("web.yaml, document 1 (Service web): spec.ports[0].port"), "{body}");
@@ -181,8 +191,11 @@ async fn json_logs() {
     let dir = tempfile::tempdir().unwrap();
     let m = write(dir.path(), "m.yaml", &format!("{WEB}---{NODE_A}"));
     let src = format!("--source=file:{}", m.display());
-    let mut d =
-        Daemon::start(&memory_bin(), dir.path(), &["--proxy-mode=memory", &src, FAST[0], FAST[1], "--logging-format=json"]);
+    let mut d = Daemon::start(
+        &memory_bin(),
+        dir.path(),
+        &["--proxy-mode=memory", &src, FAST[0], FAST[1], "--logging-format=json"],
+    );
     d.wait_ready().await;
     assert_eq!(d.terminate().await, Some(0));
     let log = d.log_text();

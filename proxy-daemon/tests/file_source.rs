@@ -1,5 +1,6 @@
 //! The file source feeding a tracker: reloads are relists, malformed files
 //! keep what they held, deleted files delete their objects.
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
@@ -80,7 +81,14 @@ fn malformed_files_keep_what_they_held() {
     assert_eq!(f.services(), vec!["default/a1", "default/a2"]);
 
     // a2 disappears from the file, a3 is added, and one document is broken.
-    f.write("a.yaml", &format!("{}---\n{}---\nkind: Service\napiVersion: v1\nmetadata: {{name: x}}\nspec: 7\n", svc("a1", "10.96.0.1"), svc("a3", "10.96.0.3")));
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}---\nkind: Service\napiVersion: v1\nmetadata: {{name: x}}\nspec: 7\n",
+            svc("a1", "10.96.0.1"),
+            svc("a3", "10.96.0.3")
+        ),
+    );
     let r = f.source.load();
     assert_eq!(r.errors.len(), 1);
     assert!(r.errors[0].to_string().contains("a.yaml, document 5 (Service x): spec"), "{}", r.errors[0]);

@@ -2,6 +2,7 @@
 //! and the real kube client and watcher: the initial-list gate, watch
 //! updates, selectors, 410 Gone relists, dropped connections, and the API
 //! server going away.
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
@@ -12,7 +13,7 @@ use common::*;
 use proxy_core::health::ProxyHealth;
 use proxy_core::testing::{RecordingDataplane, ServiceBuilder, SliceBuilder, endpoint, node};
 use proxy_core::{
-    ChangeTracker, PlannerConfig, ProxyEvent, Proxier, ServiceName, SyncRunner, SyncRunnerConfig, SyncTrigger,
+    ChangeTracker, PlannerConfig, Proxier, ProxyEvent, ServiceName, SyncRunner, SyncRunnerConfig, SyncTrigger,
     TrackerConfig,
 };
 use proxy_daemon::fake_apiserver::{FakeApiServer, Kind};
@@ -74,10 +75,7 @@ impl Harness {
 
     /// Services in the last successful sync.
     fn synced_services(&self) -> Vec<String> {
-        self.dp
-            .last_ok()
-            .map(|r| r.snapshot.services().map(|p| p.name().to_string()).collect())
-            .unwrap_or_default()
+        self.dp.last_ok().map(|r| r.snapshot.services().map(|p| p.name().to_string()).collect()).unwrap_or_default()
     }
 
     fn endpoints_of(&self, ns: &str, name: &str) -> Vec<String> {
@@ -136,7 +134,9 @@ async fn initial_list_gates_programming_then_watch_updates_flow() {
     api.apply(&slice_json(&web_slice("10.0.1.1")));
     // Many Services: the list is paged (kube asks for 500 at a time).
     for i in 0..600 {
-        api.apply(&svc_json(&ServiceBuilder::new("bulk", &format!("s{i:03}"), "10.96.1.1").port("p", 80, "TCP").build()));
+        api.apply(&svc_json(
+            &ServiceBuilder::new("bulk", &format!("s{i:03}"), "10.96.1.1").port("p", 80, "TCP").build(),
+        ));
     }
     api.apply(&node_json(&node("node-a", "192.168.50.1", Some("zone-a"))));
     let h = Harness::start(api).await;
@@ -180,7 +180,12 @@ async fn kube_proxy_label_selectors() {
     let h = Harness::start(api).await;
     h.converged_with("only unlabelled Services", &["default/web"]).await;
     // A label added later: the API server reports it as deleted from the watch.
-    h.api.apply(&svc_json(&ServiceBuilder::new("default", "web", "10.96.0.10").port("http", 80, "TCP").label("service.kubernetes.io/headless", "").build()));
+    h.api.apply(&svc_json(
+        &ServiceBuilder::new("default", "web", "10.96.0.10")
+            .port("http", 80, "TCP")
+            .label("service.kubernetes.io/headless", "")
+            .build(),
+    ));
     h.converged_with("labelled away", &[]).await;
 }
 

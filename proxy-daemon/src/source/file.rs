@@ -283,7 +283,8 @@ impl FileSource {
             Ok(f) => f,
             Err(e) => {
                 // The path vanished or is unreadable: keep everything as it is.
-                let err = ManifestError { file: self.path.clone(), document: None, object: None, message: e.to_string() };
+                let err =
+                    ManifestError { file: self.path.clone(), document: None, object: None, message: e.to_string() };
                 if state.fingerprint != Some(0) {
                     warn!(error = %err, "cannot read the manifests; keeping what is programmed");
                     state.fingerprint = Some(0);
@@ -415,11 +416,18 @@ pub fn read_once(path: &Path) -> (Manifests, Vec<ManifestError>) {
                         all.extend(&m);
                         errors.extend(e);
                     }
-                    Err(e) => errors.push(ManifestError { file: f, document: None, object: None, message: e.to_string() }),
+                    Err(e) => {
+                        errors.push(ManifestError { file: f, document: None, object: None, message: e.to_string() })
+                    }
                 }
             }
         }
-        Err(e) => errors.push(ManifestError { file: path.to_path_buf(), document: None, object: None, message: e.to_string() }),
+        Err(e) => errors.push(ManifestError {
+            file: path.to_path_buf(),
+            document: None,
+            object: None,
+            message: e.to_string(),
+        }),
     }
     (all, errors)
 }

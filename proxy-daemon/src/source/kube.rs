@@ -20,8 +20,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::utils::{Backoff, StreamBackoff};
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use proxy_core::{ProxyEvent, ResourceEvent};
 use serde::de::DeserializeOwned;
@@ -75,10 +75,9 @@ pub async fn client_config(kubeconfig: Option<&Path>, master: Option<&str>) -> R
 }
 
 fn parse_master(m: &str) -> Result<http::Uri, KubeSourceError> {
-    let uri: http::Uri = m.parse().map_err(|e: http::uri::InvalidUri| KubeSourceError::Master {
-        url: m.to_string(),
-        reason: e.to_string(),
-    })?;
+    let uri: http::Uri = m
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| KubeSourceError::Master { url: m.to_string(), reason: e.to_string() })?;
     if uri.scheme().is_none() || uri.host().is_none() {
         return Err(KubeSourceError::Master { url: m.to_string(), reason: "needs a scheme and host".into() });
     }
@@ -104,9 +103,19 @@ impl std::fmt::Debug for KubeSource {
 }
 
 impl KubeSource {
-    pub fn new(config: kube::Config, node_name: &str, service_proxy_name: Option<String>) -> Result<Self, KubeSourceError> {
+    pub fn new(
+        config: kube::Config,
+        node_name: &str,
+        service_proxy_name: Option<String>,
+    ) -> Result<Self, KubeSourceError> {
         let client = Client::try_from(config).map_err(KubeSourceError::Client)?;
-        Ok(KubeSource { client, node_name: node_name.to_string(), service_proxy_name, watch_timeout: 290, backoff: (Duration::from_millis(800), Duration::from_secs(30)) })
+        Ok(KubeSource {
+            client,
+            node_name: node_name.to_string(),
+            service_proxy_name,
+            watch_timeout: 290,
+            backoff: (Duration::from_millis(800), Duration::from_secs(30)),
+        })
     }
 
     /// Shorter watch requests (tests of dead-connection handling).

@@ -46,7 +46,8 @@ pub fn http(method: &str, addr: SocketAddr, path: &str, body: &str) -> std::io::
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     Ok((status, head.to_string(), body))
 }
 
@@ -63,7 +64,12 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-pub async fn http_async(method: &str, addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String, String)> {
+pub async fn http_async(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     let (m, p, b) = (method.to_string(), path.to_string(), body.to_string());
     tokio::task::spawn_blocking(move || http(&m, addr, &p, &b)).await.expect("http task")
 }
@@ -160,7 +166,8 @@ impl Daemon {
 
     /// POST /debug/barrier: everything on disk is programmed.
     pub async fn barrier(&self) -> String {
-        let (code, _, body) = http_async("POST", self.metrics, "/debug/barrier?timeout=10s", "").await.expect("barrier");
+        let (code, _, body) =
+            http_async("POST", self.metrics, "/debug/barrier?timeout=10s", "").await.expect("barrier");
         assert_eq!(code, 200, "barrier failed: {body}\nlog:\n{}", self.log_text());
         body
     }
