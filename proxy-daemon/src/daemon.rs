@@ -201,6 +201,8 @@ fn bind_or_report(
 
 /// Runs the proxy until a signal. Returns Ok on a clean stop.
 pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), DaemonError> {
+    // Signals are caught from the start: a SIGTERM during start-up is a clean stop too.
+    let (_stop_tx, stop_rx) = shutdown_signal();
     let node = node_name(&cfg);
     let factory: Arc<dyn BackendFactory> =
         registry.get(&cfg.mode).map_err(|e| DaemonError::Config(e.to_string()))?.clone();
@@ -277,7 +279,10 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
     let runner = SyncRunner::with_trigger(runner_cfg, trigger.clone());
     let proxier = Arc::new(Proxier::new(tracker, dataplane, health.clone(), Some(proxy_metrics), trigger));
 
-    let (_stop_tx, stop_rx) = shutdown_signal();
+    if *stop_rx.borrow() {
+        info!("stopped during start-up");
+        return Ok(());
+    }
     let sink: EventSink = {
         let proxier = proxier.clone();
         Arc::new(move |ev: ProxyEvent| {

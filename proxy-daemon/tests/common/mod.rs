@@ -116,11 +116,29 @@ impl Daemon {
     }
 
     pub fn start_with_env(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_inner(None, bin, dir, args, env)
+    }
+
+    /// Starts the whole process inside a network namespace (`ip netns exec`,
+    /// which execs, so the child's pid is the daemon's). Its admin ports are
+    /// on that namespace's loopback: reach them with [`NetnsHandle::http`].
+    pub fn start_in_netns(netns: &str, bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
+        Self::start_inner(Some(netns), bin, dir, args, &[])
+    }
+
+    fn start_inner(netns: Option<&str>, bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let healthz: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = dir.join(format!("daemon-{}.log", metrics.port()));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(bin);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg(format!("--metrics-bind-address={metrics}"))
             .arg(format!("--healthz-bind-address={healthz}"))
             .args(args)
@@ -240,3 +258,59 @@ metadata: {name: node-a}
 status:
   addresses: [{type: InternalIP, address: 192.168.50.1}]
 "#;
+
+/// Whether tests that need root and network namespaces can run; prints why not.
+pub fn can_use_netns(test: &str) -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED {test}: needs root (network namespaces)");
+        return false;
+    }
+    let ok = Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("SKIPPED {test}: `ip netns` is not available");
+    }
+    ok
+}
+
+/// A network namespace made for one test (`swy-dmn-<pid>-<n>`), with
+/// loopback up; deleted on drop, whatever happened.
+pub struct NetnsHandle {
+    pub name: String,
+}
+
+impl NetnsHandle {
+    pub fn create() -> NetnsHandle {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("swy-dmn-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let status = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        assert!(status.success(), "ip netns add {name}");
+        let h = NetnsHandle { name };
+        let status = Command::new("ip").args(["-n", &h.name, "link", "set", "lo", "up"]).status().expect("ip link");
+        assert!(status.success(), "lo up in {}", h.name);
+        h
+    }
+
+    pub fn ns(&self) -> proxy_core::NetNamespace {
+        proxy_core::NetNamespace::named(&self.name)
+    }
+
+    /// An HTTP exchange from inside the namespace.
+    pub async fn http(&self, method: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+        let ns = self.ns();
+        let (m, p) = (method.to_string(), path.to_string());
+        ns.run_async(move || http(&m, addr, &p, "")).await?
+    }
+
+    /// Runs a command inside the namespace: (success, stdout).
+    pub fn exec(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into())
+    }
+}
+
+impl Drop for NetnsHandle {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
