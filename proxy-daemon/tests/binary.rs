@@ -306,3 +306,28 @@ fn inspect_reports_differences() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("FRONTEND"), "{out}");
 }
+
+#[tokio::test]
+async fn invalid_fields_are_skipped_and_named_failed_syncs_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_slice = WEB.replace("web", "api").replace("10.96.0.10", "10.96.0.30").replace("[10.0.1.1]", "[10.0.1.999]");
+    let m = write(dir.path(), "m.yaml", &format!("{WEB}---{bad_slice}---{NODE_A}"));
+    let src = format!("--source=file:{}", m.display());
+    // The backend section through the environment: fail the first two syncs.
+    let mut d = Daemon::start_with_env(
+        &memory_bin(),
+        dir.path(),
+        &["--proxy-mode=memory", &src, FAST[0], FAST[1]],
+        &[("SWITCHYARD_MEMORY__FAIL_SYNCS", "2")],
+    );
+    d.wait_ready().await;
+    let log = d.log_text();
+    assert!(log.contains("EndpointSlice default/api-1: endpoints[0].addresses[0]"), "the bad field is named:\n{log}");
+    assert!(log.contains("sync failed; previous state stays in place, retrying"), "{log}");
+    let (_, state) = d.get("/debug/state").await;
+    assert!(state.contains("10.0.1.1:8080"), "everything else is served: {state}");
+    let (_, metrics) = d.get("/metrics").await;
+    assert!(metrics.contains("switchyard_invalid_objects_total{kind=\"EndpointSlice\"} 1"), "{metrics}");
+    assert!(metrics.contains("switchyard_sync_failures_total{backend=\"memory\"} 2"), "{metrics}");
+    assert_eq!(d.terminate().await, Some(0));
+}
