@@ -628,7 +628,12 @@ pub fn read(
         let min_sync = r.take(&mut section, &name, "minSyncPeriod", Reader::duration).filter(|d| !d.is_zero());
         let masq = r.take(&mut section, &name, "masqueradeAll", Reader::bool).unwrap_or(false);
         generic.insert(name.clone(), (sync, min_sync, masq));
-        cfg.sections.insert(name, Value::Object(section));
+        // kube-proxy writes unset fields as null (kubeadm's ConfigMap has
+        // `masqueradeBit: null`): null means "the default", so backends
+        // never see it.
+        let mut section = Value::Object(section);
+        strip_nulls(&mut section);
+        cfg.sections.insert(name, section);
     }
     // Precedence: top level, then the chosen mode's section, then iptables'
     // (kube-proxy's ipvs mode, too, reads masqueradeAll from `iptables:`).
@@ -659,6 +664,13 @@ pub fn read(
     }
 
     if r.problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems: r.problems }) }
+}
+
+fn strip_nulls(v: &mut Value) {
+    if let Value::Object(m) = v {
+        m.retain(|_, v| !v.is_null());
+        m.values_mut().for_each(strip_nulls);
+    }
 }
 
 /// A factory's problem is free text that usually starts with its field;
@@ -1072,7 +1084,7 @@ mod tests {
         assert_eq!(c.sync_period, DEFAULT_SYNC_PERIOD, "0s means default");
         assert_eq!(c.healthz_bind_address, DEFAULT_HEALTHZ_BIND_ADDRESS, "empty means default");
         assert!(c.masquerade_all, "iptables.masqueradeAll is honoured");
-        assert_eq!(c.section("iptables"), serde_json::json!({"localhostNodePorts": null, "masqueradeBit": 14}));
+        assert_eq!(c.section("iptables"), serde_json::json!({"masqueradeBit": 14}), "nulls are defaults");
     }
 
     #[test]
