@@ -266,3 +266,32 @@ impl Backoff for RetryBackoff {
         self.next = self.first;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn master_overrides_the_kubeconfig_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, crate::fake_apiserver::kubeconfig_text("http://127.0.0.1:1")).unwrap();
+        let c = client_config(Some(&path), None).await.unwrap();
+        assert_eq!(c.cluster_url.to_string(), "http://127.0.0.1:1/");
+        let c = client_config(Some(&path), Some("https://10.0.0.1:6443")).await.unwrap();
+        assert_eq!(c.cluster_url.to_string(), "https://10.0.0.1:6443/");
+        let c = client_config(None, Some("http://127.0.0.1:2")).await.unwrap();
+        assert_eq!(c.cluster_url.to_string(), "http://127.0.0.1:2/");
+        assert!(matches!(client_config(None, Some("not a url")).await, Err(KubeSourceError::Master { .. })));
+        let missing = client_config(Some(Path::new("/nonexistent/kc")), None).await.unwrap_err();
+        assert!(ErrorChainText(&missing).contains("/nonexistent/kc"), "{missing}");
+    }
+
+    struct ErrorChainText<'a>(&'a KubeSourceError);
+
+    impl ErrorChainText<'_> {
+        fn contains(&self, s: &str) -> bool {
+            proxy_core::ErrorChain(self.0).to_string().contains(s)
+        }
+    }
+}
