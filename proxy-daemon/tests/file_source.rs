@@ -98,6 +98,7 @@ fn malformed_files_keep_what_they_held() {
     f.write("a.yaml", "kind: [\n");
     let r = f.source.load();
     assert!(r.errors[0].to_string().contains("not valid YAML"));
+    assert_eq!(f.source.load().errors, r.errors, "an unchanged malformed file is still reported");
     assert_eq!(f.services(), vec!["default/a1", "default/a2", "default/a3"]);
 
     // Fixed: the file's content is the truth again.

@@ -233,6 +233,8 @@ struct State {
     fingerprint: Option<u64>,
     /// The last good objects of each file.
     per_file: BTreeMap<PathBuf, Manifests>,
+    /// The problems of what is on disk now (repeated by loads that find no change).
+    errors: Vec<ManifestError>,
     loads: u64,
 }
 
@@ -315,6 +317,7 @@ impl FileSource {
             let all = merged(&state.per_file);
             report.services = all.services.len();
             report.slices = all.slices.len();
+            report.errors = state.errors.clone();
             return report;
         }
         state.fingerprint = Some(fingerprint);
@@ -345,6 +348,7 @@ impl FileSource {
             per_file.insert(path, objects);
         }
         state.per_file = per_file;
+        state.errors = report.errors.clone();
         let all = merged(&state.per_file);
         report.changed = true;
         if let Some(g) = &self.error_gauge {
