@@ -17,7 +17,7 @@ use proxy_core::{
 use crate::error::Error;
 use crate::names;
 use crate::parse::{Cond, Ruleset, parse_rule};
-use crate::render::parse_kind_label;
+use crate::render::parse_frontend_comment;
 use crate::trace::{Host, Packet, Tracer, Verdict};
 
 /// What inspection needs to know about the node (configuration, not state).
@@ -54,8 +54,7 @@ fn frontends(rs: &Ruleset) -> BTreeMap<Frontend, Found> {
             }
             for text in &c.rules {
                 let Ok(rule) = parse_rule(text) else { continue };
-                let Some((service, kind)) = rule.comment().and_then(|c| c.split_once(' ')) else { continue };
-                let Some(kind) = parse_kind_label(kind) else { continue };
+                let Some((service, kind)) = rule.comment().and_then(parse_frontend_comment) else { continue };
                 let proto = rule.matches.iter().find_map(|m| match &m.cond {
                     Cond::Protocol(p) => Protocol::parse(&p.to_uppercase()),
                     _ => None,
@@ -81,7 +80,7 @@ fn frontends(rs: &Ruleset) -> BTreeMap<Frontend, Found> {
                     .chain_target()
                     .filter(|c| c.starts_with("SWITCHYARD-FW-") || c.starts_with("SWITCHYARD-FWR-"))
                     .and_then(|c| first_source(rs, *table, c));
-                let entry = out.entry(frontend).or_insert(Found { service: service.to_string(), allowed_source: None });
+                let entry = out.entry(frontend).or_insert(Found { service, allowed_source: None });
                 if entry.allowed_source.is_none() {
                     entry.allowed_source = allowed_source;
                 }

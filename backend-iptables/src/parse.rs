@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::restore::{Table, unescape_comment};
+use crate::restore::Table;
 
 /// A line iptables-save printed that we cannot read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -216,7 +216,7 @@ pub enum Cond {
         op: RecentOp,
         seconds: Option<u32>,
     },
-    /// `-m comment --comment TEXT` (unescaped).
+    /// `-m comment --comment TEXT`, as written (see [`crate::restore::unescape_comment`]).
     Comment(String),
     /// Anything else: (module, option words).
     Other(String, Vec<String>),
@@ -263,7 +263,7 @@ pub struct ParsedRule {
 }
 
 impl ParsedRule {
-    /// The unescaped comment, if the rule has one.
+    /// The comment as written (escaped), if the rule has one.
     pub fn comment(&self) -> Option<&str> {
         self.matches.iter().find_map(|m| match &m.cond {
             Cond::Comment(c) => Some(c.as_str()),
@@ -409,7 +409,7 @@ pub fn parse_rule(text: &str) -> Result<ParsedRule, String> {
                         i += 2;
                     }
                     ("comment", "--comment") => {
-                        push(Cond::Comment(unescape_comment(&value(i)?)), &mut negate);
+                        push(Cond::Comment(value(i)?), &mut negate);
                         i += 2;
                     }
                     ("addrtype", "--src-type") => {
@@ -547,7 +547,7 @@ mod tests {
     #[test]
     fn parses_what_save_prints() {
         let r = parse_rule("-d 10.96.0.10/32 -p tcp -m comment --comment \"ns/a%22b cluster IP\" -m tcp --dport 80 -m recent --update --seconds 10800 --reap --name SWITCHYARD-AFF-X --mask 255.255.255.255 --rsource -j DNAT --to-destination 10.1.0.1:8080").unwrap();
-        assert_eq!(r.comment(), Some("ns/a\"b cluster IP"));
+        assert_eq!(r.comment(), Some("ns/a%22b cluster IP"));
         assert_eq!(r.target, Target::Dnat { ip: "10.1.0.1".parse().unwrap(), port: Some(8080) });
         assert!(r.matches.contains(&Match { negated: false, cond: Cond::DPort(80, 80) }));
         assert!(r.matches.contains(&Match {

@@ -40,7 +40,7 @@ use proxy_core::{
 };
 
 use crate::names::{self, hashed};
-use crate::restore::{Rule, Table, net, socket};
+use crate::restore::{Rule, Table, escape_comment, escape_comment_word, net, socket, unescape_comment};
 use crate::tree::{self, KeyKind, TreeChain, TreeEntry, TreeSpec};
 
 /// Everything rendering depends on besides the plans, for one IP family.
@@ -196,9 +196,16 @@ pub fn parse_kind_label(s: &str) -> Option<FrontendKind> {
         .find(|k| kind_label(*k) == s)
 }
 
-/// The comment of a frontend's first rule.
+/// The comment of a frontend's first rule, escaped: `<service port> <kind>`
+/// with the Service port as one word.
 pub fn frontend_comment(service_port: &str, kind: FrontendKind) -> String {
-    format!("{service_port} {}", kind_label(kind))
+    format!("{} {}", escape_comment_word(service_port), kind_label(kind))
+}
+
+/// Reads a frontend comment (as written in the rule) back: (Service port, kind).
+pub fn parse_frontend_comment(raw: &str) -> Option<(String, FrontendKind)> {
+    let (svc, kind) = raw.split_once(' ')?;
+    Some((unescape_comment(svc), parse_kind_label(kind)?))
 }
 
 /// A chain that belongs to one Service.
@@ -316,7 +323,7 @@ impl PortCtx<'_> {
     fn frontend_rule(&self, ip: IpAddr, port: u16, comment: Option<&str>) -> Rule {
         let mut r = Rule::new().destination(net(ip)).protocol(self.proto);
         if let Some(c) = comment {
-            r = r.comment(c);
+            r = r.comment_escaped(c);
         }
         r.dport(self.proto, port)
     }
@@ -324,7 +331,7 @@ impl PortCtx<'_> {
     fn nodeport_rule(&self, port: u16, comment: Option<&str>) -> Rule {
         let mut r = Rule::new().protocol(self.proto);
         if let Some(c) = comment {
-            r = r.comment(c);
+            r = r.comment_escaped(c);
         }
         r.dport(self.proto, port)
     }
@@ -418,9 +425,19 @@ fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) 
         let mut rules = rules;
         if let Some(first) = rules.first_mut() {
             // Name the Service on the chain's first rule, for people reading iptables-save.
-            *first = with_comment(first, &ctx.svc);
+            *first = with_comment(first, &escape_comment(&ctx.svc));
         }
         out.chains.push(OwnChain { table: Table::Nat, name: chain.clone(), hash: hash_rules(&rules), rules });
+    }
+
+    // Hairpin: a local endpoint reaching itself through the Service.
+    let mut local_ips = BTreeSet::new();
+    for r in [&p.internal, &p.external, &p.external_from_cluster] {
+        local_ips.extend(r.endpoints().iter().filter(|e| hairpin_candidate(e)).map(|e| e.ip()));
+    }
+    for ip in local_ips {
+        let rule = cfg.mark_masq(Rule::new().source(net(ip)).destination(net(ip))).render();
+        out.entries[TreeId::Hairpin.index()].push(Entry::new(tree::ip_key(ip), vec![rule]));
     }
 
     // ClusterIP.
@@ -465,7 +482,7 @@ fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) 
                 rules.push(Rule::new().source(range).jump(&ext_chain).render());
             }
             rules.push(Rule::new().matcher("addrtype", "--src-type LOCAL").jump(&ext_chain).render());
-            rules[0] = with_comment(&rules[0], &format!("{} loadbalancer source ranges", ctx.svc));
+            rules[0] = with_comment(&rules[0], &escape_comment(&format!("{} loadbalancer source ranges", ctx.svc)));
             out.chains.push(OwnChain { table: Table::Nat, name: fw_chain.clone(), hash: hash_rules(&rules), rules });
         }
     }
@@ -509,7 +526,7 @@ fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) 
         }
         rules.push(cfg.reject(Rule::new().matcher("addrtype", "--src-type LOCAL")).render());
         rules.push(Rule::new().jump("DROP").render());
-        rules[0] = with_comment(&rules[0], &format!("{} loadbalancer source ranges", ctx.svc));
+        rules[0] = with_comment(&rules[0], &escape_comment(&format!("{} loadbalancer source ranges", ctx.svc)));
         out.chains.push(OwnChain { table: Table::Filter, name: ctx.name("FWR"), hash: hash_rules(&rules), rules });
     }
 
@@ -524,17 +541,6 @@ fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) 
             let rule = ctx.verdict_rule(ctx.nodeport_rule(np, Some(&comment)), v);
             out.entries[TreeId::FilterNodePorts.index()].push(Entry::new(key, vec![rule]));
         }
-    }
-
-    // Hairpin: a local endpoint reaching itself through the Service.
-    let _ = &out.entries[TreeId::Hairpin.index()];
-    let mut local_ips = BTreeSet::new();
-    for r in [&p.internal, &p.external, &p.external_from_cluster] {
-        local_ips.extend(r.endpoints().iter().filter(|e| hairpin_candidate(e)).map(|e| e.ip()));
-    }
-    for ip in local_ips {
-        let rule = cfg.mark_masq(Rule::new().source(net(ip)).destination(net(ip))).render();
-        out.entries[TreeId::Hairpin.index()].push(Entry::new(tree::ip_key(ip), vec![rule]));
     }
 }
 
@@ -578,14 +584,14 @@ fn ext_chain_rules(ctx: &PortCtx<'_>, name: &str, chain_of: &dyn Fn(&Route) -> O
             rules.push(Rule::new().jump(&c).render());
         }
     }
-    rules[0] = with_comment(&rules[0], &format!("{} external destinations", ctx.svc));
+    rules[0] = with_comment(&rules[0], &escape_comment(&format!("{} external destinations", ctx.svc)));
     OwnChain { table: Table::Nat, name: name.to_string(), hash: hash_rules(&rules), rules }
 }
 
-/// Inserts a comment into rendered rule text, at the place iptables-save
-/// prints it (after the generic options, before the first `-m`/`-j`).
+/// Inserts an (escaped) comment into rendered rule text, at the place
+/// iptables-save prints it (after the generic options, before the first `-m`/`-j`).
 fn with_comment(rule: &str, comment: &str) -> String {
-    let c = Rule::new().comment(comment).render();
+    let c = Rule::new().comment_escaped(comment).render();
     let at = [" -m ", " -j ", " -g "]
         .iter()
         .filter_map(|m| rule.find(m))

@@ -74,10 +74,20 @@ impl fmt::Display for Table {
 /// newlines from API objects can never end the comment or the rule), and the
 /// result is cut to the kernel's 255-byte limit. [`unescape_comment`] reverses it.
 pub fn escape_comment(text: &str) -> String {
+    escape(text, true)
+}
+
+/// Like [`escape_comment`], but spaces are encoded too: for one word of a
+/// comment that readers split on spaces (the Service in `<service> <kind>`).
+pub fn escape_comment_word(text: &str) -> String {
+    escape(text, false)
+}
+
+fn escape(text: &str, keep_spaces: bool) -> String {
     const MAX: usize = 255;
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | ':' | '/' | '-') {
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '-') || (keep_spaces && c == ' ') {
             if out.len() + 1 > MAX {
                 break;
             }
@@ -219,7 +229,19 @@ impl Rule {
 
     /// `-m comment --comment TEXT`, escaped with [`escape_comment`].
     pub fn comment(self, text: &str) -> Self {
-        let arg = format!("--comment {}", quote(&escape_comment(text)));
+        self.comment_escaped(&escape_comment(text))
+    }
+
+    /// `-m comment --comment TEXT` for text already escaped with
+    /// [`escape_comment`] / [`escape_comment_word`] (anything unsafe left in
+    /// it is escaped again, so it can never break the rule).
+    pub fn comment_escaped(self, text: &str) -> Self {
+        let safe = if text.chars().all(|c| c.is_ascii_alphanumeric() || " ._:/-%".contains(c)) {
+            text.to_string()
+        } else {
+            escape_comment(text)
+        };
+        let arg = format!("--comment {}", quote(&safe));
         self.matcher("comment", &arg)
     }
 
