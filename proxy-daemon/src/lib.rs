@@ -83,10 +83,16 @@ pub fn build_info() -> (&'static str, &'static str) {
     (env!("CARGO_PKG_VERSION"), option_env!("SWITCHYARD_GIT_COMMIT").unwrap_or("unknown"))
 }
 
-/// The built-in backends. The lead adds each backend's `factory()` here as it lands.
+/// The built-in backends, registered through the same public API a
+/// third-party crate uses. Each backend's `factory()` is added here as it lands.
 pub fn default_registry() -> Registry {
-    #[allow(unused_mut, reason = "backends are registered here as they land")]
     let mut registry = Registry::new();
+    for factory in [backend_iptables::factory()] {
+        // Built-in mode names are distinct constants; a duplicate is a bug caught by the tests.
+        if let Err(e) = registry.register(factory) {
+            tracing::error!(error = %e, "built-in backend registered twice");
+        }
+    }
     registry
 }
 
