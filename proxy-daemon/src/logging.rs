@@ -80,7 +80,11 @@ pub fn init(format: LogFormat, verbosity: u8) -> LogHandle {
     let filter = EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new(directive_for(verbosity)));
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => {
+            // Colours only on a terminal: log files and collectors get plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed()
+        }
         LogFormat::Json => {
             tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed()
         }
