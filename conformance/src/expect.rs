@@ -165,7 +165,7 @@ pub fn check(expect: &Expectation, src: &SourceContext, attempts: &[Attempt]) ->
                     "{host} saw source {seen}, expected {} (client {})",
                     match source {
                         SourceExpect::Preserved => "the client's address",
-                        SourceExpect::Masqueraded => "a node1 address",
+                        SourceExpect::Masqueraded => "masqueraded to a node1 address other than the client's",
                     },
                     src.client
                 ));
