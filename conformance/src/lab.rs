@@ -447,7 +447,13 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
         ip(&["netns", "add", &ns])?;
         created.push(ns);
     }
+    // ICMP rate limits are per namespace and per peer: one scenario's
+    // rejections (or a routing loop's time-exceeded messages) would make the
+    // next scenario's "refused" probes time out. The lab turns them off.
     let common = [
+        "net.ipv4.icmp_ratelimit=0",
+        "net.ipv4.icmp_ratemask=0",
+        "net.ipv6.icmp.ratelimit=0",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
         "net.ipv6.conf.all.accept_dad=0",
