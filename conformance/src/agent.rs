@@ -208,7 +208,8 @@ pub fn run(args: AgentArgs) -> io::Result<()> {
             Ok(req) => handle(req, &mut held),
             Err(e) => AgentResponse::Error { message: format!("bad request: {e}") },
         };
-        let text = serde_json::to_string(&response).unwrap_or_else(|e| format!("{{\"status\":\"error\",\"message\":\"{e}\"}}"));
+        let text = serde_json::to_string(&response)
+            .unwrap_or_else(|e| format!("{{\"status\":\"error\",\"message\":\"{e}\"}}"));
         writeln!(out, "{text}")?;
         out.flush()?;
     }
@@ -276,8 +277,7 @@ fn handle(req: AgentRequest, held: &mut HashMap<String, BufReader<TcpStream>>) -
     match req {
         AgentRequest::Probe { proto, dst, src_ip, src_port, count, timeout_ms } => {
             let timeout = Duration::from_millis(timeout_ms.max(1));
-            let attempts =
-                (0..count).map(|_| timed(|| probe_once(proto, dst, src_ip, src_port, timeout))).collect();
+            let attempts = (0..count).map(|_| timed(|| probe_once(proto, dst, src_ip, src_port, timeout))).collect();
             AgentResponse::Attempts { attempts }
         }
         AgentRequest::Open { id, proto, dst, src_ip, timeout_ms } => {
@@ -326,7 +326,8 @@ fn bind_source(s: &Socket, dst: &SocketAddr, src_ip: Option<IpAddr>, src_port: O
     if src_ip.is_none() && src_port.is_none() {
         return Ok(());
     }
-    let ip = src_ip.unwrap_or(if dst.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) });
+    let ip =
+        src_ip.unwrap_or(if dst.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) });
     if src_port.is_some() {
         s.set_reuse_address(true)?;
     }
@@ -366,7 +367,13 @@ fn exchange(reader: &mut BufReader<TcpStream>) -> Outcome {
     }
 }
 
-fn probe_once(proto: Proto, dst: SocketAddr, src_ip: Option<IpAddr>, src_port: Option<u16>, timeout: Duration) -> Outcome {
+fn probe_once(
+    proto: Proto,
+    dst: SocketAddr,
+    src_ip: Option<IpAddr>,
+    src_port: Option<u16>,
+    timeout: Duration,
+) -> Outcome {
     match proto {
         Proto::Tcp | Proto::Sctp => match connect_stream(proto, dst, src_ip, src_port, timeout) {
             Ok(stream) => {
@@ -450,6 +457,9 @@ mod tests {
         let resp: AgentResponse =
             serde_json::from_str(r#"{"status":"attempts","attempts":[{"outcome":"refused","elapsed_us":3}]}"#)
                 .unwrap_or(AgentResponse::Ok);
-        assert_eq!(resp, AgentResponse::Attempts { attempts: vec![Attempt { outcome: Outcome::Refused, elapsed_us: 3 }] });
+        assert_eq!(
+            resp,
+            AgentResponse::Attempts { attempts: vec![Attempt { outcome: Outcome::Refused, elapsed_us: 3 }] }
+        );
     }
 }

@@ -259,8 +259,17 @@ mod tests {
     #[test]
     fn arguments_parse() {
         let a = Args::try_parse_from([
-            "switchyard-conformance", "--backend", "iptables", "--backend", "ebpf", "--filter", "clusterip",
-            "--json", "r.json", "--section", "ebpf={\"cgroup\":\"{cgroup}\"}",
+            "switchyard-conformance",
+            "--backend",
+            "iptables",
+            "--backend",
+            "ebpf",
+            "--filter",
+            "clusterip",
+            "--json",
+            "r.json",
+            "--section",
+            "ebpf={\"cgroup\":\"{cgroup}\"}",
         ])
         .expect("parses");
         assert_eq!(a.backends, ["iptables", "ebpf"]);

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use proxy_core::health::ProxyHealth;
 use proxy_core::{
     BackendContext, BackendFactory, Capabilities, ChangeTracker, DataplaneError, PlannerConfig, ProgrammedState,
-    ProxyEvent, Proxier, SyncRunner, SyncRunnerConfig, SyncTrigger, TrackerConfig,
+    Proxier, ProxyEvent, SyncRunner, SyncRunnerConfig, SyncTrigger, TrackerConfig,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -111,7 +111,10 @@ pub struct InProcessDriver {
 
 impl std::fmt::Debug for InProcessDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InProcessDriver").field("mode", &self.factory.mode()).field("ctx", &self.ctx).finish_non_exhaustive()
+        f.debug_struct("InProcessDriver")
+            .field("mode", &self.factory.mode())
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
     }
 }
 
@@ -294,14 +297,21 @@ impl ExternalBinary {
 
 impl DriverFactory for ExternalBinary {
     fn label(&self) -> String {
-        format!("{}@{}", self.mode, self.binary.file_name().map_or_else(|| "switchyard".into(), |n| n.to_string_lossy().to_string()))
+        format!(
+            "{}@{}",
+            self.mode,
+            self.binary.file_name().map_or_else(|| "switchyard".into(), |n| n.to_string_lossy().to_string())
+        )
     }
 
     fn driver(&self, ctx: BackendContext) -> Box<dyn Driver> {
         Box::new(ExternalDriver { spec: self.clone(), ctx, child: None, dir: None })
     }
 
-    fn probe<'a>(&'a self, _ctx: &'a BackendContext) -> futures::future::BoxFuture<'a, std::result::Result<(), String>> {
+    fn probe<'a>(
+        &'a self,
+        _ctx: &'a BackendContext,
+    ) -> futures::future::BoxFuture<'a, std::result::Result<(), String>> {
         Box::pin(async move {
             if self.binary.is_file() || which(&self.binary).is_some() {
                 Ok(())
@@ -316,8 +326,7 @@ fn which(name: &Path) -> Option<PathBuf> {
     if name.components().count() > 1 {
         return None;
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
 }
 
 /// One `switchyard` process in node1's namespace.
@@ -379,7 +388,8 @@ impl ExternalDriver {
         if let Some(mut c) = self.child.take() {
             // SIGTERM first (a clean stop), then SIGKILL by pid if it lingers.
             if let Some(pid) = c.id() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
             }
             if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
                 let _ = c.start_kill();
@@ -451,13 +461,27 @@ mod tests {
 
     #[test]
     fn external_command_line_uses_kube_proxy_flags() {
-        let spec = ExternalBinary { binary: "/usr/bin/switchyard".into(), mode: "iptables".into(), extra_args: vec!["-v".into()] };
+        let spec = ExternalBinary {
+            binary: "/usr/bin/switchyard".into(),
+            mode: "iptables".into(),
+            extra_args: vec!["-v".into()],
+        };
         let args = spec.args(&ctx(), Path::new("/tmp/x/objects.yaml"));
         assert_eq!(
             args,
             [
-                "--proxy-mode", "iptables", "--source", "file:/tmp/x/objects.yaml", "--hostname-override", "node1",
-                "--cluster-cidr", "10.244.0.0/16", "--masquerade-all", "--nodeport-addresses", "172.18.0.0/24", "-v"
+                "--proxy-mode",
+                "iptables",
+                "--source",
+                "file:/tmp/x/objects.yaml",
+                "--hostname-override",
+                "node1",
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--masquerade-all",
+                "--nodeport-addresses",
+                "172.18.0.0/24",
+                "-v"
             ]
         );
         assert_eq!(spec.label(), "iptables@switchyard");
@@ -470,7 +494,14 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let script = dir.join("switchyard");
         let log = dir.join("args.log");
-        std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\ncase \"$1\" in --cleanup) exit 0;; esac\nexec sleep 30\n", log.display())).expect("script");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\ncase \"$1\" in --cleanup) exit 0;; esac\nexec sleep 30\n",
+                log.display()
+            ),
+        )
+        .expect("script");
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let spec = ExternalBinary { binary: script.clone(), mode: "iptables".into(), extra_args: vec![] };
         assert_eq!(spec.probe(&ctx()).await, Ok(()));

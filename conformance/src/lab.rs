@@ -130,8 +130,12 @@ fn cgroup2_root() -> Option<PathBuf> {
 /// Whether the kernel has SCTP, asked inside a lab namespace.
 fn sctp_support(ns: &NetNamespace) -> std::result::Result<(), String> {
     let probe = ns.run(|| {
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::from(libc::IPPROTO_SCTP)))
-            .map(drop)
+        socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::from(libc::IPPROTO_SCTP)),
+        )
+        .map(drop)
     });
     match probe {
         Ok(Ok(())) => Ok(()),
@@ -176,7 +180,12 @@ impl Lab {
         lab.info.node1_interfaces = ["eth0", "eth1"]
             .into_iter()
             .map(String::from)
-            .chain(addresses::HOSTS.iter().filter(|h| h.kind == HostKind::Pod && h.node == Some(addresses::NODE1)).map(|h| format!("p-{}", h.name)))
+            .chain(
+                addresses::HOSTS
+                    .iter()
+                    .filter(|h| h.kind == HostKind::Pod && h.node == Some(addresses::NODE1))
+                    .map(|h| format!("p-{}", h.name)),
+            )
             .collect();
         lab.info.sctp = sctp_support(&lab.netns_of(addresses::NODE1));
         lab.info.cgroup = lab.make_cgroup();
@@ -230,7 +239,10 @@ impl Lab {
         ctx.families = families;
         ctx.masquerade = masquerade;
         ctx.nodeport_addresses = nodeport_addresses;
-        ctx.node_ips = addresses::node1_primary_ips().into_iter().filter(|ip| families.contains(proxy_core::IpFamily::of(ip))).collect();
+        ctx.node_ips = addresses::node1_primary_ips()
+            .into_iter()
+            .filter(|ip| families.contains(proxy_core::IpFamily::of(ip)))
+            .collect();
         ctx.section = section;
         ctx
     }
@@ -264,7 +276,10 @@ impl Lab {
             }
         })
         .await
-        .map_err(|e| ConformanceError::Lab { operation: "flushing conntrack".into(), source: std::io::Error::other(e) })?;
+        .map_err(|e| ConformanceError::Lab {
+            operation: "flushing conntrack".into(),
+            source: std::io::Error::other(e),
+        })?;
         Ok(())
     }
 
@@ -328,7 +343,14 @@ impl Lab {
             return;
         }
         self.torn_down = true;
+        // Agents in the lab cgroup move back to the root first, so the
+        // cgroup is empty at once and can be removed without waiting for the
+        // killed processes to be reaped.
+        let root = cgroup2_root();
         for agent in self.agents.values_mut() {
+            if let (Some(_), Some(root), Some(pid)) = (&self.info.cgroup, &root, agent.pid) {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid.to_string());
+            }
             let _ = agent.child.start_kill();
         }
         self.agents.clear();
@@ -337,18 +359,11 @@ impl Lab {
                 warn!(namespace = %ns, error = %e, "could not delete lab namespace");
             }
         }
-        if let Some(cg) = self.info.cgroup.take() {
-            // Killed agents leave the cgroup once the kernel has reaped them.
-            for _ in 0..50 {
-                match std::fs::remove_dir(&cg) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-            if cg.exists() {
-                warn!(path = %cg.display(), "could not remove the lab cgroup");
-            }
+        if let Some(cg) = self.info.cgroup.take()
+            && let Err(e) = std::fs::remove_dir(&cg)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %cg.display(), error = %e, "could not remove the lab cgroup");
         }
         info!(prefix = %self.info.prefix, "lab torn down");
     }
@@ -556,6 +571,8 @@ fn missing(what: &str) -> ConformanceError {
 pub fn cluster_cidrs_for(families: FamilySet) -> Vec<IpNet> {
     addresses::cluster_cidrs()
         .into_iter()
-        .filter(|c| families.contains(if c.addr().is_ipv4() { proxy_core::IpFamily::V4 } else { proxy_core::IpFamily::V6 }))
+        .filter(|c| {
+            families.contains(if c.addr().is_ipv4() { proxy_core::IpFamily::V4 } else { proxy_core::IpFamily::V6 })
+        })
         .collect()
 }

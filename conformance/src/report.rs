@@ -132,7 +132,9 @@ impl Report {
         for s in &scenarios {
             let _ = write!(out, "{s:w$}");
             for b in &self.backends {
-                let cell = self.cell(s, b).map_or("-".to_string(), |r| format!("{} {:.1}s", r.status.short(), r.duration_ms as f64 / 1000.0));
+                let cell = self
+                    .cell(s, b)
+                    .map_or("-".to_string(), |r| format!("{} {:.1}s", r.status.short(), r.duration_ms as f64 / 1000.0));
                 let _ = write!(out, "  {cell:>12}");
             }
             out.push('\n');
@@ -167,7 +169,8 @@ impl Report {
             }
         }
         for d in &self.differences {
-            let _ = writeln!(out, "DIFFERENCE {} between {} and {}: {}", d.scenario, d.backends.0, d.backends.1, d.what);
+            let _ =
+                writeln!(out, "DIFFERENCE {} between {} and {}: {}", d.scenario, d.backends.0, d.backends.1, d.what);
         }
         out
     }
@@ -175,7 +178,13 @@ impl Report {
     /// The report as Markdown: the matrix, then details per failure.
     pub fn markdown(&self) -> String {
         let mut out = String::from("# switchyard conformance report\n\n");
-        let _ = writeln!(out, "Kernel `{}`, {} backends, {:.1} s.\n", self.kernel, self.backends.len(), self.duration_ms as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "Kernel `{}`, {} backends, {:.1} s.\n",
+            self.kernel,
+            self.backends.len(),
+            self.duration_ms as f64 / 1000.0
+        );
         out.push_str("| scenario |");
         for b in &self.backends {
             let _ = write!(out, " {b} |");
@@ -203,7 +212,8 @@ impl Report {
             let t = self.tally(b);
             let _ = writeln!(out, "- **{b}**: {} passed, {} failed, {} unsupported", t.pass, t.fail, t.unsupported);
         }
-        let failures: Vec<&ScenarioResult> = self.results.iter().filter(|r| matches!(r.status, Status::Fail { .. })).collect();
+        let failures: Vec<&ScenarioResult> =
+            self.results.iter().filter(|r| matches!(r.status, Status::Fail { .. })).collect();
         if !failures.is_empty() {
             out.push_str("\n## Failures\n");
         }
@@ -270,7 +280,9 @@ pub fn compare_backends(results: &[ScenarioResult]) -> Vec<Difference> {
         for (i, a) in runs.iter().enumerate() {
             for b in runs.iter().skip(i + 1) {
                 let pair = (a.backend.clone(), b.backend.clone());
-                let mut push = |what: String| out.push(Difference { scenario: scenario.to_string(), backends: pair.clone(), what });
+                let mut push = |what: String| {
+                    out.push(Difference { scenario: scenario.to_string(), backends: pair.clone(), what })
+                };
                 if a.status.short() != b.status.short() {
                     push(format!("{} {} but {} {}", a.backend, a.status.short(), b.backend, b.status.short()));
                 }
@@ -298,7 +310,11 @@ mod tests {
     use super::*;
 
     fn result(scenario: &str, backend: &str, status: Status, hosts: &[&str]) -> ScenarioResult {
-        let observed = Observed { hosts: hosts.iter().map(|h| (h.to_string(), 1)).collect(), attempts: hosts.len(), ..Default::default() };
+        let observed = Observed {
+            hosts: hosts.iter().map(|h| (h.to_string(), 1)).collect(),
+            attempts: hosts.len(),
+            ..Default::default()
+        };
         ScenarioResult {
             scenario: scenario.into(),
             description: String::new(),
@@ -340,7 +356,8 @@ mod tests {
         let mut failing = result("s1", "iptables", Status::Fail { reason: "step probe #0 failed".into() }, &["a2"]);
         failing.steps[0].passed = false;
         failing.steps[0].problems = vec!["answers from endpoints outside {\"a1\"}: {\"a2\"}".into()];
-        let report = Report::new(vec!["iptables".into()], vec![failing, result("s2", "iptables", Status::Pass, &["a1"])], 5000);
+        let report =
+            Report::new(vec!["iptables".into()], vec![failing, result("s2", "iptables", Status::Pass, &["a1"])], 5000);
         assert!(report.failed());
         assert_eq!(report.tally("iptables"), Tally { pass: 1, fail: 1, unsupported: 0 });
         let table = report.table();

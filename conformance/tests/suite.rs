@@ -2,6 +2,8 @@
 //! dataplane: a correct one passes, deliberately broken ones fail with
 //! evidence. Proves the suite can tell right from wrong.
 
+#![allow(clippy::print_stderr, reason = "tests say on stderr why they skip, and print the report")]
+
 mod fixture;
 
 use std::collections::BTreeMap;
@@ -27,7 +29,9 @@ fn scenarios(names: &[&str]) -> Vec<Scenario> {
 async fn run(names: &[&str], backends: Vec<Arc<dyn DriverFactory>>) -> conformance::Report {
     let scenarios = scenarios(names);
     let ports = conformance::runner::echo_ports(&scenarios);
-    let lab = Lab::create(LabConfig { agent_exe: env!("CARGO_BIN_EXE_switchyard-conformance").into(), ports }).await.expect("lab");
+    let lab = Lab::create(LabConfig { agent_exe: env!("CARGO_BIN_EXE_switchyard-conformance").into(), ports })
+        .await
+        .expect("lab");
     let config = SuiteConfig { backends, sections: BTreeMap::new(), strict_inspect: true };
     let report = conformance::run_suite(&lab, &scenarios, &config).await;
     lab.teardown().await;
@@ -62,15 +66,28 @@ async fn a_correct_backend_passes_and_a_broken_one_fails_with_evidence() {
         ],
     )
     .await;
-    let status = |s: &str, b: &str| report.results.iter().find(|r| r.scenario == s && r.backend == b).map(|r| r.status.clone());
-    for s in ["clusterip-single-port", "clusterip-from-every-client", "no-endpoints-reject", "etp-local-from-every-client", "hairpin-clusterip"] {
+    let status =
+        |s: &str, b: &str| report.results.iter().find(|r| r.scenario == s && r.backend == b).map(|r| r.status.clone());
+    for s in [
+        "clusterip-single-port",
+        "clusterip-from-every-client",
+        "no-endpoints-reject",
+        "etp-local-from-every-client",
+        "hairpin-clusterip",
+    ] {
         assert_eq!(status(s, "naive"), Some(Status::Pass), "{s}");
     }
     assert!(matches!(status("tcp-udp-sctp-same-port", "naive"), Some(Status::Unsupported { .. })));
-    assert!(matches!(status("loadbalancer-source-ranges-allow", "naive"), Some(Status::Unsupported { reason }) if reason.contains("SourceRanges")));
-    assert!(matches!(status("clusterip-from-every-client", "no-masq"), Some(Status::Fail { reason }) if reason.contains("saw source")));
+    assert!(
+        matches!(status("loadbalancer-source-ranges-allow", "naive"), Some(Status::Unsupported { reason }) if reason.contains("SourceRanges"))
+    );
+    assert!(
+        matches!(status("clusterip-from-every-client", "no-masq"), Some(Status::Fail { reason }) if reason.contains("saw source"))
+    );
     assert!(matches!(status("hairpin-clusterip", "no-masq"), Some(Status::Fail { .. })));
-    assert!(matches!(status("no-endpoints-reject", "drops"), Some(Status::Fail { reason }) if reason.contains("refused")));
+    assert!(
+        matches!(status("no-endpoints-reject", "drops"), Some(Status::Fail { reason }) if reason.contains("refused"))
+    );
     assert!(report.failed());
     assert!(!report.differences.is_empty(), "backends that behave differently are flagged");
 }
