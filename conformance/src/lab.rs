@@ -167,16 +167,10 @@ impl Lab {
             agents: BTreeMap::new(),
             torn_down: false,
         };
-        // Wiring is a few hundred short commands: keep them off the executor.
-        let (namespaces, result) = tokio::task::spawn_blocking(move || {
-            let mut created = Vec::new();
-            let r = wire(&prefix, ipv6, &mut created);
-            (created, r)
-        })
-        .await
-        .map_err(|e| ConformanceError::Lab { operation: "wiring".into(), source: std::io::Error::other(e) })?;
-        lab.namespaces = namespaces;
-        result?;
+        // Wiring runs synchronously on purpose: a future is only cancelled at
+        // an await point, so Ctrl-C cannot interrupt it between creating a
+        // namespace and recording it in the guard (it takes well under a second).
+        wire(&lab.info.prefix.clone(), ipv6, &mut lab.namespaces)?;
         lab.info.node1_interfaces = ["eth0", "eth1"]
             .into_iter()
             .map(String::from)
