@@ -498,6 +498,7 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
     }
     w.veth(addresses::NODE1, "eth1", "fab", "n1b")?;
     w.in_ns("fab", &["addr", "add", &format!("{}/24", addresses::FABRIC_SECOND_V4), "dev", "n1b"])?;
+    w.in_ns6("fab", &["addr", "add", &format!("{}/64", addresses::FABRIC_SECOND_V6), "dev", "n1b", "nodad"])?;
     w.veth(addresses::EXTERNAL, "eth0", "fab", "x0")?;
     w.in_ns("fab", &["addr", "add", &format!("{}/24", addresses::FABRIC_EXT_V4), "dev", "x0"])?;
     w.in_ns6("fab", &["addr", "add", &format!("{}/64", addresses::FABRIC_EXT_V6), "dev", "x0", "nodad"])?;
@@ -509,6 +510,7 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
         w.in_ns6(node.name, &["route", "add", "default", "via", &s(&addresses::FABRIC_V6)])?;
     }
     w.in_ns(n1.name, &["addr", "add", &format!("{}/24", addresses::NODE1_SECOND_V4), "dev", "eth1"])?;
+    w.in_ns6(n1.name, &["addr", "add", &format!("{}/64", addresses::NODE1_SECOND_V6), "dev", "eth1", "nodad"])?;
     w.in_ns(ext.name, &["addr", "add", &format!("{}/24", ext.ipv4), "dev", "eth0"])?;
     w.in_ns6(ext.name, &["addr", "add", &format!("{}/64", ext.ipv6), "dev", "eth0", "nodad"])?;
     w.in_ns(ext.name, &["route", "add", "default", "via", &s(&addresses::FABRIC_EXT_V4)])?;
@@ -546,6 +548,8 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
         w.veth(node, &veth, pod.name, "eth0")?;
         w.in_ns(node, &["addr", "add", &format!("{gw}/32"), "dev", &veth])?;
         w.in_ns6(node, &["addr", "add", &format!("{}/64", addresses::POD_GATEWAY_V6), "dev", &veth, "nodad"])?;
+        let gw6 = addresses::pod_gateway_global_v6(n);
+        w.in_ns6(node, &["addr", "add", &format!("{gw6}/128"), "dev", &veth, "nodad"])?;
         w.in_ns(node, &["route", "add", &format!("{}/32", pod.ipv4), "dev", &veth, "src", &s(&gw)])?;
         w.in_ns6(node, &["route", "add", &format!("{}/128", pod.ipv6), "dev", &veth])?;
         w.in_ns(pod.name, &["addr", "add", &format!("{}/32", pod.ipv4), "dev", "eth0"])?;
