@@ -56,6 +56,7 @@ async fn a_correct_backend_passes_and_a_broken_one_fails_with_evidence() {
         "hairpin-clusterip",
         "tcp-udp-sctp-same-port",
         "loadbalancer-source-ranges-allow",
+        "udp-endpoint-replacement",
     ];
     let report = run(
         &names,
@@ -63,6 +64,7 @@ async fn a_correct_backend_passes_and_a_broken_one_fails_with_evidence() {
             backend("naive", fixture::Faults::default()),
             backend("no-masq", fixture::Faults { never_masquerade: true, ..Default::default() }),
             backend("drops", fixture::Faults { drop_instead_of_reject: true, ..Default::default() }),
+            backend("stale-udp", fixture::Faults { keep_udp_conntrack: true, ..Default::default() }),
         ],
     )
     .await;
@@ -87,6 +89,9 @@ async fn a_correct_backend_passes_and_a_broken_one_fails_with_evidence() {
     assert!(matches!(status("hairpin-clusterip", "no-masq"), Some(Status::Fail { .. })));
     assert!(
         matches!(status("no-endpoints-reject", "drops"), Some(Status::Fail { reason }) if reason.contains("refused"))
+    );
+    assert!(
+        matches!(status("udp-endpoint-replacement", "stale-udp"), Some(Status::Fail { reason }) if reason.contains("a1"))
     );
     assert!(report.failed());
     assert!(!report.differences.is_empty(), "backends that behave differently are flagged");
