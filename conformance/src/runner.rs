@@ -264,7 +264,8 @@ impl Run<'_> {
 
     async fn play(&mut self) -> std::result::Result<(), Verdict> {
         let bound = patience();
-        let started = self.driver.start(&self.objects, bound).await;
+        let expected = self.snapshot().expected_state();
+        let started = self.driver.start(&self.objects, &expected, bound).await;
         let step_start = StepRecord {
             label: "initial sync".into(),
             kind: "start".into(),
@@ -275,6 +276,7 @@ impl Run<'_> {
             problems: started.as_ref().err().map(|e| vec![proxy_core::ErrorChain(e).to_string()]).unwrap_or_default(),
             tries: 1,
             elapsed_ms: started.as_ref().map(|c| c.elapsed.as_millis() as u64).unwrap_or(0),
+            sticky: false,
         };
         self.steps.push(step_start);
         if let Err(e) = started {
@@ -410,6 +412,7 @@ impl Run<'_> {
             problems,
             tries: waited.attempts,
             elapsed_ms: waited.elapsed.as_millis() as u64,
+            sticky: expect.sticky,
         }
     }
 
@@ -418,8 +421,9 @@ impl Run<'_> {
         for ev in &events {
             self.tracker.apply(ev.clone());
         }
+        let expected = self.snapshot().expected_state();
         self.driver
-            .apply(events, &self.objects, bound)
+            .apply(events, &self.objects, &expected, bound)
             .await
             .map(|c| c.elapsed)
             .map_err(|e| proxy_core::ErrorChain(&e).to_string())
@@ -528,18 +532,25 @@ impl Run<'_> {
             src_ip: Some(src),
             timeout_ms: DEFAULT_PROBE_TIMEOUT.as_millis() as u64,
         };
-        let start = Instant::now();
-        let attempts = match self.attempts(&hold.from, &req).await {
-            Ok(a) => a,
-            Err(e) => return record(label, "hold", detail, describe(expect), false, vec![e], 0),
-        };
         let mut relaxed = expect.clone();
         relaxed.sticky = true; // one connection reaches one endpoint
         let srcctx = SourceContext { client: src, node_addresses: addresses::node1_addresses() };
-        let checked = expect::check(&relaxed, &srcctx, &attempts);
-        if let Err(p) = &checked {
-            problems.extend(p.clone());
-        }
+        // Retried within the patience: a black-box proxy may still be converging.
+        let waited = eventually(patience(), || async {
+            let attempts = self.attempts(&hold.from, &req).await.map_err(|e| (vec![e], Vec::new()))?;
+            match expect::check(&relaxed, &srcctx, &attempts) {
+                Ok(_) => Ok(attempts),
+                Err(p) => Err((p, attempts)),
+            }
+        })
+        .await;
+        let attempts = match waited.result {
+            Ok(a) => a,
+            Err((p, a)) => {
+                problems.extend(p);
+                a
+            }
+        };
         if let Some(Outcome::Reply { host, .. }) = attempts.first().map(|a| &a.outcome) {
             self.held.insert(hold.name.clone(), (hold.from.clone(), host.clone()));
         }
@@ -551,8 +562,9 @@ impl Run<'_> {
             observed: Some(Observed::from_attempts(&attempts)),
             passed: problems.is_empty(),
             problems,
-            tries: 1,
-            elapsed_ms: start.elapsed().as_millis() as u64,
+            tries: waited.attempts,
+            elapsed_ms: waited.elapsed.as_millis() as u64,
+            sticky: false,
         }
     }
 
@@ -586,6 +598,7 @@ impl Run<'_> {
             problems: if ok { vec![] } else { vec!["the established connection was broken or moved".into()] },
             tries: 1,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            sticky: false,
         }
     }
 
@@ -625,8 +638,9 @@ impl Run<'_> {
             all
         };
         let objects = self.objects.clone();
+        let expected_state = self.snapshot().expected_state();
         let restarter = async {
-            let r = self.driver.restart(&objects, bound).await;
+            let r = self.driver.restart(&objects, &expected_state, bound).await;
             done.store(true, Ordering::SeqCst);
             r
         };
@@ -664,6 +678,7 @@ impl Run<'_> {
             problems,
             tries: 1,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            sticky: false,
         }
     }
 
@@ -722,6 +737,7 @@ impl Run<'_> {
             problems,
             tries: rounds,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            sticky: false,
         }
     }
 }
@@ -745,6 +761,7 @@ fn record(
         problems,
         tries: 1,
         elapsed_ms,
+        sticky: false,
     }
 }
 
