@@ -267,12 +267,23 @@ impl Driver for InProcessDriver {
         self.launch(objects, bound).await
     }
 
+    /// Stops, cleans up, and checks the cleanup: `inspect()` must then find nothing.
     async fn stop(&mut self) -> Result<()> {
         let dp = self.running.as_ref().map(|r| r.proxier.dataplane().clone());
         self.halt().await;
-        match dp {
-            Some(dp) => dp.cleanup().await.map_err(|e| self.backend_err("cleanup", e)),
-            None => self.factory.cleanup(&self.ctx).await.map_err(|e| self.backend_err("cleanup", e)),
+        let Some(dp) = dp else {
+            return self.factory.cleanup(&self.ctx).await.map_err(|e| self.backend_err("cleanup", e));
+        };
+        dp.cleanup().await.map_err(|e| self.backend_err("cleanup", e))?;
+        let left = dp.inspect().await.map_err(|e| self.backend_err("inspect after cleanup", e))?;
+        if left.frontends.is_empty() {
+            Ok(())
+        } else {
+            let frontends: Vec<String> = left.frontends.keys().map(ToString::to_string).collect();
+            Err(ConformanceError::Driver {
+                driver: self.label(),
+                message: format!("cleanup() left frontends in the kernel: {}", frontends.join(", ")),
+            })
         }
     }
 }
