@@ -222,10 +222,7 @@ fn any_addr(port: u16) -> SockAddr {
 
 /// A dual-stack listening socket (IPv4 peers appear as mapped addresses).
 fn listen_stream(port: u16, protocol: Option<SockProtocol>) -> io::Result<TcpListener> {
-    let s = Socket::new(Domain::IPV6, Type::STREAM, protocol)?;
-    s.set_only_v6(false)?;
-    s.set_reuse_address(true)?;
-    s.bind(&any_addr(port))?;
+    let s = dual_stack(Type::STREAM, protocol, port)?;
     s.listen(128)?;
     // An SCTP one-to-one socket accepts and streams like TCP; std's TcpListener
     // only issues accept(2)/read(2)/write(2) on it.
@@ -233,11 +230,28 @@ fn listen_stream(port: u16, protocol: Option<SockProtocol>) -> io::Result<TcpLis
 }
 
 fn udp_socket(port: u16) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV6, Type::DGRAM, None)?;
-    s.set_only_v6(false)?;
-    s.set_reuse_address(true)?;
-    s.bind(&any_addr(port))?;
-    Ok(UdpSocket::from(s))
+    Ok(UdpSocket::from(dual_stack(Type::DGRAM, None, port)?))
+}
+
+/// A socket bound to every address: IPv6 with IPv4-mapped peers, or plain
+/// IPv4 on a kernel without IPv6.
+fn dual_stack(ty: Type, protocol: Option<SockProtocol>, port: u16) -> io::Result<Socket> {
+    let v6 = Socket::new(Domain::IPV6, ty, protocol).and_then(|s| {
+        s.set_only_v6(false)?;
+        s.set_reuse_address(true)?;
+        s.bind(&any_addr(port))?;
+        Ok(s)
+    });
+    match v6 {
+        Ok(s) => Ok(s),
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let s = Socket::new(Domain::IPV4, ty, protocol)?;
+            s.set_reuse_address(true)?;
+            s.bind(&SockAddr::from(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)))?;
+            Ok(s)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn answer(name: &str, peer: SocketAddr, port: u16) -> String {
