@@ -1,6 +1,8 @@
 //! Sync logic on the fake iptables: golden payloads, inspect round-trip,
 //! partial syncs, the canary, convergence from leftovers, cleanup.
 
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions panic on broken fixtures")]
+
 mod common;
 
 use std::sync::Arc;
