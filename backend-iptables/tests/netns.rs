@@ -13,23 +13,15 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use backend_iptables::{IptablesDataplane, Variant};
+use common::lab::{Lab, is_root};
 use common::*;
-use nix::sched::{CloneFlags, setns};
 use proxy_core::testing::{ServiceBuilder, SliceBuilder, endpoint};
-use proxy_core::{BackendContext, ChangeTracker, FamilySet, IpFamily, NetNamespace};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use proxy_core::{ChangeTracker, FamilySet, IpFamily};
 
 macro_rules! require_root {
     () => {
@@ -55,153 +47,6 @@ async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         }
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-static LABS: AtomicUsize = AtomicUsize::new(0);
-
-/// The namespaces of one test; deleted on drop (also when the test panics).
-struct Lab {
-    prefix: String,
-    created: Vec<String>,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let prefix = format!("swy-ipt-{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::SeqCst));
-        let mut lab = Lab { prefix, created: Vec::new() };
-        for role in ["node", "pod1", "pod2", "client"] {
-            let name = lab.name(role);
-            ip(&["netns", "add", &name]);
-            lab.created.push(name.clone());
-            ip(&["-n", &name, "link", "set", "lo", "up"]);
-        }
-        let (node, pod1, pod2, client) = (lab.name("node"), lab.name("pod1"), lab.name("pod2"), lab.name("client"));
-        // Links are created inside the node namespace and their peers moved out: the root namespace is never touched.
-        for (iface, peer_ns, node_addr, peer_addr) in [
-            ("vpod1", &pod1, "10.180.0.1/24", "10.180.0.10/24"),
-            ("vpod2", &pod2, "10.180.1.1/24", "10.180.1.10/24"),
-            ("vclient", &client, "192.168.0.2/24", "192.168.0.100/24"),
-        ] {
-            ip(&["-n", &node, "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", peer_ns]);
-            ip(&["-n", &node, "addr", "add", node_addr, "dev", iface]);
-            ip(&["-n", &node, "link", "set", iface, "up"]);
-            ip(&["-n", peer_ns, "addr", "add", peer_addr, "dev", "eth0"]);
-            ip(&["-n", peer_ns, "link", "set", "eth0", "up"]);
-            let gw = node_addr.split('/').next().unwrap();
-            ip(&["-n", peer_ns, "route", "add", "default", "via", gw]);
-        }
-        // The node routes Service IPs somewhere (as real nodes do), and forwards.
-        ip(&["-n", &node, "route", "add", "default", "via", "192.168.0.100"]);
-        let ok = NetNamespace::named(&node)
-            .command("sysctl")
-            .unwrap()
-            .args(["-qw", "net.ipv4.ip_forward=1"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "sysctl in the node namespace");
-        lab
-    }
-
-    fn name(&self, role: &str) -> String {
-        format!("{}-{role}", self.prefix)
-    }
-
-    fn ns(&self, role: &str) -> NetNamespace {
-        NetNamespace::named(&self.name(role))
-    }
-
-    /// Starts echo servers in a pod namespace (threads live until the process ends).
-    fn echo(&self, role: &str, tcp_ports: &[u16], udp_ports: &[u16]) {
-        for &port in tcp_ports {
-            let listener = self.in_ns(role, move || TcpListener::bind(("0.0.0.0", port)).unwrap());
-            let name = role.to_string();
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    let Ok(mut conn) = conn else { continue };
-                    let peer = conn.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
-                    let _ = conn.write_all(format!("{name} {peer}\n").as_bytes());
-                }
-            });
-        }
-        for &port in udp_ports {
-            let sock = self.in_ns(role, move || UdpSocket::bind(("0.0.0.0", port)).unwrap());
-            let name = role.to_string();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 512];
-                while let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
-                }
-            });
-        }
-    }
-
-    fn in_ns<T: Send>(&self, role: &str, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name(role));
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-
-    /// One TCP connection from `role` to `to`: the echo's answer, or the error.
-    fn tcp(&self, role: &str, to: SocketAddr) -> std::io::Result<String> {
-        self.in_ns(role, move || {
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out.trim().to_string())
-        })
-    }
-
-    fn iptables(&self, variant: Variant, args: &[&str]) -> String {
-        let out = self
-            .ns("node")
-            .command(variant.binary(IpFamily::V4, backend_iptables::exec::Tool::Iptables))
-            .unwrap()
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn save(&self, variant: Variant) -> String {
-        let out = self
-            .ns("node")
-            .command(variant.binary(IpFamily::V4, backend_iptables::exec::Tool::Save))
-            .unwrap()
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn dataplane(&self, variant: Variant) -> IptablesDataplane {
-        let mut ctx = BackendContext::new(NODE, self.ns("node"));
-        ctx.families = FamilySet::V4;
-        ctx.masquerade = masquerade();
-        ctx.node_ips = vec!["192.168.0.2".parse().unwrap()];
-        ctx.section = serde_json::json!({ "variant": variant.as_str() });
-        IptablesDataplane::from_context(&ctx).expect("build the backend")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for name in self.created.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
     }
 }
 
@@ -231,7 +76,7 @@ async fn real_packets(variant: Variant) {
     let lab = Lab::new();
     lab.echo("pod1", &[8080], &[5353]);
     lab.echo("pod2", &[8080], &[5353]);
-    let dp = lab.dataplane(variant);
+    let dp = lab.dataplane(variant, masquerade());
     let mut t = tracker_for_lab();
     let snapshot = t.snapshot();
     use proxy_core::Dataplane;
@@ -320,7 +165,7 @@ async fn partial_sync_canary_and_stale_udp() {
     let lab = Lab::new();
     lab.echo("pod1", &[8080], &[5353]);
     lab.echo("pod2", &[8080], &[5353]);
-    let dp = lab.dataplane(variant);
+    let dp = lab.dataplane(variant, masquerade());
     let mut t = tracker_for_lab();
     dp.sync(request(t.snapshot(), &[], true)).await.unwrap();
 
@@ -395,7 +240,7 @@ async fn converges_from_leftovers_and_cleans_up() {
             })
             .unwrap();
         assert!(out.success());
-        let dp = lab.dataplane(variant);
+        let dp = lab.dataplane(variant, masquerade());
         let mut t = tracker_for_lab();
         let snapshot = t.snapshot();
         dp.sync(request(snapshot.clone(), &[], true)).await.unwrap();
@@ -413,7 +258,7 @@ async fn converges_from_leftovers_and_cleans_up() {
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 
         // Cleanup from a fresh process (a new backend on the same namespace).
-        let fresh = lab.dataplane(variant);
+        let fresh = lab.dataplane(variant, masquerade());
         fresh.cleanup().await.unwrap();
         let saved = lab.save(variant);
         assert!(!saved.contains("SWITCHYARD"), "{saved}");

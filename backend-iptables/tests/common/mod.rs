@@ -15,6 +15,8 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 #![allow(clippy::unwrap_used, reason = "fixtures panic when broken")]
 
+pub mod lab;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
