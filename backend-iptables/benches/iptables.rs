@@ -43,24 +43,36 @@ fn masquerade() -> MasqueradeConfig {
     MasqueradeConfig { all: false, cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()] }
 }
 
-/// `n` ClusterIP Services (random addresses in 10.96.0.0/12) with `eps`
-/// endpoints each (random pod addresses). Service 0 is 172.30.0.10:80 →
-/// the lab's pod1 (10.180.0.10:8080), so latency can be measured against it.
+/// The ClusterIPs of `n` Services: random, distinct, in 10.96.0.0/12.
+fn cluster_ips(n: usize) -> Vec<IpAddr> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut used = BTreeSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let ip = Ipv4Addr::from(0x0a60_0000 | (rng.next() as u32 & 0x000f_ffff));
+        if used.insert(ip) {
+            out.push(IpAddr::from(ip));
+        }
+    }
+    out
+}
+
+/// The Service latency is measured against: the highest ClusterIP, the
+/// last frontend of the last leaf (the longest walk through the tree).
+fn probe_index(n: usize) -> usize {
+    let ips = cluster_ips(n);
+    (0..n).max_by_key(|i| ips[*i]).unwrap_or(0)
+}
+
+/// `n` ClusterIP Services with `eps` endpoints each (random pod addresses);
+/// the probe Service has one endpoint, the lab's pod1 (10.180.0.10:8080).
 fn plans(n: usize, eps: usize, generation: u64) -> Vec<ServicePlan> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut used = BTreeSet::new();
+    let ips = cluster_ips(n);
+    let probe = probe_index(n);
     (0..n)
         .map(|i| {
-            let cip: IpAddr = if i == 0 {
-                Ipv4Addr::new(172, 30, 0, 10).into()
-            } else {
-                loop {
-                    let ip = Ipv4Addr::from(0x0a60_0000 | (rng.next() as u32 & 0x000f_ffff));
-                    if used.insert(ip) {
-                        break ip.into();
-                    }
-                }
-            };
+            let cip = ips[i];
             let name = ServiceName::new("bench", &format!("svc-{i}"));
             let info = Arc::new(ServiceInfo {
                 name: name.clone(),
@@ -83,7 +95,7 @@ fn plans(n: usize, eps: usize, generation: u64) -> Vec<ServicePlan> {
             });
             let endpoints: Vec<Endpoint> = (0..eps)
                 .map(|e| {
-                    let address: IpAddr = if i == 0 {
+                    let address: IpAddr = if i == probe {
                         Ipv4Addr::new(10, 180, 0, 10).into()
                     } else {
                         let mut ip = Ipv4Addr::from(0x0a80_0000 | (rng.next() as u32 & 0x003f_ffff));
@@ -108,7 +120,7 @@ fn plans(n: usize, eps: usize, generation: u64) -> Vec<ServicePlan> {
                     }
                 })
                 .collect::<Vec<_>>();
-            let endpoints = if i == 0 { endpoints.into_iter().take(1).collect() } else { endpoints };
+            let endpoints = if i == probe { endpoints.into_iter().take(1).collect() } else { endpoints };
             let route = Route::Forward(endpoints.into());
             ServicePlan {
                 service: info,
@@ -299,15 +311,15 @@ fn latency_figures(n: usize, variant: Variant) {
     lab.echo("pod1", &[8080], &[]);
     let dp = lab_dataplane(&lab, variant);
     dp.sync_blocking(&request(snapshot(n, 2, 0), &[], true)).unwrap();
-    let vip: SocketAddr = "172.30.0.10:80".parse().unwrap();
+    let vip = SocketAddr::new(cluster_ips(n)[probe_index(n)], 80);
     let samples: Vec<Duration> = lab.in_ns("client", move || {
         let mut out = Vec::new();
-        for i in 0..3000 {
+        for i in 0..5000 {
             let t = Instant::now();
             let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).unwrap();
             let d = t.elapsed();
             drop(s);
-            if i >= 500 {
+            if i >= 1000 {
                 out.push(d);
             }
         }
@@ -367,7 +379,7 @@ fn profile_desired(n: usize, eps: usize) {
         let t1 = t.elapsed();
         let w = backend_iptables::sync::written(&d);
         let t2 = t.elapsed();
-        let (p, _) = backend_iptables::sync::partial_payload(&w, &d);
+        let (p, _) = backend_iptables::sync::partial_payload(&w, &d, true);
         let t3 = t.elapsed();
         println!(
             "desired {} ({} chains), written {}, partial {} ({} bytes)",

@@ -62,7 +62,7 @@ impl Settings {
             node_ips: Vec::new(),
             random_fully: true,
             stride: 2,
-            leaf_max: 64,
+            leaf_max: 256,
             full_sync_period: Duration::from_secs(3600),
             conntrack: false,
             sysctls: false,
@@ -249,7 +249,7 @@ impl IptablesDataplane {
                 let current = cleanup::read(self.exec.as_ref(), family)?;
                 sync::full_payload(&current, &desired)
             } else {
-                let (p, s) = sync::partial_payload(&fs.written, &desired);
+                let (p, s) = sync::partial_payload(&fs.written, &desired, request.full);
                 if s == PayloadStats::default() && !request.full {
                     // Nothing changed in this family; the canary is checked on the next periodic sync.
                     continue;

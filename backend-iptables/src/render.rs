@@ -74,7 +74,7 @@ impl RenderConfig {
             nodeport_addresses: NodePortAddresses::All,
             node_ips: Vec::new(),
             stride: 2,
-            leaf_max: 64,
+            leaf_max: 256,
         }
     }
 
