@@ -267,3 +267,51 @@ async fn converges_from_leftovers_and_cleans_up() {
         fresh.cleanup().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_packets_ipv6() {
+    require_root!();
+    use proxy_core::Dataplane;
+    let lab = Lab::new();
+    lab.echo("pod1", &[8080], &[]);
+    lab.echo("pod2", &[8080], &[]);
+    let svcs = vec![
+        ServiceBuilder::new("lab", "web6", "172.30.0.20")
+            .cluster_ips(&["172.30.0.20", "fd00:30::20"])
+            .node_port("http", 80, "TCP", 30081),
+        ServiceBuilder::new("lab", "empty6", "fd00:30::21").cluster_ips(&["fd00:30::21"]).port("http", 80, "TCP"),
+    ];
+    let slices = vec![
+        SliceBuilder::new("lab", "web6-4", "web6")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.180.0.10").node(NODE)),
+        SliceBuilder::new("lab", "web6-6", "web6")
+            .address_type("IPv6")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("fd00:180::10").node(NODE))
+            .endpoint(endpoint("fd00:181::10").node("node-2")),
+    ];
+    let mut t = tracker(planner(FamilySet::DUAL, masquerade()), svcs, slices);
+    let snapshot = t.snapshot();
+    let dp = lab.dataplane_for(Variant::Nft, masquerade(), FamilySet::DUAL);
+    dp.sync(request(snapshot.clone(), &[], true)).await.unwrap();
+    let vip: SocketAddr = "[fd00:30::20]:80".parse().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    eventually("both IPv6 endpoints answer", || {
+        let answer = lab.tcp("client", vip).ok()?;
+        seen.insert(answer.split(' ').next()?.to_string());
+        (seen.len() == 2).then_some(())
+    })
+    .await;
+    // Pods, the node itself and node-port clients; the IPv4 ClusterIP of the same Service.
+    assert!(lab.tcp("pod1", vip).unwrap().starts_with("pod"));
+    assert!(lab.tcp("node", vip).unwrap().starts_with("pod"));
+    assert!(lab.tcp("client", "[fd00:1::2]:30081".parse().unwrap()).unwrap().starts_with("pod"));
+    assert!(lab.tcp("client", "172.30.0.20:80".parse().unwrap()).unwrap().starts_with("pod1"));
+    let err = lab.tcp("client", "[fd00:30::21]:80".parse().unwrap()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    let diff = snapshot.expected_state().diff(&dp.inspect().await.unwrap());
+    assert!(diff.is_empty(), "{diff:?}");
+    dp.cleanup().await.unwrap();
+    assert!(!lab.save(Variant::Nft).contains("SWITCHYARD"));
+}

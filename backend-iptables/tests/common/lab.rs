@@ -51,29 +51,32 @@ impl Lab {
         }
         let (node, pod1, pod2, client) = (lab.name("node"), lab.name("pod1"), lab.name("pod2"), lab.name("client"));
         // Links are created inside the node namespace and their peers moved out: the root namespace is never touched.
-        for (iface, peer_ns, node_addr, peer_addr) in [
-            ("vpod1", &pod1, "10.180.0.1/24", "10.180.0.10/24"),
-            ("vpod2", &pod2, "10.180.1.1/24", "10.180.1.10/24"),
-            ("vclient", &client, "192.168.0.2/24", "192.168.0.100/24"),
+        // IPv6 alongside: fd00:180::/64 and fd00:181::/64 for the pods, fd00:1::/64 to the client.
+        for (iface, peer_ns, node_addr, peer_addr, node6, peer6) in [
+            ("vpod1", &pod1, "10.180.0.1/24", "10.180.0.10/24", "fd00:180::1/64", "fd00:180::10/64"),
+            ("vpod2", &pod2, "10.180.1.1/24", "10.180.1.10/24", "fd00:181::1/64", "fd00:181::10/64"),
+            ("vclient", &client, "192.168.0.2/24", "192.168.0.100/24", "fd00:1::2/64", "fd00:1::100/64"),
         ] {
             ip(&["-n", &node, "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", peer_ns]);
             ip(&["-n", &node, "addr", "add", node_addr, "dev", iface]);
+            ip(&["-n", &node, "addr", "add", node6, "dev", iface, "nodad"]);
             ip(&["-n", &node, "link", "set", iface, "up"]);
             ip(&["-n", peer_ns, "addr", "add", peer_addr, "dev", "eth0"]);
+            ip(&["-n", peer_ns, "addr", "add", peer6, "dev", "eth0", "nodad"]);
             ip(&["-n", peer_ns, "link", "set", "eth0", "up"]);
             let gw = node_addr.split('/').next().unwrap();
             ip(&["-n", peer_ns, "route", "add", "default", "via", gw]);
+            let gw6 = node6.split('/').next().unwrap();
+            ip(&["-n", peer_ns, "-6", "route", "add", "default", "via", gw6]);
         }
         // The node routes Service IPs somewhere (as real nodes do), and forwards.
         ip(&["-n", &node, "route", "add", "default", "via", "192.168.0.100"]);
-        let ok = NetNamespace::named(&node)
-            .command("sysctl")
-            .unwrap()
-            .args(["-qw", "net.ipv4.ip_forward=1"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "sysctl in the node namespace");
+        ip(&["-n", &node, "-6", "route", "add", "default", "via", "fd00:1::100"]);
+        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let ok =
+                NetNamespace::named(&node).command("sysctl").unwrap().args(["-qw", sysctl]).status().unwrap().success();
+            assert!(ok, "sysctl {sysctl} in the node namespace");
+        }
         lab
     }
 
@@ -88,23 +91,24 @@ impl Lab {
     /// Starts echo servers in a pod namespace (threads live until the process ends).
     pub fn echo(&self, role: &str, tcp_ports: &[u16], udp_ports: &[u16]) {
         for &port in tcp_ports {
-            let listener = self.in_ns(role, move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+            // [::] takes IPv4 too (v4-mapped), so one server answers both families.
+            let listener = self.in_ns(role, move || TcpListener::bind(("::", port)).unwrap());
             let name = role.to_string();
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     let Ok(mut conn) = conn else { continue };
-                    let peer = conn.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
+                    let peer = conn.peer_addr().map(|p| p.ip().to_canonical().to_string()).unwrap_or_default();
                     let _ = conn.write_all(format!("{name} {peer}\n").as_bytes());
                 }
             });
         }
         for &port in udp_ports {
-            let sock = self.in_ns(role, move || UdpSocket::bind(("0.0.0.0", port)).unwrap());
+            let sock = self.in_ns(role, move || UdpSocket::bind(("::", port)).unwrap());
             let name = role.to_string();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 512];
                 while let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+                    let _ = sock.send_to(format!("{name} {}", peer.ip().to_canonical()).as_bytes(), peer);
                 }
             });
         }
@@ -156,10 +160,19 @@ impl Lab {
     }
 
     pub fn dataplane(&self, variant: Variant, masquerade: MasqueradeConfig) -> IptablesDataplane {
+        self.dataplane_for(variant, masquerade, FamilySet::V4)
+    }
+
+    pub fn dataplane_for(
+        &self,
+        variant: Variant,
+        masquerade: MasqueradeConfig,
+        families: FamilySet,
+    ) -> IptablesDataplane {
         let mut ctx = BackendContext::new("node-1", self.ns("node"));
-        ctx.families = FamilySet::V4;
+        ctx.families = families;
         ctx.masquerade = masquerade;
-        ctx.node_ips = vec!["192.168.0.2".parse().unwrap()];
+        ctx.node_ips = vec!["192.168.0.2".parse().unwrap(), "fd00:1::2".parse().unwrap()];
         ctx.section = serde_json::json!({ "variant": variant.as_str() });
         IptablesDataplane::from_context(&ctx).expect("build the backend")
     }
