@@ -214,7 +214,9 @@ fn flushed_tables_are_repaired() {
 fn failures_fall_back_to_full_syncs() {
     let (services, slices) = small_catalog();
     let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
-    let (dp, fake) = fake_dataplane(FamilySet::V4);
+    let fake = Arc::new(FakeIptables::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let dp = IptablesDataplane::with_executor(settings(FamilySet::V4), fake.clone()).with_metrics(&mut registry);
     dp.sync_blocking(&request(t.snapshot(), &[], true)).unwrap();
     apply_slice(
         &mut t,
@@ -238,6 +240,12 @@ fn failures_fall_back_to_full_syncs() {
     assert!(dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).is_err());
     assert!(dp.sync_blocking(&request(snapshot.clone(), &[], false)).unwrap().full);
     assert_eq!(fake.ruleset(IpFamily::V4), fresh(FamilySet::V4, snapshot).ruleset(IpFamily::V4));
+    // kube-proxy's metric names.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 2"), "{text}");
+    assert!(text.contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1"), "{text}");
+    assert!(text.contains("kubeproxy_sync_proxy_rules_iptables{table=\"nat\"}"), "{text}");
 }
 
 fn sorted_builtins(mut rs: Ruleset) -> Ruleset {
