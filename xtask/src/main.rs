@@ -3,6 +3,7 @@
 //! Dependency-free on purpose: it is built before anything else on a fresh
 //! machine, so it must compile in seconds.
 
+mod bench;
 mod demo;
 mod test;
 
@@ -13,7 +14,8 @@ fn usage() -> ExitCode {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          test [--skip TIER]...   run every test tier (lint, unit, demo, conformance, vm)\n  \
-         demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n"
+         demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n  \
+         bench [--quick] [ARGS]  every backend side by side: tables, JSON, plots (bench/README.md)\n"
     );
     ExitCode::from(2)
 }
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     match cmd.as_str() {
         "test" => test::run(rest),
         "demo" => demo::run(rest),
+        "bench" => bench::run(rest),
         _ => usage(),
     }
 }

@@ -77,6 +77,11 @@ fn tiers() -> Vec<Tier> {
                 ],
             )],
         },
+        Tier {
+            name: "bench",
+            what: "the benchmark harness, quick (smoke: fails only if the harness breaks, never on a timing)",
+            commands: vec![cmd(&["cargo", "xtask", "bench", "--quick"])],
+        },
     ]
 }
 

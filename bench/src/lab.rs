@@ -1,0 +1,362 @@
+//! The benchmark lab: four network namespaces made for one measurement,
+//! leaner than the conformance lab (no agents, no second node), so that the
+//! only work on a probe's path is the dataplane's.
+//!
+//! ```text
+//!  client (10.244.1.5) ─eth0══vc─┐
+//!  pod    (10.244.2.5, and the   │ node (the dataplane, ip_forward; 10.244.1.1,
+//!          endpoint addresses    ├─      10.244.2.1, 192.168.0.10 = InternalIP)
+//!          10.244.2.10-.29) ═vp──┤
+//!  ext    (192.168.0.2) ─eth0══vx┘
+//! ```
+//!
+//! Names are `swy-bench-<pid>-<n>-<host>`. Everything a lab creates (namespaces,
+//! a cgroup, a private bpffs mount) is recorded in a process-wide list that
+//! the `Drop` guard and the signal handler both empty, so a lab is removed on
+//! success, failure, panic and Ctrl-C. Nothing is done in the root
+//! namespace: every `ip` call names a lab namespace.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use proxy_core::NetNamespace;
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 10);
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const POD_PORT: u16 = 8080;
+/// Endpoint addresses the pod answers on: `.10`-`.19` serve the first
+/// Service, `.20`/`.21` alternate as the last Service's single endpoint.
+pub fn pod_endpoint(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 2, 10 + i)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// What must be undone if the process is interrupted: namespaces, cgroups,
+/// bpffs mounts, child processes (by pid).
+#[derive(Default)]
+pub struct Leftovers {
+    pub namespaces: BTreeSet<String>,
+    pub cgroups: BTreeSet<PathBuf>,
+    pub mounts: BTreeSet<PathBuf>,
+    pub pids: BTreeSet<i32>,
+}
+
+pub static LEFTOVERS: Mutex<Leftovers> =
+    Mutex::new(Leftovers { namespaces: BTreeSet::new(), cgroups: BTreeSet::new(), mounts: BTreeSet::new(), pids: BTreeSet::new() });
+
+fn leftovers() -> std::sync::MutexGuard<'static, Leftovers> {
+    LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Undoes everything recorded (signal path): kills children by pid, unmounts,
+/// deletes namespaces and cgroups.
+pub fn undo_all() {
+    let mut l = leftovers();
+    for pid in std::mem::take(&mut l.pids) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    for m in std::mem::take(&mut l.mounts) {
+        unmount(&m);
+    }
+    for ns in std::mem::take(&mut l.namespaces) {
+        let _ = quiet("ip", &["netns", "del", &ns]);
+    }
+    for cg in std::mem::take(&mut l.cgroups) {
+        let _ = std::fs::remove_dir(&cg);
+    }
+}
+
+fn unmount(path: &Path) {
+    let _ = quiet("umount", &[&path.display().to_string()]);
+    let _ = std::fs::remove_dir(path);
+}
+
+/// Runs a command; Err with its stderr when it fails.
+pub fn quiet(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Removes labs of earlier runs killed with SIGKILL (their pid is gone).
+pub fn collect_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    let stale = |name: &str| {
+        name.strip_prefix("swy-bench-")
+            .and_then(|rest| rest.split('-').next())
+            .is_some_and(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists())
+    };
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if stale(&name) && quiet("ip", &["netns", "del", &name]).is_ok() {
+                removed.push(name);
+            }
+        }
+    }
+    if let Some(root) = cgroup2_root()
+        && let Ok(entries) = std::fs::read_dir(&root)
+    {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if stale(&name) && std::fs::remove_dir(e.path()).is_ok() {
+                removed.push(e.path().display().to_string());
+            }
+        }
+    }
+    removed
+}
+
+/// The cgroup v2 hierarchy: the hybrid layout's `unified`, or a pure v2 root.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && (p.ends_with("unified") || p.join("cgroup.controllers").exists()))
+}
+
+/// Pins the calling thread to one CPU (ignored when it does not exist).
+pub fn pin_to(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+        }
+    }
+}
+
+/// Which CPUs the client and the dataplane side use: different ones when
+/// the machine has two or more.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Cpus {
+    pub client: Option<usize>,
+    pub dataplane: Option<usize>,
+}
+
+impl Cpus {
+    pub fn detect() -> Cpus {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if n >= 2 { Cpus { client: Some(0), dataplane: Some(1) } } else { Cpus { client: None, dataplane: None } }
+    }
+}
+
+/// One lab.
+pub struct Lab {
+    pub prefix: String,
+    /// A cgroup v2 directory of this lab (empty), for cgroup-attached BPF.
+    pub cgroup: Option<PathBuf>,
+    /// A private bpffs mount of this lab, when asked for.
+    pub bpffs: Option<PathBuf>,
+    pub cpus: Cpus,
+    namespaces: Vec<String>,
+    stop: Arc<AtomicBool>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Lab {
+    /// Builds the namespaces and starts the pod's echo server. Needs root.
+    pub fn create(cpus: Cpus, with_bpffs: bool) -> Result<Lab, String> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("swy-bench-{}-{n}-", std::process::id());
+        let mut lab = Lab {
+            prefix,
+            cgroup: None,
+            bpffs: None,
+            cpus,
+            namespaces: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            server: None,
+        };
+        lab.wire()?;
+        if let Some(root) = cgroup2_root() {
+            let dir = root.join(lab.prefix.trim_end_matches('-'));
+            if std::fs::create_dir(&dir).is_ok() {
+                leftovers().cgroups.insert(dir.clone());
+                lab.cgroup = Some(dir);
+            }
+        }
+        if with_bpffs {
+            let dir = std::env::temp_dir().join(format!("{}bpffs", lab.prefix));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            quiet("mount", &["-t", "bpf", "bpf", &dir.display().to_string()])?;
+            leftovers().mounts.insert(dir.clone());
+            lab.bpffs = Some(dir);
+        }
+        lab.server = Some(lab.start_server()?);
+        Ok(lab)
+    }
+
+    pub fn ns_name(&self, host: &str) -> String {
+        format!("{}{host}", self.prefix)
+    }
+
+    pub fn netns(&self, host: &str) -> NetNamespace {
+        NetNamespace::named(&self.ns_name(host))
+    }
+
+    fn add_ns(&mut self, host: &str) -> Result<String, String> {
+        let name = self.ns_name(host);
+        // Recorded before creation: the signal path removes it even if we
+        // are interrupted between the two.
+        leftovers().namespaces.insert(name.clone());
+        self.namespaces.push(name.clone());
+        quiet("ip", &["netns", "add", &name])?;
+        quiet("ip", &["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    fn wire(&mut self) -> Result<(), String> {
+        let node = self.add_ns("node")?;
+        for (dev, host, node_addr, addr, gw) in [
+            ("vc", "client", "10.244.1.1/24", "10.244.1.5/24", "10.244.1.1"),
+            ("vp", "pod", "10.244.2.1/24", "10.244.2.5/24", "10.244.2.1"),
+            ("vx", "ext", "192.168.0.10/24", "192.168.0.2/24", "192.168.0.10"),
+        ] {
+            let peer = self.add_ns(host)?;
+            quiet("ip", &["link", "add", dev, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns", &peer])?;
+            quiet("ip", &["-n", &node, "addr", "add", node_addr, "dev", dev])?;
+            quiet("ip", &["-n", &node, "link", "set", dev, "up"])?;
+            quiet("ip", &["-n", &peer, "addr", "add", addr, "dev", "eth0"])?;
+            quiet("ip", &["-n", &peer, "link", "set", "eth0", "up"])?;
+            quiet("ip", &["-n", &peer, "route", "add", "default", "via", gw])?;
+        }
+        let pod = self.ns_name("pod");
+        for i in 0..20 {
+            quiet("ip", &["-n", &pod, "addr", "add", &format!("{}/32", pod_endpoint(i)), "dev", "eth0"])?;
+        }
+        // Sysctls of the lab's own namespaces only (`ip netns exec` scopes them).
+        quiet("ip", &["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        for host in ["node", "client", "pod", "ext"] {
+            let ns = self.ns_name(host);
+            // Probes before a Service exists must fail fast with an ICMP
+            // error, not wait for a SYN timeout: no ICMP rate limits here.
+            let _ = quiet("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"]);
+            let _ = quiet("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.icmp_msgs_per_sec=1000000"]);
+            let _ = quiet("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.icmp_msgs_burst=1000000"]);
+        }
+        Ok(())
+    }
+
+    /// The pod's server on every address, port 8080 (see [`serve_one`]).
+    fn start_server(&self) -> Result<JoinHandle<()>, String> {
+        let ns = self.netns("pod");
+        let stop = self.stop.clone();
+        let cpu = self.cpus.dataplane;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let listener = ns.run(|| TcpListener::bind(("0.0.0.0", POD_PORT))).map_err(|e| e.to_string());
+            let listener = match listener {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            pin_to(cpu);
+            let _ = tx.send(Ok(()));
+            while !stop.load(Ordering::Relaxed) {
+                // poll(2) wakes at once on a connection; the timeout only
+                // bounds how long a stop request waits.
+                let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd, count 1.
+                let r = unsafe { libc::poll(&mut pfd, 1, 100) };
+                if r <= 0 {
+                    continue;
+                }
+                if let Ok((stream, _)) = listener.accept() {
+                    serve_one(stream);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => Err(format!("pod server: {e}")),
+            Err(_) => Err("pod server did not start".into()),
+        }
+    }
+
+    fn teardown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.server.take() {
+            let _ = h.join();
+        }
+        let mut l = leftovers();
+        if let Some(m) = self.bpffs.take() {
+            unmount(&m);
+            l.mounts.remove(&m);
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = quiet("ip", &["netns", "del", &ns]);
+            l.namespaces.remove(&ns);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = std::fs::remove_dir(&cg);
+            l.cgroups.remove(&cg);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// One connection to the pod: first byte `E` → answer the address the
+/// client reached (the endpoint after DNAT) and close; `S` → sink until EOF;
+/// anything else (a connect-only probe closing with RST) → close.
+fn serve_one(mut stream: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut first = [0u8; 1];
+    match stream.read(&mut first) {
+        Ok(1) if first[0] == b'E' => {
+            let local = stream.local_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+            let _ = stream.write_all(format!("{local}\n").as_bytes());
+        }
+        Ok(1) if first[0] == b'S' => {
+            let mut buf = vec![0u8; 256 * 1024];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        _ => {}
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Runs `f` on a new thread inside `ns`, pinned to `cpu`, and waits for it.
+pub fn in_ns<T: Send, F: FnOnce() -> T + Send>(ns: &NetNamespace, cpu: Option<usize>, f: F) -> Result<T, String> {
+    ns.run(|| {
+        pin_to(cpu);
+        f()
+    })
+    .map_err(|e| format!("entering {}: {e}", ns.label()))
+}
+
+/// A socket address on the ClusterIP port.
+pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
