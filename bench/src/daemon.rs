@@ -9,7 +9,7 @@
 //! change the harness makes bumps it by exactly one.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,6 +83,8 @@ impl Drop for ApiHost {
 pub struct SyncEvent {
     pub at: SystemTime,
     pub generation: u64,
+    /// How long the backend's `sync()` took (µs).
+    pub sync_us: f64,
 }
 
 #[derive(Default)]
@@ -127,6 +129,7 @@ fn parse_sync(v: &serde_json::Value) -> Option<SyncEvent> {
     Some(SyncEvent {
         at: parse_time(v.get("timestamp")?.as_str()?)?,
         generation: span.get("generation")?.as_u64()?,
+        sync_us: v.get("elapsed_ms").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN) * 1e3,
     })
 }
 
@@ -138,7 +141,10 @@ impl Daemon {
             .args(["--min-sync-period", &spec.min_sync_period, "--logging-format", "json"])
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .env("SWITCHYARD_LOG", "info,proxy_core::proxier=debug")
+            .env(
+                "SWITCHYARD_LOG",
+                std::env::var("SWY_BENCH_DAEMON_FILTER").unwrap_or_else(|_| "info,proxy_core::proxier=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -174,9 +180,15 @@ impl Daemon {
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let log = Arc::new((Mutex::new(LogState::default()), Condvar::new()));
         let shared = log.clone();
+        // SWY_BENCH_DAEMON_LOG=DIR keeps every daemon's log (debugging the harness).
+        let mut keep = std::env::var_os("SWY_BENCH_DAEMON_LOG")
+            .and_then(|d| std::fs::File::create(PathBuf::from(d).join(format!("daemon-{pid}.log"))).ok());
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(f) = keep.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
                 let mut st = shared.0.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(v) = &parsed {

@@ -25,7 +25,7 @@ use report::{Machine, Run, Unavailable};
 
 const USAGE: &str = "usage: switchyard-bench [--quick] [--switchyard-bin PATH] [--out DIR] [--readme README.md]
     [--sizes 1,1000,10000,30000] [--modes iptables,ebpf] [--no-references] [--section MODE=JSON]
-    [--min-sync-period 1ms] [--iptables-restore iptables-nft-restore] [--build LABEL] [--command TEXT]";
+    [--min-sync-period 1ms] [--iptables-restore iptables-nft-restore] [--no-plots] [--build LABEL] [--command TEXT]";
 
 /// Modes the project ships; one that is not registered in this build is
 /// listed as not measured, with the reason.
@@ -47,6 +47,7 @@ struct Args {
     iptables_restore: String,
     build: String,
     command: Option<String>,
+    plots: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -63,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         iptables_restore: "iptables-nft-restore".into(),
         build: "unknown".into(),
         command: None,
+        plots: true,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.into_iter();
@@ -71,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--quick" => a.quick = true,
             "--no-references" => a.references = false,
+            "--no-plots" => a.plots = false,
             "--switchyard-bin" => a.binary = Some(PathBuf::from(value()?)),
             "--out" => a.out = PathBuf::from(value()?),
             "--readme" => a.readme = Some(PathBuf::from(value()?)),
@@ -115,7 +118,7 @@ fn settings(a: &Args, workdir: PathBuf) -> Settings {
         reps: 3,
         rate_count: 1000,
         throughput_s: 3.0,
-        reference_timeout_s: 150.0,
+        reference_timeout_s: 120.0,
         cold_timeout_s: 300.0,
         min_sync_period: a.min_sync_period.clone(),
         iptables_restore: a.iptables_restore.clone(),
@@ -408,7 +411,8 @@ fn main() -> ExitCode {
             failed = true;
         }
     }
-    let svgs = match plot::init_font().and_then(|()| plot::write_all(&run, &args.out)) {
+    let plots = if args.plots { plot::init_font().and_then(|()| plot::write_all(&run, &args.out)) } else { Ok(Vec::new()) };
+    let svgs = match plots {
         Ok(svgs) => svgs,
         Err(e) => {
             eprintln!("switchyard-bench: plots: {e}");

@@ -173,7 +173,7 @@ pub fn write_all(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
     let connect = series(run, |r| r.connect_last.as_ref().map(|s| s.p50_us), false);
     let direct = series(run, |r| (r.kind == Kind::Direct).then(|| r.connect_last.as_ref().map(|s| s.p50_us)).flatten(), true);
     let mut connect_all = connect;
-    connect_all.extend(direct.into_iter().map(|s| Series { name: format!("{} (no Service)", s.name), ..s }));
+    connect_all.extend(direct);
     let change = series(run, |r| r.change_kernel.as_ref().filter(|s| !s.is_empty()).map(|s| s.p50_us / 1e3), false);
     let cold = series(run, |r| r.cold_answer.as_ref().filter(|s| !s.is_empty()).map(|s| s.p50_us / 1e3), false);
     // Distribution at the largest size that has change samples.

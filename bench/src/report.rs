@@ -51,6 +51,9 @@ pub struct Row {
     pub cold_kernel: Option<Samples>,
     /// Start → first answered connection to the last-created Service.
     pub cold_answer: Option<Samples>,
+    /// Of the cold start, the backend's first `sync()` alone (the rest is
+    /// process start-up and the initial lists from the API server).
+    pub cold_sync: Option<Samples>,
     /// One endpoint changed: event in → kernel acknowledged.
     pub change_kernel: Option<Samples>,
     /// One endpoint changed: event in → first connection reaching the new endpoint.
@@ -77,6 +80,7 @@ impl Row {
             endpoints,
             cold_kernel: None,
             cold_answer: None,
+            cold_sync: None,
             change_kernel: None,
             change_connect: None,
             churn: None,
@@ -187,7 +191,7 @@ impl Run {
             o.push_str("**Quick run (CI smoke): few samples, not for comparison.**\n\n");
         }
         o.push_str("#### Control plane (p50 / p99)\n\n");
-        o.push_str("| backend | Services × endpoints | cold start: kernel | cold start: answering | one endpoint: kernel | one endpoint: first connection | churn: kernel | daemon peak RSS (load / churn) | daemon CPU (load / churn) |\n");
+        o.push_str("| backend | Services × endpoints | cold start: kernel (of which first sync) | cold start: answering | one endpoint: kernel | one endpoint: first connection | churn: kernel | daemon peak RSS (load / churn) | daemon CPU (load / churn) |\n");
         o.push_str("|---|---|---|---|---|---|---|---|---|\n");
         for r in self.rows.iter().filter(|r| r.kind != Kind::Direct && r.services > 1) {
             let churn = r.churn.as_ref().map_or("–".into(), |c| {
@@ -203,11 +207,12 @@ impl Run {
             };
             let _ = writeln!(
                 o,
-                "| {} | {} × {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} × {} | {}{} | {} | {} | {} | {} | {} | {} |",
                 r.backend,
                 thousands(r.services),
                 r.endpoints,
                 p50(&r.cold_kernel),
+                r.cold_sync.as_ref().filter(|s| !s.is_empty()).map_or(String::new(), |s| format!(" ({})", fmt_us(s.p50_us))),
                 p50(&r.cold_answer),
                 p50p99(&r.change_kernel),
                 p50p99(&r.change_connect),
