@@ -58,7 +58,8 @@ impl ApiHost {
                 }
             });
         });
-        let server = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| "fake API server did not start".to_string())??;
+        let server =
+            rx.recv_timeout(Duration::from_secs(10)).map_err(|_| "fake API server did not start".to_string())??;
         Ok(ApiHost { server, stop: Some(stop_tx), thread: Some(thread) })
     }
 
@@ -196,7 +197,7 @@ impl Daemon {
                         st.syncs.push(ev);
                     }
                     let level = v.get("level").and_then(serde_json::Value::as_str).unwrap_or("");
-                    if level == "ERROR" && st.problems.len() < 20 {
+                    if (level == "ERROR" || (level == "WARN" && !line.contains("Node"))) && st.problems.len() < 20 {
                         st.problems.push(line.clone());
                     }
                 }
@@ -241,7 +242,7 @@ impl Daemon {
         self.syncs().iter().map(|s| s.generation).max().unwrap_or(0)
     }
 
-    /// Errors the daemon logged, and its last lines.
+    /// Errors and warnings (except the fake API server's missing Node GET) the daemon logged, and its last lines.
     pub fn problems(&self) -> (Vec<String>, Vec<String>) {
         let st = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
         (st.problems.clone(), st.tail.iter().cloned().collect())

@@ -137,7 +137,9 @@ fn filter_table(out: &mut String, hooks: bool) {
         out.push_str("-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
     }
     out.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
-    out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n");
+    out.push_str(
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n",
+    );
     out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
     out.push_str("COMMIT\n");
 }
@@ -239,13 +241,14 @@ fn nft_service(out: &mut String, s: &Svc) {
         "add rule {TABLE} {chain} ip daddr {} tcp dport {SERVICE_PORT} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
         s.cluster_ip
     );
-    let targets: Vec<String> = s
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, ep)| format!("{i} : goto {}", nft_endpoint_chain(s, *ep)))
-        .collect();
-    let _ = writeln!(out, "add rule {TABLE} {chain} numgen random mod {} vmap {{ {} }}", s.endpoints.len(), targets.join(" , "));
+    let targets: Vec<String> =
+        s.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_endpoint_chain(s, *ep))).collect();
+    let _ = writeln!(
+        out,
+        "add rule {TABLE} {chain} numgen random mod {} vmap {{ {} }}",
+        s.endpoints.len(),
+        targets.join(" , ")
+    );
 }
 
 fn nft_endpoint(out: &mut String, s: &Svc, ep: Ipv4Addr) {

@@ -49,8 +49,12 @@ pub struct Leftovers {
     pub pids: BTreeSet<i32>,
 }
 
-pub static LEFTOVERS: Mutex<Leftovers> =
-    Mutex::new(Leftovers { namespaces: BTreeSet::new(), cgroups: BTreeSet::new(), mounts: BTreeSet::new(), pids: BTreeSet::new() });
+pub static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers {
+    namespaces: BTreeSet::new(),
+    cgroups: BTreeSet::new(),
+    mounts: BTreeSet::new(),
+    pids: BTreeSet::new(),
+});
 
 fn leftovers() -> std::sync::MutexGuard<'static, Leftovers> {
     LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner())
@@ -81,11 +85,7 @@ fn unmount(path: &Path) {
 
 /// Runs a command; Err with its stderr when it fails.
 pub fn quiet(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
+    let out = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{program}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {

@@ -118,7 +118,7 @@ fn settings(a: &Args, workdir: PathBuf) -> Settings {
         reps: 3,
         rate_count: 1000,
         throughput_s: 3.0,
-        reference_timeout_s: 120.0,
+        reference_timeout_s: 90.0,
         cold_timeout_s: 300.0,
         min_sync_period: a.min_sync_period.clone(),
         iptables_restore: a.iptables_restore.clone(),
@@ -188,8 +188,7 @@ fn machine() -> Machine {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// Blocks SIGINT/SIGTERM/SIGHUP in every thread and handles them on one:
@@ -318,10 +317,12 @@ fn main() -> ExitCode {
     });
     let mut modes: Vec<(String, Option<serde_json::Value>)> = Vec::new();
     for mode in wanted {
-        let section = args.sections.iter().find(|(m, _)| *m == mode).map(|(_, v)| v.clone()).or_else(|| default_section(&mode));
+        let section =
+            args.sections.iter().find(|(m, _)| *m == mode).map(|(_, v)| v.clone()).or_else(|| default_section(&mode));
         if !registered.contains(&mode) {
             let reason = if mode == "ipvs" {
-                "not registered in this build; IPVS needs the VM (the host kernel has no IPVS): see bench/README.md".to_string()
+                "not registered in this build; IPVS needs the VM (the host kernel has no IPVS): see bench/README.md"
+                    .to_string()
             } else {
                 format!("not registered in this build (registered: {})", registered.join(", "))
             };
@@ -330,7 +331,8 @@ fn main() -> ExitCode {
         }
         match probe_mode(&mode, section.as_ref(), &s) {
             Ok(()) => modes.push((mode, section)),
-            Err(e) => unavailable.push(Unavailable { backend: format!("switchyard {mode}"), reason: format!("unavailable here: {e}") }),
+            Err(e) => unavailable
+                .push(Unavailable { backend: format!("switchyard {mode}"), reason: format!("unavailable here: {e}") }),
         }
     }
     let mut shapes = Vec::new();
@@ -338,12 +340,18 @@ fn main() -> ExitCode {
         if on_path(&s.iptables_restore) {
             shapes.push(Shape::Iptables);
         } else {
-            unavailable.push(Unavailable { backend: Shape::Iptables.label(&s), reason: format!("{} not on PATH", s.iptables_restore) });
+            unavailable.push(Unavailable {
+                backend: Shape::Iptables.label(&s),
+                reason: format!("{} not on PATH", s.iptables_restore),
+            });
         }
         if on_path("nft") {
             shapes.push(Shape::Nftables);
         } else {
-            unavailable.push(Unavailable { backend: Shape::Nftables.label(&s), reason: "nft not on PATH (apt-get install nftables)".into() });
+            unavailable.push(Unavailable {
+                backend: Shape::Nftables.label(&s),
+                reason: "nft not on PATH (apt-get install nftables)".into(),
+            });
         }
     }
 
@@ -361,7 +369,11 @@ fn main() -> ExitCode {
             r.backend,
             r.services,
             t.elapsed().as_secs_f64(),
-            if r.errors.is_empty() { String::new() } else { format!(" ({} problems: {})", r.errors.len(), r.errors[0]) }
+            if r.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} problems: {})", r.errors.len(), r.errors[0])
+            }
         );
     };
     for &n in &s.sizes {
@@ -383,9 +395,10 @@ fn main() -> ExitCode {
         }
     }
     machine.load_after = read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    let command = args.command.clone().unwrap_or_else(|| {
-        if s.quick { "cargo xtask bench --quick".into() } else { "cargo xtask bench".into() }
-    });
+    let command = args
+        .command
+        .clone()
+        .unwrap_or_else(|| if s.quick { "cargo xtask bench --quick".into() } else { "cargo xtask bench".into() });
     let run = Run {
         command: command.clone(),
         quick: s.quick,
@@ -411,7 +424,8 @@ fn main() -> ExitCode {
             failed = true;
         }
     }
-    let plots = if args.plots { plot::init_font().and_then(|()| plot::write_all(&run, &args.out)) } else { Ok(Vec::new()) };
+    let plots =
+        if args.plots { plot::init_font().and_then(|()| plot::write_all(&run, &args.out)) } else { Ok(Vec::new()) };
     let svgs = match plots {
         Ok(svgs) => svgs,
         Err(e) => {

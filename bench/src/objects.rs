@@ -61,12 +61,7 @@ pub fn svc(i: usize, n: usize, endpoints: usize, version: usize) -> Svc {
     } else {
         (0..endpoints).map(|e| fake_endpoint(i, e, if e == 0 { version } else { 0 })).collect()
     };
-    Svc {
-        name: name(i),
-        cluster_ip: cluster_ip(i),
-        node_port: (i == 0).then_some(NODE_PORT),
-        endpoints: eps,
-    }
+    Svc { name: name(i), cluster_ip: cluster_ip(i), node_port: (i == 0).then_some(NODE_PORT), endpoints: eps }
 }
 
 pub fn all(n: usize, endpoints: usize) -> Vec<Svc> {
@@ -91,7 +86,8 @@ pub fn service_json(s: &Svc) -> Value {
 }
 
 pub fn slice(s: &Svc) -> EndpointSlice {
-    let mut b = SliceBuilder::new(NAMESPACE, &format!("{}-1", s.name), &s.name).port("http", i32::from(POD_PORT), "TCP");
+    let mut b =
+        SliceBuilder::new(NAMESPACE, &format!("{}-1", s.name), &s.name).port("http", i32::from(POD_PORT), "TCP");
     for ep in &s.endpoints {
         b = b.endpoint(endpoint(&ep.to_string()).node(NODE_NAME));
     }

@@ -104,9 +104,7 @@ fn draw_lines<DB: DrawingBackend>(
                     .map_err(e)?
                     .label(s.name.clone())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-                chart
-                    .draw_series(s.points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-                    .map_err(e)?;
+                chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(e)?;
             }
             chart
                 .configure_series_labels()
@@ -171,13 +169,15 @@ fn cdf(samples_us: &[f64]) -> Vec<(f64, f64)> {
 /// Writes every plot as `<name>.svg` and `<name>.png` into `dir`; returns the SVG paths.
 pub fn write_all(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
     let connect = series(run, |r| r.connect_last.as_ref().map(|s| s.p50_us), false);
-    let direct = series(run, |r| (r.kind == Kind::Direct).then(|| r.connect_last.as_ref().map(|s| s.p50_us)).flatten(), true);
+    let direct =
+        series(run, |r| (r.kind == Kind::Direct).then(|| r.connect_last.as_ref().map(|s| s.p50_us)).flatten(), true);
     let mut connect_all = connect;
     connect_all.extend(direct);
     let change = series(run, |r| r.change_kernel.as_ref().filter(|s| !s.is_empty()).map(|s| s.p50_us / 1e3), false);
     let cold = series(run, |r| r.cold_answer.as_ref().filter(|s| !s.is_empty()).map(|s| s.p50_us / 1e3), false);
     // Distribution at the largest size that has change samples.
-    let largest = run.rows.iter().filter(|r| r.change_kernel.as_ref().is_some_and(|s| !s.is_empty())).map(|r| r.services).max();
+    let largest =
+        run.rows.iter().filter(|r| r.change_kernel.as_ref().is_some_and(|s| !s.is_empty())).map(|r| r.services).max();
     let mut dist: Vec<Series> = Vec::new();
     if let Some(n) = largest {
         for r in run.rows.iter().filter(|r| r.services == n) {
@@ -192,16 +192,29 @@ pub fn write_all(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
             }
         }
     }
-    let dist_title = largest.map_or("programming latency".to_string(), |n| format!("programming latency at {n} Services"));
+    let dist_title =
+        largest.map_or("programming latency".to_string(), |n| format!("programming latency at {n} Services"));
     let plots: Vec<(&str, Box<dyn Fn(&Path, bool) -> Res + '_>)> = vec![
         (
             "connect-latency",
             Box::new(|p: &Path, svg| {
                 let t = "new-connection latency (p50, last-created Service)";
                 if svg {
-                    draw_lines(SVGBackend::new(p, (900, 520)).into_drawing_area(), t, "connect() µs", &connect_all, false)
+                    draw_lines(
+                        SVGBackend::new(p, (900, 520)).into_drawing_area(),
+                        t,
+                        "connect() µs",
+                        &connect_all,
+                        false,
+                    )
                 } else {
-                    draw_lines(BitMapBackend::new(p, (900, 520)).into_drawing_area(), t, "connect() µs", &connect_all, false)
+                    draw_lines(
+                        BitMapBackend::new(p, (900, 520)).into_drawing_area(),
+                        t,
+                        "connect() µs",
+                        &connect_all,
+                        false,
+                    )
                 }
             }),
         ),
@@ -212,7 +225,13 @@ pub fn write_all(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
                 if svg {
                     draw_lines(SVGBackend::new(p, (900, 520)).into_drawing_area(), t, "ms (log scale)", &change, true)
                 } else {
-                    draw_lines(BitMapBackend::new(p, (900, 520)).into_drawing_area(), t, "ms (log scale)", &change, true)
+                    draw_lines(
+                        BitMapBackend::new(p, (900, 520)).into_drawing_area(),
+                        t,
+                        "ms (log scale)",
+                        &change,
+                        true,
+                    )
                 }
             }),
         ),

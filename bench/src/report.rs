@@ -197,9 +197,10 @@ impl Run {
             let churn = r.churn.as_ref().map_or("–".into(), |c| {
                 format!("{} ({:.0}/s)", p50p99(&Some(c.kernel.clone())), c.changes_per_second)
             });
-            let rss = r.footprint.as_ref().map_or("–".into(), |f| {
-                format!("{:.1} / {:.1} MiB", f.peak_rss_load_mib, f.peak_rss_mib)
-            });
+            let rss = r
+                .footprint
+                .as_ref()
+                .map_or("–".into(), |f| format!("{:.1} / {:.1} MiB", f.peak_rss_load_mib, f.peak_rss_mib));
             let cpu = match (&r.footprint, &r.churn) {
                 (Some(f), Some(c)) => format!("{:.2} s / {:.0} %", f.cpu_load_s, c.cpu_percent),
                 (Some(f), None) => format!("{:.2} s / –", f.cpu_load_s),
@@ -212,7 +213,10 @@ impl Run {
                 thousands(r.services),
                 r.endpoints,
                 p50(&r.cold_kernel),
-                r.cold_sync.as_ref().filter(|s| !s.is_empty()).map_or(String::new(), |s| format!(" ({})", fmt_us(s.p50_us))),
+                r.cold_sync
+                    .as_ref()
+                    .filter(|s| !s.is_empty())
+                    .map_or(String::new(), |s| format!(" ({})", fmt_us(s.p50_us))),
                 p50(&r.cold_answer),
                 p50p99(&r.change_kernel),
                 p50p99(&r.change_connect),
@@ -342,9 +346,13 @@ impl Run {
                 ));
             }
             let v = at10k.and_then(|r| r.footprint.as_ref()).map(|f| f.peak_rss_mib);
-            out.push(Goal::check("daemon peak RSS at 10k ≤ 64 MiB".into(), name, v, |x| x <= 64.0, |x| {
-                format!("{x:.1} MiB")
-            }));
+            out.push(Goal::check(
+                "daemon peak RSS at 10k ≤ 64 MiB".into(),
+                name,
+                v,
+                |x| x <= 64.0,
+                |x| format!("{x:.1} MiB"),
+            ));
         }
         out
     }
