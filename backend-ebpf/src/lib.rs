@@ -1,1 +1,438 @@
-//! backend-ebpf (work in progress).
+//! switchyard's eBPF dataplane (`--proxy-mode ebpf`).
+//!
+//! C programs in `bpf/` (compiled by clang from build.rs, loaded with aya):
+//! a TC ingress classifier on the node's interfaces does DNAT, SNAT and
+//! reverse NAT with its own connection tracking; cgroup socket hooks balance
+//! connections made by processes on the node. Service lookup is one hash
+//! lookup on (address, port, protocol), whatever the number of Services.
+//! See README.md for programs, hooks, maps, kernels, restart and cleanup.
+//!
+//! Modules follow the other backends: [`render`] (plans → desired maps),
+//! [`maps`] (read, diff and write the pinned maps), [`client`] (load, attach,
+//! pin), [`fake`] (a packet tracer over rendered maps), [`cleanup`] and
+//! [`supported`].
+
+pub mod cleanup;
+pub mod client;
+pub mod config;
+pub mod fake;
+pub mod layout;
+pub mod maps;
+pub mod render;
+pub mod supported;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use proxy_core::{
+    BackendContext, BackendFactory, Capabilities, Capability, Dataplane, DataplaneError, IpFamily, ProgrammedState,
+    SyncOutcome, SyncRequest,
+};
+
+pub use config::EbpfConfig;
+
+/// The `--proxy-mode` name.
+pub const MODE: &str = "ebpf";
+
+/// Errors of the eBPF backend, with the object they concern.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("loading the eBPF object failed")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("program {name} could not be loaded")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching to {target} failed")]
+    Attach {
+        target: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinning {path} failed")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {map}: {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map {map} is full ({capacity} entries); raise ebpf.mapSizes")]
+    Full { map: &'static str, capacity: u64 },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EbpfError {
+    pub(crate) fn map(map: &'static str, op: &'static str, e: aya::maps::MapError) -> EbpfError {
+        EbpfError::Map { map, op, source: Box::new(e) }
+    }
+
+    pub(crate) fn program(name: &'static str, e: aya::programs::ProgramError) -> EbpfError {
+        EbpfError::Program { name, source: Box::new(e) }
+    }
+
+    pub(crate) fn attach(target: &str, e: aya::programs::ProgramError) -> EbpfError {
+        EbpfError::Attach { target: target.to_string(), source: Box::new(e) }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> EbpfError {
+        EbpfError::Io { what: what.into(), source }
+    }
+
+    fn into_dataplane(self, operation: &str) -> DataplaneError {
+        match self {
+            EbpfError::Full { map, capacity } => {
+                DataplaneError::Full { mode: MODE.into(), what: format!("BPF map {map}"), capacity }
+            }
+            other => DataplaneError::failed(MODE, operation, other),
+        }
+    }
+}
+
+/// The backend's own metrics.
+#[derive(Clone, Debug, Default)]
+pub struct EbpfMetrics {
+    /// `switchyard_ebpf_map_entries{map}`
+    pub map_entries: Family<Vec<(String, String)>, Gauge>,
+    /// `switchyard_ebpf_map_full_total{map}`: syncs refused because a map was full.
+    pub map_full: Family<Vec<(String, String)>, Counter>,
+    /// `switchyard_ebpf_skipped_frontends_total`: frontends two Services claim.
+    pub skipped_frontends: Counter,
+    /// `switchyard_ebpf_datapath_events{event}`: the programs' own counters.
+    pub datapath: Family<Vec<(String, String)>, Gauge>,
+}
+
+impl EbpfMetrics {
+    fn register(ctx: &BackendContext) -> EbpfMetrics {
+        let m = EbpfMetrics::default();
+        if let Ok(mut reg) = ctx.metrics.lock() {
+            reg.register("switchyard_ebpf_map_entries", "Entries in each eBPF map", m.map_entries.clone());
+            reg.register("switchyard_ebpf_map_full", "Syncs refused because an eBPF map was full", m.map_full.clone());
+            reg.register(
+                "switchyard_ebpf_skipped_frontends",
+                "Frontends not programmed because another Service port claims them",
+                m.skipped_frontends.clone(),
+            );
+            reg.register("switchyard_ebpf_datapath_events", "Counters kept by the eBPF programs", m.datapath.clone());
+        }
+        m
+    }
+}
+
+/// What stays loaded between syncs.
+#[derive(Default)]
+struct Loaded {
+    ebpf: Option<aya::Ebpf>,
+    maps: Option<maps::Maps>,
+    /// What the service maps hold after the last successful apply.
+    cache: Option<maps::Programmed>,
+    /// Interfaces (name → ifindex) with our TC program.
+    attached: BTreeMap<String, u32>,
+}
+
+/// The eBPF dataplane.
+pub struct EbpfDataplane {
+    ctx: BackendContext,
+    cfg: EbpfConfig,
+    loaded: Arc<Mutex<Loaded>>,
+    metrics: EbpfMetrics,
+}
+
+impl std::fmt::Debug for EbpfDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfDataplane").field("netns", &self.ctx.netns).field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl EbpfDataplane {
+    /// Builds the dataplane; nothing in the kernel changes until the first sync.
+    pub fn new(ctx: BackendContext, cfg: EbpfConfig) -> EbpfDataplane {
+        let metrics = EbpfMetrics::register(&ctx);
+        EbpfDataplane { ctx, cfg, loaded: Arc::default(), metrics }
+    }
+
+    pub fn config(&self) -> &EbpfConfig {
+        &self.cfg
+    }
+
+    fn render_options(&self) -> render::RenderOptions {
+        render::RenderOptions { maglev_all: self.cfg.maglev, maglev_services: self.cfg.maglev_services.clone() }
+    }
+}
+
+/// The node's addresses for `swy_node_addrs`, and the SNAT addresses.
+fn node_view(ctx: &BackendContext) -> (BTreeMap<layout::Addr, u32>, layout::Config) {
+    let locals = client::local_addresses();
+    let mut addrs = BTreeMap::new();
+    for (_, ip) in &locals {
+        let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        let mut flags = layout::NODE_ADDR;
+        // kube-proxy accepts NodePorts on 127.0.0.1 but not on ::1.
+        let loopback_ok = !ip.is_loopback() || ip.is_ipv4();
+        if !link_local && loopback_ok && ctx.nodeport_addresses.selects(*ip, &ctx.node_ips) {
+            flags |= layout::NODE_NODEPORT;
+        }
+        addrs.insert(layout::Addr::from(*ip), flags);
+    }
+    let pick = |family: IpFamily| -> layout::Addr {
+        let usable = |ip: &IpAddr| {
+            IpFamily::of(ip) == family
+                && !ip.is_loopback()
+                && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        };
+        ctx.node_ips
+            .iter()
+            .find(|ip| usable(ip))
+            .or_else(|| locals.iter().map(|(_, ip)| ip).find(|ip| usable(ip)))
+            .map(|ip| layout::Addr::from(*ip))
+            .unwrap_or_default()
+    };
+    (addrs, layout::Config { snat4: pick(IpFamily::V4), snat6: pick(IpFamily::V6), ..Default::default() })
+}
+
+struct SyncJob {
+    ctx: BackendContext,
+    cfg: EbpfConfig,
+    loaded: Arc<Mutex<Loaded>>,
+    metrics: EbpfMetrics,
+    opts: render::RenderOptions,
+}
+
+impl SyncJob {
+    /// Runs inside the backend's namespace.
+    fn run(self, request: SyncRequest) -> Result<SyncOutcome, EbpfError> {
+        let mut guard = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = &mut *guard;
+        let tcx = client::use_tcx();
+        if loaded.ebpf.is_none() {
+            let mut ebpf = client::load(&self.cfg)?;
+            if let Some(cg) = &self.cfg.cgroup_path {
+                client::attach_cgroup(&mut ebpf, &self.cfg, cg)?;
+            }
+            loaded.maps = Some(maps::Maps::open(&self.cfg.maps_dir())?);
+            loaded.ebpf = Some(ebpf);
+            loaded.cache = None;
+            loaded.attached.clear();
+            tracing::info!(pin_path = %self.cfg.pin_path.display(), tcx, "eBPF programs loaded");
+        }
+        let (Some(ebpf), Some(maps)) = (loaded.ebpf.as_mut(), loaded.maps.as_mut()) else {
+            return Err(EbpfError::MissingProgram(client::TC_PROGRAM));
+        };
+
+        // Interfaces: attach to new ones (or ones recreated under the same name).
+        let present = client::interfaces(&self.cfg)?;
+        let indexes: BTreeMap<String, u32> = nix::net::if_::if_nameindex()
+            .map(|l| l.iter().map(|i| (i.name().to_string_lossy().into_owned(), i.index())).collect())
+            .unwrap_or_default();
+        for ifname in &present {
+            let index = indexes.get(ifname).copied().unwrap_or(0);
+            if loaded.attached.get(ifname) != Some(&index) {
+                client::attach_tc(ebpf, &self.cfg, ifname, tcx)?;
+                loaded.attached.insert(ifname.clone(), index);
+            }
+        }
+        loaded.attached.retain(|name, _| present.contains(name));
+        for gone in client::stale_tc_pins(&self.cfg, &present) {
+            client::detach_tc(&self.cfg, &gone);
+        }
+
+        let (node_addrs, mut config) = node_view(&self.ctx);
+        config.netns_cookie = if self.cfg.cgroup_path.is_some() { client::netns_cookie() } else { 0 };
+        config.snat_port_min = self.cfg.snat_port_min;
+        config.snat_port_max = self.cfg.snat_port_max;
+        config.udp_timeout_s = self.cfg.udp_timeout_seconds;
+        maps::set_node_addrs(maps, &node_addrs)?;
+        maps::set_config(maps, &config)?;
+
+        let desired = render::render(&request.snapshot, &self.opts);
+        for skipped in &desired.skipped {
+            tracing::warn!(backend = MODE, "{skipped}");
+            self.metrics.skipped_frontends.inc();
+        }
+        let full = request.full || loaded.cache.is_none();
+        let mut current = match loaded.cache.take() {
+            Some(c) if !full => c,
+            _ => maps::Programmed::read(maps)?,
+        };
+        let applied = maps::apply(maps, &mut current, &desired);
+        let stats = match applied {
+            Ok(stats) => stats,
+            Err(e) => {
+                if let EbpfError::Full { map, .. } = &e {
+                    self.metrics.map_full.get_or_create(&vec![("map".into(), (*map).into())]).inc();
+                }
+                // The cache is unknown now: the next sync reads the kernel.
+                return Err(e);
+            }
+        };
+        if full {
+            let removed = maps::collect_garbage(maps, &current)?;
+            if removed > 0 {
+                tracing::info!(backend = MODE, removed, "removed backend slots no route points to");
+            }
+        }
+        let slots: usize = current.routes.values().map(|(_, b)| b.len()).sum();
+        let mut objects = BTreeMap::new();
+        objects.insert("frontends".to_string(), current.frontends.len() as u64);
+        objects.insert("routes".to_string(), current.routes.len() as u64);
+        objects.insert("backend slots".to_string(), slots as u64);
+        objects.insert("interfaces".to_string(), loaded.attached.len() as u64);
+        for (name, n) in [("swy_svc", current.frontends.len()), ("swy_route", current.routes.len()), ("swy_backend", slots)]
+        {
+            self.metrics.map_entries.get_or_create(&vec![("map".into(), name.into())]).set(n as i64);
+        }
+        for (name, v) in maps.stats() {
+            self.metrics.datapath.get_or_create(&vec![("event".into(), name.into())]).set(v as i64);
+        }
+        tracing::debug!(
+            backend = MODE,
+            full,
+            routes_written = stats.routes_written,
+            frontends_written = stats.frontends_written,
+            frontends_deleted = stats.frontends_deleted,
+            "eBPF maps synced"
+        );
+        loaded.cache = Some(current);
+        Ok(SyncOutcome { full, objects })
+    }
+}
+
+#[async_trait]
+impl Dataplane for EbpfDataplane {
+    fn mode(&self) -> &str {
+        MODE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        use Capability::*;
+        let mut caps = vec![
+            Tcp,
+            Udp,
+            IPv4,
+            IPv6,
+            ClusterIP,
+            NodePort,
+            ExternalIPs,
+            LoadBalancerIPs,
+            SessionAffinity,
+            ExternalTrafficPolicyLocal,
+            InternalTrafficPolicyLocal,
+            SourceRanges,
+            Reject,
+            Masquerade,
+            Hairpin,
+        ];
+        if self.cfg.cgroup_path.is_some() {
+            caps.push(HostNetworkClients);
+        }
+        Capabilities::new(caps)
+    }
+
+    async fn sync(&self, request: SyncRequest) -> Result<SyncOutcome, DataplaneError> {
+        let job = SyncJob {
+            ctx: self.ctx.clone(),
+            cfg: self.cfg.clone(),
+            loaded: self.loaded.clone(),
+            metrics: self.metrics.clone(),
+            opts: self.render_options(),
+        };
+        let span = tracing::info_span!("sync", backend = MODE, full = request.full, services = request.snapshot.len());
+        let _enter = span.enter();
+        self.ctx
+            .netns
+            .run_async(move || job.run(request))
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
+            .map_err(|e| e.into_dataplane("sync"))
+    }
+
+    async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {
+        let dir = self.cfg.maps_dir();
+        tokio::task::spawn_blocking(move || -> Result<ProgrammedState, EbpfError> {
+            if !dir.join("swy_svc").exists() {
+                return Ok(ProgrammedState::default());
+            }
+            let maps = maps::Maps::open(&dir)?;
+            Ok(maps::Programmed::read(&maps)?.to_state())
+        })
+        .await
+        .map_err(|e| DataplaneError::failed(MODE, "inspect", e))?
+        .map_err(|e| e.into_dataplane("inspect"))
+    }
+
+    async fn cleanup(&self) -> Result<(), DataplaneError> {
+        let cfg = self.cfg.clone();
+        let loaded = self.loaded.clone();
+        self.ctx
+            .netns
+            .run_async(move || {
+                let mut l = loaded.lock().unwrap_or_else(|e| e.into_inner());
+                *l = Loaded::default();
+                cleanup::cleanup(&cfg)
+            })
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
+            .map_err(|e| e.into_dataplane("cleanup"))
+    }
+}
+
+/// Builds [`EbpfDataplane`]s for the registry.
+#[derive(Debug, Default)]
+pub struct EbpfFactory;
+
+/// The factory to register under mode `ebpf`.
+pub fn factory() -> Arc<dyn BackendFactory> {
+    Arc::new(EbpfFactory)
+}
+
+#[async_trait]
+impl BackendFactory for EbpfFactory {
+    fn mode(&self) -> &str {
+        MODE
+    }
+
+    fn description(&self) -> &str {
+        "eBPF: TC programs with their own conntrack and cgroup socket load balancing (kernel >= 5.10; TCX on >= 6.6)"
+    }
+
+    fn validate(&self, section: &serde_json::Value) -> Vec<String> {
+        EbpfConfig::parse(section).err().unwrap_or_default()
+    }
+
+    async fn probe(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
+        let cfg = EbpfConfig::parse(&ctx.section)
+            .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
+        supported::probe(&cfg).map_err(|reason| DataplaneError::unavailable(MODE, reason))
+    }
+
+    async fn build(&self, ctx: &BackendContext) -> Result<Arc<dyn Dataplane>, DataplaneError> {
+        let cfg = EbpfConfig::parse(&ctx.section)
+            .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
+        Ok(Arc::new(EbpfDataplane::new(ctx.clone(), cfg)))
+    }
+}

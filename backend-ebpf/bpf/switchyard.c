@@ -1,0 +1,844 @@
+// SPDX-License-Identifier: GPL-2.0
+/* switchyard's eBPF dataplane.
+ *
+ * swy_tc_ingress (TC ingress, clsact or TCX, on every node interface):
+ *   1. connection tracking: a packet of a known flow is translated as its
+ *      first packet was (forward: DNAT + optional SNAT; reverse: the reply
+ *      gets the frontend back as source and the client as destination);
+ *   2. a new flow to a frontend (swy_svc) is classified by source (node,
+ *      pod = cluster CIDR, external), checked against
+ *      loadBalancerSourceRanges, and routed as the plan says: forward to a
+ *      backend (random, Maglev or the session-affinity choice), reject
+ *      (TCP RST / ICMP port unreachable sent back at once) or drop.
+ * swy_connect4/6, swy_sendmsg4/6 (cgroup): host-network clients get the
+ *   backend written into the socket address; swy_recvmsg4/6 and
+ *   swy_getpeername4/6 show the frontend again.
+ *
+ * Minimum kernel: 5.10 for the programs (bpf_get_netns_cookie in sock_addr
+ * programs 5.7, BPF_F_NO_PREALLOC LPM tries, bounded loops 5.3);
+ * bpf_set_retval (ECONNREFUSED from connect) needs 5.18.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmpv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "switchyard.h"
+
+/* linux/icmp.h pulls in glibc headers that do not build for -target bpf. */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 unused;
+};
+
+#define ECONNREFUSED 111
+#define ETIMEDOUT 110
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Default sizes; the loader sets the configured ones (aya map_max_entries). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct swy_svc_key);
+	__type(value, struct swy_svc_val);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_svc SEC(".maps");
+
+/* No prealloc: an update replaces the element under RCU, so a reader sees
+ * the old or the new (generation, count), never a mix. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct swy_route_val);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_route SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct swy_backend_key);
+	__type(value, struct swy_backend);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_backend SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct swy_maglev_key);
+	__type(value, struct swy_maglev_val);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct swy_ct_key);
+	__type(value, struct swy_ct_val);
+	__uint(max_entries, 131072);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct swy_aff_key);
+	__type(value, struct swy_aff_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct swy_addr);
+	__type(value, __u32);
+	__uint(max_entries, 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_node_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct swy_lpm_key);
+	__type(value, __u32);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct swy_srcrange_key);
+	__type(value, __u32);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_srcrange SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct swy_sock_key);
+	__type(value, struct swy_sock_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_sock SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct swy_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, SWY_STATS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_stats SEC(".maps");
+
+static __always_inline void stat(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&swy_stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline struct swy_config *config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&swy_config, &zero);
+}
+
+static __always_inline void addr_v4(struct swy_addr *a, __u32 ip)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0xffff);
+	a->w[3] = ip;
+}
+
+static __always_inline int addr_eq(const struct swy_addr *a, const struct swy_addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] && a->w[3] == b->w[3];
+}
+
+static __always_inline int addr_zero(const struct swy_addr *a)
+{
+	return !(a->w[0] | a->w[1] | a->w[2] | a->w[3]);
+}
+
+static __always_inline __u32 mix(__u32 h, __u32 v)
+{
+	h ^= v;
+	h *= 0x01000193;
+	return h;
+}
+
+static __always_inline __u32 tuple_hash(const struct swy_ct_key *t)
+{
+	__u32 h = 0x811c9dc5;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		h = mix(h, t->src.w[i]);
+		h = mix(h, t->dst.w[i]);
+	}
+	h = mix(h, ((__u32)t->sport << 16) | t->dport);
+	h = mix(h, t->proto);
+	return h ^ (h >> 15);
+}
+
+static __always_inline int source_class(const struct swy_addr *src)
+{
+	__u32 *na = bpf_map_lookup_elem(&swy_node_addrs, src);
+	if (na && (*na & SWY_NODE_ADDR))
+		return SWY_CLASS_NODE;
+	struct swy_lpm_key k = {.prefixlen = 128, .addr = *src};
+	if (bpf_map_lookup_elem(&swy_cidrs, &k))
+		return SWY_CLASS_POD;
+	return SWY_CLASS_EXTERNAL;
+}
+
+static __always_inline struct swy_svc_val *lookup_frontend(const struct swy_addr *dst, __u16 dport, __u8 proto)
+{
+	struct swy_svc_key k = {};
+	k.addr = *dst;
+	k.port = dport;
+	k.proto = proto;
+	k.scope = SWY_SCOPE_ADDR;
+	struct swy_svc_val *v = bpf_map_lookup_elem(&swy_svc, &k);
+	if (v)
+		return v;
+	__u32 *na = bpf_map_lookup_elem(&swy_node_addrs, dst);
+	if (!na || !(*na & SWY_NODE_NODEPORT))
+		return NULL;
+	__builtin_memset(&k.addr, 0, sizeof(k.addr));
+	k.scope = SWY_SCOPE_NODEPORT;
+	return bpf_map_lookup_elem(&swy_svc, &k);
+}
+
+/* Picks a backend of a forwarding route. Session affinity first (when the
+ * remembered backend is still in its slot and the timeout has not passed),
+ * then Maglev or random. Returns 0 when `out` is set. */
+static __always_inline int select_backend(const struct swy_svc_val *svc, __u64 route_id, const struct swy_route_val *route,
+					  const struct swy_addr *client, __u32 hash, struct swy_backend *out)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct swy_backend_key bk = {.route = route_id, .generation = route->generation};
+	struct swy_aff_key ak = {};
+	struct swy_backend *be;
+	__u32 slot;
+
+	if (route->count == 0)
+		return -1;
+	if (svc->affinity_timeout) {
+		ak.route = route_id;
+		ak.client = *client;
+		struct swy_aff_val *av = bpf_map_lookup_elem(&swy_affinity, &ak);
+		if (av && now - av->last_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
+			bk.slot = av->slot;
+			be = bpf_map_lookup_elem(&swy_backend, &bk);
+			if (be && addr_eq(&be->addr, &av->backend.addr) && be->port == av->backend.port) {
+				av->last_ns = now;
+				*out = *be;
+				return 0;
+			}
+		}
+	}
+	if (route->flags & SWY_ROUTE_MAGLEV) {
+		struct swy_maglev_key mk = {.route = route_id, .generation = route->generation};
+		struct swy_maglev_val *mv = bpf_map_lookup_elem(&swy_maglev, &mk);
+		if (!mv)
+			return -1;
+		slot = mv->slot[hash % SWY_MAGLEV_M];
+	} else {
+		slot = bpf_get_prandom_u32() % route->count;
+	}
+	bk.slot = slot;
+	be = bpf_map_lookup_elem(&swy_backend, &bk);
+	if (!be) {
+		stat(SWY_STAT_NO_BACKEND);
+		return -1;
+	}
+	*out = *be;
+	if (svc->affinity_timeout) {
+		struct swy_aff_val av = {.backend = *be, .slot = slot, .last_ns = now};
+		bpf_map_update_elem(&swy_affinity, &ak, &av, BPF_ANY);
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- TC --- */
+
+struct pkt {
+	struct swy_ct_key t;
+	__u32 l4_off;
+	__u32 csum_off; /* absolute offset of the L4 checksum */
+	__u8 v6;
+	__u8 tcp_flags;
+	__u8 csum_flags; /* 0: no L4 checksum to fix (IPv4 UDP with checksum 0) */
+};
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return -1;
+		/* IP options and fragments are passed untouched. */
+		if (ip.ihl != 5 || (ip.frag_off & bpf_htons(0x3fff)))
+			return -1;
+		p->t.proto = ip.protocol;
+		addr_v4(&p->t.src, ip.saddr);
+		addr_v4(&p->t.dst, ip.daddr);
+		p->l4_off = ETH_HLEN + sizeof(struct iphdr);
+		p->v6 = 0;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+			return -1;
+		/* Extension headers are not followed: such packets pass. */
+		p->t.proto = ip6.nexthdr;
+		__builtin_memcpy(&p->t.src, &ip6.saddr, 16);
+		__builtin_memcpy(&p->t.dst, &ip6.daddr, 16);
+		p->l4_off = ETH_HLEN + sizeof(struct ipv6hdr);
+		p->v6 = 1;
+	} else {
+		return -1;
+	}
+	if (p->t.proto == IPPROTO_TCP) {
+		__u8 th[14];
+		if (bpf_skb_load_bytes(skb, p->l4_off, th, sizeof(th)))
+			return -1;
+		__builtin_memcpy(&p->t.sport, &th[0], 2);
+		__builtin_memcpy(&p->t.dport, &th[2], 2);
+		p->tcp_flags = th[13];
+		p->csum_off = p->l4_off + 16;
+		p->csum_flags = 0;
+		return 0;
+	}
+	if (p->t.proto == IPPROTO_UDP) {
+		struct udphdr uh;
+		if (bpf_skb_load_bytes(skb, p->l4_off, &uh, sizeof(uh)))
+			return -1;
+		p->t.sport = uh.source;
+		p->t.dport = uh.dest;
+		p->csum_off = p->l4_off + 6;
+		p->csum_flags = BPF_F_MARK_MANGLED_0;
+		if (!p->v6 && uh.check == 0)
+			p->csum_flags = 0xff; /* no checksum */
+		return 0;
+	}
+	return -1;
+}
+
+static __always_inline int l4_csum_on(const struct pkt *p)
+{
+	return p->csum_flags != 0xff;
+}
+
+/* Rewrites the source or destination address, fixing the L3 (IPv4) and L4
+ * (pseudo-header) checksums. */
+static __always_inline int set_addr(struct __sk_buff *skb, const struct pkt *p, int src, const struct swy_addr *old,
+				    const struct swy_addr *new)
+{
+	if (addr_eq(old, new))
+		return 0;
+	if (!p->v6) {
+		__u32 o = old->w[3], n = new->w[3];
+		__u32 off = ETH_HLEN + (src ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
+		if (l4_csum_on(p) && bpf_l4_csum_replace(skb, p->csum_off, o, n, BPF_F_PSEUDO_HDR | p->csum_flags | 4))
+			return -1;
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), o, n, 4))
+			return -1;
+		return bpf_skb_store_bytes(skb, off, &n, 4, 0);
+	}
+	__u32 off = ETH_HLEN + (src ? offsetof(struct ipv6hdr, saddr) : offsetof(struct ipv6hdr, daddr));
+	struct swy_addr o = *old, n = *new;
+	__s64 diff = bpf_csum_diff((__be32 *)o.w, 16, (__be32 *)n.w, 16, 0);
+	if (bpf_l4_csum_replace(skb, p->csum_off, 0, diff, BPF_F_PSEUDO_HDR | (p->csum_flags & BPF_F_MARK_MANGLED_0)))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, n.w, 16, 0);
+}
+
+static __always_inline int set_port(struct __sk_buff *skb, const struct pkt *p, int src, __u16 old, __u16 new)
+{
+	if (old == new)
+		return 0;
+	if (l4_csum_on(p) && bpf_l4_csum_replace(skb, p->csum_off, old, new, p->csum_flags | 2))
+		return -1;
+	return bpf_skb_store_bytes(skb, p->l4_off + (src ? 0 : 2), &new, 2, 0);
+}
+
+static __always_inline __u16 csum_fold(__s64 s)
+{
+	__u32 c = (__u32)s;
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	return (__u16)~c;
+}
+
+static __always_inline int swap_macs(struct __sk_buff *skb)
+{
+	__u8 mac[12], sw[12];
+	if (bpf_skb_load_bytes(skb, 0, mac, 12))
+		return -1;
+	__builtin_memcpy(sw, mac + 6, 6);
+	__builtin_memcpy(sw + 6, mac, 6);
+	return bpf_skb_store_bytes(skb, 0, sw, 12, 0);
+}
+
+struct tcp_rst {
+	__be16 source, dest;
+	__be32 seq, ack_seq;
+	__u8 doff_res;
+	__u8 flags;
+	__be16 window, check, urg;
+};
+
+static __always_inline int make_rst(struct __sk_buff *skb, const struct pkt *p, __u32 l3_len, struct tcp_rst *rst)
+{
+	struct tcphdr th;
+	if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)))
+		return -1;
+	if (th.rst)
+		return -1;
+	__u32 plen = l3_len - th.doff * 4;
+	__builtin_memset(rst, 0, sizeof(*rst));
+	rst->source = th.dest;
+	rst->dest = th.source;
+	rst->doff_res = 5 << 4;
+	if (th.ack) {
+		rst->seq = th.ack_seq;
+		rst->flags = TCP_RST;
+	} else {
+		rst->ack_seq = bpf_htonl(bpf_ntohl(th.seq) + plen + th.syn + th.fin);
+		rst->flags = TCP_RST | TCP_ACK;
+	}
+	return 0;
+}
+
+/* Answers the packet with a TCP RST or an ICMP port unreachable, sent back
+ * out of the interface it came in on, so that the client sees "refused". */
+static __always_inline int reject4(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+		return TC_ACT_SHOT;
+	struct iphdr nip = {};
+	nip.version = 4;
+	nip.ihl = 5;
+	nip.ttl = 64;
+	nip.frag_off = bpf_htons(0x4000);
+	nip.saddr = ip.daddr;
+	nip.daddr = ip.saddr;
+	if (p->t.proto == IPPROTO_TCP) {
+		struct tcp_rst rst;
+		if (make_rst(skb, p, bpf_ntohs(ip.tot_len) - sizeof(ip), &rst))
+			return TC_ACT_SHOT;
+		nip.protocol = IPPROTO_TCP;
+		nip.tot_len = bpf_htons(sizeof(nip) + sizeof(rst));
+		nip.check = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&nip, sizeof(nip), 0));
+		struct {
+			__be32 s, d;
+			__u8 z, proto;
+			__be16 len;
+		} ph = {nip.saddr, nip.daddr, 0, IPPROTO_TCP, bpf_htons(sizeof(rst))};
+		__s64 cs = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		cs = bpf_csum_diff(NULL, 0, (__be32 *)&rst, sizeof(rst), cs);
+		rst.check = csum_fold(cs);
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(nip) + sizeof(rst), 0))
+			return TC_ACT_SHOT;
+		if (swap_macs(skb) || bpf_skb_store_bytes(skb, ETH_HLEN, &nip, sizeof(nip), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(nip), &rst, sizeof(rst), 0))
+			return TC_ACT_SHOT;
+	} else {
+		struct {
+			struct icmphdr ic;
+			struct iphdr orig;
+			__u8 l4[8];
+		} body = {};
+		body.orig = ip;
+		if (bpf_skb_load_bytes(skb, p->l4_off, body.l4, 8))
+			return TC_ACT_SHOT;
+		body.ic.type = ICMP_DEST_UNREACH;
+		body.ic.code = ICMP_PORT_UNREACH;
+		body.ic.checksum = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&body, sizeof(body), 0));
+		nip.protocol = IPPROTO_ICMP;
+		nip.tot_len = bpf_htons(sizeof(nip) + sizeof(body));
+		nip.check = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&nip, sizeof(nip), 0));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(nip) + sizeof(body), 0))
+			return TC_ACT_SHOT;
+		if (swap_macs(skb) || bpf_skb_store_bytes(skb, ETH_HLEN, &nip, sizeof(nip), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(nip), &body, sizeof(body), 0))
+			return TC_ACT_SHOT;
+	}
+	stat(SWY_STAT_REJECT);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+struct pseudo6 {
+	struct swy_addr s, d;
+	__be32 len;
+	__u8 z[3];
+	__u8 nh;
+};
+
+static __always_inline int reject6(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct ipv6hdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+		return TC_ACT_SHOT;
+	struct ipv6hdr nip = {};
+	nip.version = 6;
+	nip.hop_limit = 64;
+	nip.saddr = ip.daddr;
+	nip.daddr = ip.saddr;
+	struct pseudo6 ph = {};
+	__builtin_memcpy(&ph.s, &nip.saddr, 16);
+	__builtin_memcpy(&ph.d, &nip.daddr, 16);
+	if (p->t.proto == IPPROTO_TCP) {
+		struct tcp_rst rst;
+		if (make_rst(skb, p, bpf_ntohs(ip.payload_len), &rst))
+			return TC_ACT_SHOT;
+		nip.nexthdr = IPPROTO_TCP;
+		nip.payload_len = bpf_htons(sizeof(rst));
+		ph.len = bpf_htonl(sizeof(rst));
+		ph.nh = IPPROTO_TCP;
+		__s64 cs = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		cs = bpf_csum_diff(NULL, 0, (__be32 *)&rst, sizeof(rst), cs);
+		rst.check = csum_fold(cs);
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(nip) + sizeof(rst), 0))
+			return TC_ACT_SHOT;
+		if (swap_macs(skb) || bpf_skb_store_bytes(skb, ETH_HLEN, &nip, sizeof(nip), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(nip), &rst, sizeof(rst), 0))
+			return TC_ACT_SHOT;
+	} else {
+		struct {
+			struct icmp6hdr ic;
+			struct ipv6hdr orig;
+			__u8 l4[8];
+		} body = {};
+		body.orig = ip;
+		if (bpf_skb_load_bytes(skb, p->l4_off, body.l4, 8))
+			return TC_ACT_SHOT;
+		body.ic.icmp6_type = ICMPV6_DEST_UNREACH;
+		body.ic.icmp6_code = ICMPV6_PORT_UNREACH;
+		nip.nexthdr = IPPROTO_ICMPV6;
+		nip.payload_len = bpf_htons(sizeof(body));
+		ph.len = bpf_htonl(sizeof(body));
+		ph.nh = IPPROTO_ICMPV6;
+		__s64 cs = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		cs = bpf_csum_diff(NULL, 0, (__be32 *)&body, sizeof(body), cs);
+		body.ic.icmp6_cksum = csum_fold(cs);
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(nip) + sizeof(body), 0))
+			return TC_ACT_SHOT;
+		if (swap_macs(skb) || bpf_skb_store_bytes(skb, ETH_HLEN, &nip, sizeof(nip), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(nip), &body, sizeof(body), 0))
+			return TC_ACT_SHOT;
+	}
+	stat(SWY_STAT_REJECT);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline __u8 closing_flag(const struct pkt *p)
+{
+	return (p->t.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))) ? SWY_CT_CLOSING : 0;
+}
+
+/* Applies a conntrack entry to the packet. */
+static __always_inline int apply_ct(struct __sk_buff *skb, const struct pkt *p, const struct swy_ct_val *ct)
+{
+	if (ct->dir == SWY_CT_FORWARD) {
+		if (set_addr(skb, p, 0, &p->t.dst, &ct->nat) || set_port(skb, p, 0, p->t.dport, ct->nat_port))
+			return TC_ACT_SHOT;
+		if (ct->flags & SWY_CT_SNAT) {
+			if (set_addr(skb, p, 1, &p->t.src, &ct->nat2) || set_port(skb, p, 1, p->t.sport, ct->nat2_port))
+				return TC_ACT_SHOT;
+		}
+		stat(SWY_STAT_DNAT);
+		return TC_ACT_OK;
+	}
+	if (set_addr(skb, p, 1, &p->t.src, &ct->nat) || set_port(skb, p, 1, p->t.sport, ct->nat_port))
+		return TC_ACT_SHOT;
+	if (ct->flags & SWY_CT_SNAT) {
+		if (set_addr(skb, p, 0, &p->t.dst, &ct->nat2) || set_port(skb, p, 0, p->t.dport, ct->nat2_port))
+			return TC_ACT_SHOT;
+	}
+	stat(SWY_STAT_REVNAT);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int swy_tc_ingress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p))
+		return TC_ACT_OK;
+	__u64 now = bpf_ktime_get_ns();
+	struct swy_config *cfg = config();
+	if (!cfg)
+		return TC_ACT_OK;
+
+	struct swy_ct_val *ctp = bpf_map_lookup_elem(&swy_ct, &p.t);
+	if (ctp) {
+		int stale = 0;
+		if (ctp->dir == SWY_CT_FORWARD) {
+			if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+			    (ctp->flags & SWY_CT_CLOSING))
+				stale = 1;
+			if (p.t.proto == IPPROTO_UDP && now - ctp->last_ns > (__u64)cfg->udp_timeout_s * 1000000000ULL)
+				stale = 1;
+		}
+		if (!stale) {
+			ctp->last_ns = now;
+			ctp->flags |= closing_flag(&p);
+			struct swy_ct_val ct = *ctp;
+			return apply_ct(skb, &p, &ct);
+		}
+	}
+
+	struct swy_svc_val *svc = lookup_frontend(&p.t.dst, p.t.dport, p.t.proto);
+	if (!svc)
+		return TC_ACT_OK;
+	int class = source_class(&p.t.src);
+	if ((svc->flags & SWY_SVC_SOURCE_RANGES) && class != SWY_CLASS_NODE) {
+		struct swy_srcrange_key sk = {.prefixlen = 64 + 128, .addr = p.t.src};
+		__builtin_memcpy(sk.id, &svc->id, 8);
+		if (!bpf_map_lookup_elem(&swy_srcrange, &sk)) {
+			stat(SWY_STAT_SOURCE_RANGE_DROP);
+			return TC_ACT_SHOT;
+		}
+	}
+	__u64 route_id = svc->route[class];
+	struct swy_route_val *route = bpf_map_lookup_elem(&swy_route, &route_id);
+	if (!route || route->verdict == SWY_DROP) {
+		stat(SWY_STAT_DROP);
+		return TC_ACT_SHOT;
+	}
+	if (route->verdict == SWY_REJECT)
+		return p.v6 ? reject6(skb, &p) : reject4(skb, &p);
+
+	struct swy_backend be;
+	if (select_backend(svc, route_id, route, &p.t.src, tuple_hash(&p.t), &be)) {
+		stat(SWY_STAT_DROP);
+		return TC_ACT_SHOT;
+	}
+
+	struct swy_ct_val fwd = {.nat = be.addr, .nat_port = be.port, .dir = SWY_CT_FORWARD, .last_ns = now,
+				 .route = route_id};
+	struct swy_ct_val rev = {.nat = p.t.dst, .nat_port = p.t.dport, .nat2 = p.t.src, .nat2_port = p.t.sport,
+				 .dir = SWY_CT_REVERSE, .last_ns = now, .route = route_id};
+	struct swy_ct_key rk = {.src = be.addr, .dst = p.t.src, .sport = be.port, .dport = p.t.sport,
+				.proto = p.t.proto};
+
+	/* Masquerade as the plan says, and always for hairpin (a pod reaching itself). */
+	int masq = ((svc->masq >> class) & 1) || addr_eq(&be.addr, &p.t.src);
+	if (masq) {
+		struct swy_addr snat = p.v6 ? cfg->snat6 : cfg->snat4;
+		if (!addr_zero(&snat)) {
+			__u32 h = tuple_hash(&p.t);
+			__u32 lo = cfg->snat_port_min, range = cfg->snat_port_max - cfg->snat_port_min + 1;
+			int found = 0;
+			rk.dst = snat;
+			if (range == 0 || range > 65535)
+				range = 1;
+#pragma unroll
+			for (int i = 0; i < 16; i++) {
+				if (!found) {
+					__u16 port = bpf_htons((__u16)(lo + (h + i * 7919) % range));
+					rk.dport = port;
+					if (!bpf_map_lookup_elem(&swy_ct, &rk))
+						found = 1;
+				}
+			}
+			if (!found) {
+				stat(SWY_STAT_SNAT_EXHAUSTED);
+				return TC_ACT_SHOT;
+			}
+			fwd.nat2 = snat;
+			fwd.nat2_port = rk.dport;
+			fwd.flags |= SWY_CT_SNAT;
+			rev.flags |= SWY_CT_SNAT;
+		}
+	}
+	if (bpf_map_update_elem(&swy_ct, &rk, &rev, BPF_ANY) || bpf_map_update_elem(&swy_ct, &p.t, &fwd, BPF_ANY)) {
+		stat(SWY_STAT_CT_INSERT_FAILED);
+		return TC_ACT_SHOT;
+	}
+	return apply_ct(skb, &p, &fwd);
+}
+
+/* ------------------------------------------------------- socket hooks --- */
+
+static __always_inline int sock_netns_ok(struct bpf_sock_addr *ctx)
+{
+	struct swy_config *cfg = config();
+	if (!cfg)
+		return 0;
+	return cfg->netns_cookie == 0 || bpf_get_netns_cookie(ctx) == cfg->netns_cookie;
+}
+
+/* connect and sendmsg: the frontend in the socket address becomes a backend. */
+static __always_inline int sock_forward(struct bpf_sock_addr *ctx, int v6, int sendmsg)
+{
+	struct swy_addr dst;
+	__u8 proto = ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	if (!sock_netns_ok(ctx))
+		return 1;
+	if (v6) {
+		dst.w[0] = ctx->user_ip6[0];
+		dst.w[1] = ctx->user_ip6[1];
+		dst.w[2] = ctx->user_ip6[2];
+		dst.w[3] = ctx->user_ip6[3];
+	} else {
+		addr_v4(&dst, ctx->user_ip4);
+	}
+	__u16 port = (__u16)ctx->user_port;
+	struct swy_svc_val *svc = lookup_frontend(&dst, port, proto);
+	if (!svc)
+		return 1;
+	__u64 route_id = svc->route[SWY_CLASS_NODE];
+	struct swy_route_val *route = bpf_map_lookup_elem(&swy_route, &route_id);
+	if (!route || route->verdict == SWY_DROP) {
+		stat(SWY_STAT_DROP);
+		bpf_set_retval(-ETIMEDOUT);
+		return 0;
+	}
+	if (route->verdict == SWY_REJECT) {
+		stat(SWY_STAT_REJECT);
+		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	}
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct swy_backend be;
+	struct swy_sock_key fk = {.cookie = cookie, .addr = dst, .port = port, .dir = SWY_SOCK_FORWARD};
+	struct swy_sock_val *prev = sendmsg ? bpf_map_lookup_elem(&swy_sock, &fk) : NULL;
+	if (prev) {
+		be.addr = prev->addr;
+		be.port = prev->port;
+	} else {
+		struct swy_addr node = {};
+		if (select_backend(svc, route_id, route, &node, (__u32)cookie ^ (__u32)(cookie >> 32), &be)) {
+			stat(SWY_STAT_DROP);
+			bpf_set_retval(-ETIMEDOUT);
+			return 0;
+		}
+		if (sendmsg) {
+			struct swy_sock_val fv = {.addr = be.addr, .port = be.port};
+			bpf_map_update_elem(&swy_sock, &fk, &fv, BPF_ANY);
+		}
+	}
+	struct swy_sock_key rk = {.cookie = cookie, .addr = be.addr, .port = be.port, .dir = SWY_SOCK_REVERSE};
+	struct swy_sock_val rv = {.addr = dst, .port = port};
+	bpf_map_update_elem(&swy_sock, &rk, &rv, BPF_ANY);
+	if (v6) {
+		ctx->user_ip6[0] = be.addr.w[0];
+		ctx->user_ip6[1] = be.addr.w[1];
+		ctx->user_ip6[2] = be.addr.w[2];
+		ctx->user_ip6[3] = be.addr.w[3];
+	} else {
+		ctx->user_ip4 = be.addr.w[3];
+	}
+	ctx->user_port = be.port;
+	stat(SWY_STAT_SOCK_LB);
+	return 1;
+}
+
+/* recvmsg and getpeername: a backend's address shows as the frontend. */
+static __always_inline int sock_reverse(struct bpf_sock_addr *ctx, int v6)
+{
+	struct swy_sock_key rk = {.cookie = bpf_get_socket_cookie(ctx), .dir = SWY_SOCK_REVERSE};
+	if (v6) {
+		rk.addr.w[0] = ctx->user_ip6[0];
+		rk.addr.w[1] = ctx->user_ip6[1];
+		rk.addr.w[2] = ctx->user_ip6[2];
+		rk.addr.w[3] = ctx->user_ip6[3];
+	} else {
+		addr_v4(&rk.addr, ctx->user_ip4);
+	}
+	rk.port = (__u16)ctx->user_port;
+	struct swy_sock_val *rv = bpf_map_lookup_elem(&swy_sock, &rk);
+	if (!rv)
+		return 1;
+	if (v6) {
+		ctx->user_ip6[0] = rv->addr.w[0];
+		ctx->user_ip6[1] = rv->addr.w[1];
+		ctx->user_ip6[2] = rv->addr.w[2];
+		ctx->user_ip6[3] = rv->addr.w[3];
+	} else {
+		ctx->user_ip4 = rv->addr.w[3];
+	}
+	ctx->user_port = rv->port;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int swy_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_forward(ctx, 0, 0);
+}
+
+SEC("cgroup/connect6")
+int swy_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_forward(ctx, 1, 0);
+}
+
+SEC("cgroup/sendmsg4")
+int swy_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_forward(ctx, 0, 1);
+}
+
+SEC("cgroup/sendmsg6")
+int swy_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_forward(ctx, 1, 1);
+}
+
+SEC("cgroup/recvmsg4")
+int swy_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_reverse(ctx, 0);
+}
+
+SEC("cgroup/recvmsg6")
+int swy_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_reverse(ctx, 1);
+}
+
+SEC("cgroup/getpeername4")
+int swy_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return sock_reverse(ctx, 0);
+}
+
+SEC("cgroup/getpeername6")
+int swy_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return sock_reverse(ctx, 1);
+}
