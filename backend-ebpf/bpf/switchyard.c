@@ -265,7 +265,12 @@ static __always_inline int select_backend(const struct swy_svc_val *svc, __u64 r
 		struct swy_maglev_val *mv = bpf_map_lookup_elem(&swy_maglev, &mk);
 		if (!mv)
 			return -1;
-		slot = mv->slot[hash % SWY_MAGLEV_M];
+		__u32 idx = hash % SWY_MAGLEV_M;
+		/* clang's mul/sub lowering of % loses the bound: restate it. */
+		asm volatile("" : "+r"(idx));
+		if (idx >= SWY_MAGLEV_M)
+			return -1;
+		slot = mv->slot[idx];
 	} else {
 		slot = bpf_get_prandom_u32() % route->count;
 	}
@@ -566,7 +571,36 @@ static __always_inline __u8 closing_flag(const struct pkt *p)
 	return (p->t.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))) ? SWY_CT_CLOSING : 0;
 }
 
-/* Applies a conntrack entry to the packet. */
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Sends a translated packet on its way: a FIB lookup on its new addresses,
+ * then out of the right interface with the neighbour filled in. Routing
+ * input is bypassed on purpose: after SNAT (or reverse NAT of a NodePort)
+ * the source is one of the node's own addresses, which ip_rcv would drop
+ * as martian. Not forwardable here (a local destination): the stack takes it. */
+static __always_inline int forward(struct __sk_buff *skb, const struct pkt *p, const struct swy_addr *src,
+				   const struct swy_addr *dst)
+{
+	struct bpf_fib_lookup fib = {};
+	fib.ifindex = skb->ingress_ifindex;
+	fib.l4_protocol = p->t.proto;
+	if (p->v6) {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, src->w, 16);
+		__builtin_memcpy(fib.ipv6_dst, dst->w, 16);
+	} else {
+		fib.family = AF_INET;
+		fib.ipv4_src = src->w[3];
+		fib.ipv4_dst = dst->w[3];
+	}
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	return TC_ACT_OK;
+}
+
+/* Applies a conntrack entry to the packet and forwards it. */
 static __always_inline int apply_ct(struct __sk_buff *skb, const struct pkt *p, const struct swy_ct_val *ct)
 {
 	if (ct->dir == SWY_CT_FORWARD) {
@@ -577,7 +611,7 @@ static __always_inline int apply_ct(struct __sk_buff *skb, const struct pkt *p, 
 				return TC_ACT_SHOT;
 		}
 		stat(SWY_STAT_DNAT);
-		return TC_ACT_OK;
+		return forward(skb, p, (ct->flags & SWY_CT_SNAT) ? &ct->nat2 : &p->t.src, &ct->nat);
 	}
 	if (set_addr(skb, p, 1, &p->t.src, &ct->nat) || set_port(skb, p, 1, p->t.sport, ct->nat_port))
 		return TC_ACT_SHOT;
@@ -586,7 +620,7 @@ static __always_inline int apply_ct(struct __sk_buff *skb, const struct pkt *p, 
 			return TC_ACT_SHOT;
 	}
 	stat(SWY_STAT_REVNAT);
-	return TC_ACT_OK;
+	return forward(skb, p, &ct->nat, (ct->flags & SWY_CT_SNAT) ? &ct->nat2 : &p->t.dst);
 }
 
 SEC("classifier")
@@ -594,11 +628,11 @@ int swy_tc_ingress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	if (parse(skb, &p))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	__u64 now = bpf_ktime_get_ns();
 	struct swy_config *cfg = config();
 	if (!cfg)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 
 	struct swy_ct_val *ctp = bpf_map_lookup_elem(&swy_ct, &p.t);
 	if (ctp) {
@@ -620,7 +654,7 @@ int swy_tc_ingress(struct __sk_buff *skb)
 
 	struct swy_svc_val *svc = lookup_frontend(&p.t.dst, p.t.dport, p.t.proto);
 	if (!svc)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC; /* not ours: the next TC program (or the stack) decides */
 	int class = source_class(&p.t.src);
 	if ((svc->flags & SWY_SVC_SOURCE_RANGES) && class != SWY_CLASS_NODE) {
 		struct swy_srcrange_key sk = {.prefixlen = 64 + 128, .addr = p.t.src};

@@ -27,8 +27,8 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::config::EbpfConfig;
 use crate::EbpfError;
+use crate::config::EbpfConfig;
 use crate::layout;
 
 /// The compiled programs (see build.rs).
@@ -184,7 +184,8 @@ pub fn attach_tc(ebpf: &mut Ebpf, cfg: &EbpfConfig, ifname: &str, tcx: bool) -> 
             .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(err)?;
         let link = prog.take_link(id).map_err(err)?;
-        let fd = FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: tc_pin(cfg, ifname), source: Box::new(e) })?;
+        let fd =
+            FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: tc_pin(cfg, ifname), source: Box::new(e) })?;
         fd.pin(&pin).map_err(|e| EbpfError::Pin { path: pin.clone(), source: Box::new(e) })?;
         return Ok(());
     }
@@ -233,7 +234,7 @@ fn cg_pin(cfg: &EbpfConfig, name: &str) -> PathBuf {
     cfg.links_dir().join(format!("cg-{name}"))
 }
 
-/// Attaches every socket hook to the cgroup (multi-program mode, so other
+/// Attaches every socket hook to the cgroup (as bpf_links, so other
 /// programs there keep running) and pins the links; the previous links (a
 /// previous run's programs) are detached after the new ones are in place.
 pub fn attach_cgroup(ebpf: &mut Ebpf, cfg: &EbpfConfig, cgroup: &Path) -> Result<(), EbpfError> {
@@ -245,11 +246,14 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, cfg: &EbpfConfig, cgroup: &Path) -> Result
             .try_into()
             .map_err(|e| EbpfError::program(name, e))?;
         let err = |e| EbpfError::attach(&cgroup.display().to_string(), e);
-        let id = prog.attach(&dir, CgroupAttachMode::AllowMultiple).map_err(err)?;
+        // A bpf_link attachment (aya uses one on >= 5.7) must pass flags 0
+        // ("Single") and always coexists with other programs on the cgroup.
+        let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
         let link = prog.take_link(id).map_err(err)?;
         let fd = FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: cg_pin(cfg, name), source: Box::new(e) })?;
         let pin = cg_pin(cfg, name);
-        let tmp = pin.with_extension("new");
+        // bpffs refuses names with a dot.
+        let tmp = cfg.links_dir().join(format!("cg-{name}-new"));
         let _ = fs::remove_file(&tmp);
         fd.pin(&tmp).map_err(|e| EbpfError::Pin { path: tmp.clone(), source: Box::new(e) })?;
         // Removing the old pin drops the last reference to the old link: detached.
@@ -323,5 +327,5 @@ pub fn unpin_all(cfg: &EbpfConfig) -> Result<(), EbpfError> {
 /// Whether `path` is on a bpffs.
 pub fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }

@@ -19,7 +19,10 @@ use crate::render::Desired;
 pub enum Traced {
     /// Not a frontend: the packet passes untouched.
     Pass,
-    Forward { endpoints: BTreeSet<SocketAddr>, masquerade: bool },
+    Forward {
+        endpoints: BTreeSet<SocketAddr>,
+        masquerade: bool,
+    },
     Reject,
     Drop,
 }
@@ -68,9 +71,10 @@ impl FakeDatapath {
     fn source_allowed(&self, val: &SvcVal, src: Addr) -> bool {
         let id = [(val.id >> 32) as u32, val.id as u32];
         let o = src.octets();
-        self.desired.source_ranges.iter().any(|(bits, SrcRangeData { id: rid, addr })| {
-            *rid == id && in_prefix(&o, &addr.octets(), bits - 64)
-        })
+        self.desired
+            .source_ranges
+            .iter()
+            .any(|(bits, SrcRangeData { id: rid, addr })| *rid == id && in_prefix(&o, &addr.octets(), bits - 64))
     }
 
     /// Traces a new flow from `src` to `dst:port`.
@@ -78,8 +82,7 @@ impl FakeDatapath {
         let (src, dst) = (Addr::from(src), Addr::from(dst));
         let Some(val) = self.frontend(dst, port, proto.number()) else { return Traced::Pass };
         let class = self.class(src);
-        if val.flags & layout::SVC_SOURCE_RANGES != 0 && class != layout::CLASS_NODE && !self.source_allowed(val, src)
-        {
+        if val.flags & layout::SVC_SOURCE_RANGES != 0 && class != layout::CLASS_NODE && !self.source_allowed(val, src) {
             return Traced::Drop;
         }
         let Some(route) = self.desired.routes.get(&val.route[class]) else { return Traced::Drop };

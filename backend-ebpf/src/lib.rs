@@ -302,7 +302,8 @@ impl SyncJob {
         objects.insert("routes".to_string(), current.routes.len() as u64);
         objects.insert("backend slots".to_string(), slots as u64);
         objects.insert("interfaces".to_string(), loaded.attached.len() as u64);
-        for (name, n) in [("swy_svc", current.frontends.len()), ("swy_route", current.routes.len()), ("swy_backend", slots)]
+        for (name, n) in
+            [("swy_svc", current.frontends.len()), ("swy_route", current.routes.len()), ("swy_backend", slots)]
         {
             self.metrics.map_entries.get_or_create(&vec![("map".into(), name.into())]).set(n as i64);
         }

@@ -12,9 +12,9 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use proxy_core::{EmptyVerdict, Frontend, FrontendKind, ProgrammedFrontend, ProgrammedState, Protocol};
 
+use crate::EbpfError;
 use crate::layout::{self, Addr, Backend, BackendKey, Config, MaglevKey, MaglevVal, SrcRangeData, SvcKey, SvcVal};
 use crate::render::{self, Desired, RouteSpec};
-use crate::EbpfError;
 
 /// The maps of the service data plane, opened from their pins.
 pub struct Maps {
@@ -310,9 +310,7 @@ pub fn apply(maps: &mut Maps, current: &mut Programmed, desired: &Desired) -> Re
     }
 
     for (key, val) in desired.source_ranges.difference(&current.source_ranges.clone()) {
-        maps.srcrange
-            .insert(&LpmKey::new(*key, *val), 1, 0)
-            .map_err(|e| full_or(maps, "swy_srcrange", "update", e))?;
+        maps.srcrange.insert(&LpmKey::new(*key, *val), 1, 0).map_err(|e| full_or(maps, "swy_srcrange", "update", e))?;
         current.source_ranges.insert((*key, *val));
     }
 
@@ -360,7 +358,12 @@ pub fn apply(maps: &mut Maps, current: &mut Programmed, desired: &Desired) -> Re
 }
 
 impl Programmed {
-    fn insert_route(&mut self, id: u64, rv: layout::RouteVal, b: Vec<Backend>) -> Option<(layout::RouteVal, Vec<Backend>)> {
+    fn insert_route(
+        &mut self,
+        id: u64,
+        rv: layout::RouteVal,
+        b: Vec<Backend>,
+    ) -> Option<(layout::RouteVal, Vec<Backend>)> {
         self.routes.insert(id, (rv, b))
     }
 }
@@ -386,11 +389,13 @@ fn delete_generation(maps: &mut Maps, route: u64, rv: &layout::RouteVal) -> Resu
 /// Removes backend slots and Maglev tables that no route points to (left
 /// by a crash between writing and flipping). Full syncs only: it walks the maps.
 pub fn collect_garbage(maps: &mut Maps, current: &Programmed) -> Result<usize, EbpfError> {
-    let live = |route: u64, generation: u32| current.routes.get(&route).is_some_and(|(rv, _)| rv.generation == generation);
+    let live =
+        |route: u64, generation: u32| current.routes.get(&route).is_some_and(|(rv, _)| rv.generation == generation);
     let mut stray = Vec::new();
     for k in maps.backend.keys() {
         let k = k.map_err(|e| EbpfError::map("swy_backend", "iterate", e))?;
-        let in_use = current.routes.get(&k.route).is_some_and(|(rv, _)| rv.generation == k.generation && k.slot < rv.count);
+        let in_use =
+            current.routes.get(&k.route).is_some_and(|(rv, _)| rv.generation == k.generation && k.slot < rv.count);
         if !in_use {
             stray.push(k);
         }

@@ -116,10 +116,7 @@ fn route_spec(route: &Route, maglev: bool) -> RouteSpec {
         Route::Forward(eps) => RouteSpec {
             verdict: layout::FORWARD,
             flags: if maglev { layout::ROUTE_MAGLEV } else { 0 },
-            backends: eps
-                .iter()
-                .map(|e| Backend { addr: Addr::from(e.ip()), port: e.port.to_be(), pad: 0 })
-                .collect(),
+            backends: eps.iter().map(|e| Backend { addr: Addr::from(e.ip()), port: e.port.to_be(), pad: 0 }).collect(),
         },
         Route::Reject => RouteSpec { verdict: layout::REJECT, flags: 0, backends: Vec::new() },
         Route::Drop => RouteSpec { verdict: layout::DROP, flags: 0, backends: Vec::new() },

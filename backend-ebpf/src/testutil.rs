@@ -57,7 +57,10 @@ pub fn sample_snapshot() -> Arc<Snapshot> {
             .build(),
         ServiceBuilder::new("default", "empty", "10.96.0.40").node_port("", 80, "TCP", 30040).build(),
         ServiceBuilder::new("default", "term", "10.96.0.50").port("", 80, "TCP").build(),
-        ServiceBuilder::new("default", "itp-local", "10.96.0.60").port("", 80, "TCP").internal_traffic_policy("Local").build(),
+        ServiceBuilder::new("default", "itp-local", "10.96.0.60")
+            .port("", 80, "TCP")
+            .internal_traffic_policy("Local")
+            .build(),
     ];
     let slices = vec![
         slice("web-1", "web", 8080, "TCP", vec![local("10.244.1.5"), remote("10.244.2.5")]),
@@ -65,7 +68,13 @@ pub fn sample_snapshot() -> Arc<Snapshot> {
         slice("np-local-1", "np-local", 8080, "TCP", vec![local("10.244.1.7"), remote("10.244.2.7")]),
         slice("np-nolocal-1", "np-nolocal", 8080, "TCP", vec![remote("10.244.2.8")]),
         slice("lb-1", "lb", 8443, "TCP", vec![local("10.244.1.9")]),
-        slice("term-1", "term", 8080, "TCP", vec![local("10.244.1.10").ready(false).terminating(), remote("10.244.2.10").ready(false)]),
+        slice(
+            "term-1",
+            "term",
+            8080,
+            "TCP",
+            vec![local("10.244.1.10").ready(false).terminating(), remote("10.244.2.10").ready(false)],
+        ),
         slice("itp-local-1", "itp-local", 8080, "TCP", vec![remote("10.244.2.11")]),
     ];
     snapshot(services, slices, masq())
