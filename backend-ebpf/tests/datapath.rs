@@ -14,8 +14,9 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -120,20 +121,26 @@ impl Lab {
             let f = ns.path().map(std::fs::File::open).expect("named").expect("open netns");
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             let tcp = TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
-            tcp.set_nonblocking(true).expect("nonblocking");
             let udp = UdpSocket::bind("0.0.0.0:5353").expect("bind udp");
-            udp.set_read_timeout(Some(Duration::from_millis(5))).expect("timeout");
             tx.send(()).expect("ready");
             let mut buf = [0u8; 512];
             while !stop.load(Ordering::SeqCst) {
-                match tcp.accept() {
-                    Ok((mut s, peer)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.write_all(format!("{pod} {peer}\n").as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                let mut fds = [
+                    libc::pollfd { fd: tcp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: udp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                ];
+                // SAFETY: two valid pollfds owned by this frame.
+                if unsafe { libc::poll(fds.as_mut_ptr(), 2, 20) } <= 0 {
+                    continue;
                 }
-                if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                if fds[0].revents & libc::POLLIN != 0
+                    && let Ok((mut s, peer)) = tcp.accept()
+                {
+                    let _ = s.write_all(format!("{pod} {peer}\n").as_bytes());
+                }
+                if fds[1].revents & libc::POLLIN != 0
+                    && let Ok((_, peer)) = udp.recv_from(&mut buf)
+                {
                     let _ = udp.send_to(format!("{pod} {peer}\n").as_bytes(), peer);
                 }
             }
