@@ -683,6 +683,85 @@ impl XorShift {
     }
 }
 
+/// Checks a scenario against the core without any backend: walks its steps
+/// through a change tracker and cross-checks every expectation with
+/// `flow()`. Returns the disagreements (empty when the file is consistent).
+pub fn lint(scenario: &Scenario) -> Vec<String> {
+    let (masq, npa) = scenario_settings(scenario);
+    let mut tracker = ChangeTracker::new(TrackerConfig::new(PlannerConfig {
+        node_name: addresses::NODE1.into(),
+        families: scenario.families(),
+        masquerade: masq,
+    }));
+    for ev in scenario.objects.initial_events() {
+        tracker.apply(ev);
+    }
+    let mut objects = scenario.objects.clone();
+    let mut out = Vec::new();
+    let check = |out: &mut Vec<String>, label: &str, from: &str, to: &crate::scenario::Target, proto: Option<Proto>, expect: &Expectation, objects: &crate::scenario::ObjectStore, tracker: &mut ChangeTracker| {
+        let Some(host) = addresses::host(from) else { return out.push(format!("{label}: unknown host {from}")) };
+        match oracle::resolve(to, proto, objects) {
+            Err(e) => out.push(format!("{label}: {e}")),
+            Ok((dst, proto)) => {
+                let src = host.probe_source(dst.is_ipv6());
+                let p = oracle::predict(&tracker.snapshot(), dst, proto, src, &npa);
+                if let Err(e) = oracle::cross_check(expect, &p) {
+                    out.push(format!("{label}: {from} → {dst}/{proto:?}: {e}"));
+                }
+            }
+        }
+    };
+    for entry in &scenario.steps {
+        match &entry.step {
+            Step::Probe { probe, expect } => check(&mut out, &entry.label, &probe.from, &probe.to, probe.protocol, expect, &objects, &mut tracker),
+            Step::Hold { hold, expect } => check(&mut out, &entry.label, &hold.from, &hold.to, Some(Proto::Tcp), expect, &objects, &mut tracker),
+            Step::AffinityExpiry { expiry, expect } => check(&mut out, &entry.label, &expiry.from, &expiry.to, expiry.protocol, expect, &objects, &mut tracker),
+            Step::Update { update } => {
+                for obj in &update.apply {
+                    if let Ok(key) = objects.insert(obj.clone())
+                        && let Some(ev) = objects.get(&key).and_then(|o| event_for(o, false))
+                    {
+                        tracker.apply(ev);
+                    }
+                }
+                for d in &update.delete {
+                    if let Some(kind) = Kind::parse(&d.kind)
+                        && let Some(obj) = objects.remove(&(kind, d.namespace.clone(), d.name.clone()))
+                        && let Some(ev) = event_for(&obj, true)
+                    {
+                        tracker.apply(ev);
+                    }
+                }
+            }
+            Step::Churn { churn } => {
+                let (ns, name) = churn.slice.split_once('/').unwrap_or(("default", &churn.slice));
+                if let Some(base) = objects.get(&(Kind::EndpointSlice, ns.to_string(), name.to_string())).cloned() {
+                    let v6 = base.get("addressType").and_then(Value::as_str) == Some("IPv6");
+                    let finals: Vec<&String> = churn.final_hosts.iter().collect();
+                    let obj = with_endpoints(&base, &finals, v6);
+                    if let Some(ev) = event_for(&obj, false) {
+                        tracker.apply(ev);
+                    }
+                    let _ = objects.insert(obj);
+                }
+            }
+            Step::Restart { restart } => {
+                if let Some(p) = &restart.probe_during
+                    && let Some(host) = addresses::host(&p.from)
+                    && let Ok((dst, proto)) = oracle::resolve(&p.to, p.protocol, &objects)
+                {
+                    let pred = oracle::predict(&tracker.snapshot(), dst, proto, host.probe_source(dst.is_ipv6()), &npa);
+                    if pred.verdict != crate::scenario::ExpectedVerdict::Forward {
+                        out.push(format!("{}: probeDuring goes nowhere ({:?})", entry.label, pred.verdict));
+                    }
+                }
+            }
+            Step::Wait { .. } | Step::Check { .. } => {}
+        }
+    }
+    out
+}
+
 /// Loads scenarios and keeps those whose name contains one of `filters`.
 pub fn select(scenarios: Vec<Scenario>, filters: &[String]) -> Vec<Scenario> {
     if filters.is_empty() {
@@ -711,6 +790,30 @@ pub fn setup_error(e: ConformanceError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_builtin_scenario_agrees_with_the_core() {
+        let scenarios = Scenario::load_dir(&crate::builtin_scenarios_dir()).expect("scenarios load");
+        let problems: Vec<String> = scenarios.iter().flat_map(|s| lint(s).into_iter().map(move |p| format!("{}: {p}", s.name))).collect();
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn lint_catches_a_scenario_that_contradicts_the_core() {
+        let text = r#"
+name: wrong
+description: claims a drop where the core rejects
+objects:
+  - {apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIPs: [10.96.0.10], ports: [{port: 80}]}}
+steps:
+  - probe: {from: client1, to: {service: web, via: clusterIP}, count: 1}
+    expect: {dropped: true}
+"#;
+        let s = Scenario::parse(text, std::path::Path::new("w.yaml")).expect("parses");
+        let problems = lint(&s);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("Refused"), "{problems:?}");
+    }
 
     #[test]
     fn churn_endpoints_are_lab_hosts_on_their_nodes() {

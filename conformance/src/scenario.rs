@@ -822,7 +822,7 @@ steps:
         let Step::Probe { probe, .. } = &s.steps[2].step else { panic!("third step is a probe") };
         assert_eq!(probe.to, Target::Literal("10.96.0.10:80".parse().expect("addr")));
         assert_eq!(s.echo_ports().tcp.into_iter().collect::<Vec<_>>(), vec![8080]);
-        assert_eq!(s.initial_events().len(), 9);
+        assert_eq!(s.objects.initial_events().len(), 9);
     }
 
     #[test]
