@@ -1,1 +1,48 @@
-//! conformance (work in progress).
+//! switchyard's conformance suite: the proof that every dataplane routes
+//! identically, with real packets in Linux network namespaces.
+//!
+//! - [`lab`] builds a small cluster out of network namespaces per run (see
+//!   [`addresses`] for the plan) and runs an [`agent`] on every host: an
+//!   echo server that tells who answered and which source it saw, and a
+//!   prober.
+//! - [`scenario`] reads scenarios as data (Kubernetes YAML plus steps);
+//!   [`expect`] judges observations; [`oracle`] cross-checks every
+//!   expectation against proxy-core's `ServicePortPlan::flow()`.
+//! - [`runner`] plays scenarios against backends through a [`driver`]
+//!   (in-process through a [`proxy_core::Registry`], or an external
+//!   `switchyard` binary) and produces a [`report`].
+//! - [`cli`] is the `switchyard-conformance` binary; a plugin author's own
+//!   binary is `cli::main_with_registry(my_registry)`.
+
+pub mod addresses;
+pub mod agent;
+pub mod cli;
+pub mod driver;
+pub mod error;
+pub mod expect;
+pub mod lab;
+pub mod oracle;
+pub mod patience;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+
+pub use error::{ConformanceError, Result};
+pub use lab::{Lab, LabConfig, LabInfo};
+pub use report::{Report, Status};
+pub use runner::{SuiteConfig, run_suite};
+pub use scenario::Scenario;
+
+use proxy_core::Registry;
+
+/// The backends built into switchyard, registered the way a plugin's are.
+/// The suite's binary runs `--backend NAME` for any mode registered here.
+pub fn default_registry() -> Registry {
+    Registry::new()
+}
+
+/// Where the scenario files shipped with this crate are (for development
+/// builds; installed binaries get `--scenarios` or `SWITCHYARD_CONFORMANCE_SCENARIOS`).
+pub fn builtin_scenarios_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}

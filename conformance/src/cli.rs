@@ -1,0 +1,278 @@
+//! The `switchyard-conformance` command line.
+//!
+//! A plugin author builds their own binary around their registry:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     let mut registry = conformance::default_registry();
+//!     // registry.register(my_backend::factory()).expect("unique mode name");
+//!     conformance::cli::main_with_registry(registry)
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use proxy_core::Registry;
+use tracing::{error, info};
+
+use crate::agent::{AGENT_SUBCOMMAND, AgentArgs};
+use crate::driver::{DriverFactory, ExternalBinary, InProcess};
+use crate::lab::{Lab, LabConfig};
+use crate::runner::{self, SuiteConfig};
+use crate::scenario::Scenario;
+
+/// Exit codes.
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_SETUP: u8 = 3;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs the switchyard conformance scenarios against dataplane backends in a
+/// network-namespace lab and reports a scenario × backend matrix.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-conformance", version)]
+pub struct Args {
+    /// A backend to run in-process, by its proxy-mode name (repeatable).
+    #[arg(long = "backend", value_name = "MODE")]
+    pub backends: Vec<String>,
+    /// A backend to run through the `switchyard` binary as a black box,
+    /// with the file source (repeatable).
+    #[arg(long = "binary-backend", value_name = "MODE")]
+    pub binary_backends: Vec<String>,
+    /// The `switchyard` binary for --binary-backend.
+    #[arg(long, value_name = "PATH", default_value = "switchyard")]
+    pub switchyard_bin: PathBuf,
+    /// Extra arguments for the `switchyard` binary (repeatable).
+    #[arg(long = "switchyard-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub switchyard_args: Vec<String>,
+    /// A backend's configuration section as JSON, `MODE=JSON`; `{cgroup}` is
+    /// replaced by the lab's cgroup path (repeatable).
+    #[arg(long = "section", value_name = "MODE=JSON")]
+    pub sections: Vec<String>,
+    /// The directory of scenario files.
+    #[arg(long, value_name = "DIR", env = "SWITCHYARD_CONFORMANCE_SCENARIOS")]
+    pub scenarios: Option<PathBuf>,
+    /// Run only scenarios whose name contains this (repeatable).
+    #[arg(long = "filter", value_name = "NAME")]
+    pub filters: Vec<String>,
+    /// Write the report as JSON.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write the report as Markdown.
+    #[arg(long, value_name = "PATH")]
+    pub markdown: Option<PathBuf>,
+    /// Fail scenarios whose backend inspect() differs from the core's expected state.
+    #[arg(long)]
+    pub strict_inspect: bool,
+    /// List the scenarios and registered backends, then exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Remove namespaces and cgroups left by runs that were killed, then exit.
+    #[arg(long)]
+    pub gc: bool,
+    /// Log filter (tracing's env-filter syntax).
+    #[arg(long, default_value = "info", env = "SWITCHYARD_CONFORMANCE_LOG")]
+    pub log: String,
+}
+
+/// Finds the scenario directory: the flag, then `conformance/scenarios`
+/// under the current directory, then `scenarios` beside the binary, then the
+/// crate's own (development builds).
+pub fn scenario_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir;
+    }
+    let candidates = [
+        Some(PathBuf::from("conformance/scenarios")),
+        std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.join("scenarios"))),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_dir()).unwrap_or_else(crate::builtin_scenarios_dir)
+}
+
+fn parse_sections(raw: &[String]) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    raw.iter()
+        .map(|s| {
+            let (mode, json) = s.split_once('=').ok_or_else(|| format!("--section {s:?}: expected MODE=JSON"))?;
+            let v = serde_json::from_str(json).map_err(|e| format!("--section {mode}: {e}"))?;
+            Ok((mode.to_string(), v))
+        })
+        .collect()
+}
+
+/// The whole program: agent subcommand, or a suite run. Returns the exit code.
+pub fn main_with_registry(registry: Registry) -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(AGENT_SUBCOMMAND) {
+        return agent_main(&argv[2..]);
+    }
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    runtime.block_on(run(args, registry))
+}
+
+fn agent_main(args: &[String]) -> ExitCode {
+    match AgentArgs::parse(args).map_err(std::io::Error::other).and_then(crate::agent::run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The runner reads stdout; the reason goes to stderr, which it inherits.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("agent: {e}\n").as_bytes());
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the binary's product is the report on stdout")]
+async fn run(args: Args, registry: Registry) -> ExitCode {
+    info!(version = env!("CARGO_PKG_VERSION"), modes = ?registry.modes(), "switchyard-conformance");
+    if args.gc {
+        for r in crate::lab::collect_stale() {
+            println!("removed {r}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let dir = scenario_dir(args.scenarios.clone());
+    let scenarios = match Scenario::load_dir(&dir) {
+        Ok(s) => runner::select(s, &args.filters),
+        Err(e) => {
+            error!(error = %proxy_core::ErrorChain(&e), "cannot load scenarios");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if args.list {
+        println!("backends: {}", registry.modes().join(", "));
+        for s in &scenarios {
+            println!("{:40} {}", s.name, s.description);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut backends: Vec<Arc<dyn DriverFactory>> = Vec::new();
+    for mode in &args.backends {
+        match registry.get(mode) {
+            Ok(f) => backends.push(Arc::new(InProcess { factory: f.clone() })),
+            Err(e) => {
+                error!(error = %e, "unknown backend");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    for mode in &args.binary_backends {
+        backends.push(Arc::new(ExternalBinary {
+            binary: args.switchyard_bin.clone(),
+            mode: mode.clone(),
+            extra_args: args.switchyard_args.clone(),
+        }));
+    }
+    if backends.is_empty() {
+        error!(known = ?registry.modes(), "no backend selected: pass --backend MODE or --binary-backend MODE");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if scenarios.is_empty() {
+        error!(dir = %dir.display(), filters = ?args.filters, "no scenario selected");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let sections = match parse_sections(&args.sections) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = SuiteConfig { backends, sections, strict_inspect: args.strict_inspect };
+    info!(scenarios = scenarios.len(), dir = %dir.display(), ?config, "running");
+
+    // The lab lives inside this future: Ctrl-C or SIGTERM drops it, and
+    // dropping the lab tears it down (as does a panic, by unwinding).
+    let suite = async {
+        let lab_config = LabConfig::current_exe(runner::echo_ports(&scenarios))?;
+        let lab = Lab::create(lab_config).await?;
+        let report = runner::run_suite(&lab, &scenarios, &config).await;
+        lab.teardown().await;
+        Ok::<_, crate::ConformanceError>(report)
+    };
+    let report = tokio::select! {
+        r = suite => r,
+        _ = shutdown_signal() => {
+            error!("interrupted; the lab was torn down");
+            return ExitCode::from(EXIT_INTERRUPTED);
+        }
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %proxy_core::ErrorChain(&e), "cannot build the lab");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    print!("{}", report.table());
+    let mut code = if report.failed() { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS };
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text) {
+            error!(path = %path.display(), error = %e, "cannot write the JSON report");
+            code = ExitCode::from(EXIT_SETUP);
+        }
+    }
+    if let Some(path) = &args.markdown
+        && let Err(e) = std::fs::write(path, report.markdown())
+    {
+        error!(path = %path.display(), error = %e, "cannot write the Markdown report");
+        code = ExitCode::from(EXIT_SETUP);
+    }
+    code
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse() {
+        let a = Args::try_parse_from([
+            "switchyard-conformance", "--backend", "iptables", "--backend", "ebpf", "--filter", "clusterip",
+            "--json", "r.json", "--section", "ebpf={\"cgroup\":\"{cgroup}\"}",
+        ])
+        .expect("parses");
+        assert_eq!(a.backends, ["iptables", "ebpf"]);
+        assert_eq!(a.filters, ["clusterip"]);
+        let s = parse_sections(&a.sections).expect("sections");
+        assert_eq!(s["ebpf"]["cgroup"], "{cgroup}");
+        assert!(parse_sections(&["nojson".to_string()]).is_err());
+    }
+
+    #[test]
+    fn the_builtin_scenarios_load() {
+        let s = Scenario::load_dir(&crate::builtin_scenarios_dir()).expect("scenarios load");
+        assert!(s.len() >= 40, "{} scenarios", s.len());
+    }
+}

@@ -1,0 +1,498 @@
+//! Drivers: how the runner makes a proxy program node1.
+//!
+//! - [`InProcessDriver`] builds a backend from a [`BackendFactory`] (found
+//!   in a [`proxy_core::Registry`]) and drives it through proxy-core's
+//!   [`Proxier`], exactly as the daemon does. Convergence is awaited on the
+//!   proxier's synced-generation watch.
+//! - [`ExternalDriver`] runs a `switchyard` binary as a black box inside
+//!   node1's namespace with the file source, rewriting the manifest file on
+//!   every update. Convergence is observed only through probes (which the
+//!   runner retries within their bound).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use proxy_core::health::ProxyHealth;
+use proxy_core::{
+    BackendContext, BackendFactory, Capabilities, ChangeTracker, DataplaneError, PlannerConfig, ProgrammedState,
+    ProxyEvent, Proxier, SyncRunner, SyncRunnerConfig, SyncTrigger, TrackerConfig,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::error::{ConformanceError, Result};
+use crate::scenario::ObjectStore;
+
+/// How long a convergence took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Converged {
+    pub elapsed: Duration,
+}
+
+/// Something that makes node1 follow a set of objects.
+#[async_trait]
+pub trait Driver: Send + Sync + std::fmt::Debug {
+    /// The backend's label in reports (`iptables`, `iptables@switchyard`).
+    fn label(&self) -> String;
+
+    /// What the backend declares; `None` for a black box (every scenario runs).
+    fn capabilities(&self) -> Option<Capabilities>;
+
+    /// Programs the initial objects and waits for convergence (within `bound`).
+    async fn start(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged>;
+
+    /// Applies events (`objects` is the state after them) and waits for convergence.
+    async fn apply(&mut self, events: Vec<ProxyEvent>, objects: &ObjectStore, bound: Duration) -> Result<Converged>;
+
+    /// The backend's `inspect()`, when it can be asked.
+    async fn inspect(&self) -> Result<Option<ProgrammedState>>;
+
+    /// Stops the backend without cleanup and starts a fresh instance on the
+    /// same kernel state and objects (a proxy restart).
+    async fn restart(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged>;
+
+    /// Stops the backend and removes everything it installed.
+    async fn stop(&mut self) -> Result<()>;
+}
+
+/// Builds a fresh driver per scenario.
+pub trait DriverFactory: Send + Sync {
+    /// The label in reports.
+    fn label(&self) -> String;
+    /// A driver for one scenario, programming through `ctx`.
+    fn driver(&self, ctx: BackendContext) -> Box<dyn Driver>;
+    /// Checks the node can run this backend at all (`Err(reason)`: every
+    /// scenario is unsupported for it).
+    fn probe<'a>(&'a self, ctx: &'a BackendContext) -> futures::future::BoxFuture<'a, std::result::Result<(), String>>;
+}
+
+/// In-process: a [`BackendFactory`] driven through proxy-core's [`Proxier`].
+pub struct InProcess {
+    pub factory: Arc<dyn BackendFactory>,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess").field("mode", &self.factory.mode()).finish()
+    }
+}
+
+impl DriverFactory for InProcess {
+    fn label(&self) -> String {
+        self.factory.mode().to_string()
+    }
+
+    fn driver(&self, ctx: BackendContext) -> Box<dyn Driver> {
+        Box::new(InProcessDriver::new(self.factory.clone(), ctx))
+    }
+
+    fn probe<'a>(&'a self, ctx: &'a BackendContext) -> futures::future::BoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(async move { self.factory.probe(ctx).await.map_err(|e| proxy_core::ErrorChain(&e).to_string()) })
+    }
+}
+
+struct Running {
+    proxier: Arc<Proxier>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// One backend instance driven in-process.
+pub struct InProcessDriver {
+    factory: Arc<dyn BackendFactory>,
+    ctx: BackendContext,
+    running: Option<Running>,
+    capabilities: Option<Capabilities>,
+}
+
+impl std::fmt::Debug for InProcessDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessDriver").field("mode", &self.factory.mode()).field("ctx", &self.ctx).finish_non_exhaustive()
+    }
+}
+
+/// The runner timing the suite uses: syncs as soon as asked, retries fast,
+/// no periodic resync in the middle of a scenario.
+pub fn sync_runner_config() -> SyncRunnerConfig {
+    SyncRunnerConfig {
+        min_sync_period: Duration::from_millis(10),
+        sync_period: Duration::from_secs(300),
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_secs(1),
+    }
+}
+
+impl InProcessDriver {
+    pub fn new(factory: Arc<dyn BackendFactory>, ctx: BackendContext) -> Self {
+        InProcessDriver { factory, ctx, running: None, capabilities: None }
+    }
+
+    fn backend_err(&self, operation: &str, source: DataplaneError) -> ConformanceError {
+        ConformanceError::Backend { backend: self.factory.mode().to_string(), operation: operation.to_string(), source }
+    }
+
+    fn tracker_config(&self) -> TrackerConfig {
+        let planner = PlannerConfig {
+            node_name: self.ctx.node_name.clone(),
+            families: self.ctx.families,
+            masquerade: self.ctx.masquerade.clone(),
+        };
+        TrackerConfig::new(planner)
+    }
+
+    async fn launch(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged> {
+        let start = Instant::now();
+        let dp = self.factory.build(&self.ctx).await.map_err(|e| self.backend_err("build", e))?;
+        self.capabilities = Some(dp.capabilities());
+        let trigger = SyncTrigger::default();
+        let proxier = Arc::new(Proxier::new(
+            ChangeTracker::new(self.tracker_config()),
+            dp,
+            ProxyHealth::new(Duration::from_secs(120)),
+            None,
+            trigger.clone(),
+        ));
+        for ev in objects.initial_events() {
+            proxier.handle(ev);
+        }
+        let (tx, rx) = oneshot::channel();
+        let runner = SyncRunner::with_trigger(sync_runner_config(), trigger);
+        let task = tokio::spawn(proxier.clone().run(runner, async move {
+            let _ = rx.await;
+        }));
+        self.running = Some(Running { proxier, shutdown: tx, task });
+        self.wait_converged(start, bound).await
+    }
+
+    async fn wait_converged(&self, start: Instant, bound: Duration) -> Result<Converged> {
+        let Some(r) = &self.running else {
+            return Err(ConformanceError::Driver { driver: self.label(), message: "not started".into() });
+        };
+        let target = r.proxier.desired().generation;
+        let mut rx = r.proxier.subscribe();
+        let waited = tokio::time::timeout(bound, rx.wait_for(|s| s.syncs > 0 && s.generation >= target)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(Converged { elapsed: start.elapsed() }),
+            Ok(Err(_)) => Err(ConformanceError::Driver { driver: self.label(), message: "the proxier stopped".into() }),
+            Err(_) => Err(ConformanceError::Driver {
+                driver: self.label(),
+                message: format!(
+                    "did not converge within {} ms: the kernel reflects generation {}, desired {target} (see the sync errors in the log)",
+                    bound.as_millis(),
+                    r.proxier.synced_generation()
+                ),
+            }),
+        }
+    }
+
+    async fn halt(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.shutdown.send(());
+            if let Err(e) = r.task.await {
+                warn!(error = %e, "proxier task ended badly");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for InProcessDriver {
+    fn label(&self) -> String {
+        self.factory.mode().to_string()
+    }
+
+    fn capabilities(&self) -> Option<Capabilities> {
+        self.capabilities.clone()
+    }
+
+    async fn start(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged> {
+        self.launch(objects, bound).await
+    }
+
+    async fn apply(&mut self, events: Vec<ProxyEvent>, _objects: &ObjectStore, bound: Duration) -> Result<Converged> {
+        let start = Instant::now();
+        let Some(r) = &self.running else {
+            return Err(ConformanceError::Driver { driver: self.label(), message: "not started".into() });
+        };
+        for ev in events {
+            r.proxier.handle(ev);
+        }
+        self.wait_converged(start, bound).await
+    }
+
+    async fn inspect(&self) -> Result<Option<ProgrammedState>> {
+        let Some(r) = &self.running else { return Ok(None) };
+        r.proxier.dataplane().inspect().await.map(Some).map_err(|e| self.backend_err("inspect", e))
+    }
+
+    async fn restart(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged> {
+        self.halt().await;
+        self.launch(objects, bound).await
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        let dp = self.running.as_ref().map(|r| r.proxier.dataplane().clone());
+        self.halt().await;
+        match dp {
+            Some(dp) => dp.cleanup().await.map_err(|e| self.backend_err("cleanup", e)),
+            None => self.factory.cleanup(&self.ctx).await.map_err(|e| self.backend_err("cleanup", e)),
+        }
+    }
+}
+
+/// How to run the `switchyard` binary as a black box.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalBinary {
+    /// The `switchyard` binary.
+    pub binary: PathBuf,
+    /// The `--proxy-mode`.
+    pub mode: String,
+    /// Extra arguments, after the generated ones.
+    pub extra_args: Vec<String>,
+}
+
+impl ExternalBinary {
+    /// The command line for a context and manifest file, in kube-proxy's flag
+    /// names (`--proxy-mode`, `--hostname-override`, `--cluster-cidr`,
+    /// `--masquerade-all`, `--nodeport-addresses`) plus `--source file:PATH`.
+    pub fn args(&self, ctx: &BackendContext, manifest: &Path) -> Vec<String> {
+        let mut args = vec![
+            "--proxy-mode".to_string(),
+            self.mode.clone(),
+            "--source".to_string(),
+            format!("file:{}", manifest.display()),
+            "--hostname-override".to_string(),
+            ctx.node_name.to_string(),
+        ];
+        if !ctx.masquerade.cluster_cidrs.is_empty() {
+            let cidrs: Vec<String> = ctx.masquerade.cluster_cidrs.iter().map(ToString::to_string).collect();
+            args.push("--cluster-cidr".into());
+            args.push(cidrs.join(","));
+        }
+        if ctx.masquerade.all {
+            args.push("--masquerade-all".into());
+        }
+        match &ctx.nodeport_addresses {
+            proxy_core::NodePortAddresses::All => {}
+            proxy_core::NodePortAddresses::Primary => {
+                args.push("--nodeport-addresses".into());
+                args.push("primary".into());
+            }
+            proxy_core::NodePortAddresses::Cidrs(c) => {
+                args.push("--nodeport-addresses".into());
+                args.push(c.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+            }
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+}
+
+impl DriverFactory for ExternalBinary {
+    fn label(&self) -> String {
+        format!("{}@{}", self.mode, self.binary.file_name().map_or_else(|| "switchyard".into(), |n| n.to_string_lossy().to_string()))
+    }
+
+    fn driver(&self, ctx: BackendContext) -> Box<dyn Driver> {
+        Box::new(ExternalDriver { spec: self.clone(), ctx, child: None, dir: None })
+    }
+
+    fn probe<'a>(&'a self, _ctx: &'a BackendContext) -> futures::future::BoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(async move {
+            if self.binary.is_file() || which(&self.binary).is_some() {
+                Ok(())
+            } else {
+                Err(format!("no switchyard binary at {}", self.binary.display()))
+            }
+        })
+    }
+}
+
+fn which(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return None;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
+}
+
+/// One `switchyard` process in node1's namespace.
+#[derive(Debug)]
+pub struct ExternalDriver {
+    spec: ExternalBinary,
+    ctx: BackendContext,
+    child: Option<tokio::process::Child>,
+    dir: Option<PathBuf>,
+}
+
+impl ExternalDriver {
+    fn err(&self, message: impl Into<String>) -> ConformanceError {
+        ConformanceError::Driver { driver: self.spec.label(), message: message.into() }
+    }
+
+    fn manifest(&mut self) -> Result<PathBuf> {
+        if self.dir.is_none() {
+            let dir = std::env::temp_dir().join(format!(
+                "swy-conformance-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+            ));
+            std::fs::create_dir_all(&dir).map_err(|e| self.err(format!("creating {}: {e}", dir.display())))?;
+            self.dir = Some(dir);
+        }
+        Ok(self.dir.as_ref().map(|d| d.join("objects.yaml")).unwrap_or_default())
+    }
+
+    /// Writes the objects atomically (write, then rename) so the file source never reads half a file.
+    pub fn write_manifest(&mut self, objects: &ObjectStore) -> Result<PathBuf> {
+        let path = self.manifest()?;
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, objects.to_yaml()).map_err(|e| self.err(format!("writing {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| self.err(format!("renaming {}: {e}", tmp.display())))?;
+        Ok(path)
+    }
+
+    async fn spawn(&mut self, objects: &ObjectStore) -> Result<Converged> {
+        let start = Instant::now();
+        let manifest = self.write_manifest(objects)?;
+        let args = self.spec.args(&self.ctx, &manifest);
+        debug!(binary = %self.spec.binary.display(), ?args, "starting switchyard");
+        let child = self
+            .ctx
+            .netns
+            .tokio_command(&self.spec.binary)
+            .map_err(|e| self.err(format!("entering node1: {e}")))?
+            .args(&args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| self.err(format!("starting {}: {e}", self.spec.binary.display())))?;
+        self.child = Some(child);
+        Ok(Converged { elapsed: start.elapsed() })
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM first (a clean stop), then SIGKILL by pid if it lingers.
+            if let Some(pid) = c.id() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for ExternalDriver {
+    fn label(&self) -> String {
+        self.spec.label()
+    }
+
+    fn capabilities(&self) -> Option<Capabilities> {
+        None
+    }
+
+    async fn start(&mut self, objects: &ObjectStore, _bound: Duration) -> Result<Converged> {
+        self.spawn(objects).await
+    }
+
+    async fn apply(&mut self, _events: Vec<ProxyEvent>, objects: &ObjectStore, _bound: Duration) -> Result<Converged> {
+        let start = Instant::now();
+        self.write_manifest(objects)?;
+        Ok(Converged { elapsed: start.elapsed() })
+    }
+
+    async fn inspect(&self) -> Result<Option<ProgrammedState>> {
+        Ok(None)
+    }
+
+    async fn restart(&mut self, objects: &ObjectStore, _bound: Duration) -> Result<Converged> {
+        self.kill().await;
+        self.spawn(objects).await
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        self.kill().await;
+        let status = self
+            .ctx
+            .netns
+            .tokio_command(&self.spec.binary)
+            .map_err(|e| self.err(format!("entering node1: {e}")))?
+            .args(["--cleanup", "--proxy-mode", &self.spec.mode])
+            .stdin(Stdio::null())
+            .status()
+            .await
+            .map_err(|e| self.err(format!("running --cleanup: {e}")))?;
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if status.success() { Ok(()) } else { Err(self.err(format!("--cleanup exited with {status}"))) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_core::{MasqueradeConfig, NetNamespace, NodePortAddresses};
+
+    fn ctx() -> BackendContext {
+        let mut ctx = BackendContext::new("node1", NetNamespace::current());
+        ctx.masquerade = MasqueradeConfig { all: true, cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")] };
+        ctx.nodeport_addresses = NodePortAddresses::Cidrs(vec!["172.18.0.0/24".parse().expect("cidr")]);
+        ctx
+    }
+
+    #[test]
+    fn external_command_line_uses_kube_proxy_flags() {
+        let spec = ExternalBinary { binary: "/usr/bin/switchyard".into(), mode: "iptables".into(), extra_args: vec!["-v".into()] };
+        let args = spec.args(&ctx(), Path::new("/tmp/x/objects.yaml"));
+        assert_eq!(
+            args,
+            [
+                "--proxy-mode", "iptables", "--source", "file:/tmp/x/objects.yaml", "--hostname-override", "node1",
+                "--cluster-cidr", "10.244.0.0/16", "--masquerade-all", "--nodeport-addresses", "172.18.0.0/24", "-v"
+            ]
+        );
+        assert_eq!(spec.label(), "iptables@switchyard");
+    }
+
+    #[tokio::test]
+    async fn external_driver_runs_the_binary_with_a_manifest_it_rewrites() {
+        // A stand-in for switchyard: records its arguments and the manifest it was given.
+        let dir = std::env::temp_dir().join(format!("swy-fake-switchyard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let script = dir.join("switchyard");
+        let log = dir.join("args.log");
+        std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\ncase \"$1\" in --cleanup) exit 0;; esac\nexec sleep 30\n", log.display())).expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let spec = ExternalBinary { binary: script.clone(), mode: "iptables".into(), extra_args: vec![] };
+        assert_eq!(spec.probe(&ctx()).await, Ok(()));
+        let mut driver = spec.driver(ctx());
+        let scenario = crate::scenario::Scenario::parse(
+            "name: x\ndescription: x\nobjects: []\nsteps: [{wait: 1ms}]\n",
+            Path::new("x.yaml"),
+        )
+        .expect("scenario");
+        driver.start(&scenario.objects, Duration::from_secs(1)).await.expect("starts");
+        let logged = crate::patience::eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(&log).ok().filter(|s| !s.is_empty()).ok_or(())
+        })
+        .await;
+        let logged = logged.result.expect("the fake switchyard ran");
+        assert!(logged.contains("--proxy-mode iptables --source file:"), "{logged}");
+        let manifest = logged.split("file:").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_default();
+        assert!(std::fs::read_to_string(manifest).unwrap_or_default().contains("kind: Node"));
+        // stop() kills it (SIGTERM by pid) and runs `--cleanup`, which the stand-in records too.
+        let stop = driver.stop().await;
+        assert!(stop.is_ok(), "{stop:?}");
+        assert!(std::fs::read_to_string(&log).unwrap_or_default().contains("--cleanup --proxy-mode iptables"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
