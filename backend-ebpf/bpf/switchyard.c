@@ -227,7 +227,12 @@ static __always_inline struct swy_svc_val *lookup_frontend(const struct swy_addr
 	__u32 *na = bpf_map_lookup_elem(&swy_node_addrs, dst);
 	if (!na || !(*na & SWY_NODE_NODEPORT))
 		return NULL;
+	/* Node ports are keyed by the family's unspecified address
+	 * (::ffff:0.0.0.0 or ::), so that v4 and v6 ports do not collide. */
+	int v4 = dst->w[0] == 0 && dst->w[1] == 0 && dst->w[2] == bpf_htonl(0xffff);
 	__builtin_memset(&k.addr, 0, sizeof(k.addr));
+	if (v4)
+		k.addr.w[2] = bpf_htonl(0xffff);
 	k.scope = SWY_SCOPE_NODEPORT;
 	return bpf_map_lookup_elem(&swy_svc, &k);
 }
@@ -721,6 +726,27 @@ int swy_tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	return apply_ct(skb, &p, &fwd);
+}
+
+/* Egress: replies sent by the node itself (a host-network endpoint) never
+ * pass an ingress hook, so their reverse NAT happens here. Only reverse
+ * entries are applied; routing already chose the way to the client. */
+SEC("classifier")
+int swy_tc_egress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p))
+		return TC_ACT_UNSPEC;
+	struct swy_ct_val *ctp = bpf_map_lookup_elem(&swy_ct, &p.t);
+	if (!ctp || ctp->dir != SWY_CT_REVERSE || (ctp->flags & SWY_CT_SNAT))
+		return TC_ACT_UNSPEC;
+	ctp->last_ns = bpf_ktime_get_ns();
+	ctp->flags |= closing_flag(&p);
+	struct swy_ct_val ct = *ctp;
+	if (set_addr(skb, &p, 1, &p.t.src, &ct.nat) || set_port(skb, &p, 1, p.t.sport, ct.nat_port))
+		return TC_ACT_SHOT;
+	stat(SWY_STAT_REVNAT);
+	return TC_ACT_OK;
 }
 
 /* ------------------------------------------------------- socket hooks --- */

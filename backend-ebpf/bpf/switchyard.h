@@ -21,7 +21,7 @@
 
 /* swy_svc_key.scope */
 #define SWY_SCOPE_ADDR 0     /* ClusterIP, externalIP, LB IP: the address matters */
-#define SWY_SCOPE_NODEPORT 1 /* addr is zero; any node address with SWY_NODE_NODEPORT */
+#define SWY_SCOPE_NODEPORT 1 /* addr is ::ffff:0.0.0.0 (v4) or :: (v6); any node address with SWY_NODE_NODEPORT */
 
 /* swy_svc_val.kind: what the frontend is (inspect reads it back). */
 #define SWY_KIND_CLUSTER_IP 0

@@ -36,6 +36,9 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The TC program's C function name.
 pub const TC_PROGRAM: &str = "swy_tc_ingress";
+/// The TC programs: (C function, hook, pin-name prefix).
+pub const TC_PROGRAMS: [(&str, TcAttachType, &str); 2] =
+    [(TC_PROGRAM, TcAttachType::Ingress, "tc-"), ("swy_tc_egress", TcAttachType::Egress, "tce-")];
 /// The socket hooks, in attach order.
 pub const SOCK_PROGRAMS: [&str; 8] = [
     "swy_connect4",
@@ -120,12 +123,14 @@ pub fn load(cfg: &EbpfConfig) -> Result<Ebpf, EbpfError> {
         loader.map_max_entries(name, size);
     }
     let mut ebpf = loader.load(BPF_OBJECT).map_err(|e| EbpfError::Load { source: Box::new(e) })?;
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(TC_PROGRAM)
-        .ok_or(EbpfError::MissingProgram(TC_PROGRAM))?
-        .try_into()
-        .map_err(|e| EbpfError::program(TC_PROGRAM, e))?;
-    tc.load().map_err(|e| EbpfError::program(TC_PROGRAM, e))?;
+    for (name, _, _) in TC_PROGRAMS {
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::MissingProgram(name))?
+            .try_into()
+            .map_err(|e| EbpfError::program(name, e))?;
+        tc.load().map_err(|e| EbpfError::program(name, e))?;
+    }
     for name in SOCK_PROGRAMS {
         let p: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -150,24 +155,43 @@ pub fn interfaces(cfg: &EbpfConfig) -> Result<BTreeSet<String>, EbpfError> {
     })
 }
 
-fn tc_pin(cfg: &EbpfConfig, ifname: &str) -> PathBuf {
-    cfg.links_dir().join(format!("tc-{ifname}"))
+fn tc_pin(cfg: &EbpfConfig, prefix: &str, ifname: &str) -> PathBuf {
+    cfg.links_dir().join(format!("{prefix}{ifname}"))
 }
 
-/// Attaches (or atomically replaces) the TC ingress program on `ifname`.
+/// Attaches (or atomically replaces) the TC programs on `ifname`: ingress
+/// (NAT, reverse NAT, reject) and egress (reverse NAT of the node's own replies).
 ///
 /// TCX: the pinned link is updated in place (`bpf_link_update`), or created
 /// and pinned. Netlink: our filter (prio/handle fixed) is replaced, or added
 /// after `tc qdisc add dev IF clsact`.
 pub fn attach_tc(ebpf: &mut Ebpf, cfg: &EbpfConfig, ifname: &str, tcx: bool) -> Result<(), EbpfError> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(TC_PROGRAM)
-        .ok_or(EbpfError::MissingProgram(TC_PROGRAM))?
-        .try_into()
-        .map_err(|e| EbpfError::program(TC_PROGRAM, e))?;
+    if !tcx {
+        // clsact may already be there (ours or someone else's): EEXIST is fine.
+        let _ = aya::programs::tc::qdisc_add_clsact(ifname);
+    }
+    for (name, hook, prefix) in TC_PROGRAMS {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::MissingProgram(name))?
+            .try_into()
+            .map_err(|e| EbpfError::program(name, e))?;
+        attach_one(prog, cfg, ifname, hook, prefix, tcx)?;
+    }
+    Ok(())
+}
+
+fn attach_one(
+    prog: &mut SchedClassifier,
+    cfg: &EbpfConfig,
+    ifname: &str,
+    hook: TcAttachType,
+    prefix: &str,
+    tcx: bool,
+) -> Result<(), EbpfError> {
     let err = |e| EbpfError::attach(ifname, e);
     if tcx {
-        let pin = tc_pin(cfg, ifname);
+        let pin = tc_pin(cfg, prefix, ifname);
         if let Ok(old) = PinnedLink::from_pin(&pin) {
             let link = SchedClassifierLink::try_from(FdLink::from(old));
             if let Ok(link) = link
@@ -180,19 +204,15 @@ pub fn attach_tc(ebpf: &mut Ebpf, cfg: &EbpfConfig, ifname: &str, tcx: bool) -> 
             // Defunct (its interface went away) or not a TCX link: replace it.
             let _ = fs::remove_file(&pin);
         }
-        let id = prog
-            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(err)?;
+        let id =
+            prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default())).map_err(err)?;
         let link = prog.take_link(id).map_err(err)?;
-        let fd =
-            FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: tc_pin(cfg, ifname), source: Box::new(e) })?;
+        let fd = FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: pin.clone(), source: Box::new(e) })?;
         fd.pin(&pin).map_err(|e| EbpfError::Pin { path: pin.clone(), source: Box::new(e) })?;
         return Ok(());
     }
-    // clsact may already be there (ours or someone else's): EEXIST is fine.
-    let _ = aya::programs::tc::qdisc_add_clsact(ifname);
     let handle = TcHandle::new(0, NL_HANDLE);
-    if let Ok(existing) = SchedClassifierLink::attached(ifname, TcAttachType::Ingress, NL_PRIORITY, handle, None)
+    if let Ok(existing) = SchedClassifierLink::attached(ifname, hook, NL_PRIORITY, handle, None)
         && let Ok(id) = prog.attach_to_link(existing)
     {
         if let Ok(link) = prog.take_link(id) {
@@ -204,7 +224,7 @@ pub fn attach_tc(ebpf: &mut Ebpf, cfg: &EbpfConfig, ifname: &str, tcx: bool) -> 
     let id = prog
         .attach_with_options(
             ifname,
-            TcAttachType::Ingress,
+            hook,
             TcAttachOptions::Netlink(NlOptions { priority: NL_PRIORITY, handle, classid: None }),
         )
         .map_err(err)?;
@@ -213,11 +233,13 @@ pub fn attach_tc(ebpf: &mut Ebpf, cfg: &EbpfConfig, ifname: &str, tcx: bool) -> 
     Ok(())
 }
 
-/// Detaches the TC program from `ifname` (both kinds): `rm <pin>`,
-/// `tc filter del dev IF ingress prio 0x5359 handle 1 bpf`.
+/// Detaches the TC programs from `ifname` (both kinds): `rm <pins>`,
+/// `tc filter del dev IF ingress|egress prio 0x5359 handle 1 bpf`.
 pub fn detach_tc(cfg: &EbpfConfig, ifname: &str) {
-    let _ = fs::remove_file(tc_pin(cfg, ifname));
-    let _ = aya::programs::tc::qdisc_detach_program(ifname, TcAttachType::Ingress, TC_PROGRAM);
+    for (name, hook, prefix) in TC_PROGRAMS {
+        let _ = fs::remove_file(tc_pin(cfg, prefix, ifname));
+        let _ = aya::programs::tc::qdisc_detach_program(ifname, hook, name);
+    }
 }
 
 /// Pinned TC links whose interface no longer exists in this namespace.
@@ -225,7 +247,10 @@ pub fn stale_tc_pins(cfg: &EbpfConfig, present: &BTreeSet<String>) -> Vec<String
     let Ok(entries) = fs::read_dir(cfg.links_dir()) else { return Vec::new() };
     entries
         .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("tc-").map(str::to_string))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            TC_PROGRAMS.iter().find_map(|(_, _, prefix)| name.strip_prefix(prefix).map(str::to_string))
+        })
         .filter(|ifname| !present.contains(ifname))
         .collect()
 }

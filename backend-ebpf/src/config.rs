@@ -25,7 +25,9 @@ pub struct EbpfConfig {
     /// bpffs directory for maps and links; one per node (a unique one per test).
     pub pin_path: PathBuf,
     /// cgroup v2 directory for the socket hooks. None: no socket load
-    /// balancing (host-network clients are not served).
+    /// balancing (host-network clients are not served). `cgroup` is accepted
+    /// too (the conformance runner's spelling).
+    #[serde(alias = "cgroup")]
     pub cgroup_path: Option<PathBuf>,
     /// Interfaces that get the TC program; None: every interface but `lo`,
     /// re-scanned at every sync so that new pod interfaces are covered.
@@ -115,6 +117,9 @@ impl EbpfConfig {
             serde_json::from_value(section.clone()).map_err(|e| vec![format!("ebpf: {e}")])?
         };
         let mut problems = Vec::new();
+        if cfg.cgroup_path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            problems.push("ebpf.cgroupPath: empty (the lab offered no cgroup?)".to_string());
+        }
         if !cfg.pin_path.is_absolute() {
             problems.push(format!("ebpf.pinPath: {:?} is not an absolute path", cfg.pin_path));
         }
@@ -127,6 +132,18 @@ impl EbpfConfig {
             }
         }
         if problems.is_empty() { Ok(cfg) } else { Err(problems) }
+    }
+
+    /// The section for a backend programming `netns`: without an explicit
+    /// pinPath, a named namespace (a lab) gets its own directory
+    /// `/sys/fs/bpf/switchyard/netns-<name>`, so that labs never share pins.
+    pub fn for_netns(section: &serde_json::Value, netns: &proxy_core::NetNamespace) -> Result<EbpfConfig, Vec<String>> {
+        let mut cfg = EbpfConfig::parse(section)?;
+        let explicit = section.get("pinPath").is_some();
+        if let (false, Some(name)) = (explicit, netns.path().and_then(|p| p.file_name())) {
+            cfg.pin_path = cfg.pin_path.join(format!("netns-{}", name.to_string_lossy()));
+        }
+        Ok(cfg)
     }
 
     pub fn maps_dir(&self) -> PathBuf {

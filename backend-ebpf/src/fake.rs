@@ -54,7 +54,11 @@ impl FakeDatapath {
         if flags & layout::NODE_NODEPORT == 0 {
             return None;
         }
-        self.desired.frontends.get(&SvcKey { addr: Addr::default(), scope: layout::SCOPE_NODEPORT, ..key })
+        let unspecified = match dst.to_ip() {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        self.desired.frontends.get(&SvcKey { addr: Addr::from(unspecified), scope: layout::SCOPE_NODEPORT, ..key })
     }
 
     fn class(&self, src: Addr) -> usize {
@@ -69,7 +73,7 @@ impl FakeDatapath {
     }
 
     fn source_allowed(&self, val: &SvcVal, src: Addr) -> bool {
-        let id = [(val.id >> 32) as u32, val.id as u32];
+        let id = layout::id_words(val.id);
         let o = src.octets();
         self.desired
             .source_ranges

@@ -205,6 +205,13 @@ pub struct AffVal {
 /// `swy_lpm_key` without its prefix length (aya's `lpm_trie::Key` adds it).
 pub type LpmData = Addr;
 
+/// A 64-bit id as the two `__u32` of `swy_srcrange_key.id`: the C side
+/// copies the u64's memory, so the words are in native order.
+pub fn id_words(id: u64) -> [u32; 2] {
+    let b = id.to_ne_bytes();
+    [u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), u32::from_ne_bytes([b[4], b[5], b[6], b[7]])]
+}
+
 /// `swy_srcrange_key` without its prefix length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -426,13 +426,13 @@ impl BackendFactory for EbpfFactory {
     }
 
     async fn probe(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
-        let cfg = EbpfConfig::parse(&ctx.section)
+        let cfg = EbpfConfig::for_netns(&ctx.section, &ctx.netns)
             .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
         supported::probe(&cfg).map_err(|reason| DataplaneError::unavailable(MODE, reason))
     }
 
     async fn build(&self, ctx: &BackendContext) -> Result<Arc<dyn Dataplane>, DataplaneError> {
-        let cfg = EbpfConfig::parse(&ctx.section)
+        let cfg = EbpfConfig::for_netns(&ctx.section, &ctx.netns)
             .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
         Ok(Arc::new(EbpfDataplane::new(ctx.clone(), cfg)))
     }

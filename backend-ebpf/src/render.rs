@@ -150,7 +150,8 @@ fn render_port(plan: &ServicePortPlan, masq: &MasqueradeConfig, opts: &RenderOpt
     };
     for frontend in plan.frontends() {
         let key = SvcKey {
-            addr: frontend.ip.map(Addr::from).unwrap_or_default(),
+            // Node ports: the family's unspecified address (v4 and v6 must not collide).
+            addr: Addr::from(frontend.ip.unwrap_or(unspecified)),
             port: frontend.port.to_be(),
             proto: frontend.protocol.number(),
             scope: if frontend.kind == FrontendKind::NodePort { layout::SCOPE_NODEPORT } else { layout::SCOPE_ADDR },
@@ -175,7 +176,7 @@ fn render_port(plan: &ServicePortPlan, masq: &MasqueradeConfig, opts: &RenderOpt
         if frontend.kind == FrontendKind::LoadBalancer && !plan.source_ranges.is_empty() {
             val.flags |= layout::SVC_SOURCE_RANGES;
             val.id = frontend_id(&key);
-            let id = [(val.id >> 32) as u32, val.id as u32];
+            let id = crate::layout::id_words(val.id);
             for net in &plan.source_ranges {
                 out.source_ranges
                     .insert((64 + mapped_prefix(net), SrcRangeData { id, addr: Addr::from(net.network()) }));

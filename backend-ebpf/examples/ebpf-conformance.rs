@@ -1,0 +1,15 @@
+//! The conformance runner with the eBPF backend registered, until the
+//! conformance crate's default registry carries it:
+//!
+//! ```text
+//! cargo run -p backend-ebpf --example ebpf-conformance -- --backend ebpf \
+//!     --section 'ebpf={"cgroupPath":"{cgroup}","pinPath":"/run/swy-bpffs/switchyard"}'
+//! ```
+fn main() -> std::process::ExitCode {
+    let mut registry = conformance::default_registry();
+    if let Err(e) = registry.register(backend_ebpf::factory()) {
+        eprintln!("{e}");
+        return std::process::ExitCode::from(2);
+    }
+    conformance::cli::main_with_registry(registry)
+}
