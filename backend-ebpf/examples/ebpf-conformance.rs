@@ -7,8 +7,7 @@
 //! ```
 fn main() -> std::process::ExitCode {
     let mut registry = conformance::default_registry();
-    if let Err(e) = registry.register(backend_ebpf::factory()) {
-        eprintln!("{e}");
+    if registry.register(backend_ebpf::factory()).is_err() {
         return std::process::ExitCode::from(2);
     }
     conformance::cli::main_with_registry(registry)

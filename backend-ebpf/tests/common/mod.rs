@@ -1,0 +1,309 @@
+#![allow(dead_code, unused_imports, reason = "each test binary uses part of the lab")]
+//! Shared lab for the root tests: real packets through the eBPF dataplane, in network namespaces this test
+//! creates (`swy-bpf-<pid>-<n>-*`), with a cgroup it creates for the socket
+//! hooks and a pin directory of its own under /sys/fs/bpf/switchyard/.
+//! Everything is torn down by a guard on every exit path. Needs root and a
+//! kernel with BPF; skips loudly otherwise.
+//!
+//! Topology (one node, two pods, one outside client):
+//!
+//! ```text
+//!  p1 (10.244.1.5) ─eth0══vp1─┐
+//!  p2 (10.244.2.5) ─eth0══vp2─┤ node (192.168.0.10 on vext, ip_forward)
+//!  ext (192.168.0.2) ─eth0══vext┘   TC ingress on vp1, vp2, vext; cgroup hooks
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use backend_ebpf::{EbpfConfig, EbpfDataplane};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use proxy_core::testing::{EndpointBuilder, ServiceBuilder, SliceBuilder, endpoint, initial_list};
+use proxy_core::{
+    BackendContext, ChangeTracker, Dataplane, MasqueradeConfig, NetNamespace, PlannerConfig, Snapshot, SyncRequest,
+    TrackerConfig,
+};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+pub const NODE_IP: &str = "192.168.0.10";
+
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if cgroup_root().is_none() {
+        return Some("no cgroup v2 mount".into());
+    }
+    None
+}
+
+pub fn cgroup_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+}
+
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The namespaces, cgroup and pins of one test; removed on drop.
+pub struct Lab {
+    pub prefix: String,
+    /// A bpffs instance of this test's own (mounted at a fresh directory).
+    pub bpffs: PathBuf,
+    pub cgroup: PathBuf,
+    pub pin: PathBuf,
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Lab {
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    pub fn netns(&self, name: &str) -> NetNamespace {
+        NetNamespace::named(&self.ns(name))
+    }
+
+    pub fn new() -> Lab {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("swy-bpf-{}-{n}", std::process::id());
+        let cgroup = cgroup_root().expect("checked").join(&prefix);
+        // Pins go to a bpffs of our own, so that parallel runs never collide
+        // and unmounting frees whatever a failed run left.
+        let bpffs = std::env::temp_dir().join(format!("{prefix}-bpffs"));
+        std::fs::create_dir_all(&bpffs).expect("create bpffs dir");
+        sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().expect("utf-8")]);
+        let pin = bpffs.join("switchyard");
+        let lab = Lab { prefix, bpffs, cgroup, pin, stop: Arc::new(AtomicBool::new(false)), servers: Vec::new() };
+        for ns in ["node", "p1", "p2", "ext"] {
+            sh(&["ip", "netns", "add", &lab.ns(ns)]);
+            sh(&["ip", "-n", &lab.ns(ns), "link", "set", "lo", "up"]);
+        }
+        let node = lab.ns("node");
+        for (dev, peer, node_addr, addr, gw) in [
+            ("vp1", "p1", "10.244.1.1/24", "10.244.1.5/24", "10.244.1.1"),
+            ("vp2", "p2", "10.244.2.1/24", "10.244.2.5/24", "10.244.2.1"),
+            ("vext", "ext", "192.168.0.10/24", "192.168.0.2/24", "192.168.0.10"),
+        ] {
+            let peer_ns = lab.ns(peer);
+            sh(&["ip", "link", "add", dev, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns", &peer_ns]);
+            sh(&["ip", "-n", &node, "addr", "add", node_addr, "dev", dev]);
+            sh(&["ip", "-n", &node, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", &peer_ns, "addr", "add", addr, "dev", "eth0"]);
+            sh(&["ip", "-n", &peer_ns, "link", "set", "eth0", "up"]);
+            sh(&["ip", "-n", &peer_ns, "route", "add", "default", "via", gw]);
+        }
+        sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        std::fs::create_dir(&lab.cgroup).expect("create test cgroup");
+        lab
+    }
+
+    /// An echo server in a pod: answers "<pod> <peer address>" over TCP and UDP.
+    pub fn serve(&mut self, pod: &'static str) {
+        let ns = self.netns(pod);
+        let stop = self.stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.servers.push(std::thread::spawn(move || {
+            let f = ns.path().map(std::fs::File::open).expect("named").expect("open netns");
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let tcp = TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
+            let udp = UdpSocket::bind("0.0.0.0:5353").expect("bind udp");
+            tx.send(()).expect("ready");
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::SeqCst) {
+                let mut fds = [
+                    libc::pollfd { fd: tcp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: udp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                ];
+                // SAFETY: two valid pollfds owned by this frame.
+                if unsafe { libc::poll(fds.as_mut_ptr(), 2, 20) } <= 0 {
+                    continue;
+                }
+                if fds[0].revents & libc::POLLIN != 0
+                    && let Ok((mut s, peer)) = tcp.accept()
+                {
+                    let _ = s.write_all(format!("{pod} {peer}\n").as_bytes());
+                }
+                if fds[1].revents & libc::POLLIN != 0
+                    && let Ok((_, peer)) = udp.recv_from(&mut buf)
+                {
+                    let _ = udp.send_to(format!("{pod} {peer}\n").as_bytes(), peer);
+                }
+            }
+        }));
+        rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for s in self.servers.drain(..) {
+            let _ = s.join();
+        }
+        // Whatever the test left (cleanup() should leave nothing), inside the
+        // node namespace: never touch the root namespace's interfaces.
+        let cfg = EbpfConfig { pin_path: self.pin.clone(), ..EbpfConfig::default() };
+        let _ = self.netns("node").run(move || backend_ebpf::cleanup::cleanup(&cfg));
+        for ns in ["node", "p1", "p2", "ext"] {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(ns)]).status();
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+        let _ = std::fs::remove_dir(&self.bpffs);
+    }
+}
+
+/// What a client saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// (pod, the client address it saw)
+    Reply(String, IpAddr),
+    Refused,
+    TimedOut,
+    Other(String),
+}
+
+pub fn parse_reply(s: &str) -> Seen {
+    let mut it = s.split_whitespace();
+    match (it.next(), it.next().and_then(|a| a.parse::<SocketAddr>().ok())) {
+        (Some(pod), Some(addr)) => Seen::Reply(pod.to_string(), addr.ip()),
+        _ => Seen::Other(s.to_string()),
+    }
+}
+
+pub fn tcp_probe(ns: &NetNamespace, to: &str) -> Seen {
+    let to: SocketAddr = to.parse().expect("addr");
+    ns.run(move || match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+        Ok(mut s) => {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut out = String::new();
+            match s.read_to_string(&mut out) {
+                Ok(_) => parse_reply(&out),
+                Err(e) => Seen::Other(format!("read: {e}")),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Seen::TimedOut,
+        Err(e) => Seen::Other(e.to_string()),
+    })
+    .expect("enter netns")
+}
+
+pub fn udp_probe(ns: &NetNamespace, to: &str) -> Seen {
+    let to: SocketAddr = to.parse().expect("addr");
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(to).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let _ = s.send(b"ping");
+        let mut buf = [0u8; 512];
+        match s.recv(&mut buf) {
+            Ok(n) => parse_reply(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Seen::TimedOut
+            }
+            Err(e) => Seen::Other(e.to_string()),
+        }
+    })
+    .expect("enter netns")
+}
+
+/// A host-network client: a process in the node namespace and the test cgroup.
+pub fn host_probe(lab: &Lab, to: &str) -> Seen {
+    let (ip, port) = to.rsplit_once(':').expect("ip:port");
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && cat <&3");
+    let procs = lab.cgroup.join("cgroup.procs");
+    let mut cmd = lab.netns("node").command("timeout").expect("command");
+    cmd.args(["3", "bash", "-c", &script]);
+    // SAFETY: only a write(2) to cgroup.procs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+    let out = cmd.output().expect("run host client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        parse_reply(&stdout)
+    } else if stderr.contains("refused") {
+        Seen::Refused
+    } else {
+        Seen::Other(format!("{:?}: {stderr}", out.status))
+    }
+}
+
+pub fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Arc<Snapshot> {
+    let mut planner = PlannerConfig::new("node-a");
+    planner.masquerade = MasqueradeConfig { all: false, cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")] };
+    let mut cfg = TrackerConfig::new(planner);
+    cfg.wait_for_node = false;
+    let mut tracker = ChangeTracker::new(cfg);
+    for ev in initial_list(services, slices, None) {
+        tracker.apply(ev);
+    }
+    tracker.snapshot()
+}
+
+pub fn slice(name: &str, service: &str, port: i32, proto: &str, eps: Vec<EndpointBuilder>) -> EndpointSlice {
+    let mut s = SliceBuilder::new("default", name, service).port("", port, proto);
+    for ep in eps {
+        s = s.endpoint(ep);
+    }
+    s.build()
+}
+
+pub fn world() -> Arc<Snapshot> {
+    let p1 = || endpoint("10.244.1.5").node("node-a");
+    let p2 = || endpoint("10.244.2.5").node("node-a");
+    snapshot(
+        vec![
+            ServiceBuilder::new("default", "web", "10.96.0.10").node_port("", 80, "TCP", 30080).build(),
+            ServiceBuilder::new("default", "dns", "10.96.0.53").port("", 53, "UDP").build(),
+            ServiceBuilder::new("default", "empty", "10.96.0.40").port("", 80, "TCP").port("u", 53, "UDP").build(),
+            ServiceBuilder::new("default", "both", "10.96.0.20").port("", 80, "TCP").build(),
+            ServiceBuilder::new("default", "sticky", "10.96.0.30").port("", 80, "TCP").affinity(Some(60)).build(),
+        ],
+        vec![
+            slice("web-1", "web", 8080, "TCP", vec![p1()]),
+            slice("dns-1", "dns", 5353, "UDP", vec![p2()]),
+            slice("both-1", "both", 8080, "TCP", vec![p1(), p2()]),
+            slice("sticky-1", "sticky", 8080, "TCP", vec![p1(), p2()]),
+        ],
+    )
+}
+
+pub fn dataplane(lab: &Lab) -> EbpfDataplane {
+    let mut ctx = BackendContext::new("node-a", lab.netns("node"));
+    ctx.node_ips = vec![NODE_IP.parse().expect("ip")];
+    let cfg = EbpfConfig { pin_path: lab.pin.clone(), cgroup_path: Some(lab.cgroup.clone()), ..EbpfConfig::default() };
+    EbpfDataplane::new(ctx, cfg)
+}
+
+pub fn request(snapshot: Arc<Snapshot>, full: bool) -> SyncRequest {
+    SyncRequest { snapshot, changed: Arc::default(), full }
+}
+
+pub fn pods_hit(lab: &Lab, client: &str, to: &str, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n)
+        .map(|_| match tcp_probe(&lab.netns(client), to) {
+            Seen::Reply(pod, _) => pod,
+            other => panic!("{client} -> {to}: {other:?}"),
+        })
+        .collect()
+}
