@@ -67,6 +67,7 @@ pub struct HostPlan {
     /// (node1's host client uses its second address so that masquerading to
     /// its first address is visible).
     pub probe_source_v4: Option<Ipv4Addr>,
+    pub probe_source_v6: Option<Ipv6Addr>,
 }
 
 impl HostPlan {
@@ -76,8 +77,9 @@ impl HostPlan {
 
     /// The address this host's probes carry as their source.
     pub fn probe_source(&self, v6: bool) -> IpAddr {
-        match (v6, self.probe_source_v4) {
-            (false, Some(src)) => IpAddr::V4(src),
+        match (v6, self.probe_source_v4, self.probe_source_v6) {
+            (false, Some(src), _) => IpAddr::V4(src),
+            (true, _, Some(src)) => IpAddr::V6(src),
             _ => self.ip(v6),
         }
     }
@@ -99,6 +101,7 @@ const fn pod(name: &'static str, node: &'static str, n: u8, last: u8, last6: u16
         ipv4: v4(10, 244, n, last),
         ipv6: v6([0xfd00, 0x10, 0x244, n as u16, 0, 0, 0, last6]),
         probe_source_v4: None,
+        probe_source_v6: None,
     }
 }
 
@@ -111,6 +114,7 @@ pub const HOSTS: &[HostPlan] = &[
         ipv4: v4(172, 18, 0, 11),
         ipv6: v6([0xfd00, 0x172, 0x18, 0, 0, 0, 0, 0x11]),
         probe_source_v4: Some(NODE1_SECOND_V4),
+        probe_source_v6: Some(NODE1_SECOND_V6),
     },
     HostPlan {
         name: NODE2,
@@ -119,6 +123,7 @@ pub const HOSTS: &[HostPlan] = &[
         ipv4: v4(172, 18, 0, 12),
         ipv6: v6([0xfd00, 0x172, 0x18, 0, 0, 0, 0, 0x12]),
         probe_source_v4: None,
+        probe_source_v6: None,
     },
     HostPlan {
         name: EXTERNAL,
@@ -127,6 +132,7 @@ pub const HOSTS: &[HostPlan] = &[
         ipv4: v4(198, 51, 100, 100),
         ipv6: v6([0xfd00, 0x198, 0x51, 0x100, 0, 0, 0, 0x100]),
         probe_source_v4: None,
+        probe_source_v6: None,
     },
     pod("a1", NODE1, 1, 10, 0x10),
     pod("a2", NODE1, 1, 11, 0x11),
@@ -141,6 +147,8 @@ pub const HOSTS: &[HostPlan] = &[
 /// node1's second interface (`eth1`), its ExternalIP: a second node address
 /// for NodePorts, and the source of node1's host-network probes.
 pub const NODE1_SECOND_V4: Ipv4Addr = v4(192, 0, 2, 11);
+pub const NODE1_SECOND_V6: Ipv6Addr = v6([0xfd00, 0x192, 0, 2, 0, 0, 0, 0x11]);
+pub const FABRIC_SECOND_V6: Ipv6Addr = v6([0xfd00, 0x192, 0, 2, 0, 0, 0, 1]);
 /// The fabric's gateway addresses.
 pub const FABRIC_V4: Ipv4Addr = v4(172, 18, 0, 1);
 pub const FABRIC_V6: Ipv6Addr = v6([0xfd00, 0x172, 0x18, 0, 0, 0, 0, 1]);
@@ -152,6 +160,11 @@ pub const fn pod_gateway_v4(node: u8) -> Ipv4Addr {
     v4(10, 244, node, 1)
 }
 pub const POD_GATEWAY_V6: Ipv6Addr = v6([0xfe80, 0, 0, 0, 0, 0, 0, 1]);
+/// The node's global address on every pod veth (IPv6's 10.244.N.1): the
+/// source masquerading picks for traffic to a pod on that node.
+pub const fn pod_gateway_global_v6(node: u8) -> Ipv6Addr {
+    v6([0xfd00, 0x10, 0x244, node as u16, 0, 0, 0, 1])
+}
 
 /// Looks a host up by name.
 pub fn host(name: &str) -> Option<&'static HostPlan> {
@@ -169,7 +182,9 @@ pub fn node_address(name: &str, v6: bool) -> Option<IpAddr> {
     match (name, v6) {
         ("node1" | "node1-internal", _) => host(NODE1).map(|h| h.ip(v6)),
         ("node1-ext", false) => Some(IpAddr::V4(NODE1_SECOND_V4)),
+        ("node1-ext", true) => Some(IpAddr::V6(NODE1_SECOND_V6)),
         ("node1-gw", false) => Some(IpAddr::V4(pod_gateway_v4(1))),
+        ("node1-gw", true) => Some(IpAddr::V6(pod_gateway_global_v6(1))),
         ("node2", _) => host(NODE2).map(|h| h.ip(v6)),
         _ => None,
     }
@@ -180,7 +195,9 @@ pub fn node1_addresses() -> Vec<IpAddr> {
     let n1 = host(NODE1).map(|h| (h.ip(false), h.ip(true)));
     let mut out: Vec<IpAddr> = n1.into_iter().flat_map(|(a, b)| [a, b]).collect();
     out.push(IpAddr::V4(NODE1_SECOND_V4));
+    out.push(IpAddr::V6(NODE1_SECOND_V6));
     out.push(IpAddr::V4(pod_gateway_v4(1)));
+    out.push(IpAddr::V6(pod_gateway_global_v6(1)));
     out
 }
 

@@ -208,7 +208,8 @@ pub fn run(args: AgentArgs) -> io::Result<()> {
             Ok(req) => handle(req, &mut held),
             Err(e) => AgentResponse::Error { message: format!("bad request: {e}") },
         };
-        let text = serde_json::to_string(&response).unwrap_or_else(|e| format!("{{\"status\":\"error\",\"message\":\"{e}\"}}"));
+        let text = serde_json::to_string(&response)
+            .unwrap_or_else(|e| format!("{{\"status\":\"error\",\"message\":\"{e}\"}}"));
         writeln!(out, "{text}")?;
         out.flush()?;
     }
@@ -221,10 +222,7 @@ fn any_addr(port: u16) -> SockAddr {
 
 /// A dual-stack listening socket (IPv4 peers appear as mapped addresses).
 fn listen_stream(port: u16, protocol: Option<SockProtocol>) -> io::Result<TcpListener> {
-    let s = Socket::new(Domain::IPV6, Type::STREAM, protocol)?;
-    s.set_only_v6(false)?;
-    s.set_reuse_address(true)?;
-    s.bind(&any_addr(port))?;
+    let s = dual_stack(Type::STREAM, protocol, port)?;
     s.listen(128)?;
     // An SCTP one-to-one socket accepts and streams like TCP; std's TcpListener
     // only issues accept(2)/read(2)/write(2) on it.
@@ -232,11 +230,28 @@ fn listen_stream(port: u16, protocol: Option<SockProtocol>) -> io::Result<TcpLis
 }
 
 fn udp_socket(port: u16) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV6, Type::DGRAM, None)?;
-    s.set_only_v6(false)?;
-    s.set_reuse_address(true)?;
-    s.bind(&any_addr(port))?;
-    Ok(UdpSocket::from(s))
+    Ok(UdpSocket::from(dual_stack(Type::DGRAM, None, port)?))
+}
+
+/// A socket bound to every address: IPv6 with IPv4-mapped peers, or plain
+/// IPv4 on a kernel without IPv6.
+fn dual_stack(ty: Type, protocol: Option<SockProtocol>, port: u16) -> io::Result<Socket> {
+    let v6 = Socket::new(Domain::IPV6, ty, protocol).and_then(|s| {
+        s.set_only_v6(false)?;
+        s.set_reuse_address(true)?;
+        s.bind(&any_addr(port))?;
+        Ok(s)
+    });
+    match v6 {
+        Ok(s) => Ok(s),
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let s = Socket::new(Domain::IPV4, ty, protocol)?;
+            s.set_reuse_address(true)?;
+            s.bind(&SockAddr::from(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)))?;
+            Ok(s)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn answer(name: &str, peer: SocketAddr, port: u16) -> String {
@@ -276,8 +291,7 @@ fn handle(req: AgentRequest, held: &mut HashMap<String, BufReader<TcpStream>>) -
     match req {
         AgentRequest::Probe { proto, dst, src_ip, src_port, count, timeout_ms } => {
             let timeout = Duration::from_millis(timeout_ms.max(1));
-            let attempts =
-                (0..count).map(|_| timed(|| probe_once(proto, dst, src_ip, src_port, timeout))).collect();
+            let attempts = (0..count).map(|_| timed(|| probe_once(proto, dst, src_ip, src_port, timeout))).collect();
             AgentResponse::Attempts { attempts }
         }
         AgentRequest::Open { id, proto, dst, src_ip, timeout_ms } => {
@@ -326,7 +340,8 @@ fn bind_source(s: &Socket, dst: &SocketAddr, src_ip: Option<IpAddr>, src_port: O
     if src_ip.is_none() && src_port.is_none() {
         return Ok(());
     }
-    let ip = src_ip.unwrap_or(if dst.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) });
+    let ip =
+        src_ip.unwrap_or(if dst.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) });
     if src_port.is_some() {
         s.set_reuse_address(true)?;
     }
@@ -366,7 +381,13 @@ fn exchange(reader: &mut BufReader<TcpStream>) -> Outcome {
     }
 }
 
-fn probe_once(proto: Proto, dst: SocketAddr, src_ip: Option<IpAddr>, src_port: Option<u16>, timeout: Duration) -> Outcome {
+fn probe_once(
+    proto: Proto,
+    dst: SocketAddr,
+    src_ip: Option<IpAddr>,
+    src_port: Option<u16>,
+    timeout: Duration,
+) -> Outcome {
     match proto {
         Proto::Tcp | Proto::Sctp => match connect_stream(proto, dst, src_ip, src_port, timeout) {
             Ok(stream) => {
@@ -450,6 +471,9 @@ mod tests {
         let resp: AgentResponse =
             serde_json::from_str(r#"{"status":"attempts","attempts":[{"outcome":"refused","elapsed_us":3}]}"#)
                 .unwrap_or(AgentResponse::Ok);
-        assert_eq!(resp, AgentResponse::Attempts { attempts: vec![Attempt { outcome: Outcome::Refused, elapsed_us: 3 }] });
+        assert_eq!(
+            resp,
+            AgentResponse::Attempts { attempts: vec![Attempt { outcome: Outcome::Refused, elapsed_us: 3 }] }
+        );
     }
 }

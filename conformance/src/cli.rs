@@ -71,6 +71,10 @@ pub struct Args {
     /// List the scenarios and registered backends, then exit.
     #[arg(long)]
     pub list: bool,
+    /// Check the scenarios against proxy-core's flow table (no root, no
+    /// backend), then exit: non-zero when a scenario contradicts the core.
+    #[arg(long)]
+    pub lint: bool,
     /// Remove namespaces and cgroups left by runs that were killed, then exit.
     #[arg(long)]
     pub gc: bool,
@@ -158,6 +162,17 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if args.lint {
+        let mut bad = 0;
+        for s in &scenarios {
+            for p in runner::lint(s) {
+                bad += 1;
+                println!("{}: {p}", s.path.display());
+            }
+        }
+        println!("{} scenarios checked, {bad} disagreements with the core", scenarios.len());
+        return if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) };
+    }
     if args.list {
         println!("backends: {}", registry.modes().join(", "));
         for s in &scenarios {
@@ -200,6 +215,15 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
     let config = SuiteConfig { backends, sections, strict_inspect: args.strict_inspect };
     info!(scenarios = scenarios.len(), dir = %dir.display(), ?config, "running");
 
+    // Handlers first: from here on SIGINT/SIGTERM no longer kill the process
+    // outright, they drop the suite future below.
+    let interrupted = match shutdown_signal() {
+        Ok(f) => f,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
     // The lab lives inside this future: Ctrl-C or SIGTERM drops it, and
     // dropping the lab tears it down (as does a panic, by unwinding).
     let suite = async {
@@ -211,7 +235,7 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
     };
     let report = tokio::select! {
         r = suite => r,
-        _ = shutdown_signal() => {
+        _ = interrupted => {
             error!("interrupted; the lab was torn down");
             return ExitCode::from(EXIT_INTERRUPTED);
         }
@@ -241,15 +265,17 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
     code
 }
 
-async fn shutdown_signal() {
+/// Installs SIGINT and SIGTERM handlers now; the future completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 #[cfg(test)]
@@ -259,8 +285,17 @@ mod tests {
     #[test]
     fn arguments_parse() {
         let a = Args::try_parse_from([
-            "switchyard-conformance", "--backend", "iptables", "--backend", "ebpf", "--filter", "clusterip",
-            "--json", "r.json", "--section", "ebpf={\"cgroup\":\"{cgroup}\"}",
+            "switchyard-conformance",
+            "--backend",
+            "iptables",
+            "--backend",
+            "ebpf",
+            "--filter",
+            "clusterip",
+            "--json",
+            "r.json",
+            "--section",
+            "ebpf={\"cgroup\":\"{cgroup}\"}",
         ])
         .expect("parses");
         assert_eq!(a.backends, ["iptables", "ebpf"]);

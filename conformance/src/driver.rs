@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use proxy_core::health::ProxyHealth;
 use proxy_core::{
     BackendContext, BackendFactory, Capabilities, ChangeTracker, DataplaneError, PlannerConfig, ProgrammedState,
-    ProxyEvent, Proxier, SyncRunner, SyncRunnerConfig, SyncTrigger, TrackerConfig,
+    Proxier, ProxyEvent, SyncRunner, SyncRunnerConfig, SyncTrigger, TrackerConfig,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -42,18 +42,32 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// What the backend declares; `None` for a black box (every scenario runs).
     fn capabilities(&self) -> Option<Capabilities>;
 
-    /// Programs the initial objects and waits for convergence (within `bound`).
-    async fn start(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged>;
+    /// Programs the initial objects and waits for convergence (within
+    /// `bound`). `expected` is what `inspect()` reports once converged (the
+    /// core's `Snapshot::expected_state()`), for drivers that can only
+    /// observe convergence from outside.
+    async fn start(&mut self, objects: &ObjectStore, expected: &ProgrammedState, bound: Duration) -> Result<Converged>;
 
     /// Applies events (`objects` is the state after them) and waits for convergence.
-    async fn apply(&mut self, events: Vec<ProxyEvent>, objects: &ObjectStore, bound: Duration) -> Result<Converged>;
+    async fn apply(
+        &mut self,
+        events: Vec<ProxyEvent>,
+        objects: &ObjectStore,
+        expected: &ProgrammedState,
+        bound: Duration,
+    ) -> Result<Converged>;
 
     /// The backend's `inspect()`, when it can be asked.
     async fn inspect(&self) -> Result<Option<ProgrammedState>>;
 
     /// Stops the backend without cleanup and starts a fresh instance on the
     /// same kernel state and objects (a proxy restart).
-    async fn restart(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged>;
+    async fn restart(
+        &mut self,
+        objects: &ObjectStore,
+        expected: &ProgrammedState,
+        bound: Duration,
+    ) -> Result<Converged>;
 
     /// Stops the backend and removes everything it installed.
     async fn stop(&mut self) -> Result<()>;
@@ -111,7 +125,10 @@ pub struct InProcessDriver {
 
 impl std::fmt::Debug for InProcessDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InProcessDriver").field("mode", &self.factory.mode()).field("ctx", &self.ctx).finish_non_exhaustive()
+        f.debug_struct("InProcessDriver")
+            .field("mode", &self.factory.mode())
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
     }
 }
 
@@ -209,11 +226,22 @@ impl Driver for InProcessDriver {
         self.capabilities.clone()
     }
 
-    async fn start(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged> {
+    async fn start(
+        &mut self,
+        objects: &ObjectStore,
+        _expected: &ProgrammedState,
+        bound: Duration,
+    ) -> Result<Converged> {
         self.launch(objects, bound).await
     }
 
-    async fn apply(&mut self, events: Vec<ProxyEvent>, _objects: &ObjectStore, bound: Duration) -> Result<Converged> {
+    async fn apply(
+        &mut self,
+        events: Vec<ProxyEvent>,
+        _objects: &ObjectStore,
+        _expected: &ProgrammedState,
+        bound: Duration,
+    ) -> Result<Converged> {
         let start = Instant::now();
         let Some(r) = &self.running else {
             return Err(ConformanceError::Driver { driver: self.label(), message: "not started".into() });
@@ -229,17 +257,33 @@ impl Driver for InProcessDriver {
         r.proxier.dataplane().inspect().await.map(Some).map_err(|e| self.backend_err("inspect", e))
     }
 
-    async fn restart(&mut self, objects: &ObjectStore, bound: Duration) -> Result<Converged> {
+    async fn restart(
+        &mut self,
+        objects: &ObjectStore,
+        _expected: &ProgrammedState,
+        bound: Duration,
+    ) -> Result<Converged> {
         self.halt().await;
         self.launch(objects, bound).await
     }
 
+    /// Stops, cleans up, and checks the cleanup: `inspect()` must then find nothing.
     async fn stop(&mut self) -> Result<()> {
         let dp = self.running.as_ref().map(|r| r.proxier.dataplane().clone());
         self.halt().await;
-        match dp {
-            Some(dp) => dp.cleanup().await.map_err(|e| self.backend_err("cleanup", e)),
-            None => self.factory.cleanup(&self.ctx).await.map_err(|e| self.backend_err("cleanup", e)),
+        let Some(dp) = dp else {
+            return self.factory.cleanup(&self.ctx).await.map_err(|e| self.backend_err("cleanup", e));
+        };
+        dp.cleanup().await.map_err(|e| self.backend_err("cleanup", e))?;
+        let left = dp.inspect().await.map_err(|e| self.backend_err("inspect after cleanup", e))?;
+        if left.frontends.is_empty() {
+            Ok(())
+        } else {
+            let frontends: Vec<String> = left.frontends.keys().map(ToString::to_string).collect();
+            Err(ConformanceError::Driver {
+                driver: self.label(),
+                message: format!("cleanup() left frontends in the kernel: {}", frontends.join(", ")),
+            })
         }
     }
 }
@@ -260,11 +304,19 @@ impl ExternalBinary {
     /// names (`--proxy-mode`, `--hostname-override`, `--cluster-cidr`,
     /// `--masquerade-all`, `--nodeport-addresses`) plus `--source file:PATH`.
     pub fn args(&self, ctx: &BackendContext, manifest: &Path) -> Vec<String> {
+        let mut args = vec!["--source".to_string(), format!("file:{}", manifest.display())];
+        args.extend(self.context_args(ctx));
+        // Follow updates quickly (kube-proxy's default is 1s).
+        args.extend(["--min-sync-period".to_string(), "50ms".to_string()]);
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// The flags that describe the backend context (shared by the daemon and `inspect`).
+    pub fn context_args(&self, ctx: &BackendContext) -> Vec<String> {
         let mut args = vec![
             "--proxy-mode".to_string(),
             self.mode.clone(),
-            "--source".to_string(),
-            format!("file:{}", manifest.display()),
             "--hostname-override".to_string(),
             ctx.node_name.to_string(),
         ];
@@ -287,21 +339,27 @@ impl ExternalBinary {
                 args.push(c.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
             }
         }
-        args.extend(self.extra_args.iter().cloned());
         args
     }
 }
 
 impl DriverFactory for ExternalBinary {
     fn label(&self) -> String {
-        format!("{}@{}", self.mode, self.binary.file_name().map_or_else(|| "switchyard".into(), |n| n.to_string_lossy().to_string()))
+        format!(
+            "{}@{}",
+            self.mode,
+            self.binary.file_name().map_or_else(|| "switchyard".into(), |n| n.to_string_lossy().to_string())
+        )
     }
 
     fn driver(&self, ctx: BackendContext) -> Box<dyn Driver> {
         Box::new(ExternalDriver { spec: self.clone(), ctx, child: None, dir: None })
     }
 
-    fn probe<'a>(&'a self, _ctx: &'a BackendContext) -> futures::future::BoxFuture<'a, std::result::Result<(), String>> {
+    fn probe<'a>(
+        &'a self,
+        _ctx: &'a BackendContext,
+    ) -> futures::future::BoxFuture<'a, std::result::Result<(), String>> {
         Box::pin(async move {
             if self.binary.is_file() || which(&self.binary).is_some() {
                 Ok(())
@@ -312,12 +370,19 @@ impl DriverFactory for ExternalBinary {
     }
 }
 
+/// Reads `switchyard inspect -o json`: an object whose `programmed` field is a `ProgrammedState`.
+pub fn parse_inspect(stdout: &[u8]) -> std::result::Result<ProgrammedState, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(stdout).map_err(|e| format!("inspect output is not JSON: {e}"))?;
+    let programmed = v.get("programmed").cloned().ok_or("inspect output has no `programmed`")?;
+    serde_json::from_value(programmed).map_err(|e| format!("inspect output: {e}"))
+}
+
 fn which(name: &Path) -> Option<PathBuf> {
     if name.components().count() > 1 {
         return None;
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
 }
 
 /// One `switchyard` process in node1's namespace.
@@ -375,11 +440,31 @@ impl ExternalDriver {
         Ok(Converged { elapsed: start.elapsed() })
     }
 
+    /// Best-effort convergence for a black box: waits until `switchyard
+    /// inspect` reports the expected state, or `bound` passes. Never fails
+    /// on a mismatch: the probes judge behaviour, and the report lists
+    /// inspect differences.
+    async fn settle(&self, start: Instant, expected: &ProgrammedState, bound: Duration) -> Result<Converged> {
+        let waited = crate::patience::eventually(bound, || async {
+            match self.inspect().await {
+                Ok(Some(found)) if expected.diff(&found).is_empty() => Ok(()),
+                Ok(_) => Err(()),
+                Err(_) => Err(()),
+            }
+        })
+        .await;
+        if waited.result.is_err() {
+            debug!(driver = %self.spec.label(), "inspect never matched the expected state; probes will judge");
+        }
+        Ok(Converged { elapsed: start.elapsed() })
+    }
+
     async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SIGTERM first (a clean stop), then SIGKILL by pid if it lingers.
             if let Some(pid) = c.id() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
             }
             if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
                 let _ = c.start_kill();
@@ -399,23 +484,68 @@ impl Driver for ExternalDriver {
         None
     }
 
-    async fn start(&mut self, objects: &ObjectStore, _bound: Duration) -> Result<Converged> {
-        self.spawn(objects).await
+    async fn start(&mut self, objects: &ObjectStore, expected: &ProgrammedState, bound: Duration) -> Result<Converged> {
+        let start = Instant::now();
+        self.spawn(objects).await?;
+        self.settle(start, expected, bound).await
     }
 
-    async fn apply(&mut self, _events: Vec<ProxyEvent>, objects: &ObjectStore, _bound: Duration) -> Result<Converged> {
+    async fn apply(
+        &mut self,
+        _events: Vec<ProxyEvent>,
+        objects: &ObjectStore,
+        expected: &ProgrammedState,
+        bound: Duration,
+    ) -> Result<Converged> {
         let start = Instant::now();
         self.write_manifest(objects)?;
-        Ok(Converged { elapsed: start.elapsed() })
+        self.settle(start, expected, bound).await
     }
 
+    /// `switchyard inspect -o json` in node1: the kernel as the binary reads it.
     async fn inspect(&self) -> Result<Option<ProgrammedState>> {
-        Ok(None)
+        // With the source (not --no-diff) so the binary learns the Node (families, primary IPs) as the daemon does.
+        let manifest = self.dir.as_ref().map(|d| d.join("objects.yaml")).ok_or_else(|| self.err("not started"))?;
+        let mut args = vec![
+            "inspect".to_string(),
+            "-o".into(),
+            "json".into(),
+            "--source".into(),
+            format!("file:{}", manifest.display()),
+            "--source-timeout".into(),
+            "5s".into(),
+        ];
+        args.extend(self.spec.context_args(&self.ctx));
+        let out = self
+            .ctx
+            .netns
+            .tokio_command(&self.spec.binary)
+            .map_err(|e| self.err(format!("entering node1: {e}")))?
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| self.err(format!("running inspect: {e}")))?;
+        if !out.status.success() {
+            return Err(self.err(format!(
+                "inspect exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        parse_inspect(&out.stdout).map(Some).map_err(|e| self.err(e))
     }
 
-    async fn restart(&mut self, objects: &ObjectStore, _bound: Duration) -> Result<Converged> {
+    async fn restart(
+        &mut self,
+        objects: &ObjectStore,
+        expected: &ProgrammedState,
+        bound: Duration,
+    ) -> Result<Converged> {
+        let start = Instant::now();
         self.kill().await;
-        self.spawn(objects).await
+        self.spawn(objects).await?;
+        self.settle(start, expected, bound).await
     }
 
     async fn stop(&mut self) -> Result<()> {
@@ -451,16 +581,41 @@ mod tests {
 
     #[test]
     fn external_command_line_uses_kube_proxy_flags() {
-        let spec = ExternalBinary { binary: "/usr/bin/switchyard".into(), mode: "iptables".into(), extra_args: vec!["-v".into()] };
+        let spec = ExternalBinary {
+            binary: "/usr/bin/switchyard".into(),
+            mode: "iptables".into(),
+            extra_args: vec!["-v".into()],
+        };
         let args = spec.args(&ctx(), Path::new("/tmp/x/objects.yaml"));
         assert_eq!(
             args,
             [
-                "--proxy-mode", "iptables", "--source", "file:/tmp/x/objects.yaml", "--hostname-override", "node1",
-                "--cluster-cidr", "10.244.0.0/16", "--masquerade-all", "--nodeport-addresses", "172.18.0.0/24", "-v"
+                "--source",
+                "file:/tmp/x/objects.yaml",
+                "--proxy-mode",
+                "iptables",
+                "--hostname-override",
+                "node1",
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--masquerade-all",
+                "--nodeport-addresses",
+                "172.18.0.0/24",
+                "--min-sync-period",
+                "50ms",
+                "-v"
             ]
         );
         assert_eq!(spec.label(), "iptables@switchyard");
+    }
+
+    #[test]
+    fn inspect_output_parses() {
+        let json = r#"{"mode":"iptables","programmed":{"frontends":[{"frontend":{"kind":"ClusterIP","ip":"10.96.0.10","port":80,"protocol":"TCP"},"service":"default/web:http","endpoints":["10.244.1.10:8080"],"cluster_endpoints":null,"empty_verdict":null,"affinity_timeout_seconds":null}]},"differences":null}"#;
+        let state = parse_inspect(json.as_bytes()).expect("parses");
+        assert_eq!(state.frontends.len(), 1);
+        assert!(parse_inspect(b"{}").is_err());
+        assert!(parse_inspect(b"not json").is_err());
     }
 
     #[tokio::test]
@@ -470,7 +625,14 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let script = dir.join("switchyard");
         let log = dir.join("args.log");
-        std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\ncase \"$1\" in --cleanup) exit 0;; esac\nexec sleep 30\n", log.display())).expect("script");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\ncase \"$1\" in --cleanup|inspect) exit 0;; esac\nexec sleep 30\n",
+                log.display()
+            ),
+        )
+        .expect("script");
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let spec = ExternalBinary { binary: script.clone(), mode: "iptables".into(), extra_args: vec![] };
         assert_eq!(spec.probe(&ctx()).await, Ok(()));
@@ -480,13 +642,13 @@ mod tests {
             Path::new("x.yaml"),
         )
         .expect("scenario");
-        driver.start(&scenario.objects, Duration::from_secs(1)).await.expect("starts");
+        driver.start(&scenario.objects, &ProgrammedState::default(), Duration::from_millis(200)).await.expect("starts");
         let logged = crate::patience::eventually(Duration::from_secs(5), || async {
             std::fs::read_to_string(&log).ok().filter(|s| !s.is_empty()).ok_or(())
         })
         .await;
         let logged = logged.result.expect("the fake switchyard ran");
-        assert!(logged.contains("--proxy-mode iptables --source file:"), "{logged}");
+        assert!(logged.contains("--source file:") && logged.contains("--proxy-mode iptables"), "{logged}");
         let manifest = logged.split("file:").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_default();
         assert!(std::fs::read_to_string(manifest).unwrap_or_default().contains("kind: Node"));
         // stop() kills it (SIGTERM by pid) and runs `--cleanup`, which the stand-in records too.

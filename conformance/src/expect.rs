@@ -165,7 +165,7 @@ pub fn check(expect: &Expectation, src: &SourceContext, attempts: &[Attempt]) ->
                     "{host} saw source {seen}, expected {} (client {})",
                     match source {
                         SourceExpect::Preserved => "the client's address",
-                        SourceExpect::Masqueraded => "a node1 address",
+                        SourceExpect::Masqueraded => "masqueraded to a node1 address other than the client's",
                     },
                     src.client
                 ));
@@ -308,7 +308,10 @@ mod tests {
 
     #[test]
     fn summaries_mention_everything() {
-        let o = Observed::from_attempts(&[reply("a1", "10.244.1.100"), Attempt { outcome: Outcome::Refused, elapsed_us: 5 }]);
+        let o = Observed::from_attempts(&[
+            reply("a1", "10.244.1.100"),
+            Attempt { outcome: Outcome::Refused, elapsed_us: 5 },
+        ]);
         let s = o.summary();
         assert!(s.contains("a1×1") && s.contains("refused×1") && s.contains("10.244.1.100×1"), "{s}");
     }

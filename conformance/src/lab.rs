@@ -130,8 +130,12 @@ fn cgroup2_root() -> Option<PathBuf> {
 /// Whether the kernel has SCTP, asked inside a lab namespace.
 fn sctp_support(ns: &NetNamespace) -> std::result::Result<(), String> {
     let probe = ns.run(|| {
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::from(libc::IPPROTO_SCTP)))
-            .map(drop)
+        socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::from(libc::IPPROTO_SCTP)),
+        )
+        .map(drop)
     });
     match probe {
         Ok(Ok(())) => Ok(()),
@@ -163,20 +167,19 @@ impl Lab {
             agents: BTreeMap::new(),
             torn_down: false,
         };
-        // Wiring is a few hundred short commands: keep them off the executor.
-        let (namespaces, result) = tokio::task::spawn_blocking(move || {
-            let mut created = Vec::new();
-            let r = wire(&prefix, ipv6, &mut created);
-            (created, r)
-        })
-        .await
-        .map_err(|e| ConformanceError::Lab { operation: "wiring".into(), source: std::io::Error::other(e) })?;
-        lab.namespaces = namespaces;
-        result?;
+        // Wiring runs synchronously on purpose: a future is only cancelled at
+        // an await point, so Ctrl-C cannot interrupt it between creating a
+        // namespace and recording it in the guard (it takes well under a second).
+        wire(&lab.info.prefix.clone(), ipv6, &mut lab.namespaces)?;
         lab.info.node1_interfaces = ["eth0", "eth1"]
             .into_iter()
             .map(String::from)
-            .chain(addresses::HOSTS.iter().filter(|h| h.kind == HostKind::Pod && h.node == Some(addresses::NODE1)).map(|h| format!("p-{}", h.name)))
+            .chain(
+                addresses::HOSTS
+                    .iter()
+                    .filter(|h| h.kind == HostKind::Pod && h.node == Some(addresses::NODE1))
+                    .map(|h| format!("p-{}", h.name)),
+            )
             .collect();
         lab.info.sctp = sctp_support(&lab.netns_of(addresses::NODE1));
         lab.info.cgroup = lab.make_cgroup();
@@ -230,7 +233,10 @@ impl Lab {
         ctx.families = families;
         ctx.masquerade = masquerade;
         ctx.nodeport_addresses = nodeport_addresses;
-        ctx.node_ips = addresses::node1_primary_ips().into_iter().filter(|ip| families.contains(proxy_core::IpFamily::of(ip))).collect();
+        ctx.node_ips = addresses::node1_primary_ips()
+            .into_iter()
+            .filter(|ip| families.contains(proxy_core::IpFamily::of(ip)))
+            .collect();
         ctx.section = section;
         ctx
     }
@@ -264,7 +270,10 @@ impl Lab {
             }
         })
         .await
-        .map_err(|e| ConformanceError::Lab { operation: "flushing conntrack".into(), source: std::io::Error::other(e) })?;
+        .map_err(|e| ConformanceError::Lab {
+            operation: "flushing conntrack".into(),
+            source: std::io::Error::other(e),
+        })?;
         Ok(())
     }
 
@@ -328,7 +337,14 @@ impl Lab {
             return;
         }
         self.torn_down = true;
+        // Agents in the lab cgroup move back to the root first, so the
+        // cgroup is empty at once and can be removed without waiting for the
+        // killed processes to be reaped.
+        let root = cgroup2_root();
         for agent in self.agents.values_mut() {
+            if let (Some(_), Some(root), Some(pid)) = (&self.info.cgroup, &root, agent.pid) {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid.to_string());
+            }
             let _ = agent.child.start_kill();
         }
         self.agents.clear();
@@ -337,18 +353,11 @@ impl Lab {
                 warn!(namespace = %ns, error = %e, "could not delete lab namespace");
             }
         }
-        if let Some(cg) = self.info.cgroup.take() {
-            // Killed agents leave the cgroup once the kernel has reaped them.
-            for _ in 0..50 {
-                match std::fs::remove_dir(&cg) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-            if cg.exists() {
-                warn!(path = %cg.display(), "could not remove the lab cgroup");
-            }
+        if let Some(cg) = self.info.cgroup.take()
+            && let Err(e) = std::fs::remove_dir(&cg)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %cg.display(), error = %e, "could not remove the lab cgroup");
         }
         info!(prefix = %self.info.prefix, "lab torn down");
     }
@@ -447,7 +456,13 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
         ip(&["netns", "add", &ns])?;
         created.push(ns);
     }
+    // ICMP rate limits are per namespace and per peer: one scenario's
+    // rejections (or a routing loop's time-exceeded messages) would make the
+    // next scenario's "refused" probes time out. The lab turns them off.
     let common = [
+        "net.ipv4.icmp_ratelimit=0",
+        "net.ipv4.icmp_ratemask=0",
+        "net.ipv6.icmp.ratelimit=0",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
         "net.ipv6.conf.all.accept_dad=0",
@@ -483,6 +498,7 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
     }
     w.veth(addresses::NODE1, "eth1", "fab", "n1b")?;
     w.in_ns("fab", &["addr", "add", &format!("{}/24", addresses::FABRIC_SECOND_V4), "dev", "n1b"])?;
+    w.in_ns6("fab", &["addr", "add", &format!("{}/64", addresses::FABRIC_SECOND_V6), "dev", "n1b", "nodad"])?;
     w.veth(addresses::EXTERNAL, "eth0", "fab", "x0")?;
     w.in_ns("fab", &["addr", "add", &format!("{}/24", addresses::FABRIC_EXT_V4), "dev", "x0"])?;
     w.in_ns6("fab", &["addr", "add", &format!("{}/64", addresses::FABRIC_EXT_V6), "dev", "x0", "nodad"])?;
@@ -494,6 +510,7 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
         w.in_ns6(node.name, &["route", "add", "default", "via", &s(&addresses::FABRIC_V6)])?;
     }
     w.in_ns(n1.name, &["addr", "add", &format!("{}/24", addresses::NODE1_SECOND_V4), "dev", "eth1"])?;
+    w.in_ns6(n1.name, &["addr", "add", &format!("{}/64", addresses::NODE1_SECOND_V6), "dev", "eth1", "nodad"])?;
     w.in_ns(ext.name, &["addr", "add", &format!("{}/24", ext.ipv4), "dev", "eth0"])?;
     w.in_ns6(ext.name, &["addr", "add", &format!("{}/64", ext.ipv6), "dev", "eth0", "nodad"])?;
     w.in_ns(ext.name, &["route", "add", "default", "via", &s(&addresses::FABRIC_EXT_V4)])?;
@@ -531,6 +548,8 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
         w.veth(node, &veth, pod.name, "eth0")?;
         w.in_ns(node, &["addr", "add", &format!("{gw}/32"), "dev", &veth])?;
         w.in_ns6(node, &["addr", "add", &format!("{}/64", addresses::POD_GATEWAY_V6), "dev", &veth, "nodad"])?;
+        let gw6 = addresses::pod_gateway_global_v6(n);
+        w.in_ns6(node, &["addr", "add", &format!("{gw6}/128"), "dev", &veth, "nodad"])?;
         w.in_ns(node, &["route", "add", &format!("{}/32", pod.ipv4), "dev", &veth, "src", &s(&gw)])?;
         w.in_ns6(node, &["route", "add", &format!("{}/128", pod.ipv6), "dev", &veth])?;
         w.in_ns(pod.name, &["addr", "add", &format!("{}/32", pod.ipv4), "dev", "eth0"])?;
@@ -550,6 +569,8 @@ fn missing(what: &str) -> ConformanceError {
 pub fn cluster_cidrs_for(families: FamilySet) -> Vec<IpNet> {
     addresses::cluster_cidrs()
         .into_iter()
-        .filter(|c| families.contains(if c.addr().is_ipv4() { proxy_core::IpFamily::V4 } else { proxy_core::IpFamily::V6 }))
+        .filter(|c| {
+            families.contains(if c.addr().is_ipv4() { proxy_core::IpFamily::V4 } else { proxy_core::IpFamily::V6 })
+        })
         .collect()
 }

@@ -38,11 +38,26 @@ use proxy_core::Registry;
 /// The backends built into switchyard, registered the way a plugin's are.
 /// The suite's binary runs `--backend NAME` for any mode registered here.
 pub fn default_registry() -> Registry {
-    Registry::new()
+    let mut registry = Registry::new();
+    for factory in [backend_iptables::factory()] {
+        // Built-in mode names are distinct; a duplicate would be a programming error caught by tests.
+        if let Err(e) = registry.register(factory) {
+            tracing::error!(error = %e, "built-in backend not registered");
+        }
+    }
+    registry
 }
 
 /// Where the scenario files shipped with this crate are (for development
 /// builds; installed binaries get `--scenarios` or `SWITCHYARD_CONFORMANCE_SCENARIOS`).
 pub fn builtin_scenarios_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_registry_has_the_builtin_backends() {
+        assert_eq!(super::default_registry().modes(), ["iptables"]);
+    }
 }

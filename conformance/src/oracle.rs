@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::addresses::{self, canonical};
 use crate::agent::Proto;
-use crate::scenario::{ExpectedVerdict, Expectation, ObjectStore, PortRef, SourceExpect, Target, Via};
+use crate::scenario::{Expectation, ExpectedVerdict, ObjectStore, PortRef, SourceExpect, Target, Via};
 
 /// Resolves a probe target to an address and protocol against the current objects.
 pub fn resolve(target: &Target, proto: Option<Proto>, objects: &ObjectStore) -> Result<(SocketAddr, Proto), String> {
@@ -24,7 +24,8 @@ pub fn resolve(target: &Target, proto: Option<Proto>, objects: &ObjectStore) -> 
         Target::Literal(addr) => return Ok((*addr, proto.unwrap_or(Proto::Tcp))),
         Target::Service(t) => t,
     };
-    let svc = objects.service(&t.namespace, &t.service).ok_or_else(|| format!("no Service {}/{}", t.namespace, t.service))?;
+    let svc =
+        objects.service(&t.namespace, &t.service).ok_or_else(|| format!("no Service {}/{}", t.namespace, t.service))?;
     let spec = svc.spec.clone().unwrap_or_default();
     let ports = spec.ports.clone().unwrap_or_default();
     let port = match &t.port {
@@ -51,12 +52,14 @@ pub fn resolve(target: &Target, proto: Option<Proto>, objects: &ObjectStore) -> 
     let number = |p: i32| u16::try_from(p).map_err(|_| format!("port {p} out of range"));
     match t.via {
         Via::ClusterIP => {
-            let ips = spec.cluster_ips.clone().or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip])).unwrap_or_default();
+            let ips =
+                spec.cluster_ips.clone().or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip])).unwrap_or_default();
             Ok((SocketAddr::new(pick(ips, "clusterIP")?, number(port.port)?), proto))
         }
-        Via::ExternalIP => {
-            Ok((SocketAddr::new(pick(spec.external_ips.clone().unwrap_or_default(), "externalIP")?, number(port.port)?), proto))
-        }
+        Via::ExternalIP => Ok((
+            SocketAddr::new(pick(spec.external_ips.clone().unwrap_or_default(), "externalIP")?, number(port.port)?),
+            proto,
+        )),
         Via::LoadBalancer => {
             let ingress = svc
                 .status
@@ -231,10 +234,22 @@ steps:
         assert!(cross_check(expect, &node).is_err());
 
         // Not a frontend: not served.
-        let other = predict(&snap, "172.18.0.11:30081".parse().expect("addr"), proto, ip("198.51.100.100"), &NodePortAddresses::All);
+        let other = predict(
+            &snap,
+            "172.18.0.11:30081".parse().expect("addr"),
+            proto,
+            ip("198.51.100.100"),
+            &NodePortAddresses::All,
+        );
         assert_eq!(other.verdict, ExpectedVerdict::NotServed);
         // node2 is not programmed.
-        let n2 = predict(&snap, "172.18.0.12:30080".parse().expect("addr"), proto, ip("198.51.100.100"), &NodePortAddresses::All);
+        let n2 = predict(
+            &snap,
+            "172.18.0.12:30080".parse().expect("addr"),
+            proto,
+            ip("198.51.100.100"),
+            &NodePortAddresses::All,
+        );
         assert_eq!(n2.verdict, ExpectedVerdict::NotServed);
         // nodePortAddresses excluding the address.
         let cidr = NodePortAddresses::Cidrs(vec!["192.0.2.0/24".parse().expect("cidr")]);

@@ -43,6 +43,10 @@ pub struct StepRecord {
     /// How many tries the step took within its bound.
     pub tries: u32,
     pub elapsed_ms: u64,
+    /// The expectation was sticky: which endpoint is picked is random, so
+    /// backends are compared on how many answered, not which.
+    #[serde(default)]
+    pub sticky: bool,
 }
 
 /// One scenario on one backend.
@@ -132,7 +136,9 @@ impl Report {
         for s in &scenarios {
             let _ = write!(out, "{s:w$}");
             for b in &self.backends {
-                let cell = self.cell(s, b).map_or("-".to_string(), |r| format!("{} {:.1}s", r.status.short(), r.duration_ms as f64 / 1000.0));
+                let cell = self
+                    .cell(s, b)
+                    .map_or("-".to_string(), |r| format!("{} {:.1}s", r.status.short(), r.duration_ms as f64 / 1000.0));
                 let _ = write!(out, "  {cell:>12}");
             }
             out.push('\n');
@@ -167,7 +173,8 @@ impl Report {
             }
         }
         for d in &self.differences {
-            let _ = writeln!(out, "DIFFERENCE {} between {} and {}: {}", d.scenario, d.backends.0, d.backends.1, d.what);
+            let _ =
+                writeln!(out, "DIFFERENCE {} between {} and {}: {}", d.scenario, d.backends.0, d.backends.1, d.what);
         }
         out
     }
@@ -175,7 +182,13 @@ impl Report {
     /// The report as Markdown: the matrix, then details per failure.
     pub fn markdown(&self) -> String {
         let mut out = String::from("# switchyard conformance report\n\n");
-        let _ = writeln!(out, "Kernel `{}`, {} backends, {:.1} s.\n", self.kernel, self.backends.len(), self.duration_ms as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "Kernel `{}`, {} backends, {:.1} s.\n",
+            self.kernel,
+            self.backends.len(),
+            self.duration_ms as f64 / 1000.0
+        );
         out.push_str("| scenario |");
         for b in &self.backends {
             let _ = write!(out, " {b} |");
@@ -192,7 +205,9 @@ impl Report {
                     None => "–".to_string(),
                     Some(Status::Pass) => "✅ pass".into(),
                     Some(Status::Fail { .. }) => "❌ **fail**".into(),
-                    Some(Status::Unsupported { reason }) => format!("⚪ unsupported: {}", reason.replace('|', "/")),
+                    Some(Status::Unsupported { reason }) => {
+                        format!("⚪ unsupported: {}", one_line(reason).replace('|', "/"))
+                    }
                 };
                 let _ = write!(out, " {cell} |");
             }
@@ -203,13 +218,14 @@ impl Report {
             let t = self.tally(b);
             let _ = writeln!(out, "- **{b}**: {} passed, {} failed, {} unsupported", t.pass, t.fail, t.unsupported);
         }
-        let failures: Vec<&ScenarioResult> = self.results.iter().filter(|r| matches!(r.status, Status::Fail { .. })).collect();
+        let failures: Vec<&ScenarioResult> =
+            self.results.iter().filter(|r| matches!(r.status, Status::Fail { .. })).collect();
         if !failures.is_empty() {
             out.push_str("\n## Failures\n");
         }
         for r in failures {
             if let Status::Fail { reason } = &r.status {
-                let _ = writeln!(out, "\n### `{}` on {}\n\n{reason}\n", r.scenario, r.backend);
+                let _ = writeln!(out, "\n### `{}` on {}\n\n{}\n", r.scenario, r.backend, one_line(reason));
             }
             for s in r.steps.iter().filter(|s| !s.passed) {
                 let _ = writeln!(out, "- step **{}** ({}): {}", s.label, s.kind, s.detail);
@@ -218,7 +234,7 @@ impl Report {
                     let _ = writeln!(out, "  - observed: `{}`", o.summary());
                 }
                 for p in &s.problems {
-                    let _ = writeln!(out, "  - {p}");
+                    let _ = writeln!(out, "  - {}", one_line(p));
                 }
             }
         }
@@ -227,18 +243,24 @@ impl Report {
             out.push_str("\n## inspect() versus the core's expected state\n\n");
             for r in inspect {
                 for d in &r.inspect_differences {
-                    let _ = writeln!(out, "- `{}` on {}: {d}", r.scenario, r.backend);
+                    let _ = writeln!(out, "- `{}` on {}: {}", r.scenario, r.backend, one_line(d));
                 }
             }
         }
         if !self.differences.is_empty() {
             out.push_str("\n## Differences between backends\n\n");
             for d in &self.differences {
-                let _ = writeln!(out, "- `{}`: {} vs {}: {}", d.scenario, d.backends.0, d.backends.1, d.what);
+                let _ =
+                    writeln!(out, "- `{}`: {} vs {}: {}", d.scenario, d.backends.0, d.backends.1, one_line(&d.what));
             }
         }
         out
     }
+}
+
+/// Evidence may carry multi-line tool output; a Markdown list item stays on one line.
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ⏎ ")
 }
 
 fn kernel_release() -> String {
@@ -250,8 +272,9 @@ fn kernel_release() -> String {
 fn shape(s: &StepRecord) -> Option<String> {
     let o = s.observed.as_ref()?;
     let hosts: Vec<&String> = o.hosts.keys().collect();
+    let answered = if s.sticky { format!("{} endpoint(s)", hosts.len()) } else { format!("{hosts:?}") };
     Some(format!(
-        "answers from {hosts:?}{}{}{}",
+        "answers from {answered}{}{}{}",
         if o.refused > 0 { ", refused" } else { "" },
         if o.timeouts > 0 { ", timeouts" } else { "" },
         if o.errors.is_empty() { "" } else { ", errors" }
@@ -270,7 +293,9 @@ pub fn compare_backends(results: &[ScenarioResult]) -> Vec<Difference> {
         for (i, a) in runs.iter().enumerate() {
             for b in runs.iter().skip(i + 1) {
                 let pair = (a.backend.clone(), b.backend.clone());
-                let mut push = |what: String| out.push(Difference { scenario: scenario.to_string(), backends: pair.clone(), what });
+                let mut push = |what: String| {
+                    out.push(Difference { scenario: scenario.to_string(), backends: pair.clone(), what })
+                };
                 if a.status.short() != b.status.short() {
                     push(format!("{} {} but {} {}", a.backend, a.status.short(), b.backend, b.status.short()));
                 }
@@ -284,7 +309,7 @@ pub fn compare_backends(results: &[ScenarioResult]) -> Vec<Difference> {
                 }
                 if let (Some(x), Some(y)) = (&a.inspect, &b.inspect) {
                     for d in x.diff(y) {
-                        push(format!("inspect(): {d} (as {} reads it vs {})", a.backend, b.backend));
+                        push(format!("inspect() with {} as the reference: {d}", a.backend));
                     }
                 }
             }
@@ -298,7 +323,11 @@ mod tests {
     use super::*;
 
     fn result(scenario: &str, backend: &str, status: Status, hosts: &[&str]) -> ScenarioResult {
-        let observed = Observed { hosts: hosts.iter().map(|h| (h.to_string(), 1)).collect(), attempts: hosts.len(), ..Default::default() };
+        let observed = Observed {
+            hosts: hosts.iter().map(|h| (h.to_string(), 1)).collect(),
+            attempts: hosts.len(),
+            ..Default::default()
+        };
         ScenarioResult {
             scenario: scenario.into(),
             description: String::new(),
@@ -315,6 +344,7 @@ mod tests {
                 problems: vec![],
                 tries: 1,
                 elapsed_ms: 3,
+                sticky: false,
             }],
             inspect_differences: vec![],
             inspect: None,
@@ -329,8 +359,13 @@ mod tests {
             result("s2", "iptables", Status::Pass, &["a1"]),
             result("s2", "ebpf", Status::Unsupported { reason: "no SCTP".into() }, &[]),
         ];
+        let mut sticky_a = result("s3", "iptables", Status::Pass, &["a1"]);
+        sticky_a.steps[0].sticky = true;
+        let mut sticky_b = result("s3", "ebpf", Status::Pass, &["b1"]);
+        sticky_b.steps[0].sticky = true;
+        let results = [results, vec![sticky_a, sticky_b]].concat();
         let diffs = compare_backends(&results);
-        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert_eq!(diffs.len(), 1, "sticky picks may differ: {diffs:?}");
         assert_eq!(diffs[0].scenario, "s1");
         assert!(diffs[0].what.contains("a2"));
     }
@@ -340,7 +375,8 @@ mod tests {
         let mut failing = result("s1", "iptables", Status::Fail { reason: "step probe #0 failed".into() }, &["a2"]);
         failing.steps[0].passed = false;
         failing.steps[0].problems = vec!["answers from endpoints outside {\"a1\"}: {\"a2\"}".into()];
-        let report = Report::new(vec!["iptables".into()], vec![failing, result("s2", "iptables", Status::Pass, &["a1"])], 5000);
+        let report =
+            Report::new(vec!["iptables".into()], vec![failing, result("s2", "iptables", Status::Pass, &["a1"])], 5000);
         assert!(report.failed());
         assert_eq!(report.tally("iptables"), Tally { pass: 1, fail: 1, unsupported: 0 });
         let table = report.table();

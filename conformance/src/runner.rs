@@ -86,7 +86,9 @@ pub async fn run_suite(lab: &Lab, scenarios: &[Scenario], config: &SuiteConfig) 
     if config.strict_inspect {
         for r in &mut results {
             if r.status == Status::Pass && !r.inspect_differences.is_empty() {
-                r.status = Status::Fail { reason: format!("inspect() differs from the expected state: {}", r.inspect_differences.join("; ")) };
+                r.status = Status::Fail {
+                    reason: format!("inspect() differs from the expected state: {}", r.inspect_differences.join("; ")),
+                };
             }
         }
     }
@@ -161,14 +163,19 @@ struct Run<'a> {
 }
 
 /// Plays one scenario on one backend.
-pub async fn run_scenario(lab: &Lab, scenario: &Scenario, backend: &dyn DriverFactory, section: &Value) -> ScenarioResult {
+pub async fn run_scenario(
+    lab: &Lab,
+    scenario: &Scenario,
+    backend: &dyn DriverFactory,
+    section: &Value,
+) -> ScenarioResult {
     let start = Instant::now();
     let label = backend.label();
     let info = lab.info();
-    if !scenario.echo_ports().sctp.is_empty() || scenario.requires.contains(&Capability::Sctp) {
-        if let Err(reason) = &info.sctp {
-            return unsupported(scenario, &label, format!("unsupported by this kernel: {reason}"));
-        }
+    if (!scenario.echo_ports().sctp.is_empty() || scenario.requires.contains(&Capability::Sctp))
+        && let Err(reason) = &info.sctp
+    {
+        return unsupported(scenario, &label, format!("unsupported by this kernel: {reason}"));
     }
     if scenario.uses_ipv6() && !info.ipv6 {
         return unsupported(scenario, &label, "unsupported by this kernel: no IPv6".into());
@@ -223,7 +230,10 @@ enum Verdict {
 fn describe(e: &Expectation) -> String {
     let mut parts = Vec::new();
     if let Some(eps) = &e.endpoints {
-        parts.push(format!("answers from {eps:?}{}", if e.sticky { ", all from one (sticky)" } else { ", each at least once" }));
+        parts.push(format!(
+            "answers from {eps:?}{}",
+            if e.sticky { ", all from one (sticky)" } else { ", each at least once" }
+        ));
         if let Some(s) = e.split {
             parts.push(format!("even split ± {:.0}%", s * 100.0));
         }
@@ -254,7 +264,8 @@ impl Run<'_> {
 
     async fn play(&mut self) -> std::result::Result<(), Verdict> {
         let bound = patience();
-        let started = self.driver.start(&self.objects, bound).await;
+        let expected = self.snapshot().expected_state();
+        let started = self.driver.start(&self.objects, &expected, bound).await;
         let step_start = StepRecord {
             label: "initial sync".into(),
             kind: "start".into(),
@@ -265,6 +276,7 @@ impl Run<'_> {
             problems: started.as_ref().err().map(|e| vec![proxy_core::ErrorChain(e).to_string()]).unwrap_or_default(),
             tries: 1,
             elapsed_ms: started.as_ref().map(|c| c.elapsed.as_millis() as u64).unwrap_or(0),
+            sticky: false,
         };
         self.steps.push(step_start);
         if let Err(e) = started {
@@ -343,10 +355,26 @@ impl Run<'_> {
         }
     }
 
-    async fn probe_step(&mut self, label: &str, probe: &Probe, expect: &Expectation, within: Option<Duration>) -> StepRecord {
+    async fn probe_step(
+        &mut self,
+        label: &str,
+        probe: &Probe,
+        expect: &Expectation,
+        within: Option<Duration>,
+    ) -> StepRecord {
         let (dst, proto, src, prediction) = match self.prepare(&probe.from, &probe.to, probe.protocol) {
             Ok(p) => p,
-            Err(e) => return record(label, "probe", format!("{} → {:?}", probe.from, probe.to), describe(expect), false, vec![e], 0),
+            Err(e) => {
+                return record(
+                    label,
+                    "probe",
+                    format!("{} → {:?}", probe.from, probe.to),
+                    describe(expect),
+                    false,
+                    vec![e],
+                    0,
+                );
+            }
         };
         let detail = format!("{} ({src}) → {dst}/{proto:?} ×{}", probe.from, probe.count);
         let mut problems = Vec::new();
@@ -384,6 +412,7 @@ impl Run<'_> {
             problems,
             tries: waited.attempts,
             elapsed_ms: waited.elapsed.as_millis() as u64,
+            sticky: expect.sticky,
         }
     }
 
@@ -392,8 +421,9 @@ impl Run<'_> {
         for ev in &events {
             self.tracker.apply(ev.clone());
         }
+        let expected = self.snapshot().expected_state();
         self.driver
-            .apply(events, &self.objects, bound)
+            .apply(events, &self.objects, &expected, bound)
             .await
             .map(|c| c.elapsed)
             .map_err(|e| proxy_core::ErrorChain(&e).to_string())
@@ -432,19 +462,32 @@ impl Run<'_> {
 
     async fn churn_step(&mut self, label: &str, churn: &Churn, within: Option<Duration>) -> StepRecord {
         let bound = self.bound(within);
-        let expected = format!("{} updates, then {:?}, converged within {} ms", churn.updates, churn.final_hosts, bound.as_millis());
+        let expected = format!(
+            "{} updates, then {:?}, converged within {} ms",
+            churn.updates,
+            churn.final_hosts,
+            bound.as_millis()
+        );
         let detail = format!("EndpointSlice {}", churn.slice);
         let (ns, name) = churn.slice.split_once('/').unwrap_or(("default", &churn.slice));
         let key = (Kind::EndpointSlice, ns.to_string(), name.to_string());
         let Some(base) = self.objects.get(&key).cloned() else {
-            return record(label, "churn", detail, expected, false, vec![format!("no EndpointSlice {}", churn.slice)], 0);
+            return record(
+                label,
+                "churn",
+                detail,
+                expected,
+                false,
+                vec![format!("no EndpointSlice {}", churn.slice)],
+                0,
+            );
         };
         let v6 = base.get("addressType").and_then(Value::as_str) == Some("IPv6");
         let mut rng = XorShift::new(&self.scenario.name);
         let mut events = Vec::new();
         let mut last = base.clone();
         for i in 0..churn.updates {
-            let subset: Vec<&String> = churn.pool.iter().filter(|_| rng.next() % 2 == 0).collect();
+            let subset: Vec<&String> = churn.pool.iter().filter(|_| rng.next().is_multiple_of(2)).collect();
             let subset = if subset.is_empty() { vec![&churn.pool[i as usize % churn.pool.len()]] } else { subset };
             last = with_endpoints(&base, &subset, v6);
             events.extend(event_for(&last, false));
@@ -459,7 +502,15 @@ impl Run<'_> {
         }
         let n = events.len();
         match self.push_events(events, bound).await {
-            Ok(elapsed) => record(label, "churn", format!("{detail}: {n} events"), expected, true, vec![], elapsed.as_millis() as u64),
+            Ok(elapsed) => record(
+                label,
+                "churn",
+                format!("{detail}: {n} events"),
+                expected,
+                true,
+                vec![],
+                elapsed.as_millis() as u64,
+            ),
             Err(e) => record(label, "churn", detail, expected, false, vec![e], bound.as_millis() as u64),
         }
     }
@@ -474,19 +525,32 @@ impl Run<'_> {
         if let Err(e) = oracle::cross_check(expect, &prediction) {
             problems.push(format!("scenario disagrees with the core: {e}"));
         }
-        let req = AgentRequest::Open { id: hold.name.clone(), proto, dst, src_ip: Some(src), timeout_ms: DEFAULT_PROBE_TIMEOUT.as_millis() as u64 };
-        let start = Instant::now();
-        let attempts = match self.attempts(&hold.from, &req).await {
-            Ok(a) => a,
-            Err(e) => return record(label, "hold", detail, describe(expect), false, vec![e], 0),
+        let req = AgentRequest::Open {
+            id: hold.name.clone(),
+            proto,
+            dst,
+            src_ip: Some(src),
+            timeout_ms: DEFAULT_PROBE_TIMEOUT.as_millis() as u64,
         };
         let mut relaxed = expect.clone();
         relaxed.sticky = true; // one connection reaches one endpoint
         let srcctx = SourceContext { client: src, node_addresses: addresses::node1_addresses() };
-        let checked = expect::check(&relaxed, &srcctx, &attempts);
-        if let Err(p) = &checked {
-            problems.extend(p.clone());
-        }
+        // Retried within the patience: a black-box proxy may still be converging.
+        let waited = eventually(patience(), || async {
+            let attempts = self.attempts(&hold.from, &req).await.map_err(|e| (vec![e], Vec::new()))?;
+            match expect::check(&relaxed, &srcctx, &attempts) {
+                Ok(_) => Ok(attempts),
+                Err(p) => Err((p, attempts)),
+            }
+        })
+        .await;
+        let attempts = match waited.result {
+            Ok(a) => a,
+            Err((p, a)) => {
+                problems.extend(p);
+                a
+            }
+        };
         if let Some(Outcome::Reply { host, .. }) = attempts.first().map(|a| &a.outcome) {
             self.held.insert(hold.name.clone(), (hold.from.clone(), host.clone()));
         }
@@ -498,14 +562,23 @@ impl Run<'_> {
             observed: Some(Observed::from_attempts(&attempts)),
             passed: problems.is_empty(),
             problems,
-            tries: 1,
-            elapsed_ms: start.elapsed().as_millis() as u64,
+            tries: waited.attempts,
+            elapsed_ms: waited.elapsed.as_millis() as u64,
+            sticky: false,
         }
     }
 
     async fn check_step(&mut self, label: &str, name: &str) -> StepRecord {
         let Some((from, host)) = self.held.get(name).cloned() else {
-            return record(label, "check", name.into(), "held connection answers".into(), false, vec![format!("connection {name:?} was never established")], 0);
+            return record(
+                label,
+                "check",
+                name.into(),
+                "held connection answers".into(),
+                false,
+                vec![format!("connection {name:?} was never established")],
+                0,
+            );
         };
         let expected = format!("held connection {name:?} still answers from {host}");
         let req = AgentRequest::Exchange { id: name.to_string(), timeout_ms: DEFAULT_PROBE_TIMEOUT.as_millis() as u64 };
@@ -525,6 +598,7 @@ impl Run<'_> {
             problems: if ok { vec![] } else { vec!["the established connection was broken or moved".into()] },
             tries: 1,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            sticky: false,
         }
     }
 
@@ -546,7 +620,14 @@ impl Run<'_> {
             let mut all = Vec::new();
             let Some((p, (dst, proto, src, _))) = &prepared else { return all };
             let Ok(agent) = lab.agent(&p.from) else { return all };
-            let req = AgentRequest::Probe { proto: *proto, dst: *dst, src_ip: Some(*src), src_port: None, count: 1, timeout_ms: DEFAULT_PROBE_TIMEOUT.as_millis() as u64 };
+            let req = AgentRequest::Probe {
+                proto: *proto,
+                dst: *dst,
+                src_ip: Some(*src),
+                src_port: None,
+                count: 1,
+                timeout_ms: DEFAULT_PROBE_TIMEOUT.as_millis() as u64,
+            };
             // At least a few connections, and keep going until the restart is over.
             while all.len() < 3 || !done.load(Ordering::SeqCst) {
                 match agent.request(&req).await {
@@ -557,8 +638,9 @@ impl Run<'_> {
             all
         };
         let objects = self.objects.clone();
+        let expected_state = self.snapshot().expected_state();
         let restarter = async {
-            let r = self.driver.restart(&objects, bound).await;
+            let r = self.driver.restart(&objects, &expected_state, bound).await;
             done.store(true, Ordering::SeqCst);
             r
         };
@@ -569,12 +651,19 @@ impl Run<'_> {
         let mut observed = None;
         if let Some((p, (dst, proto, src, prediction))) = &prepared {
             let allowed: BTreeSet<String> = prediction.endpoints.keys().cloned().collect();
-            expected.push_str(&format!("; every new connection {} → {dst}/{proto:?} during it answered from {allowed:?}", p.from));
+            expected.push_str(&format!(
+                "; every new connection {} → {dst}/{proto:?} during it answered from {allowed:?}",
+                p.from
+            ));
             let e = Expectation { endpoints: Some(allowed.clone()), ..Default::default() };
             let o = Observed::from_attempts(&attempts);
             let strays = o.hosts.keys().any(|h| !allowed.contains(h));
             if allowed.is_empty() || o.replies() != o.attempts || strays {
-                problems.push(format!("connections during the restart failed or went astray ({} of {} answered)", o.replies(), o.attempts));
+                problems.push(format!(
+                    "connections during the restart failed or went astray ({} of {} answered)",
+                    o.replies(),
+                    o.attempts
+                ));
             }
             let _ = (e, src);
             observed = Some(o);
@@ -589,6 +678,7 @@ impl Run<'_> {
             problems,
             tries: 1,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            sticky: false,
         }
     }
 
@@ -597,13 +687,21 @@ impl Run<'_> {
             Ok(p) => p,
             Err(e) => return record(label, "affinityExpiry", String::new(), describe(expect), false, vec![e], 0),
         };
-        let detail = format!("{} ({src}) → {dst}/{proto:?}: up to {} rounds, {} apart", expiry.from, expiry.rounds, expiry.wait);
+        let detail =
+            format!("{} ({src}) → {dst}/{proto:?}: up to {} rounds, {} apart", expiry.from, expiry.rounds, expiry.wait);
         let mut problems = Vec::new();
         if let Err(e) = oracle::cross_check(expect, &prediction) {
             problems.push(format!("scenario disagrees with the core: {e}"));
         }
         let allowed = expect.endpoints.clone().unwrap_or_default();
-        let req = AgentRequest::Probe { proto, dst, src_ip: Some(src), src_port: None, count: 1, timeout_ms: DEFAULT_PROBE_TIMEOUT.as_millis() as u64 };
+        let req = AgentRequest::Probe {
+            proto,
+            dst,
+            src_ip: Some(src),
+            src_port: None,
+            count: 1,
+            timeout_ms: DEFAULT_PROBE_TIMEOUT.as_millis() as u64,
+        };
         let start = Instant::now();
         let mut all = Vec::new();
         let mut rounds = 0;
@@ -623,7 +721,8 @@ impl Run<'_> {
         }
         let seen = expect::distinct_hosts(&all);
         if seen.len() < 2 {
-            problems.push(format!("affinity never expired: {rounds} rounds {} apart all reached {seen:?}", expiry.wait));
+            problems
+                .push(format!("affinity never expired: {rounds} rounds {} apart all reached {seen:?}", expiry.wait));
         }
         if let Some(stray) = seen.iter().find(|h| !allowed.contains(*h)) {
             problems.push(format!("answer from {stray}, outside {allowed:?}"));
@@ -638,12 +737,32 @@ impl Run<'_> {
             problems,
             tries: rounds,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            sticky: false,
         }
     }
 }
 
-fn record(label: &str, kind: &str, detail: String, expected: String, passed: bool, problems: Vec<String>, elapsed_ms: u64) -> StepRecord {
-    StepRecord { label: label.into(), kind: kind.into(), detail, expected, observed: None, passed, problems, tries: 1, elapsed_ms }
+fn record(
+    label: &str,
+    kind: &str,
+    detail: String,
+    expected: String,
+    passed: bool,
+    problems: Vec<String>,
+    elapsed_ms: u64,
+) -> StepRecord {
+    StepRecord {
+        label: label.into(),
+        kind: kind.into(),
+        detail,
+        expected,
+        observed: None,
+        passed,
+        problems,
+        tries: 1,
+        elapsed_ms,
+        sticky: false,
+    }
 }
 
 /// A copy of an EndpointSlice with its endpoints replaced by lab hosts (ready, on their node).
@@ -698,7 +817,14 @@ pub fn lint(scenario: &Scenario) -> Vec<String> {
     }
     let mut objects = scenario.objects.clone();
     let mut out = Vec::new();
-    let check = |out: &mut Vec<String>, label: &str, from: &str, to: &crate::scenario::Target, proto: Option<Proto>, expect: &Expectation, objects: &crate::scenario::ObjectStore, tracker: &mut ChangeTracker| {
+    let check = |out: &mut Vec<String>,
+                 label: &str,
+                 from: &str,
+                 to: &crate::scenario::Target,
+                 proto: Option<Proto>,
+                 expect: &Expectation,
+                 objects: &crate::scenario::ObjectStore,
+                 tracker: &mut ChangeTracker| {
         let Some(host) = addresses::host(from) else { return out.push(format!("{label}: unknown host {from}")) };
         match oracle::resolve(to, proto, objects) {
             Err(e) => out.push(format!("{label}: {e}")),
@@ -713,9 +839,15 @@ pub fn lint(scenario: &Scenario) -> Vec<String> {
     };
     for entry in &scenario.steps {
         match &entry.step {
-            Step::Probe { probe, expect } => check(&mut out, &entry.label, &probe.from, &probe.to, probe.protocol, expect, &objects, &mut tracker),
-            Step::Hold { hold, expect } => check(&mut out, &entry.label, &hold.from, &hold.to, Some(Proto::Tcp), expect, &objects, &mut tracker),
-            Step::AffinityExpiry { expiry, expect } => check(&mut out, &entry.label, &expiry.from, &expiry.to, expiry.protocol, expect, &objects, &mut tracker),
+            Step::Probe { probe, expect } => {
+                check(&mut out, &entry.label, &probe.from, &probe.to, probe.protocol, expect, &objects, &mut tracker)
+            }
+            Step::Hold { hold, expect } => {
+                check(&mut out, &entry.label, &hold.from, &hold.to, Some(Proto::Tcp), expect, &objects, &mut tracker)
+            }
+            Step::AffinityExpiry { expiry, expect } => {
+                check(&mut out, &entry.label, &expiry.from, &expiry.to, expiry.protocol, expect, &objects, &mut tracker)
+            }
             Step::Update { update } => {
                 for obj in &update.apply {
                     if let Ok(key) = objects.insert(obj.clone())
@@ -794,7 +926,8 @@ mod tests {
     #[test]
     fn every_builtin_scenario_agrees_with_the_core() {
         let scenarios = Scenario::load_dir(&crate::builtin_scenarios_dir()).expect("scenarios load");
-        let problems: Vec<String> = scenarios.iter().flat_map(|s| lint(s).into_iter().map(move |p| format!("{}: {p}", s.name))).collect();
+        let problems: Vec<String> =
+            scenarios.iter().flat_map(|s| lint(s).into_iter().map(move |p| format!("{}: {p}", s.name))).collect();
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 
@@ -829,14 +962,23 @@ steps:
 
     #[test]
     fn the_generator_is_deterministic() {
-        let a: Vec<u64> = { let mut r = XorShift::new("x"); (0..5).map(|_| r.next()).collect() };
-        let b: Vec<u64> = { let mut r = XorShift::new("x"); (0..5).map(|_| r.next()).collect() };
+        let a: Vec<u64> = {
+            let mut r = XorShift::new("x");
+            (0..5).map(|_| r.next()).collect()
+        };
+        let b: Vec<u64> = {
+            let mut r = XorShift::new("x");
+            (0..5).map(|_| r.next()).collect()
+        };
         assert_eq!(a, b);
     }
 
     #[test]
     fn sections_get_the_cgroup() {
         let v = serde_json::json!({"cgroup": "{cgroup}", "n": 1});
-        assert_eq!(substitute(&v, "/sys/fs/cgroup/unified/x"), serde_json::json!({"cgroup": "/sys/fs/cgroup/unified/x", "n": 1}));
+        assert_eq!(
+            substitute(&v, "/sys/fs/cgroup/unified/x"),
+            serde_json::json!({"cgroup": "/sys/fs/cgroup/unified/x", "n": 1})
+        );
     }
 }

@@ -562,7 +562,8 @@ impl Scenario {
         // Objects as they will be at each step, so churn can name slices added later.
         let mut later = objects.clone();
         for (i, spec) in file.steps.into_iter().enumerate() {
-            let entry = validate_step(i, spec, &mut held, &mut later).map_err(|m| invalid(format!("steps[{i}]: {m}")))?;
+            let entry =
+                validate_step(i, spec, &mut held, &mut later).map_err(|m| invalid(format!("steps[{i}]: {m}")))?;
             steps.push(entry);
         }
         if steps.is_empty() {
@@ -698,13 +699,15 @@ fn validate_step(
         affinity_expiry.is_some(),
     ];
     if actions.iter().filter(|a| **a).count() != 1 {
-        return Err(
-            "a step has exactly one of probe, update, churn, wait, hold, check, restart, affinityExpiry".into()
-        );
+        return Err("a step has exactly one of probe, update, churn, wait, hold, check, restart, affinityExpiry".into());
     }
     let needs_expect = probe.is_some() || hold.is_some() || affinity_expiry.is_some();
     if needs_expect != expect.is_some() {
-        return Err(if needs_expect { "this step needs `expect`".into() } else { "`expect` only goes with probe, hold and affinityExpiry".into() });
+        return Err(if needs_expect {
+            "this step needs `expect`".into()
+        } else {
+            "`expect` only goes with probe, hold and affinityExpiry".into()
+        });
     }
     let expect_checked = || -> std::result::Result<Expectation, String> {
         let e = expect.clone().unwrap_or_default();

@@ -1,6 +1,8 @@
 //! Lab tests: build a real namespace lab (root only) and check its wiring
 //! with direct probes, before any proxy is involved.
 
+#![allow(clippy::print_stderr, reason = "tests say on stderr why they skip, and print the report")]
+
 use std::net::SocketAddr;
 
 use conformance::agent::{AgentRequest, AgentResponse, EchoPorts, Outcome, Proto};
@@ -31,7 +33,9 @@ async fn probe(lab: &Lab, from: &str, proto: Proto, dst: &str) -> Vec<Outcome> {
 }
 
 fn replied(outcomes: &[Outcome], host: &str, peer_ip: &str) -> bool {
-    outcomes.iter().all(|o| matches!(o, Outcome::Reply { host: h, peer } if h == host && peer.ip().to_string() == peer_ip))
+    outcomes
+        .iter()
+        .all(|o| matches!(o, Outcome::Reply { host: h, peer } if h == host && peer.ip().to_string() == peer_ip))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,11 +73,20 @@ async fn the_lab_is_wired_like_a_cluster_and_torn_down() {
     let agent_pid = lab.agent("a1").expect("agent").pid().expect("pid");
     lab.teardown().await;
     let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.starts_with(&prefix)).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     assert!(cgroup.is_none_or(|c| !c.exists()), "cgroup left behind");
-    assert!(!std::path::Path::new(&format!("/proc/{agent_pid}")).exists() || std::fs::read_to_string(format!("/proc/{agent_pid}/stat")).unwrap_or_default().contains(") Z"), "agent still running");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{agent_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{agent_pid}/stat")).unwrap_or_default().contains(") Z"),
+        "agent still running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -84,6 +84,13 @@ impl ProxyHealth {
         self.lock().synced_once
     }
 
+    /// A queued change has waited longer than the timeout (`/livez` fails
+    /// only for this; `/healthz` also fails while the node is being deleted).
+    pub fn late(&self, now: Instant) -> bool {
+        let s = self.lock();
+        s.oldest_pending.values().any(|t| now.saturating_duration_since(*t) >= self.timeout)
+    }
+
     pub fn status(&self, now: Instant) -> HealthStatus {
         let s = self.lock();
         let late = s.oldest_pending.values().any(|t| now.saturating_duration_since(*t) >= self.timeout);
@@ -127,5 +134,6 @@ mod tests {
         h.set_node_deleting(true);
         let st = h.status(Instant::now());
         assert!(!st.healthy && st.node_deleting);
+        assert!(!h.late(Instant::now()), "deletion is not lateness (/livez stays ok)");
     }
 }

@@ -42,6 +42,9 @@ pub struct Proxier {
     metrics: Option<ProxyMetrics>,
     trigger: SyncTrigger,
     synced: watch::Sender<SyncedState>,
+    /// A batch was cut and its sync has not finished (read and written
+    /// under the tracker lock, so [`Proxier::converged`] is consistent).
+    in_flight: std::sync::atomic::AtomicBool,
 }
 
 impl Proxier {
@@ -59,6 +62,7 @@ impl Proxier {
             metrics,
             trigger,
             synced: watch::Sender::new(SyncedState::default()),
+            in_flight: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -119,6 +123,14 @@ impl Proxier {
         self.tracker().is_synced()
     }
 
+    /// Every change accepted so far is programmed: the initial lists are
+    /// complete, nothing is pending and no sync is in flight. A sync barrier
+    /// for tools and tests ("is what I just fed in the kernel yet?").
+    pub fn converged(&self) -> bool {
+        let t = self.tracker();
+        t.is_synced() && !t.has_pending() && !self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The current desired state.
     pub fn desired(&self) -> Arc<Snapshot> {
         self.tracker().snapshot()
@@ -145,6 +157,7 @@ impl Proxier {
             if !full && !t.has_pending() {
                 return SyncResult::Skipped;
             }
+            self.in_flight.store(true, std::sync::atomic::Ordering::SeqCst);
             let batch = t.take_batch();
             self.update_gauges(&t);
             batch
@@ -171,6 +184,7 @@ impl Proxier {
                     let mut t = self.tracker();
                     let report = t.commit(batch);
                     self.update_gauges(&t);
+                    self.in_flight.store(false, std::sync::atomic::Ordering::SeqCst);
                     (report, t.oldest_pending())
                 };
                 self.health.updated(self.families(), still_pending);
@@ -213,6 +227,7 @@ impl Proxier {
                     let mut t = self.tracker();
                     t.restore(batch);
                     self.update_gauges(&t);
+                    self.in_flight.store(false, std::sync::atomic::Ordering::SeqCst);
                 }
                 if let Some(m) = &self.metrics {
                     m.sync_failures.get_or_create(&BackendLabel { backend: self.dataplane.mode().to_string() }).inc();

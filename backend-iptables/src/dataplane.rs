@@ -1,0 +1,539 @@
+//! [`IptablesDataplane`]: the [`Dataplane`] that programs iptables.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use proxy_core::{
+    BackendContext, Capabilities, Capability, Dataplane, DataplaneError, FamilySet, FrontendKind, IpFamily,
+    MasqueradeConfig, NetNamespace, NodePortAddresses, ProgrammedState, Protocol, ServiceName, ServicePlan,
+    ServicePortPlan, Snapshot, SyncOutcome, SyncRequest,
+};
+use tracing::{debug, info, info_span, warn};
+
+use crate::cleanup;
+use crate::config::IptablesConfig;
+use crate::conntrack::{self, FrontendMatch, StaleFlows};
+use crate::error::Error;
+use crate::exec::{Executor, SystemExecutor, Variant};
+use crate::inspect::{InspectContext, programmed_state};
+use crate::render::{self, RenderConfig, ServiceRules};
+use crate::supported;
+use crate::sync::{self, PayloadStats, Written};
+
+/// The `--proxy-mode` name.
+pub const MODE: &str = "iptables";
+
+/// How the backend is set up; fixed for its lifetime.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub families: FamilySet,
+    pub netns: NetNamespace,
+    pub masquerade_mark: u32,
+    pub localhost_nodeports: bool,
+    pub nodeport_addresses: NodePortAddresses,
+    pub node_ips: Vec<IpAddr>,
+    pub random_fully: bool,
+    /// Dispatch-tree shape (see [`crate::tree`]).
+    pub stride: u8,
+    pub leaf_max: usize,
+    /// A full rewrite at least this often, even when partial syncs succeed
+    /// (kube-proxy's FullSyncPeriod, one hour).
+    pub full_sync_period: Duration,
+    /// Delete stale UDP conntrack entries (needs a real kernel).
+    pub conntrack: bool,
+    /// Set `route_localnet` for localhost node ports (needs a real kernel).
+    pub sysctls: bool,
+    /// `--cluster-cidr`, for `inspect()` to pick a source outside the cluster.
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl Settings {
+    /// Settings for tests and tools: IPv4, kube-proxy's defaults, no kernel side effects.
+    pub fn new(netns: NetNamespace) -> Self {
+        Settings {
+            families: FamilySet::V4,
+            netns,
+            masquerade_mark: 0x4000,
+            localhost_nodeports: true,
+            nodeport_addresses: NodePortAddresses::All,
+            node_ips: Vec::new(),
+            random_fully: true,
+            stride: 2,
+            leaf_max: 64,
+            full_sync_period: Duration::from_secs(3600),
+            conntrack: false,
+            sysctls: false,
+            cluster_cidrs: Vec::new(),
+        }
+    }
+
+    pub fn render_config(&self, family: IpFamily, masquerade: &MasqueradeConfig) -> RenderConfig {
+        RenderConfig {
+            family,
+            masquerade_mark: self.masquerade_mark,
+            masquerade: masquerade.clone(),
+            random_fully: self.random_fully,
+            localhost_nodeports: self.localhost_nodeports,
+            nodeport_addresses: self.nodeport_addresses.clone(),
+            node_ips: self.node_ips.iter().copied().filter(|ip| IpFamily::of(ip) == family).collect(),
+            stride: self.stride,
+            leaf_max: self.leaf_max,
+        }
+    }
+}
+
+/// What one family looks like as far as this process knows.
+#[derive(Debug, Default)]
+struct FamilyState {
+    cfg: Option<RenderConfig>,
+    services: BTreeMap<ServiceName, ServiceRules>,
+    written: Written,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    families: BTreeMap<IpFamily, FamilyState>,
+    /// The kernel may differ from `written`: the next sync must be a full rewrite.
+    needs_full: bool,
+    last_full: Option<Instant>,
+    /// Conntrack work of syncs whose restore failed, retried after the next success.
+    pending_conntrack: BTreeMap<IpFamily, Vec<StaleFlows>>,
+    localnet_set: bool,
+}
+
+/// The iptables dataplane. Cloning gives another handle to the same state.
+#[derive(Debug, Clone)]
+pub struct IptablesDataplane {
+    settings: Arc<Settings>,
+    exec: Arc<dyn Executor>,
+    /// Other implementations that may hold our leftovers (cleaned on full syncs).
+    others: Arc<Vec<Arc<dyn Executor>>>,
+    state: Arc<Mutex<State>>,
+    variant: Variant,
+}
+
+impl IptablesDataplane {
+    /// A dataplane over any executor (the real binaries, or [`crate::fake::FakeIptables`]).
+    pub fn with_executor(settings: Settings, exec: Arc<dyn Executor>) -> Self {
+        IptablesDataplane {
+            settings: Arc::new(settings),
+            exec,
+            others: Arc::new(Vec::new()),
+            state: Arc::new(Mutex::new(State::default())),
+            variant: Variant::Plain,
+        }
+    }
+
+    /// Builds from the backend context: reads the section, detects the
+    /// iptables implementation, checks `--random-fully`. Changes nothing.
+    pub fn from_context(ctx: &BackendContext) -> Result<Self, DataplaneError> {
+        let cfg = IptablesConfig::from_section(&ctx.section)
+            .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
+        let families: Vec<IpFamily> = ctx.families.iter().collect();
+        let variant = match cfg.variant.fixed() {
+            Some(v) => v,
+            None => supported::detect(&ctx.netns, &families)
+                .map_err(|e| DataplaneError::unavailable(MODE, e.to_string()))?,
+        };
+        if !families.iter().all(|f| supported::has_variant(variant, *f)) {
+            return Err(DataplaneError::unavailable(
+                MODE,
+                format!("iptables-{variant} restore/save binaries are missing"),
+            ));
+        }
+        let mut settings = Settings::new(ctx.netns.clone());
+        settings.families = ctx.families;
+        settings.masquerade_mark = cfg.masquerade_mark();
+        settings.localhost_nodeports = cfg.localhost_node_ports;
+        settings.nodeport_addresses = ctx.nodeport_addresses.clone();
+        settings.node_ips = ctx.node_ips.clone();
+        settings.random_fully = supported::random_fully(&ctx.netns, variant);
+        settings.conntrack = true;
+        settings.sysctls = true;
+        let exec: Arc<dyn Executor> = Arc::new(SystemExecutor { netns: ctx.netns.clone(), variant });
+        settings.cluster_cidrs = ctx.masquerade.cluster_cidrs.clone();
+        let random_fully = settings.random_fully;
+        let mut dp = IptablesDataplane::with_executor(settings, exec);
+        let mut others: Vec<Arc<dyn Executor>> = Vec::new();
+        for other in [Variant::Nft, Variant::Legacy].into_iter().filter(|v| *v != variant && variant != Variant::Plain)
+        {
+            if families.iter().all(|f| supported::has_variant(other, *f)) {
+                others.push(Arc::new(SystemExecutor { netns: ctx.netns.clone(), variant: other }));
+            }
+        }
+        dp.others = Arc::new(others);
+        dp.variant = variant;
+        info!(%variant, random_fully, "iptables backend ready");
+        Ok(dp)
+    }
+
+    /// The iptables implementation in use.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn executor(&self) -> &Arc<dyn Executor> {
+        &self.exec
+    }
+
+    fn families(&self) -> Vec<IpFamily> {
+        self.settings.families.iter().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets what this process wrote: the next sync is a full rewrite.
+    pub fn force_full_sync(&self) {
+        self.lock().needs_full = true;
+    }
+
+    /// The sync, blocking. Public for benchmarks and tools that have no runtime.
+    pub fn sync_blocking(&self, request: &SyncRequest) -> Result<SyncOutcome, Error> {
+        let mut state = self.lock();
+        let full = state.needs_full
+            || state.last_full.is_none_or(|t| request.full && t.elapsed() >= self.settings.full_sync_period);
+        let span = info_span!(
+            "sync",
+            backend = MODE,
+            full,
+            services = request.snapshot.len(),
+            changed = request.changed.len()
+        );
+        let _enter = span.enter();
+        match self.sync_locked(&mut state, request, full) {
+            Ok(outcome) => Ok(outcome),
+            Err(e) if !full => {
+                warn!(error = %proxy_core::ErrorChain(&e), "partial sync failed; doing a full sync");
+                state.needs_full = true;
+                self.sync_locked(&mut state, request, true)
+            }
+            Err(e) => {
+                state.needs_full = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn sync_locked(&self, state: &mut State, request: &SyncRequest, full: bool) -> Result<SyncOutcome, Error> {
+        let snapshot = &request.snapshot;
+        let mut objects = BTreeMap::new();
+        let mut conntrack_work: BTreeMap<IpFamily, Vec<StaleFlows>> = std::mem::take(&mut state.pending_conntrack);
+        let families = self.families();
+        let mut result = Ok(());
+        for family in &families {
+            let family = *family;
+            let cfg = self.settings.render_config(family, snapshot.masquerade());
+            let fs = state.families.entry(family).or_default();
+            let work = update_renders(fs, snapshot, request, &cfg, full);
+            conntrack_work.entry(family).or_default().extend(work);
+            if self.settings.sysctls
+                && family == IpFamily::V4
+                && cfg.localhost_nodeports_active()
+                && (full || !state.localnet_set)
+            {
+                self.set_route_localnet();
+                state.localnet_set = true;
+            }
+            let desired = render::desired(&cfg, &fs.services);
+            let started = Instant::now();
+            let (payload, stats) = if full {
+                let current = cleanup::read(self.exec.as_ref(), family)?;
+                sync::full_payload(&current, &desired)
+            } else {
+                let (p, s) = sync::partial_payload(&fs.written, &desired);
+                if s == PayloadStats::default() && !request.full {
+                    // Nothing changed in this family; the canary is checked on the next periodic sync.
+                    continue;
+                }
+                (p, s)
+            };
+            let text = payload.render();
+            let rendered = started.elapsed();
+            if let Err(e) = self.exec.restore(family, &text) {
+                result = Err(e);
+                break;
+            }
+            debug!(ip_family = %family, full, chains_written = stats.chains_written, chains_deleted = stats.chains_deleted,
+                rules_written = stats.rules_written, bytes = text.len(), render_ms = rendered.as_millis() as u64,
+                restore_ms = (started.elapsed() - rendered).as_millis() as u64, "restored");
+            fs.written = sync::written(&desired);
+            let nat_rules: usize =
+                desired.iter().filter(|c| c.table == crate::restore::Table::Nat).map(|c| c.rule_count()).sum();
+            let filter_rules: usize =
+                desired.iter().filter(|c| c.table == crate::restore::Table::Filter).map(|c| c.rule_count()).sum();
+            *objects.entry("nat rules".to_string()).or_insert(0) += nat_rules as u64;
+            *objects.entry("filter rules".to_string()).or_insert(0) += filter_rules as u64;
+            *objects.entry("chains".to_string()).or_insert(0) += desired.len() as u64;
+        }
+        if let Err(e) = result {
+            state.pending_conntrack = conntrack_work;
+            return Err(e);
+        }
+        if full {
+            state.needs_full = false;
+            state.last_full = Some(Instant::now());
+            self.clean_elsewhere(&families);
+        }
+        if self.settings.conntrack {
+            for (family, work) in conntrack_work {
+                if work.is_empty() {
+                    continue;
+                }
+                match conntrack::clear_stale_udp(&self.settings.netns, family, work) {
+                    Ok(n) if n > 0 => debug!(ip_family = %family, deleted = n, "stale UDP conntrack entries deleted"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(ip_family = %family, error = %proxy_core::ErrorChain(&e), "clearing stale UDP conntrack entries failed")
+                    }
+                }
+            }
+        }
+        Ok(SyncOutcome { full, objects })
+    }
+
+    /// Our leftovers in families we do not serve and in the other iptables implementation.
+    fn clean_elsewhere(&self, families: &[IpFamily]) {
+        for family in IpFamily::ALL.into_iter().filter(|f| !families.contains(f)) {
+            if let Err(e) = cleanup::cleanup_family(self.exec.as_ref(), family) {
+                debug!(ip_family = %family, error = %e, "no cleanup of an unserved family");
+            }
+        }
+        for other in self.others.iter() {
+            for family in IpFamily::ALL {
+                match cleanup::cleanup_family(other.as_ref(), family) {
+                    Ok(n) if n > 0 => {
+                        info!(ip_family = %family, chains = n, "removed our chains from the other iptables implementation")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(ip_family = %family, error = %e, "cleanup of the other iptables implementation failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// `sysctl -w net.ipv4.conf.all.route_localnet=1`, inside our namespace,
+    /// so that DNAT from 127.0.0.1 to a pod is routed (localhost node ports).
+    fn set_route_localnet(&self) {
+        let r = self.settings.netns.run(|| std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1"));
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => {
+                warn!(error = %e, "could not set net.ipv4.conf.all.route_localnet=1; localhost node ports will not work")
+            }
+        }
+    }
+
+    /// Reads the kernel back, blocking.
+    pub fn inspect_blocking(&self) -> Result<ProgrammedState, Error> {
+        let mut out = ProgrammedState::default();
+        for family in self.families() {
+            let rs = cleanup::read(self.exec.as_ref(), family)?;
+            let ctx = InspectContext {
+                family,
+                cluster_cidrs: self.settings.cluster_cidrs.clone(),
+                node_ips: self.settings.node_ips.clone(),
+                nodeport_addresses: self.settings.nodeport_addresses.clone(),
+            };
+            out.frontends.extend(programmed_state(&rs, &ctx)?.frontends);
+        }
+        Ok(out)
+    }
+
+    /// Removes everything we own, blocking.
+    pub fn cleanup_blocking(&self) -> Result<(), Error> {
+        let mut state = self.lock();
+        for family in IpFamily::ALL {
+            let r = cleanup::cleanup_family(self.exec.as_ref(), family);
+            // A family whose binary or kernel support is missing has nothing of ours.
+            if let Err(e) = r {
+                if self.settings.families.contains(family) {
+                    return Err(e);
+                }
+                debug!(ip_family = %family, error = %e, "skipped cleanup");
+            }
+        }
+        for other in self.others.iter() {
+            for family in IpFamily::ALL {
+                if let Err(e) = cleanup::cleanup_family(other.as_ref(), family) {
+                    debug!(ip_family = %family, error = %e, "skipped cleanup of the other iptables implementation");
+                }
+            }
+        }
+        *state = State::default();
+        Ok(())
+    }
+}
+
+/// Endpoints a UDP port plan reaches by any route.
+fn udp_endpoints(p: &ServicePortPlan) -> BTreeSet<SocketAddr> {
+    [&p.internal, &p.external, &p.external_from_cluster]
+        .iter()
+        .flat_map(|r| r.endpoints().iter().map(|e| e.addr()))
+        .collect()
+}
+
+fn udp_frontends(p: &ServicePortPlan) -> Vec<FrontendMatch> {
+    p.frontends()
+        .map(|f| match (f.kind, f.ip) {
+            (FrontendKind::NodePort, _) | (_, None) => FrontendMatch::NodePort(f.port),
+            (_, Some(ip)) => FrontendMatch::Address(SocketAddr::new(ip, f.port)),
+        })
+        .collect()
+}
+
+/// Conntrack work for one Service moving from `old` to `new` (either may be absent).
+fn stale_udp(
+    family: IpFamily,
+    old: Option<&ServicePlan>,
+    new: Option<&ServicePlan>,
+    everything: bool,
+) -> Vec<StaleFlows> {
+    let udp = |plan: Option<&ServicePlan>| -> BTreeMap<String, ServicePortPlan> {
+        plan.map(|p| {
+            p.ports
+                .iter()
+                .filter(|pp| pp.family == family && pp.protocol == Protocol::Udp)
+                .map(|pp| (pp.name.port.to_string(), pp.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let (old, new) = (udp(old), udp(new));
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let mut out = Vec::new();
+    for name in names {
+        let (o, n) = (old.get(name), new.get(name));
+        let old_eps = o.map(udp_endpoints).unwrap_or_default();
+        let new_eps = n.map(udp_endpoints).unwrap_or_default();
+        let lost = old_eps.difference(&new_eps).next().is_some();
+        let gained_first = o.is_some() && old_eps.is_empty() && !new_eps.is_empty();
+        if !(lost || gained_first || (everything && n.is_some())) {
+            continue;
+        }
+        let mut frontends: BTreeSet<FrontendMatch> = BTreeSet::new();
+        frontends.extend(o.map(udp_frontends).unwrap_or_default());
+        frontends.extend(n.map(udp_frontends).unwrap_or_default());
+        out.extend(frontends.into_iter().map(|frontend| StaleFlows { frontend, allowed: new_eps.clone() }));
+    }
+    out
+}
+
+/// Re-renders the Services that need it; returns the conntrack work.
+fn update_renders(
+    fs: &mut FamilyState,
+    snapshot: &Snapshot,
+    request: &SyncRequest,
+    cfg: &RenderConfig,
+    full: bool,
+) -> Vec<StaleFlows> {
+    let family = cfg.family;
+    let mut work = Vec::new();
+    let config_changed = fs.cfg.as_ref() != Some(cfg);
+    if config_changed {
+        fs.cfg = Some(cfg.clone());
+    }
+    let everything = full || request.full || config_changed;
+    let candidates: Vec<ServiceName> = if everything {
+        let mut all: BTreeSet<ServiceName> = snapshot.services().map(|p| p.name().clone()).collect();
+        all.extend(fs.services.keys().cloned());
+        all.into_iter().collect()
+    } else {
+        request.changed.iter().cloned().collect()
+    };
+    for name in candidates {
+        let new = snapshot.service(&name);
+        let old = fs.services.get(&name);
+        let unchanged = match (old, new) {
+            (Some(o), Some(n)) => Arc::ptr_eq(&o.plan, n) || *o.plan == **n,
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged && !config_changed {
+            if full {
+                work.extend(stale_udp(family, new.map(|p| &**p), new.map(|p| &**p), true));
+            }
+            continue;
+        }
+        work.extend(stale_udp(family, old.map(|o| &*o.plan), new.map(|p| &**p), full));
+        match new {
+            Some(plan) => {
+                fs.services.insert(name, render::render_service(plan, cfg));
+            }
+            None => {
+                fs.services.remove(&name);
+            }
+        }
+    }
+    work
+}
+
+#[async_trait]
+impl Dataplane for IptablesDataplane {
+    fn mode(&self) -> &str {
+        MODE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        use Capability::*;
+        let mut caps = Capabilities::new([
+            Tcp,
+            Udp,
+            Sctp,
+            ClusterIP,
+            NodePort,
+            ExternalIPs,
+            LoadBalancerIPs,
+            SessionAffinity,
+            ExternalTrafficPolicyLocal,
+            InternalTrafficPolicyLocal,
+            SourceRanges,
+            Reject,
+            Masquerade,
+            Hairpin,
+            StaleUdpConntrack,
+            HostNetworkClients,
+        ]);
+        if self.settings.families.ipv4 {
+            caps.0.insert(IPv4);
+        }
+        if self.settings.families.ipv6 {
+            caps.0.insert(IPv6);
+        }
+        caps
+    }
+
+    async fn sync(&self, request: SyncRequest) -> Result<SyncOutcome, DataplaneError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.sync_blocking(&request))
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "sync", e))?
+            .map_err(|e| DataplaneError::failed(MODE, "sync", e))
+    }
+
+    async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.inspect_blocking())
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "inspect", e))?
+            .map_err(|e| DataplaneError::failed(MODE, "inspect", e))
+    }
+
+    async fn cleanup(&self) -> Result<(), DataplaneError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.cleanup_blocking())
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))?
+            .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))
+    }
+}

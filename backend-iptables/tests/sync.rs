@@ -1,0 +1,321 @@
+//! Sync logic on the fake iptables: golden payloads, inspect round-trip,
+//! partial syncs, the canary, convergence from leftovers, cleanup.
+
+mod common;
+
+use std::sync::Arc;
+
+use backend_iptables::fake::FakeIptables;
+use backend_iptables::parse::Ruleset;
+use backend_iptables::restore::Table;
+use backend_iptables::{IptablesDataplane, names};
+use common::*;
+use proxy_core::testing::{ServiceBuilder, SliceBuilder, endpoint};
+use proxy_core::{FamilySet, IpFamily};
+
+fn small_catalog() -> (Vec<ServiceBuilder>, Vec<SliceBuilder>) {
+    let services = vec![
+        ServiceBuilder::new("ns1", "web", "172.30.0.41").port("http", 80, "TCP"),
+        ServiceBuilder::new("ns1", "empty", "172.30.0.42").port("http", 80, "TCP"),
+        ServiceBuilder::new("ns1", "lb", "172.30.0.44")
+            .node_port("http", 80, "TCP", 3002)
+            .load_balancer_ip("5.6.7.8", None)
+            .external_traffic_policy("Local")
+            .health_check_node_port(30000)
+            .source_ranges(&["203.0.113.0/25"])
+            .affinity(Some(60)),
+    ];
+    let slices = vec![
+        SliceBuilder::new("ns1", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.180.0.1").node(NODE))
+            .endpoint(endpoint("10.180.1.1").node("node-2")),
+        SliceBuilder::new("ns1", "lb-1", "lb")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.180.0.4").node(NODE))
+            .endpoint(endpoint("10.180.1.4").node("node-2")),
+    ];
+    (services, slices)
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(actual.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(5)
+            .map(|(i, (a, b))| format!("line {}:\n  want {a}\n  got  {b}", i + 1))
+            .collect();
+        panic!("{name} differs from the golden file (UPDATE_GOLDEN=1 to accept):\n{}", diff.join("\n"));
+    }
+}
+
+/// The first full payload into empty tables, byte for byte.
+#[test]
+fn golden_full_payload() {
+    let (services, slices) = small_catalog();
+    let mut t = tracker(planner(FamilySet::DUAL, masquerade()), services, slices);
+    let (dp, fake) = fake_dataplane(FamilySet::V4);
+    dp.sync_blocking(&request(t.snapshot(), &[], true)).unwrap();
+    let payloads = fake.payloads();
+    assert_eq!(payloads.len(), 1);
+    golden("full-v4.txt", &payloads[0].1);
+}
+
+/// A partial sync after one endpoint changed, byte for byte.
+#[test]
+fn golden_partial_payload() {
+    let (services, slices) = small_catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let (dp, fake) = fake_dataplane(FamilySet::V4);
+    dp.sync_blocking(&request(t.snapshot(), &[], true)).unwrap();
+    fake.clear_payloads();
+    apply_slice(
+        &mut t,
+        SliceBuilder::new("ns1", "lb-1", "lb").port("http", 8080, "TCP").endpoint(endpoint("10.180.0.4").node(NODE)),
+    );
+    dp.sync_blocking(&request(t.snapshot(), &["ns1/lb"], false)).unwrap();
+    let payloads = fake.payloads();
+    assert_eq!(payloads.len(), 1);
+    golden("partial-v4.txt", &payloads[0].1);
+}
+
+fn fresh(families: FamilySet, snapshot: Arc<proxy_core::Snapshot>) -> Arc<FakeIptables> {
+    let (dp, fake) = fake_dataplane(families);
+    dp.sync_blocking(&request(snapshot, &[], true)).unwrap();
+    fake
+}
+
+#[test]
+fn inspect_reads_back_the_expected_state() {
+    for (families, (services, slices)) in [(FamilySet::V4, catalog()), (FamilySet::DUAL, catalog_v6())] {
+        let mut t = tracker(planner(families, masquerade()), services, slices);
+        let snapshot = t.snapshot();
+        let (dp, _fake) = fake_dataplane(families);
+        dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap();
+        let found = dp.inspect_blocking().unwrap();
+        let diff = snapshot.expected_state().diff(&found);
+        assert!(diff.is_empty(), "{}", diff.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
+    }
+}
+
+#[test]
+fn partial_sync_touches_only_what_changed() {
+    let (services, slices) = catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let fake = Arc::new(FakeIptables::new());
+    let mut s = settings(FamilySet::V4);
+    s.leaf_max = 4;
+    let dp = IptablesDataplane::with_executor(s.clone(), fake.clone());
+    let outcome = dp.sync_blocking(&request(t.snapshot(), &[], true)).unwrap();
+    assert!(outcome.full);
+    fake.clear_payloads();
+
+    // One endpoint of a ClusterIP Service changes.
+    apply_slice(
+        &mut t,
+        SliceBuilder::new("ns1", "basic-1", "basic")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.180.1.99").node("node-2")),
+    );
+    let snapshot = t.snapshot();
+    let outcome = dp.sync_blocking(&request(snapshot.clone(), &["ns1/basic"], false)).unwrap();
+    assert!(!outcome.full);
+    let payloads = fake.payloads();
+    assert_eq!(payloads.len(), 1);
+    let declared: Vec<&str> = payloads[0].1.lines().filter(|l| l.starts_with(':')).collect();
+    // The leaves around the ClusterIP and the hairpin tree (10.180.0.1 was
+    // local and is gone); with 4-rule leaves, a few merge or split.
+    let total =
+        fake.ruleset(IpFamily::V4).tables.values().flat_map(|t| t.chains.keys()).filter(|c| names::is_ours(c)).count();
+    assert!(declared.len() <= 8 && total > 40, "{} of {total} chains rewritten: {declared:?}", declared.len());
+    assert!(payloads[0].1.contains("-D SWITCHYARD-CANARY"), "partial syncs check the canary");
+
+    // The result is what a full sync of the new state writes.
+    let reference = Arc::new(FakeIptables::new());
+    IptablesDataplane::with_executor(s.clone(), reference.clone())
+        .sync_blocking(&request(snapshot.clone(), &[], true))
+        .unwrap();
+    assert_eq!(fake.ruleset(IpFamily::V4), reference.ruleset(IpFamily::V4));
+
+    // A Service goes away: its chains go with it.
+    t.apply(proxy_core::ProxyEvent::Service(proxy_core::ResourceEvent::Delete(
+        ServiceBuilder::new("ns1", "lb-local", "172.30.0.44")
+            .node_port("http", 80, "TCP", 3002)
+            .load_balancer_ip("5.6.7.8", None)
+            .external_traffic_policy("Local")
+            .build(),
+    )));
+    let snapshot = t.snapshot();
+    dp.sync_blocking(&request(snapshot.clone(), &["ns1/lb-local"], false)).unwrap();
+    let reference = fresh_with(&s, snapshot.clone());
+    assert_eq!(fake.ruleset(IpFamily::V4), reference.ruleset(IpFamily::V4));
+
+    // Nothing changed: no restore at all.
+    fake.clear_payloads();
+    dp.sync_blocking(&request(snapshot, &[], false)).unwrap();
+    assert!(fake.payloads().is_empty());
+}
+
+fn fresh_with(s: &backend_iptables::Settings, snapshot: Arc<proxy_core::Snapshot>) -> Arc<FakeIptables> {
+    let fake = Arc::new(FakeIptables::new());
+    IptablesDataplane::with_executor(s.clone(), fake.clone()).sync_blocking(&request(snapshot, &[], true)).unwrap();
+    fake
+}
+
+#[test]
+fn flushed_tables_are_repaired() {
+    let (services, slices) = small_catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let snapshot = t.snapshot();
+    let (dp, fake) = fake_dataplane(FamilySet::V4);
+    dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap();
+    let good = fake.ruleset(IpFamily::V4);
+
+    // `iptables -t nat -F`, then a periodic sync: the canary notices.
+    fake.flush_table(IpFamily::V4, Table::Nat);
+    let outcome = dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap();
+    assert!(outcome.full, "the canary must force a full sync");
+    assert_eq!(fake.ruleset(IpFamily::V4), good);
+
+    // Same for the filter table, found by a partial sync with a change.
+    fake.flush_table(IpFamily::V4, Table::Filter);
+    apply_slice(
+        &mut t,
+        SliceBuilder::new("ns1", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.180.1.2").node("node-2")),
+    );
+    let snapshot = t.snapshot();
+    let outcome = dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).unwrap();
+    assert!(outcome.full);
+    assert_eq!(fake.ruleset(IpFamily::V4), fresh(FamilySet::V4, snapshot).ruleset(IpFamily::V4));
+}
+
+#[test]
+fn failures_fall_back_to_full_syncs() {
+    let (services, slices) = small_catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let (dp, fake) = fake_dataplane(FamilySet::V4);
+    dp.sync_blocking(&request(t.snapshot(), &[], true)).unwrap();
+    apply_slice(
+        &mut t,
+        SliceBuilder::new("ns1", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.180.1.2").node("node-2")),
+    );
+    let snapshot = t.snapshot();
+    // The partial restore fails once: the same call retries as a full sync.
+    fake.fail_next(1);
+    assert!(dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).unwrap().full);
+    // Both fail: the error is returned and the next sync is full.
+    apply_slice(
+        &mut t,
+        SliceBuilder::new("ns1", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.180.1.3").node("node-2")),
+    );
+    let snapshot = t.snapshot();
+    fake.fail_next(2);
+    assert!(dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).is_err());
+    assert!(dp.sync_blocking(&request(snapshot.clone(), &[], false)).unwrap().full);
+    assert_eq!(fake.ruleset(IpFamily::V4), fresh(FamilySet::V4, snapshot).ruleset(IpFamily::V4));
+}
+
+fn sorted_builtins(mut rs: Ruleset) -> Ruleset {
+    for (table, t) in rs.tables.iter_mut() {
+        for b in table.builtin_chains() {
+            if let Some(c) = t.chains.get_mut(*b) {
+                c.rules.sort();
+            }
+        }
+    }
+    rs
+}
+
+fn foreign() -> Ruleset {
+    Ruleset::parse_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
+         -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n-A DOCKER -i docker0 -j RETURN\nCOMMIT\n\
+         *filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n\
+         -A INPUT -j KUBE-FIREWALL\n-A KUBE-FIREWALL -m mark --mark 0x8000/0x8000 -j DROP\nCOMMIT\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn converges_from_leftovers_and_leaves_others_alone() {
+    let (services, slices) = small_catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let snapshot = t.snapshot();
+    let (dp, fake) = fake_dataplane(FamilySet::V4);
+    // Leftovers: an old chain name with a jump to it, a duplicate hook, a
+    // hook in an old form, one of our chains with wrong content, a foreign
+    // chain jumping into ours.
+    let mut rs = foreign();
+    let leftovers = "*nat\n:SWITCHYARD-OLD-NAME - [0:0]\n:SWITCHYARD-SERVICES - [0:0]\n:KUBE-SERVICES - [0:0]\n\
+        -A PREROUTING -j SWITCHYARD-OLD-NAME\n-A PREROUTING -m comment --comment \"switchyard service portals\" -j SWITCHYARD-SERVICES\n\
+        -A PREROUTING -m comment --comment \"switchyard service portals\" -j SWITCHYARD-SERVICES\n-A OUTPUT -j SWITCHYARD-SERVICES\n\
+        -A SWITCHYARD-OLD-NAME -j SWITCHYARD-SERVICES\n-A SWITCHYARD-SERVICES -j DNAT --to-destination 1.2.3.4:5\n\
+        -A KUBE-SERVICES -j SWITCHYARD-OLD-NAME\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n";
+    let left = Ruleset::parse_save(leftovers).unwrap();
+    for (table, tr) in left.tables {
+        for (name, chain) in tr.chains {
+            let entry = rs.tables.get_mut(&table).unwrap().chains.entry(name).or_default();
+            entry.rules.extend(chain.rules);
+        }
+    }
+    fake.set_ruleset(IpFamily::V4, rs);
+    dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap();
+
+    // Ours are exactly what a sync into clean tables writes ...
+    let got = fake.ruleset(IpFamily::V4);
+    let clean_fake = Arc::new(FakeIptables::new());
+    clean_fake.set_ruleset(IpFamily::V4, foreign());
+    IptablesDataplane::with_executor(settings(FamilySet::V4), clean_fake.clone())
+        .sync_blocking(&request(snapshot, &[], true))
+        .unwrap();
+    let mut want = clean_fake.ruleset(IpFamily::V4);
+    // ... and the foreign chains stay, minus their jump into ours.
+    want.tables.get_mut(&Table::Nat).unwrap().chains.insert(
+        "KUBE-SERVICES".into(),
+        backend_iptables::parse::Chain { policy: None, rules: vec!["-j RETURN".into()] },
+    );
+    // (Hooks that were already in place keep their position.)
+    assert_eq!(
+        sorted_builtins(got.clone()),
+        sorted_builtins(want.clone()),
+        "\n{}\n---\n{}",
+        got.render_save(),
+        want.render_save()
+    );
+    assert_eq!(got.table(Table::Filter).unwrap().chain("FORWARD").unwrap().policy.as_deref(), Some("DROP"));
+}
+
+#[test]
+fn cleanup_removes_everything_we_own() {
+    let (services, slices) = catalog();
+    let mut t = tracker(planner(FamilySet::DUAL, masquerade()), services, slices);
+    let (dp, fake) = fake_dataplane(FamilySet::DUAL);
+    fake.set_ruleset(IpFamily::V4, foreign());
+    dp.sync_blocking(&request(t.snapshot(), &[], true)).unwrap();
+    assert!(fake.ruleset(IpFamily::V4).render_save().contains(names::PREFIX));
+    // A fresh process (new dataplane, same kernel) cleans up.
+    let other = IptablesDataplane::with_executor(settings(FamilySet::DUAL), fake.clone());
+    other.cleanup_blocking().unwrap();
+    assert_eq!(fake.ruleset(IpFamily::V4), foreign());
+    assert!(!fake.ruleset(IpFamily::V6).render_save().contains(names::PREFIX));
+    // Nothing left: cleanup is a no-op.
+    fake.clear_payloads();
+    other.cleanup_blocking().unwrap();
+    assert!(fake.payloads().is_empty());
+}

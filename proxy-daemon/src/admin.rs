@@ -1,0 +1,306 @@
+//! The admin HTTP servers.
+//!
+//! Health (`--healthz-bind-address`, default `0.0.0.0:10256`), as kube-proxy's:
+//! - `GET /healthz`: 200 while every queued change is applied within
+//!   2 × sync-period and the node is not being deleted, else 503; body
+//!   `{"lastUpdated": ..., "currentTime": ..., "nodeEligible": ...}`.
+//! - `GET /livez`: the same, but node deletion does not fail it.
+//! - `GET /readyz`: 200 after the first successful sync.
+//!
+//! Metrics (`--metrics-bind-address`, default `127.0.0.1:10249`): the above, plus
+//! - `GET /metrics`: Prometheus (OpenMetrics) text.
+//! - `GET /configz`: the effective configuration as JSON.
+//! - `PUT /debug/flags/v` with a number: kube-proxy's runtime verbosity change.
+//! - `GET`/`PUT /loglevel`: the tracing filter directive (`debug,kube=info`).
+//! - `POST /debug/barrier?timeout=10s`: re-reads the file source, then
+//!   answers 200 once everything accepted so far is programmed (504 on timeout).
+//! - `GET /debug/state`: desired state (as `inspect` prints it) and sync counters.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use proxy_core::Proxier;
+use proxy_core::health::ProxyHealth;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::parse_duration;
+use crate::logging::LogHandle;
+use crate::source::file::ReloadRequest;
+
+/// Label: an HTTP status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+/// Label set of the build info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub commit: String,
+    pub mode: String,
+}
+
+/// The daemon's own metrics.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonMetrics {
+    /// `kubeproxy_proxy_healthz_total{code}`
+    pub healthz_total: Family<CodeLabel, Counter>,
+    /// `kubeproxy_proxy_livez_total{code}`
+    pub livez_total: Family<CodeLabel, Counter>,
+    /// `switchyard_build_info{version,commit,mode}` = 1
+    pub build_info: Family<BuildLabels, Gauge>,
+    /// `switchyard_manifest_errors`: malformed manifests in the last file-source load.
+    pub manifest_errors: Gauge,
+    /// `switchyard_ready`: 1 after the first successful sync.
+    pub ready: Gauge,
+}
+
+impl DaemonMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> DaemonMetrics {
+        let m = DaemonMetrics::default();
+        let kp = registry.sub_registry_with_prefix("kubeproxy");
+        kp.register("proxy_healthz", "Cumulative proxy healthz HTTP status", m.healthz_total.clone());
+        kp.register("proxy_livez", "Cumulative proxy livez HTTP status", m.livez_total.clone());
+        let ours = registry.sub_registry_with_prefix("switchyard");
+        ours.register("build_info", "Build information of the running switchyard", m.build_info.clone());
+        ours.register(
+            "manifest_errors",
+            "Malformed manifests found by the file source in its last load",
+            m.manifest_errors.clone(),
+        );
+        ours.register("ready", "1 after the first successful sync", m.ready.clone());
+        m
+    }
+}
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub proxier: Arc<Proxier>,
+    pub health: ProxyHealth,
+    pub registry: Arc<Mutex<prometheus_client::registry::Registry>>,
+    pub metrics: DaemonMetrics,
+    pub log: LogHandle,
+    pub config: Arc<serde_json::Value>,
+    /// The file source's reload channel, when the source is files.
+    pub reload: Option<mpsc::Sender<ReloadRequest>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState").finish_non_exhaustive()
+    }
+}
+
+/// The health server's routes.
+pub fn health_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// The metrics server's routes.
+pub fn metrics_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/configz", get(configz))
+        .route("/debug/flags/v", put(set_verbosity))
+        .route("/loglevel", get(get_log_level).put(set_log_level))
+        .route("/debug/barrier", post(barrier))
+        .route("/debug/state", get(debug_state))
+        .with_state(state)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()
+}
+
+fn json_response(code: StatusCode, body: String) -> Response {
+    let mut r = (code, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    r
+}
+
+fn health_body(state: &AdminState, healthy: bool) -> String {
+    let st = state.health.status(Instant::now());
+    let last = st.last_updated.map(rfc3339).unwrap_or_default();
+    serde_json::json!({
+        "lastUpdated": last,
+        "currentTime": rfc3339(SystemTime::now()),
+        "nodeEligible": !st.node_deleting,
+        "healthy": healthy,
+    })
+    .to_string()
+}
+
+async fn healthz(State(state): State<AdminState>) -> Response {
+    let healthy = state.health.status(Instant::now()).healthy;
+    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    state.metrics.healthz_total.get_or_create(&CodeLabel { code: code.as_u16().to_string() }).inc();
+    json_response(code, health_body(&state, healthy))
+}
+
+async fn livez(State(state): State<AdminState>) -> Response {
+    let healthy = !state.health.late(Instant::now());
+    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    state.metrics.livez_total.get_or_create(&CodeLabel { code: code.as_u16().to_string() }).inc();
+    json_response(code, health_body(&state, healthy))
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.health.ready() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no successful sync yet\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    state.metrics.ready.set(i64::from(state.health.ready()));
+    let mut body = String::new();
+    let result = {
+        let reg = state.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut body, &reg)
+    };
+    match result {
+        Ok(()) => {
+            let mut r = (StatusCode::OK, body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            r
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}\n")).into_response(),
+    }
+}
+
+async fn configz(State(state): State<AdminState>) -> Response {
+    json_response(StatusCode::OK, state.config.to_string())
+}
+
+async fn set_verbosity(State(state): State<AdminState>, body: String) -> Response {
+    match body.trim().parse::<u8>() {
+        Ok(v) => match state.log.set_verbosity(v) {
+            Ok(()) => {
+                tracing::info!(verbosity = v, "log verbosity changed");
+                (StatusCode::OK, format!("successfully set verbosity to {v}\n")).into_response()
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        },
+        Err(_) => (StatusCode::BAD_REQUEST, format!("{:?} is not a verbosity (0-10)\n", body.trim())).into_response(),
+    }
+}
+
+async fn get_log_level(State(state): State<AdminState>) -> Response {
+    (StatusCode::OK, format!("{}\n", state.log.current())).into_response()
+}
+
+async fn set_log_level(State(state): State<AdminState>, body: String) -> Response {
+    match state.log.set(body.trim()) {
+        Ok(()) => {
+            tracing::info!(filter = body.trim(), "log filter changed");
+            (StatusCode::OK, format!("{}\n", body.trim())).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BarrierQuery {
+    timeout: Option<String>,
+}
+
+async fn barrier(State(state): State<AdminState>, Query(q): Query<BarrierQuery>) -> Response {
+    let timeout = match q.timeout.as_deref().map(parse_duration).transpose() {
+        Ok(t) => t.unwrap_or(Duration::from_secs(30)),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("timeout: {e}\n")).into_response(),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut manifest_errors = Vec::new();
+    if let Some(reload) = &state.reload {
+        let (tx, rx) = oneshot::channel();
+        if reload.send(tx).await.is_ok() {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(report)) => manifest_errors = report.errors.iter().map(ToString::to_string).collect(),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    return json_response(StatusCode::GATEWAY_TIMEOUT, r#"{"error":"source reload timed out"}"#.into());
+                }
+            }
+        }
+    }
+    let mut synced = state.proxier.subscribe();
+    loop {
+        if state.proxier.converged() {
+            let s = synced.borrow().clone();
+            let body = serde_json::json!({
+                "generation": state.proxier.synced_generation(),
+                "syncs": s.syncs,
+                "manifestErrors": manifest_errors,
+            });
+            return json_response(StatusCode::OK, body.to_string());
+        }
+        // A sync finishing wakes us; a periodic tick covers changes that
+        // cancelled out (no sync follows them).
+        let wait = tokio::time::timeout(Duration::from_millis(50), synced.changed());
+        if tokio::time::timeout_at(deadline, wait).await.is_err() {
+            let body = serde_json::json!({
+                "error": "not converged in time",
+                "initialListsDone": state.proxier.is_synced(),
+                "manifestErrors": manifest_errors,
+            });
+            return json_response(StatusCode::GATEWAY_TIMEOUT, body.to_string());
+        }
+    }
+}
+
+async fn debug_state(State(state): State<AdminState>) -> Response {
+    let desired = state.proxier.desired();
+    let s = state.proxier.subscribe().borrow().clone();
+    let body = serde_json::json!({
+        "generation": desired.generation,
+        "syncedGeneration": s.generation,
+        "syncs": s.syncs,
+        "converged": state.proxier.converged(),
+        "ready": state.health.ready(),
+        "desired": desired.expected_state(),
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+/// Binds a TCP listener (in the process's network namespace).
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(l)
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}

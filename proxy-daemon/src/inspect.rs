@@ -1,0 +1,171 @@
+//! `switchyard inspect`: what the kernel holds, read back by the backend's
+//! `inspect()`, and where it differs from the desired state.
+//!
+//! The desired state is computed the way the daemon computes it: the source
+//! (manifests, or the API server's initial lists) fed through the tracker and
+//! planner with the same configuration. Exit status: 0 when the kernel
+//! matches (or `--no-diff`), 1 when it differs.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proxy_core::{
+    ChangeTracker, DataplaneError, ErrorChain, PlannerConfig, ProgrammedFrontend, ProgrammedState, ProxyEvent,
+    Registry, StateDifference, TrackerConfig,
+};
+use serde::Serialize;
+
+use crate::DaemonError;
+use crate::cli::{InspectArgs, OutputFormat};
+use crate::config::{Config, parse_duration};
+use crate::daemon::{PreparedSource, backend_context, node_name, prepare_source};
+use crate::source::EventSink;
+use crate::source::file;
+
+/// What `inspect` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct InspectReport {
+    pub mode: String,
+    pub programmed: ProgrammedState,
+    /// `None` with `--no-diff`.
+    pub differences: Option<Vec<StateDifference>>,
+}
+
+impl InspectReport {
+    pub fn matches(&self) -> bool {
+        self.differences.as_ref().is_none_or(Vec::is_empty)
+    }
+}
+
+/// Reads the kernel and, unless told not to, the desired state.
+pub async fn inspect(args: &InspectArgs, cfg: &Config, registry: &Registry) -> Result<InspectReport, DaemonError> {
+    let node = node_name(cfg);
+    let factory = registry.get(&cfg.mode).map_err(|e| DaemonError::Config(e.to_string()))?.clone();
+    let metrics = Arc::new(Mutex::new(prometheus_client::registry::Registry::default()));
+    let ips = cfg.bind_address.into_iter().collect();
+    let ctx = backend_context(cfg, &node, ips, &cfg.mode, metrics);
+    let unavailable = |e: DataplaneError| match e {
+        DataplaneError::Unavailable { mode, reason } => DaemonError::Unavailable { mode, reason },
+        other => DaemonError::Startup(ErrorChain(&other).to_string()),
+    };
+    factory.probe(&ctx).await.map_err(unavailable)?;
+    let dp = factory.build(&ctx).await.map_err(unavailable)?;
+    let programmed =
+        dp.inspect().await.map_err(|e| DaemonError::Runtime(format!("reading the kernel: {}", ErrorChain(&e))))?;
+    let differences = if args.no_diff {
+        None
+    } else {
+        let timeout =
+            parse_duration(&args.source_timeout).map_err(|e| DaemonError::Config(format!("--source-timeout: {e}")))?;
+        let desired = desired_state(cfg, &node, ctx.families, timeout).await?;
+        Some(desired.diff(&programmed))
+    };
+    Ok(InspectReport { mode: cfg.mode.clone(), programmed, differences })
+}
+
+async fn desired_state(
+    cfg: &Config,
+    node: &str,
+    families: proxy_core::FamilySet,
+    timeout: Duration,
+) -> Result<ProgrammedState, DaemonError> {
+    let planner = PlannerConfig {
+        node_name: node.into(),
+        families,
+        masquerade: proxy_core::MasqueradeConfig { all: cfg.masquerade_all, cluster_cidrs: cfg.cluster_cidrs.clone() },
+    };
+    let tracker = Arc::new(Mutex::new(ChangeTracker::new(TrackerConfig {
+        planner,
+        service_proxy_name: cfg.service_proxy_name.clone(),
+        wait_for_node: true,
+    })));
+    let sink: EventSink = {
+        let t = tracker.clone();
+        Arc::new(move |ev: ProxyEvent| {
+            t.lock().unwrap_or_else(|e| e.into_inner()).apply(ev);
+        })
+    };
+    match prepare_source(cfg, node).await? {
+        PreparedSource::File(path) => {
+            let (manifests, errors) = file::read_once(&path);
+            for e in errors {
+                tracing::warn!(error = %e, "malformed manifest");
+            }
+            for ev in manifests.events() {
+                sink(ev);
+            }
+        }
+        PreparedSource::Kube(k) => {
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(k.run(sink, async move {
+                let _ = stop_rx.await;
+            }));
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                if tracker.lock().unwrap_or_else(|e| e.into_inner()).is_synced() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let _ = stop_tx.send(());
+                    return Err(DaemonError::Runtime("the API server's initial lists did not complete in time".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop_tx.send(());
+            let _ = task.await;
+        }
+    }
+    let snapshot = tracker.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+    Ok(snapshot.expected_state())
+}
+
+fn endpoints_text(p: &ProgrammedFrontend) -> String {
+    if p.endpoints.is_empty() {
+        return match p.empty_verdict {
+            Some(v) => format!("({v:?})").to_lowercase(),
+            None => "(none)".into(),
+        };
+    }
+    let mut s = p.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    if let Some(c) = &p.cluster_endpoints {
+        let _ = write!(s, "  [from pods/node: {}]", c.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(t) = p.affinity_timeout_seconds {
+        let _ = write!(s, "  [affinity {t}s]");
+    }
+    s
+}
+
+/// Renders a report as text or JSON.
+pub fn render(report: &InspectReport, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
+        OutputFormat::Table => {
+            let rows: Vec<(String, String, String)> = report
+                .programmed
+                .frontends
+                .iter()
+                .map(|(f, p)| (f.to_string(), p.service.clone().unwrap_or_else(|| "-".into()), endpoints_text(p)))
+                .collect();
+            let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max("FRONTEND".len());
+            let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max("SERVICE".len());
+            let mut out = format!("{:w0$}  {:w1$}  ENDPOINTS\n", "FRONTEND", "SERVICE");
+            for (a, b, c) in rows {
+                let _ = writeln!(out, "{a:w0$}  {b:w1$}  {c}");
+            }
+            let _ = writeln!(out, "\n{} frontends programmed by {}.", report.programmed.frontends.len(), report.mode);
+            match &report.differences {
+                None => {}
+                Some(d) if d.is_empty() => out.push_str("The kernel matches the desired state.\n"),
+                Some(d) => {
+                    let _ = writeln!(out, "The kernel differs from the desired state in {} places:", d.len());
+                    for diff in d {
+                        let _ = writeln!(out, "  - {diff}");
+                    }
+                }
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The kube source: kube-runtime watchers on Services, EndpointSlices
+//! (discovery.k8s.io/v1) and this node's Node.
+//!
+//! The raw watcher events go to proxy-core unchanged: a (re)list is
+//! `Init`/`InitApply`.../`InitDone`, which is both the "initial list done"
+//! gate and, on a relist after `410 Gone`, how objects that vanished meanwhile
+//! are deleted. Errors (API server unreachable, watch expired, forbidden) are
+//! logged and retried with exponential backoff; nothing is delivered while
+//! the API server is away, so the last programmed state stays in place.
+//!
+//! Services and EndpointSlices are selected as kube-proxy selects them:
+//! `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`
+//! (with `serviceProxyName` set, objects labelled for another proxy are left
+//! to the tracker to skip, since one label selector cannot say "absent or equal").
+
+use std::fmt::Debug;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::utils::{Backoff, StreamBackoff};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource};
+use proxy_core::{ProxyEvent, ResourceEvent};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use super::EventSink;
+
+/// kube-proxy's label selector for Services and EndpointSlices.
+pub const LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+/// With a service proxy name of our own, only headless objects are filtered server-side.
+pub const LABEL_SELECTOR_NAMED: &str = "!service.kubernetes.io/headless";
+
+/// Errors building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no kubeconfig given and not running in a cluster: {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("--master {url:?} is not a URL: {reason}")]
+    Master { url: String, reason: String },
+    #[error("cannot build the API client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// Builds the client configuration as kube-proxy does: `--kubeconfig`,
+/// with `--master` overriding its server; `--master` alone; or in-cluster
+/// / the default kubeconfig.
+pub async fn client_config(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<kube::Config, KubeSourceError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|source| KubeSourceError::Kubeconfig { path: path.display().to_string(), source })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeSourceError::Kubeconfig { path: path.display().to_string(), source })?
+        }
+        None => match master {
+            Some(m) => kube::Config::new(parse_master(m)?),
+            None => kube::Config::infer().await.map_err(KubeSourceError::Infer)?,
+        },
+    };
+    if let Some(m) = master {
+        config.cluster_url = parse_master(m)?;
+    }
+    Ok(config)
+}
+
+fn parse_master(m: &str) -> Result<http::Uri, KubeSourceError> {
+    let uri: http::Uri = m
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| KubeSourceError::Master { url: m.to_string(), reason: e.to_string() })?;
+    if uri.scheme().is_none() || uri.host().is_none() {
+        return Err(KubeSourceError::Master { url: m.to_string(), reason: "needs a scheme and host".into() });
+    }
+    Ok(uri)
+}
+
+/// The kube source.
+#[derive(Clone)]
+pub struct KubeSource {
+    client: Client,
+    node_name: String,
+    service_proxy_name: Option<String>,
+    /// Watch request timeout (the watcher notices a dead connection after this plus 5 s).
+    watch_timeout: u32,
+    /// Retry delays after errors: from the first to the longest, doubling.
+    backoff: (Duration, Duration),
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource").field("node_name", &self.node_name).finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    pub fn new(
+        config: kube::Config,
+        node_name: &str,
+        service_proxy_name: Option<String>,
+    ) -> Result<Self, KubeSourceError> {
+        let client = Client::try_from(config).map_err(KubeSourceError::Client)?;
+        Ok(KubeSource {
+            client,
+            node_name: node_name.to_string(),
+            service_proxy_name,
+            watch_timeout: 290,
+            backoff: (Duration::from_millis(800), Duration::from_secs(30)),
+        })
+    }
+
+    /// Shorter watch requests (tests of dead-connection handling).
+    pub fn with_watch_timeout(mut self, seconds: u32) -> Self {
+        self.watch_timeout = seconds;
+        self
+    }
+
+    /// Retry delays after errors (client-go's are 0.8 s to 30 s, the default).
+    pub fn with_backoff(mut self, first: Duration, longest: Duration) -> Self {
+        self.backoff = (first, longest);
+        self
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn selector(&self) -> &'static str {
+        if self.service_proxy_name.is_some() { LABEL_SELECTOR_NAMED } else { LABEL_SELECTOR }
+    }
+
+    /// This node's Node, once, if the API server answers within `timeout`
+    /// (node IPs for the backend at start-up).
+    pub async fn get_node(&self, timeout: Duration) -> Option<Node> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        match tokio::time::timeout(timeout, api.get_opt(&self.node_name)).await {
+            Ok(Ok(node)) => node,
+            Ok(Err(e)) => {
+                warn!(node = %self.node_name, error = %e, "cannot read this node's Node");
+                None
+            }
+            Err(_) => {
+                warn!(node = %self.node_name, "the API server did not answer in time; starting without the Node");
+                None
+            }
+        }
+    }
+
+    /// Runs the three watchers until `shutdown`, delivering raw events to `sink`.
+    pub async fn run(self, sink: EventSink, shutdown: impl std::future::Future<Output = ()>) {
+        let base = watcher::Config::default().timeout(self.watch_timeout);
+        let services = watch::<Service>(
+            Api::all(self.client.clone()),
+            base.clone().labels(self.selector()),
+            sink.clone(),
+            ProxyEvent::Service,
+            self.backoff,
+        );
+        let slices = watch::<EndpointSlice>(
+            Api::all(self.client.clone()),
+            base.clone().labels(self.selector()),
+            sink.clone(),
+            ProxyEvent::EndpointSlice,
+            self.backoff,
+        );
+        let node = watch::<Node>(
+            Api::all(self.client.clone()),
+            base.fields(&format!("metadata.name={}", self.node_name)),
+            sink,
+            ProxyEvent::Node,
+            self.backoff,
+        );
+        tokio::select! {
+            _ = shutdown => {}
+            _ = async { tokio::join!(services, slices, node) } => {}
+        }
+    }
+}
+
+async fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    sink: EventSink,
+    wrap: fn(ResourceEvent<K>) -> ProxyEvent,
+    backoff: (Duration, Duration),
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let stream = StreamBackoff::new(watcher::watcher(api, config), RetryBackoff::new(backoff.0, backoff.1));
+    let mut stream = std::pin::pin!(stream);
+    let mut failing = false;
+    let mut relists = 0u64;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(ev) => {
+                if failing {
+                    info!(resource = %kind, "watch recovered");
+                    failing = false;
+                }
+                let ev = match ev {
+                    Event::Init => {
+                        relists += 1;
+                        if relists > 1 {
+                            info!(resource = %kind, "relisting");
+                        }
+                        ResourceEvent::Init
+                    }
+                    Event::InitApply(o) => ResourceEvent::InitApply(o),
+                    Event::InitDone => ResourceEvent::InitDone,
+                    Event::Apply(o) => ResourceEvent::Apply(o),
+                    Event::Delete(o) => ResourceEvent::Delete(o),
+                };
+                sink(wrap(ev));
+            }
+            Err(e) => {
+                // Each retry is delayed by the backoff, so this stays readable.
+                warn!(
+                    resource = %kind,
+                    error = %proxy_core::ErrorChain(&e),
+                    "watch failed; retrying with backoff, programmed state stays in place"
+                );
+                failing = true;
+            }
+        }
+    }
+}
+
+/// Exponential retry delays, doubling from `first` to `longest`; reset by
+/// the watcher after a success.
+#[derive(Debug, Clone)]
+struct RetryBackoff {
+    first: Duration,
+    longest: Duration,
+    next: Duration,
+}
+
+impl RetryBackoff {
+    fn new(first: Duration, longest: Duration) -> Self {
+        RetryBackoff { first, longest, next: first }
+    }
+}
+
+impl Iterator for RetryBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.longest);
+        Some(d)
+    }
+}
+
+impl Backoff for RetryBackoff {
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn master_overrides_the_kubeconfig_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, crate::fake_apiserver::kubeconfig_text("http://127.0.0.1:1")).unwrap();
+        let c = client_config(Some(&path), None).await.unwrap();
+        assert_eq!(c.cluster_url.to_string(), "http://127.0.0.1:1/");
+        let c = client_config(Some(&path), Some("https://10.0.0.1:6443")).await.unwrap();
+        assert_eq!(c.cluster_url.to_string(), "https://10.0.0.1:6443/");
+        let c = client_config(None, Some("http://127.0.0.1:2")).await.unwrap();
+        assert_eq!(c.cluster_url.to_string(), "http://127.0.0.1:2/");
+        assert!(matches!(client_config(None, Some("not a url")).await, Err(KubeSourceError::Master { .. })));
+        let missing = client_config(Some(Path::new("/nonexistent/kc")), None).await.unwrap_err();
+        assert!(ErrorChainText(&missing).contains("/nonexistent/kc"), "{missing}");
+    }
+
+    struct ErrorChainText<'a>(&'a KubeSourceError);
+
+    impl ErrorChainText<'_> {
+        fn contains(&self, s: &str) -> bool {
+            proxy_core::ErrorChain(self.0).to_string().contains(s)
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Helpers shared by the daemon's integration tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long convergence may take (`SWITCHYARD_TEST_PATIENCE_MS`, default 10 s).
+pub fn patience() -> Duration {
+    std::env::var("SWITCHYARD_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// Waits until `check` is true, polling; panics with `what` after the patience runs out.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + patience();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {:?}: {what}", patience());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 exchange (no client crate needed): (status, headers, body).
+pub fn http(method: &str, addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    Ok((status, head.to_string(), body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub async fn http_async(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let (m, p, b) = (method.to_string(), path.to_string(), body.to_string());
+    tokio::task::spawn_blocking(move || http(&m, addr, &p, &b)).await.expect("http task")
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The `switchyard` binary.
+pub fn switchyard_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+/// The example custom build with the in-memory "memory" dataplane
+/// (`cargo test` builds examples; built here if a filtered run skipped it).
+pub fn memory_bin() -> PathBuf {
+    let bin = switchyard_bin();
+    let dir = bin.parent().expect("target dir");
+    let path = dir.join("examples").join("custom_dataplane");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "proxy-daemon", "--example", "custom_dataplane"])
+            .status()
+            .expect("cargo build --example");
+        assert!(status.success(), "building the example failed");
+    }
+    path
+}
+
+/// A daemon process started by a test; SIGTERM then SIGKILL (by pid) on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub metrics: SocketAddr,
+    pub healthz: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `bin` with admin ports on free loopback ports and `args`.
+    pub fn start(bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
+        Self::start_with_env(bin, dir, args, &[])
+    }
+
+    pub fn start_with_env(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_inner(None, bin, dir, args, env)
+    }
+
+    /// Starts the whole process inside a network namespace (`ip netns exec`,
+    /// which execs, so the child's pid is the daemon's). Its admin ports are
+    /// on that namespace's loopback: reach them with [`NetnsHandle::http`].
+    pub fn start_in_netns(netns: &str, bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
+        Self::start_inner(Some(netns), bin, dir, args, &[])
+    }
+
+    fn start_inner(netns: Option<&str>, bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let healthz: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = dir.join(format!("daemon-{}.log", metrics.port()));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg(format!("--metrics-bind-address={metrics}"))
+            .arg(format!("--healthz-bind-address={healthz}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn daemon");
+        Daemon { child, log, metrics, healthz }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        match http_async("GET", self.metrics, path, "").await {
+            Ok((code, _, body)) => (code, body),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Waits for /readyz.
+    pub async fn wait_ready(&self) {
+        let addr = self.metrics;
+        let log = self.log.clone();
+        let deadline = Instant::now() + patience();
+        loop {
+            if let Ok((200, _, _)) = http_async("GET", addr, "/readyz", "").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready within {:?}; log:\n{}",
+                patience(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// POST /debug/barrier: everything on disk is programmed.
+    pub async fn barrier(&self) -> String {
+        let (code, _, body) =
+            http_async("POST", self.metrics, "/debug/barrier?timeout=10s", "").await.expect("barrier");
+        assert_eq!(code, 200, "barrier failed: {body}\nlog:\n{}", self.log_text());
+        body
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + patience();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a binary to completion: (exit code, stdout, stderr).
+pub fn run(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run binary");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+pub const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.0.1.1]
+  conditions: {ready: true}
+  nodeName: node-a
+"#;
+
+pub const NODE_A: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses: [{type: InternalIP, address: 192.168.50.1}]
+"#;
+
+/// Whether tests that need root and network namespaces can run; prints why not.
+pub fn can_use_netns(test: &str) -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED {test}: needs root (network namespaces)");
+        return false;
+    }
+    let ok = Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("SKIPPED {test}: `ip netns` is not available");
+    }
+    ok
+}
+
+/// A network namespace made for one test (`swy-dmn-<pid>-<n>`), with
+/// loopback up; deleted on drop, whatever happened.
+pub struct NetnsHandle {
+    pub name: String,
+}
+
+impl NetnsHandle {
+    pub fn create() -> NetnsHandle {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("swy-dmn-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let status = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        assert!(status.success(), "ip netns add {name}");
+        let h = NetnsHandle { name };
+        let status = Command::new("ip").args(["-n", &h.name, "link", "set", "lo", "up"]).status().expect("ip link");
+        assert!(status.success(), "lo up in {}", h.name);
+        h
+    }
+
+    pub fn ns(&self) -> proxy_core::NetNamespace {
+        proxy_core::NetNamespace::named(&self.name)
+    }
+
+    /// An HTTP exchange from inside the namespace.
+    pub async fn http(&self, method: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+        let ns = self.ns();
+        let (m, p) = (method.to_string(), path.to_string());
+        ns.run_async(move || http(&m, addr, &p, "")).await?
+    }
+
+    /// Runs a command inside the namespace: (success, stdout).
+    pub fn exec(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into())
+    }
+}
+
+impl Drop for NetnsHandle {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}

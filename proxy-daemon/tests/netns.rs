@@ -1,0 +1,125 @@
+//! Tests that need root: the daemon in a network namespace made for the
+//! test (`swy-dmn-<pid>-<n>`), never the root namespace. They skip loudly
+//! without root.
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+mod common;
+
+use common::*;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn lb_service(hc_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: lb, namespace: prod}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  clusterIPs: [10.96.0.20]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {hc_port}
+  ports: [{{name: http, port: 80, protocol: TCP, nodePort: 30080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: lb-1
+  namespace: prod
+  labels: {{kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: [10.0.1.1]
+  conditions: {{ready: true}}
+  nodeName: node-a
+"#
+    )
+}
+
+/// `--netns`: healthCheckNodePort servers listen inside the programmed
+/// namespace, not in the daemon's own.
+#[tokio::test]
+async fn health_check_servers_bind_in_the_programmed_namespace() {
+    if !can_use_netns("health_check_servers_bind_in_the_programmed_namespace") {
+        return;
+    }
+    let ns = NetnsHandle::create();
+    let dir = tempfile::tempdir().unwrap();
+    let hc_port = free_port();
+    let m = write(dir.path(), "m.yaml", &format!("{}---{NODE_A}", lb_service(hc_port)));
+    let mut d = Daemon::start(
+        &memory_bin(),
+        dir.path(),
+        &[
+            "--proxy-mode=memory",
+            &format!("--source=file:{}", m.display()),
+            "--hostname-override=node-a",
+            "--min-sync-period=50ms",
+            &format!("--netns={}", ns.name),
+        ],
+    );
+    d.wait_ready().await;
+    let hc: std::net::SocketAddr = format!("127.0.0.1:{hc_port}").parse().unwrap();
+    eventually("healthCheckNodePort answers inside the namespace", || {
+        let ns = &ns;
+        async move { matches!(ns.http("GET", hc, "/").await, Ok((200, _, b)) if b.contains("\"localEndpoints\":1")) }
+    })
+    .await;
+    assert!(http_async("GET", hc, "/", "").await.is_err(), "nothing listens in the daemon's own namespace");
+    assert_eq!(d.terminate().await, Some(0));
+}
+
+/// The real iptables backend, end to end, inside a namespace: programs,
+/// inspects as desired, leaves rules in place on SIGTERM, cleans up.
+#[tokio::test]
+async fn iptables_mode_in_a_namespace() {
+    if !can_use_netns("iptables_mode_in_a_namespace") {
+        return;
+    }
+    if !proxy_daemon::default_registry().modes().iter().any(|m| m == "iptables") {
+        eprintln!("SKIPPED iptables_mode_in_a_namespace: the iptables backend is not registered yet");
+        return;
+    }
+    let ns = NetnsHandle::create();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write(dir.path(), "m.yaml", &format!("{WEB}---{NODE_A}"));
+    let src = format!("--source=file:{}", m.display());
+    let common = ["--proxy-mode=iptables", "--hostname-override=node-a", "--cluster-cidr=10.244.0.0/16"];
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend([src.as_str(), "--min-sync-period=50ms"]);
+    // The whole process runs inside the namespace.
+    let mut d = Daemon::start_in_netns(&ns.name, &switchyard_bin(), dir.path(), &args);
+    eventually("ready", || {
+        let (ns, addr) = (&ns, d.metrics);
+        async move { matches!(ns.http("GET", addr, "/readyz").await, Ok((200, _, _))) }
+    })
+    .await;
+    let (ok, rules) = ns.exec(&["iptables-save"]);
+    assert!(ok && rules.contains("SWITCHYARD"), "rules programmed in the namespace:\n{rules}");
+
+    let mut inspect: Vec<&str> = vec!["netns", "exec", &ns.name];
+    let bin = switchyard_bin();
+    let bin = bin.to_str().unwrap();
+    inspect.extend([bin, "inspect"]);
+    inspect.extend(common);
+    inspect.push(src.as_str());
+    let (code, out, err) = run(std::path::Path::new("ip"), &inspect, &[]);
+    assert_eq!(code, Some(0), "inspect: kernel as desired\n{out}\n{err}");
+    assert!(out.contains("10.96.0.10:80/tcp"), "{out}");
+
+    assert_eq!(d.terminate().await, Some(0), "{}", d.log_text());
+    let (_, rules) = ns.exec(&["iptables-save"]);
+    assert!(rules.contains("SWITCHYARD"), "rules stay in place after SIGTERM");
+
+    let (code, _, err) = run(std::path::Path::new("ip"), &["netns", "exec", &ns.name, bin, "--cleanup"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, rules) = ns.exec(&["iptables-save"]);
+    assert!(!rules.contains("SWITCHYARD"), "--cleanup removed everything:\n{rules}");
+}
