@@ -10,7 +10,8 @@ use crate::config::EbpfConfig;
 /// directory. Succeeds when there is nothing to remove.
 ///
 /// CLI equivalent: `tc filter del dev IF ingress prio 0x5359 handle 1 bpf`
-/// per interface, then `rm -r /sys/fs/bpf/switchyard`.
+/// per interface, then `rm -r /sys/fs/bpf/switchyard` (and `umount` of a
+/// private bpffs the backend mounted for a test namespace).
 pub fn cleanup(cfg: &EbpfConfig) -> Result<(), EbpfError> {
     if let Ok(ifaces) = nix::net::if_::if_nameindex() {
         for i in ifaces.iter() {
@@ -20,5 +21,9 @@ pub fn cleanup(cfg: &EbpfConfig) -> Result<(), EbpfError> {
             }
         }
     }
-    client::unpin_all(cfg)
+    client::unpin_all(cfg)?;
+    if let Some(mount) = &cfg.private_bpffs {
+        client::unmount_private_bpffs(mount)?;
+    }
+    Ok(())
 }

@@ -70,6 +70,7 @@ fn expected_sizes(name: &str) -> Option<(u32, u32)> {
         "swy_backend" => s(size_of::<layout::BackendKey>(), size_of::<layout::Backend>()),
         "swy_maglev" => s(size_of::<layout::MaglevKey>(), size_of::<layout::MaglevVal>()),
         "swy_ct" => s(size_of::<layout::CtKey>(), size_of::<layout::CtVal>()),
+        "swy_seen" => s(size_of::<layout::CtKey>(), 8),
         "swy_affinity" => s(size_of::<layout::AffKey>(), size_of::<layout::AffVal>()),
         "swy_node_addrs" => s(16, 4),
         "swy_cidrs" => s(20, 4),
@@ -109,6 +110,9 @@ pub fn drop_incompatible_pins(cfg: &EbpfConfig) -> Vec<String> {
 /// Loads the object (maps pinned by name under `<pinPath>/maps`, adopting
 /// existing pins) and every program into the kernel.
 pub fn load(cfg: &EbpfConfig) -> Result<Ebpf, EbpfError> {
+    if let Some(mount) = &cfg.private_bpffs {
+        mount_private_bpffs(mount)?;
+    }
     for dir in [cfg.maps_dir(), cfg.links_dir()] {
         fs::create_dir_all(&dir).map_err(|e| EbpfError::io(format!("create {}", dir.display()), e))?;
     }
@@ -347,6 +351,43 @@ pub fn unpin_all(cfg: &EbpfConfig) -> Result<(), EbpfError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(EbpfError::io(format!("remove {}", cfg.pin_path.display()), e)),
     }
+}
+
+/// Mounts a bpffs instance of our own at `mount` unless one is there
+/// (`mkdir -p MOUNT && mount -t bpf bpf MOUNT`). Each mount of bpffs is a
+/// new, empty instance: nothing else on the machine sees these pins.
+pub fn mount_private_bpffs(mount: &Path) -> Result<(), EbpfError> {
+    fs::create_dir_all(mount).map_err(|e| EbpfError::io(format!("create {}", mount.display()), e))?;
+    if is_bpffs(mount) {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), mount, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| EbpfError::io(format!("mount -t bpf bpf {}", mount.display()), io::Error::from(e)))?;
+    tracing::info!(mount = %mount.display(), "mounted a private bpffs (/sys/fs/bpf is not a bpffs here)");
+    Ok(())
+}
+
+/// Unmounts and removes a bpffs [`mount_private_bpffs`] created
+/// (`umount MOUNT && rmdir MOUNT`), and its parent directories when empty.
+pub fn unmount_private_bpffs(mount: &Path) -> Result<(), EbpfError> {
+    if is_bpffs(mount) {
+        nix::mount::umount(mount)
+            .map_err(|e| EbpfError::io(format!("umount {}", mount.display()), io::Error::from(e)))?;
+    }
+    match fs::remove_dir(mount) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(EbpfError::io(format!("remove {}", mount.display()), e)),
+    }
+    // Only our own directories, and only when empty (other labs may use them).
+    let base = Path::new(crate::config::PRIVATE_BPFFS_DIR);
+    if mount.parent() == Some(base) {
+        let _ = fs::remove_dir(base);
+        if let Some(top) = base.parent() {
+            let _ = fs::remove_dir(top);
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path` is on a bpffs.

@@ -8,6 +8,11 @@ use serde::Deserialize;
 /// Where everything is pinned unless the configuration says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/switchyard";
 
+/// Where a backend programming a test namespace mounts a bpffs of its own
+/// when `/sys/fs/bpf` is not a bpffs (`<dir>/<namespace>`). Never the
+/// host's `/sys/fs/bpf`: mounting there would change the machine.
+pub const PRIVATE_BPFFS_DIR: &str = "/run/switchyard/bpffs";
+
 /// The `ebpf:` section, e.g.
 ///
 /// ```yaml
@@ -41,6 +46,11 @@ pub struct EbpfConfig {
     pub snat_port_max: u16,
     /// An idle UDP flow picks a backend again after this long.
     pub udp_timeout_seconds: u32,
+    /// A bpffs mount point this backend creates (and removes in cleanup)
+    /// for `pin_path`: set by [`EbpfConfig::for_netns`] for a test
+    /// namespace when `/sys/fs/bpf` is not a bpffs; never configured.
+    #[serde(skip)]
+    pub private_bpffs: Option<PathBuf>,
 }
 
 impl Default for EbpfConfig {
@@ -55,6 +65,7 @@ impl Default for EbpfConfig {
             snat_port_min: 61000,
             snat_port_max: 65000,
             udp_timeout_seconds: 120,
+            private_bpffs: None,
         }
     }
 }
@@ -75,6 +86,8 @@ pub struct MapSizes {
     pub affinity: u32,
     pub sockets: u32,
     pub source_ranges: u32,
+    /// Reply tuples of recent untranslated connections (collision hints).
+    pub seen: u32,
 }
 
 impl Default for MapSizes {
@@ -88,13 +101,14 @@ impl Default for MapSizes {
             affinity: 65536,
             sockets: 65536,
             source_ranges: 16384,
+            seen: 65536,
         }
     }
 }
 
 impl MapSizes {
     /// (map name, configured size) for every sized map.
-    pub fn by_map(&self) -> [(&'static str, u32); 8] {
+    pub fn by_map(&self) -> [(&'static str, u32); 9] {
         [
             ("swy_svc", self.services),
             ("swy_route", self.routes),
@@ -104,6 +118,7 @@ impl MapSizes {
             ("swy_affinity", self.affinity),
             ("swy_sock", self.sockets),
             ("swy_srcrange", self.source_ranges),
+            ("swy_seen", self.seen),
         ]
     }
 }
@@ -134,14 +149,25 @@ impl EbpfConfig {
         if problems.is_empty() { Ok(cfg) } else { Err(problems) }
     }
 
-    /// The section for a backend programming `netns`: without an explicit
-    /// pinPath, a named namespace (a lab) gets its own directory
-    /// `/sys/fs/bpf/switchyard/netns-<name>`, so that labs never share pins.
+    /// The section for a backend programming `netns`. Without an explicit
+    /// pinPath, a test namespace (a named one, or any namespace other than
+    /// the machine's initial one) gets pins of its own, so that labs never
+    /// share them: `/sys/fs/bpf/switchyard/netns-<name>` when `/sys/fs/bpf`
+    /// is a bpffs, else a private bpffs mounted at
+    /// `/run/switchyard/bpffs/<name>` (removed by cleanup). The initial
+    /// namespace (production) keeps `/sys/fs/bpf/switchyard`.
     pub fn for_netns(section: &serde_json::Value, netns: &proxy_core::NetNamespace) -> Result<EbpfConfig, Vec<String>> {
         let mut cfg = EbpfConfig::parse(section)?;
-        let explicit = section.get("pinPath").is_some();
-        if let (false, Some(name)) = (explicit, netns.path().and_then(|p| p.file_name())) {
-            cfg.pin_path = cfg.pin_path.join(format!("netns-{}", name.to_string_lossy()));
+        if section.get("pinPath").is_some() {
+            return Ok(cfg);
+        }
+        let Some(name) = test_namespace_name(netns) else { return Ok(cfg) };
+        if crate::client::is_bpffs(std::path::Path::new("/sys/fs/bpf")) {
+            cfg.pin_path = cfg.pin_path.join(format!("netns-{name}"));
+        } else {
+            let mount = PathBuf::from(PRIVATE_BPFFS_DIR).join(&name);
+            cfg.pin_path = mount.join("switchyard");
+            cfg.private_bpffs = Some(mount);
         }
         Ok(cfg)
     }
@@ -153,6 +179,28 @@ impl EbpfConfig {
     pub fn links_dir(&self) -> PathBuf {
         self.pin_path.join("links")
     }
+}
+
+/// The name of a namespace that is not the machine's initial one: its
+/// `ip netns` name, or `ino-<inode>` for an unnamed one; None for the
+/// initial namespace (where a production daemon runs).
+fn test_namespace_name(netns: &proxy_core::NetNamespace) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(name) = netns.path().and_then(|p| p.file_name()) {
+        return Some(name.to_string_lossy().into_owned());
+    }
+    let ino = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let own = ino("/proc/thread-self/ns/net")?;
+    if ino("/proc/1/ns/net") == Some(own) {
+        return None;
+    }
+    // A daemon started inside a lab namespace (`ip netns exec`, setns): find its name.
+    let named = std::fs::read_dir("/run/netns").ok().and_then(|dir| {
+        dir.flatten()
+            .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| (m.dev(), m.ino()) == own))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+    });
+    Some(named.unwrap_or_else(|| format!("ino-{}", own.1)))
 }
 
 #[cfg(test)]
