@@ -29,7 +29,7 @@ int main(void)
 	SIZE(swy_lpm_key); OFF(swy_lpm_key, prefixlen); OFF(swy_lpm_key, addr);
 	SIZE(swy_srcrange_key); OFF(swy_srcrange_key, prefixlen); OFF(swy_srcrange_key, id); OFF(swy_srcrange_key, addr);
 	SIZE(swy_sock_key); OFF(swy_sock_key, cookie); OFF(swy_sock_key, addr); OFF(swy_sock_key, port); OFF(swy_sock_key, dir);
-	SIZE(swy_sock_val); OFF(swy_sock_val, addr); OFF(swy_sock_val, port);
+	SIZE(swy_sock_val); OFF(swy_sock_val, addr); OFF(swy_sock_val, port); OFF(swy_sock_val, flags);
 	SIZE(swy_config); OFF(swy_config, snat4); OFF(swy_config, snat6); OFF(swy_config, netns_cookie);
 	OFF(swy_config, snat_port_min); OFF(swy_config, snat_port_max); OFF(swy_config, udp_timeout_s);
 	printf("];\n");
@@ -38,7 +38,8 @@ int main(void)
 	K(SWY_CLASS_EXTERNAL); K(SWY_CLASS_POD); K(SWY_CLASS_NODE); K(SWY_SCOPE_ADDR); K(SWY_SCOPE_NODEPORT);
 	K(SWY_KIND_CLUSTER_IP); K(SWY_KIND_EXTERNAL_IP); K(SWY_KIND_LOAD_BALANCER); K(SWY_KIND_NODE_PORT);
 	K(SWY_SVC_SOURCE_RANGES); K(SWY_FORWARD); K(SWY_REJECT); K(SWY_DROP); K(SWY_ROUTE_MAGLEV); K(SWY_MAGLEV_M);
-	K(SWY_NODE_ADDR); K(SWY_NODE_NODEPORT); K(SWY_STATS);
+	K(SWY_NODE_ADDR); K(SWY_NODE_NODEPORT); K(SWY_STATS); K(SWY_CT_CLOSING); K(SWY_CT_SNAT); K(SWY_CT_EGRESS);
+	K(SWY_CT_FORWARD); K(SWY_CT_REVERSE); K(SWY_SOCK_FORWARD); K(SWY_SOCK_REVERSE); K(SWY_SOCK_MASQ);
 	printf("];\n");
 	return 0;
 }

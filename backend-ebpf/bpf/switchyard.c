@@ -94,6 +94,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } swy_ct SEC(".maps");
 
+/* Reply tuples (backend side) of connections that pass untranslated, by
+ * the time of their SYN: a new translated flow must not take a tuple the
+ * backend may still use (netfilter knows them from its conntrack). Only
+ * SYNs write here; an eviction loses a hint, never a connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct swy_ct_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} swy_seen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct swy_aff_key);
@@ -212,6 +224,68 @@ static __always_inline int source_class(const struct swy_addr *src)
 	if (bpf_map_lookup_elem(&swy_cidrs, &k))
 		return SWY_CLASS_POD;
 	return SWY_CLASS_EXTERNAL;
+}
+
+static __always_inline int is_node_addr(const struct swy_addr *a)
+{
+	__u32 *na = bpf_map_lookup_elem(&swy_node_addrs, a);
+	return na && (*na & SWY_NODE_ADDR);
+}
+
+#define NSEC 1000000000ULL
+/* Linux keeps a closed connection in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN). */
+#define SWY_TIME_WAIT_NS (65 * NSEC)
+/* An established TCP flow idle for this long is forgotten (kube-proxy sets
+ * netfilter's established timeout to a day). */
+#define SWY_TCP_IDLE_NS (86400 * NSEC)
+
+/* Whether no packet will use this entry again, so that its tuple may go to
+ * a new flow: UDP idle past the timeout, TCP closed for longer than the
+ * peers' TIME_WAIT, or TCP idle for a day. */
+static __always_inline int ct_dead(const struct swy_ct_val *v, __u8 proto, __u64 now, const struct swy_config *cfg)
+{
+	__u64 idle = now - v->last_ns;
+	if (proto == IPPROTO_UDP)
+		return idle > (__u64)cfg->udp_timeout_s * NSEC;
+	if (v->flags & SWY_CT_CLOSING)
+		return idle > SWY_TIME_WAIT_NS;
+	return idle > SWY_TCP_IDLE_NS;
+}
+
+/* Whether an untranslated connection used the reply tuple `rk` recently
+ * enough that the backend may still hold it (open, or in TIME_WAIT). */
+static __always_inline int seen_recently(const struct swy_ct_key *rk, __u64 now)
+{
+	__u64 *t = bpf_map_lookup_elem(&swy_seen, rk);
+	return t && now - *t <= SWY_TIME_WAIT_NS;
+}
+
+/* Picks a source port in [snat_port_min, snat_port_max] for the reply
+ * tuple `rk` (rk->dst is the new source address) that no live flow holds,
+ * and sets rk->dport. 0 on success. The range lies outside the kernel's
+ * ephemeral ports, so it never meets the node's own connections. When every
+ * probe is taken, a closed flow's port is reused rather than dropping the
+ * packet (at worst the backend's TIME_WAIT answers the first SYN). */
+static __always_inline int pick_port(struct swy_ct_key *rk, __u32 h, __u64 now, const struct swy_config *cfg)
+{
+	__u32 lo = cfg->snat_port_min, range = cfg->snat_port_max - cfg->snat_port_min + 1;
+	__u16 fallback = 0;
+	if (range == 0 || range > 65535)
+		range = 1;
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		__u16 port = bpf_htons((__u16)(lo + (h + i * 7919) % range));
+		rk->dport = port;
+		struct swy_ct_val *e = bpf_map_lookup_elem(&swy_ct, rk);
+		if ((!e || ct_dead(e, rk->proto, now, cfg)) && !seen_recently(rk, now))
+			return 0;
+		if (!fallback && e && (e->flags & SWY_CT_CLOSING))
+			fallback = port;
+	}
+	if (!fallback)
+		return -1;
+	rk->dport = fallback;
+	return 0;
 }
 
 static __always_inline struct swy_svc_val *lookup_frontend(const struct swy_addr *dst, __u16 dport, __u8 proto)
@@ -628,6 +702,46 @@ static __always_inline int apply_ct(struct __sk_buff *skb, const struct pkt *p, 
 	return forward(skb, p, &ct->nat, (ct->flags & SWY_CT_SNAT) ? &ct->nat2 : &p->t.dst);
 }
 
+/* The SYN of a connection to no frontend. Its reply tuple is noted in
+ * swy_seen (so that new translated flows keep off it). When a translated
+ * flow still claims that tuple (open, or closed less than TIME_WAIT ago),
+ * the backend may still hold it: like netfilter's null binding, the new
+ * connection gets another source port (else its SYN meets the old
+ * connection, and its SYN-ACK would be reverse-NATed to the old frontend).
+ * A dead translated flow just gives the tuple up. */
+static __always_inline int untranslated_syn(struct __sk_buff *skb, const struct pkt *p, __u64 now,
+					    const struct swy_config *cfg)
+{
+	struct swy_ct_key rk = {.src = p->t.dst, .dst = p->t.src, .sport = p->t.dport, .dport = p->t.sport,
+				.proto = p->t.proto};
+	struct swy_ct_val *e = bpf_map_lookup_elem(&swy_ct, &rk);
+	if (e && e->dir == SWY_CT_REVERSE) {
+		if (!ct_dead(e, p->t.proto, now, cfg)) {
+			if (pick_port(&rk, tuple_hash(&p->t), now, cfg)) {
+				stat(SWY_STAT_SNAT_EXHAUSTED);
+				return TC_ACT_UNSPEC;
+			}
+			struct swy_ct_val fwd = {.nat = p->t.dst, .nat_port = p->t.dport, .nat2 = p->t.src,
+						 .nat2_port = rk.dport, .dir = SWY_CT_FORWARD, .flags = SWY_CT_SNAT,
+						 .last_ns = now};
+			struct swy_ct_val rev = {.nat = p->t.dst, .nat_port = p->t.dport, .nat2 = p->t.src,
+						 .nat2_port = p->t.sport, .dir = SWY_CT_REVERSE, .flags = SWY_CT_SNAT,
+						 .last_ns = now};
+			if (bpf_map_update_elem(&swy_ct, &rk, &rev, BPF_ANY) ||
+			    bpf_map_update_elem(&swy_ct, &p->t, &fwd, BPF_ANY)) {
+				stat(SWY_STAT_CT_INSERT_FAILED);
+				return TC_ACT_UNSPEC;
+			}
+			stat(SWY_STAT_PORT_REMAP);
+			return apply_ct(skb, p, &fwd);
+		}
+		bpf_map_delete_elem(&swy_ct, &rk);
+		stat(SWY_STAT_CT_TAKEOVER);
+	}
+	bpf_map_update_elem(&swy_seen, &rk, &now, BPF_ANY);
+	return TC_ACT_UNSPEC;
+}
+
 SEC("classifier")
 int swy_tc_ingress(struct __sk_buff *skb)
 {
@@ -658,8 +772,13 @@ int swy_tc_ingress(struct __sk_buff *skb)
 	}
 
 	struct swy_svc_val *svc = lookup_frontend(&p.t.dst, p.t.dport, p.t.proto);
-	if (!svc)
-		return TC_ACT_UNSPEC; /* not ours: the next TC program (or the stack) decides */
+	if (!svc) {
+		/* Not ours: the next TC program (or the stack) decides; a SYN
+		 * is noted first (untranslated_syn). */
+		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+			return untranslated_syn(skb, &p, now, cfg);
+		return TC_ACT_UNSPEC;
+	}
 	int class = source_class(&p.t.src);
 	if ((svc->flags & SWY_SVC_SOURCE_RANGES) && class != SWY_CLASS_NODE) {
 		struct swy_srcrange_key sk = {.prefixlen = 64 + 128, .addr = p.t.src};
@@ -691,35 +810,42 @@ int swy_tc_ingress(struct __sk_buff *skb)
 	struct swy_ct_key rk = {.src = be.addr, .dst = p.t.src, .sport = be.port, .dport = p.t.sport,
 				.proto = p.t.proto};
 
-	/* Masquerade as the plan says, and always for hairpin (a pod reaching itself). */
-	int masq = ((svc->masq >> class) & 1) || addr_eq(&be.addr, &p.t.src);
-	if (masq) {
-		struct swy_addr snat = p.v6 ? cfg->snat6 : cfg->snat4;
-		if (!addr_zero(&snat)) {
-			__u32 h = tuple_hash(&p.t);
-			__u32 lo = cfg->snat_port_min, range = cfg->snat_port_max - cfg->snat_port_min + 1;
-			int found = 0;
-			rk.dst = snat;
-			if (range == 0 || range > 65535)
-				range = 1;
-#pragma unroll
-			for (int i = 0; i < 16; i++) {
-				if (!found) {
-					__u16 port = bpf_htons((__u16)(lo + (h + i * 7919) % range));
-					rk.dport = port;
-					if (!bpf_map_lookup_elem(&swy_ct, &rk))
-						found = 1;
-				}
-			}
-			if (!found) {
-				stat(SWY_STAT_SNAT_EXHAUSTED);
-				return TC_ACT_SHOT;
-			}
-			fwd.nat2 = snat;
-			fwd.nat2_port = rk.dport;
-			fwd.flags |= SWY_CT_SNAT;
-			rev.flags |= SWY_CT_SNAT;
+	/* Masquerade as the plan says, and always for hairpin (a pod reaching
+	 * itself). Never towards the node itself (a host-network endpoint):
+	 * its reply to a node address would stay on lo, where no TC program
+	 * can undo the NAT; the reply to the client is reverse-NATed at egress. */
+	int snat = 0;
+	if (!is_node_addr(&be.addr) && (((svc->masq >> class) & 1) || addr_eq(&be.addr, &p.t.src))) {
+		struct swy_addr masq = p.v6 ? cfg->snat6 : cfg->snat4;
+		if (!addr_zero(&masq)) {
+			rk.dst = masq;
+			snat = 1;
 		}
+	}
+	if (!snat) {
+		/* Keep the client's port unless another flow holds the
+		 * backend-side tuple: the same client port reached this backend
+		 * through another frontend (or directly) a moment ago, and the
+		 * backend may still hold that connection in TIME_WAIT, answering
+		 * our SYN with a challenge ACK (a retransmit 10+ ms later). Like
+		 * netfilter's null binding, move the source port then. */
+		struct swy_ct_val *e = bpf_map_lookup_elem(&swy_ct, &rk);
+		int ours = e && e->dir == SWY_CT_REVERSE && addr_eq(&e->nat, &p.t.dst) && e->nat_port == p.t.dport &&
+			   addr_eq(&e->nat2, &p.t.src) && e->nat2_port == p.t.sport;
+		if ((e && !ours && !ct_dead(e, p.t.proto, now, cfg)) || (!ours && seen_recently(&rk, now))) {
+			snat = 1;
+			stat(SWY_STAT_PORT_REMAP);
+		}
+	}
+	if (snat) {
+		if (pick_port(&rk, tuple_hash(&p.t), now, cfg)) {
+			stat(SWY_STAT_SNAT_EXHAUSTED);
+			return TC_ACT_SHOT;
+		}
+		fwd.nat2 = rk.dst;
+		fwd.nat2_port = rk.dport;
+		fwd.flags |= SWY_CT_SNAT;
+		rev.flags |= SWY_CT_SNAT;
 	}
 	if (bpf_map_update_elem(&swy_ct, &rk, &rev, BPF_ANY) || bpf_map_update_elem(&swy_ct, &p.t, &fwd, BPF_ANY)) {
 		stat(SWY_STAT_CT_INSERT_FAILED);
@@ -728,25 +854,94 @@ int swy_tc_ingress(struct __sk_buff *skb)
 	return apply_ct(skb, &p, &fwd);
 }
 
-/* Egress: replies sent by the node itself (a host-network endpoint) never
- * pass an ingress hook, so their reverse NAT happens here. Only reverse
- * entries are applied; routing already chose the way to the client. */
+/* SNAT at egress for a connection a node process opened to a frontend:
+ * the socket hooks already put the backend in its destination, and left
+ * SWY_SOCK_MASQ on the socket when the plan masquerades node traffic
+ * (kube-proxy does this in POSTROUTING). The reply comes back through TC
+ * ingress, where the reverse entry gives it the client's address again
+ * (its source stays the backend the socket is connected to). */
+static __always_inline int egress_snat(struct __sk_buff *skb, const struct pkt *p)
+{
+	if (p->t.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		return TC_ACT_UNSPEC;
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	if (!cookie)
+		return TC_ACT_UNSPEC;
+	struct swy_sock_key sk = {.cookie = cookie, .addr = p->t.dst, .port = p->t.dport, .dir = SWY_SOCK_REVERSE};
+	struct swy_sock_val *sv = bpf_map_lookup_elem(&swy_sock, &sk);
+	if (!sv || !(sv->flags & SWY_SOCK_MASQ))
+		return TC_ACT_UNSPEC;
+	struct swy_config *cfg = config();
+	if (!cfg)
+		return TC_ACT_UNSPEC;
+	struct swy_addr masq = p->v6 ? cfg->snat6 : cfg->snat4;
+	/* Already the address replies come back to: nothing to do. */
+	if (addr_zero(&masq) || addr_eq(&masq, &p->t.src))
+		return TC_ACT_UNSPEC;
+	__u64 now = bpf_ktime_get_ns();
+	struct swy_ct_key rk = {.src = p->t.dst, .dst = masq, .sport = p->t.dport, .proto = p->t.proto};
+	if (pick_port(&rk, tuple_hash(&p->t), now, cfg)) {
+		stat(SWY_STAT_SNAT_EXHAUSTED);
+		return TC_ACT_SHOT;
+	}
+	struct swy_ct_val fwd = {.nat = p->t.dst, .nat_port = p->t.dport, .nat2 = masq, .nat2_port = rk.dport,
+				 .dir = SWY_CT_FORWARD, .flags = SWY_CT_SNAT | SWY_CT_EGRESS, .last_ns = now};
+	struct swy_ct_val rev = {.nat = p->t.dst, .nat_port = p->t.dport, .nat2 = p->t.src, .nat2_port = p->t.sport,
+				 .dir = SWY_CT_REVERSE, .flags = SWY_CT_SNAT, .last_ns = now};
+	if (bpf_map_update_elem(&swy_ct, &rk, &rev, BPF_ANY) || bpf_map_update_elem(&swy_ct, &p->t, &fwd, BPF_ANY)) {
+		stat(SWY_STAT_CT_INSERT_FAILED);
+		return TC_ACT_SHOT;
+	}
+	if (set_addr(skb, p, 1, &p->t.src, &masq) || set_port(skb, p, 1, p->t.sport, rk.dport))
+		return TC_ACT_SHOT;
+	stat(SWY_STAT_EGRESS_SNAT);
+	return TC_ACT_OK;
+}
+
+/* Egress (after routing; the packet leaves by this interface), for packets
+ * the node sends itself:
+ * - replies a host-network endpoint sends never pass an ingress hook, so
+ *   their reverse NAT happens here;
+ * - connections of node processes that the plan masquerades get their
+ *   SNAT here (egress_snat), later packets through the forward entry. */
 SEC("classifier")
 int swy_tc_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	if (parse(skb, &p))
+	/* Only packets the node itself sends (no ingress interface): a packet
+	 * our ingress program translated and redirected here must not be
+	 * translated twice (e.g. a new connection's SYN-ACK on a tuple a
+	 * closed translated flow still holds). */
+	if (skb->ingress_ifindex || parse(skb, &p))
 		return TC_ACT_UNSPEC;
 	struct swy_ct_val *ctp = bpf_map_lookup_elem(&swy_ct, &p.t);
-	if (!ctp || ctp->dir != SWY_CT_REVERSE || (ctp->flags & SWY_CT_SNAT))
-		return TC_ACT_UNSPEC;
-	ctp->last_ns = bpf_ktime_get_ns();
-	ctp->flags |= closing_flag(&p);
-	struct swy_ct_val ct = *ctp;
-	if (set_addr(skb, &p, 1, &p.t.src, &ct.nat) || set_port(skb, &p, 1, p.t.sport, ct.nat_port))
-		return TC_ACT_SHOT;
-	stat(SWY_STAT_REVNAT);
-	return TC_ACT_OK;
+	if (ctp && ctp->dir == SWY_CT_REVERSE) {
+		ctp->last_ns = bpf_ktime_get_ns();
+		ctp->flags |= closing_flag(&p);
+		struct swy_ct_val ct = *ctp;
+		if (set_addr(skb, &p, 1, &p.t.src, &ct.nat) || set_port(skb, &p, 1, p.t.sport, ct.nat_port))
+			return TC_ACT_SHOT;
+		if (ct.flags & SWY_CT_SNAT) {
+			if (set_addr(skb, &p, 0, &p.t.dst, &ct.nat2) || set_port(skb, &p, 0, p.t.dport, ct.nat2_port))
+				return TC_ACT_SHOT;
+		}
+		stat(SWY_STAT_REVNAT);
+		return TC_ACT_OK;
+	}
+	if (ctp && (ctp->flags & SWY_CT_EGRESS)) {
+		/* A SYN on a closed flow's tuple is a new connection: SNAT it afresh. */
+		int renewed = p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+			      (ctp->flags & SWY_CT_CLOSING);
+		if (!renewed) {
+			ctp->last_ns = bpf_ktime_get_ns();
+			ctp->flags |= closing_flag(&p);
+			struct swy_ct_val ct = *ctp;
+			if (set_addr(skb, &p, 1, &p.t.src, &ct.nat2) || set_port(skb, &p, 1, p.t.sport, ct.nat2_port))
+				return TC_ACT_SHOT;
+			return TC_ACT_OK;
+		}
+	}
+	return egress_snat(skb, &p);
 }
 
 /* ------------------------------------------------------- socket hooks --- */
@@ -813,6 +1008,9 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, int v6, int s
 	}
 	struct swy_sock_key rk = {.cookie = cookie, .addr = be.addr, .port = be.port, .dir = SWY_SOCK_REVERSE};
 	struct swy_sock_val rv = {.addr = dst, .port = port};
+	/* Masquerading happens at TC egress (never towards the node itself). */
+	if (((svc->masq >> SWY_CLASS_NODE) & 1) && !is_node_addr(&be.addr))
+		rv.flags = SWY_SOCK_MASQ;
 	bpf_map_update_elem(&swy_sock, &rk, &rv, BPF_ANY);
 	if (v6) {
 		ctx->user_ip6[0] = be.addr.w[0];

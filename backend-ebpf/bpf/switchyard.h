@@ -54,10 +54,15 @@
 /* swy_ct_val.flags */
 #define SWY_CT_SNAT 1
 #define SWY_CT_CLOSING 2 /* a FIN or RST was seen: a new SYN re-selects */
+#define SWY_CT_EGRESS 4  /* forward entry applied at TC egress: SNAT of a node process's
+			  * connection the socket hooks already sent to a backend */
 
 /* swy_sock_key.dir */
 #define SWY_SOCK_FORWARD 0 /* frontend -> backend (unconnected UDP sendmsg) */
 #define SWY_SOCK_REVERSE 1 /* backend -> frontend (recvmsg, getpeername) */
+
+/* swy_sock_val.flags (reverse entries) */
+#define SWY_SOCK_MASQ 1 /* the plan masquerades node traffic: TC egress SNATs the connection */
 
 /* Counters in swy_stats (per CPU). */
 #define SWY_STAT_DNAT 0
@@ -69,6 +74,9 @@
 #define SWY_STAT_CT_INSERT_FAILED 6
 #define SWY_STAT_NO_BACKEND 7
 #define SWY_STAT_SOURCE_RANGE_DROP 8
+#define SWY_STAT_PORT_REMAP 9   /* client port moved: its backend-side tuple was taken */
+#define SWY_STAT_CT_TAKEOVER 10 /* a closed flow's entry gave way to a new untranslated flow */
+#define SWY_STAT_EGRESS_SNAT 11 /* node process connections masqueraded at egress */
 #define SWY_STATS 16
 
 struct swy_addr {
@@ -181,7 +189,8 @@ struct swy_sock_key {
 struct swy_sock_val {
 	struct swy_addr addr;
 	__u16 port;
-	__u16 pad;
+	__u8 flags;
+	__u8 pad;
 };
 
 /* swy_config[0] */

@@ -31,9 +31,19 @@ pub const MAGLEV_M: usize = 1021;
 pub const NODE_ADDR: u32 = 1;
 pub const NODE_NODEPORT: u32 = 2;
 
+pub const CT_FORWARD: u8 = 0;
+pub const CT_REVERSE: u8 = 1;
+pub const CT_SNAT: u8 = 1;
+pub const CT_CLOSING: u8 = 2;
+pub const CT_EGRESS: u8 = 4;
+
+pub const SOCK_FORWARD: u8 = 0;
+pub const SOCK_REVERSE: u8 = 1;
+pub const SOCK_MASQ: u8 = 1;
+
 pub const STATS: u32 = 16;
 /// Names of the per-CPU counters in `swy_stats`, by index.
-pub const STAT_NAMES: [&str; 9] = [
+pub const STAT_NAMES: [&str; 12] = [
     "dnat",
     "reverse_nat",
     "reject",
@@ -43,6 +53,9 @@ pub const STAT_NAMES: [&str; 9] = [
     "conntrack_insert_failed",
     "no_backend",
     "source_range_drop",
+    "port_remap",
+    "conntrack_takeover",
+    "egress_snat",
 ];
 
 /// An address: IPv4 as v4-mapped IPv6, network byte order.
@@ -235,7 +248,8 @@ pub struct SockKey {
 pub struct SockVal {
     pub addr: Addr,
     pub port: u16,
-    pub pad: u16,
+    pub flags: u8,
+    pub pad: u8,
 }
 
 #[repr(C)]
@@ -353,6 +367,7 @@ mod tests {
             size!("swy_sock_val", SockVal),
             off!("swy_sock_val", SockVal, addr),
             off!("swy_sock_val", SockVal, port),
+            off!("swy_sock_val", SockVal, flags),
             size!("swy_config", Config),
             off!("swy_config", Config, snat4),
             off!("swy_config", Config, snat6),
@@ -393,6 +408,14 @@ mod tests {
             ("SWY_NODE_ADDR", NODE_ADDR.into()),
             ("SWY_NODE_NODEPORT", NODE_NODEPORT.into()),
             ("SWY_STATS", STATS.into()),
+            ("SWY_CT_CLOSING", CT_CLOSING.into()),
+            ("SWY_CT_SNAT", CT_SNAT.into()),
+            ("SWY_CT_EGRESS", CT_EGRESS.into()),
+            ("SWY_CT_FORWARD", CT_FORWARD.into()),
+            ("SWY_CT_REVERSE", CT_REVERSE.into()),
+            ("SWY_SOCK_FORWARD", SOCK_FORWARD.into()),
+            ("SWY_SOCK_REVERSE", SOCK_REVERSE.into()),
+            ("SWY_SOCK_MASQ", SOCK_MASQ.into()),
         ];
         assert_eq!(rust, C_CONSTANTS);
     }

@@ -149,10 +149,23 @@ impl EbpfMetrics {
 struct Loaded {
     ebpf: Option<aya::Ebpf>,
     maps: Option<maps::Maps>,
-    /// What the service maps hold after the last successful apply.
-    cache: Option<maps::Programmed>,
+    state: ServiceState,
     /// Interfaces (name → ifindex) with our TC program.
     attached: BTreeMap<String, u32>,
+}
+
+/// What the service maps hold, as the last syncs wrote it.
+#[derive(Default)]
+struct ServiceState {
+    /// What the service maps hold after the last successful apply.
+    cache: Option<maps::Programmed>,
+    /// Each Service's share of `cache` (None: unknown, the next sync is full).
+    by_service: Option<BTreeMap<proxy_core::ServiceName, render::Desired>>,
+    /// Which Service holds each frontend.
+    owners: BTreeMap<layout::SvcKey, proxy_core::ServiceName>,
+    /// The last full render skipped frontends two Services claim: partial
+    /// syncs would not know when one is free again.
+    contested: bool,
 }
 
 /// The eBPF dataplane.
@@ -236,7 +249,7 @@ impl SyncJob {
             }
             loaded.maps = Some(maps::Maps::open(&self.cfg.maps_dir())?);
             loaded.ebpf = Some(ebpf);
-            loaded.cache = None;
+            loaded.state = ServiceState::default();
             loaded.attached.clear();
             tracing::info!(pin_path = %self.cfg.pin_path.display(), tcx, "eBPF programs loaded");
         }
@@ -269,33 +282,13 @@ impl SyncJob {
         maps::set_node_addrs(maps, &node_addrs)?;
         maps::set_config(maps, &config)?;
 
-        let desired = render::render(&request.snapshot, &self.opts);
-        for skipped in &desired.skipped {
-            tracing::warn!(backend = MODE, "{skipped}");
-            self.metrics.skipped_frontends.inc();
-        }
-        let full = request.full || loaded.cache.is_none();
-        let mut current = match loaded.cache.take() {
-            Some(c) if !full => c,
-            _ => maps::Programmed::read(maps)?,
+        let state = &mut loaded.state;
+        let partial = if request.full { None } else { self.partial(maps, state, &request)? };
+        let (full, stats) = match partial {
+            Some(stats) => (false, stats),
+            None => (request.full || state.cache.is_none(), self.full(maps, state, &request)?),
         };
-        let applied = maps::apply(maps, &mut current, &desired);
-        let stats = match applied {
-            Ok(stats) => stats,
-            Err(e) => {
-                if let EbpfError::Full { map, .. } = &e {
-                    self.metrics.map_full.get_or_create(&vec![("map".into(), (*map).into())]).inc();
-                }
-                // The cache is unknown now: the next sync reads the kernel.
-                return Err(e);
-            }
-        };
-        if full {
-            let removed = maps::collect_garbage(maps, &current)?;
-            if removed > 0 {
-                tracing::info!(backend = MODE, removed, "removed backend slots no route points to");
-            }
-        }
+        let Some(current) = state.cache.as_ref() else { return Err(EbpfError::MissingProgram(client::TC_PROGRAM)) };
         let slots: usize = current.routes.values().map(|(_, b)| b.len()).sum();
         let mut objects = BTreeMap::new();
         objects.insert("frontends".to_string(), current.frontends.len() as u64);
@@ -313,14 +306,139 @@ impl SyncJob {
         tracing::debug!(
             backend = MODE,
             full,
-            routes_written = stats.routes_written,
-            frontends_written = stats.frontends_written,
-            frontends_deleted = stats.frontends_deleted,
+            routes_written = stats.apply.routes_written,
+            frontends_written = stats.apply.frontends_written,
+            frontends_deleted = stats.apply.frontends_deleted,
+            udp_flows_flushed = stats.udp_flushed,
             "eBPF maps synced"
         );
-        loaded.cache = Some(current);
         Ok(SyncOutcome { full, objects })
     }
+
+    /// Renders every Service and applies the difference: against the maps
+    /// as read back when the request is full (or nothing is cached), else
+    /// against what the last sync wrote.
+    fn full(
+        &self,
+        maps: &mut maps::Maps,
+        state: &mut ServiceState,
+        request: &SyncRequest,
+    ) -> Result<SyncStats, EbpfError> {
+        let mut desired = render::render(&request.snapshot, &self.opts);
+        for skipped in &desired.skipped {
+            tracing::warn!(backend = MODE, "{skipped}");
+            self.metrics.skipped_frontends.inc();
+        }
+        let reconcile = request.full || state.cache.is_none();
+        // Until this one succeeds, what the maps hold is unknown: the next sync reads them.
+        let cached = state.cache.take();
+        state.by_service = None;
+        let mut current = match cached {
+            Some(c) if !reconcile => c,
+            _ => maps::Programmed::read(maps)?,
+        };
+        self.capacity(maps, &maps::needs(&desired))?;
+        let removed = maps::removed_udp_backends(&current, &desired);
+        let stats = maps::apply(maps, &mut current, &desired)?;
+        if reconcile {
+            let removed = maps::collect_garbage(maps, &current)?;
+            if removed > 0 {
+                tracing::info!(backend = MODE, removed, "removed backend slots no route points to");
+            }
+        }
+        let udp_flushed = maps::flush_udp(maps, &removed)?;
+        state.cache = Some(current);
+        state.contested = !desired.skipped.is_empty();
+        let by_service = std::mem::take(&mut desired.by_service);
+        state.owners =
+            by_service.iter().flat_map(|(name, part)| part.frontends.keys().map(move |k| (*k, name.clone()))).collect();
+        state.by_service = Some(by_service);
+        Ok(SyncStats { apply: stats, udp_flushed })
+    }
+
+    /// Renders and applies only the Services the request names as changed,
+    /// touching only their map entries. None when a full sync is needed
+    /// instead: nothing cached, cluster CIDRs changed, or a frontend two
+    /// Services claim (the full render arbitrates those).
+    fn partial(
+        &self,
+        maps: &mut maps::Maps,
+        state: &mut ServiceState,
+        request: &SyncRequest,
+    ) -> Result<Option<SyncStats>, EbpfError> {
+        let (Some(current), Some(index), false) = (state.cache.as_mut(), state.by_service.as_mut(), state.contested)
+        else {
+            return Ok(None);
+        };
+        let masq = request.snapshot.masquerade();
+        let cidrs: std::collections::BTreeSet<_> =
+            masq.cluster_cidrs.iter().map(|n| (render::mapped_prefix(n), layout::Addr::from(n.network()))).collect();
+        if cidrs != current.cluster_cidrs {
+            return Ok(None);
+        }
+        let mut parts = Vec::with_capacity(request.changed.len());
+        let mut need = maps::needs_programmed(current);
+        for name in request.changed.iter() {
+            let new = match request.snapshot.service(name) {
+                Some(service) => render::render_service(service, masq, &self.opts),
+                None => render::Desired::default(),
+            };
+            let claimed = new.frontends.keys().any(|k| state.owners.get(k).is_some_and(|owner| owner != name));
+            if claimed || !new.skipped.is_empty() {
+                return Ok(None);
+            }
+            let old = index.get(name).cloned().unwrap_or_default();
+            for ((_, n), ((_, minus), (_, plus))) in
+                need.iter_mut().zip(maps::needs(&old).iter().zip(maps::needs(&new)))
+            {
+                *n = (*n + plus).saturating_sub(*minus);
+            }
+            parts.push((name.clone(), old, new));
+        }
+        self.capacity(maps, &need)?;
+        let mut total = SyncStats::default();
+        let mut removed = std::collections::BTreeSet::new();
+        for (name, old, mut new) in parts {
+            let mut share = current.share(&old);
+            new.cluster_cidrs = current.cluster_cidrs.clone();
+            removed.extend(maps::removed_udp_backends(&share, &new));
+            let stats = match maps::apply(maps, &mut share, &new) {
+                Ok(stats) => stats,
+                Err(e) => {
+                    // Half applied: the next sync reads the maps back.
+                    state.cache = None;
+                    state.by_service = None;
+                    return Err(e);
+                }
+            };
+            current.replace_share(&old, share);
+            total.apply.add(&stats);
+            state.owners.retain(|_, owner| owner != &name);
+            state.owners.extend(new.frontends.keys().map(|k| (*k, name.clone())));
+            if new.frontends.is_empty() && new.routes.is_empty() {
+                index.remove(&name);
+            } else {
+                index.insert(name, new);
+            }
+        }
+        total.udp_flushed = maps::flush_udp(maps, &removed)?;
+        Ok(Some(total))
+    }
+
+    fn capacity(&self, maps: &maps::Maps, need: &[(&'static str, usize)]) -> Result<(), EbpfError> {
+        maps::check_capacity(maps, need).inspect_err(|e| {
+            if let EbpfError::Full { map, .. } = e {
+                self.metrics.map_full.get_or_create(&vec![("map".into(), (*map).into())]).inc();
+            }
+        })
+    }
+}
+
+/// What one sync wrote.
+#[derive(Clone, Copy, Debug, Default)]
+struct SyncStats {
+    apply: maps::ApplyStats,
+    udp_flushed: usize,
 }
 
 #[async_trait]
@@ -347,6 +465,7 @@ impl Dataplane for EbpfDataplane {
             Reject,
             Masquerade,
             Hairpin,
+            StaleUdpConntrack,
         ];
         if self.cfg.cgroup_path.is_some() {
             caps.push(HostNetworkClients);

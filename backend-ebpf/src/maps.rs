@@ -23,6 +23,7 @@ pub struct Maps {
     pub backend: HashMap<MapData, BackendKey, Backend>,
     pub maglev: HashMap<MapData, MaglevKey, MaglevVal>,
     pub ct: HashMap<MapData, layout::CtKey, layout::CtVal>,
+    pub sock: HashMap<MapData, layout::SockKey, layout::SockVal>,
     pub node_addrs: HashMap<MapData, Addr, u32>,
     pub cidrs: LpmTrie<MapData, Addr, u32>,
     pub srcrange: LpmTrie<MapData, SrcRangeData, u32>,
@@ -39,12 +40,13 @@ impl std::fmt::Debug for Maps {
 }
 
 /// Every map the programs define, pinned under `<pinPath>/maps/`.
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 13] = [
     "swy_svc",
     "swy_route",
     "swy_backend",
     "swy_maglev",
     "swy_ct",
+    "swy_seen",
     "swy_affinity",
     "swy_node_addrs",
     "swy_cidrs",
@@ -79,6 +81,7 @@ impl Maps {
             backend: typed!(dir, capacity, "swy_backend", HashMap),
             maglev: typed!(dir, capacity, "swy_maglev", HashMap),
             ct: typed!(dir, capacity, "swy_ct", LruHashMap),
+            sock: typed!(dir, capacity, "swy_sock", LruHashMap),
             node_addrs: typed!(dir, capacity, "swy_node_addrs", HashMap),
             cidrs: typed!(dir, capacity, "swy_cidrs", LpmTrie),
             srcrange: typed!(dir, capacity, "swy_srcrange", LpmTrie),
@@ -171,7 +174,14 @@ impl Programmed {
             }
         };
         let mut frontends = BTreeMap::new();
-        for (key, val) in &self.frontends {
+        // Node ports of both families share one `Frontend` (it has no
+        // address); like `Snapshot::expected_state`, which walks a
+        // dual-stack Service's IPv4 plans before its IPv6 ones, the IPv6
+        // entry is the one kept.
+        let v4_first = |k: &&SvcKey| k.scope != layout::SCOPE_NODEPORT || k.addr.to_ip().is_ipv4();
+        let ordered = self.frontends.keys().filter(v4_first).chain(self.frontends.keys().filter(|k| !v4_first(k)));
+        for key in ordered {
+            let val = &self.frontends[key];
             let (Some(kind), Some(protocol)) = (render::kind_of(val.kind), protocol_of(key.proto)) else { continue };
             let frontend = Frontend {
                 kind,
@@ -239,6 +249,15 @@ pub struct ApplyStats {
     pub frontends_deleted: usize,
 }
 
+impl ApplyStats {
+    pub fn add(&mut self, other: &ApplyStats) {
+        self.routes_written += other.routes_written;
+        self.routes_deleted += other.routes_deleted;
+        self.frontends_written += other.frontends_written;
+        self.frontends_deleted += other.frontends_deleted;
+    }
+}
+
 fn full_or(maps: &Maps, name: &'static str, op: &'static str, e: MapError) -> EbpfError {
     if let MapError::SyscallError(s) = &e
         && s.io_error.raw_os_error() == Some(libc::E2BIG)
@@ -248,7 +267,41 @@ fn full_or(maps: &Maps, name: &'static str, op: &'static str, e: MapError) -> Eb
     EbpfError::map(name, op, e)
 }
 
-/// Makes the service maps hold `desired`, given that they hold `current`.
+/// Entries each sized service map needs for `desired`.
+pub fn needs(desired: &Desired) -> [(&'static str, usize); 5] {
+    [
+        ("swy_svc", desired.frontends.len()),
+        ("swy_route", desired.routes.len()),
+        ("swy_backend", desired.routes.values().map(|r| r.backends.len()).sum()),
+        ("swy_srcrange", desired.source_ranges.len()),
+        ("swy_maglev", desired.routes.values().filter(|r| r.maglev()).count()),
+    ]
+}
+
+/// The same counts for what the maps hold.
+pub fn needs_programmed(current: &Programmed) -> [(&'static str, usize); 5] {
+    [
+        ("swy_svc", current.frontends.len()),
+        ("swy_route", current.routes.len()),
+        ("swy_backend", current.routes.values().map(|(_, b)| b.len()).sum()),
+        ("swy_srcrange", current.source_ranges.len()),
+        ("swy_maglev", current.routes.values().filter(|(rv, _)| rv.flags & layout::ROUTE_MAGLEV != 0).count()),
+    ]
+}
+
+/// Refuses up front what cannot fit, so that the previous state stays whole.
+pub fn check_capacity(maps: &Maps, needs: &[(&'static str, usize)]) -> Result<(), EbpfError> {
+    for (name, need) in needs {
+        if *need as u64 > maps.cap(name) {
+            return Err(EbpfError::Full { map: name, capacity: maps.cap(name) });
+        }
+    }
+    Ok(())
+}
+
+/// Makes the service maps hold `desired`, given that they hold `current`
+/// (both may be one Service's share: then only its entries are touched).
+/// Capacity is the caller's to check ([`check_capacity`]).
 ///
 /// Order keeps every reader consistent: a changed route gets its new
 /// backend slots under a new generation first, then one update of its
@@ -257,19 +310,6 @@ fn full_or(maps: &Maps, name: &'static str, op: &'static str, e: MapError) -> Eb
 /// On error, `current` is updated to what was written so far.
 pub fn apply(maps: &mut Maps, current: &mut Programmed, desired: &Desired) -> Result<ApplyStats, EbpfError> {
     let mut stats = ApplyStats::default();
-    // Refuse up front what cannot fit, so that the previous state stays whole.
-    for (name, need) in [
-        ("swy_svc", desired.frontends.len()),
-        ("swy_route", desired.routes.len()),
-        ("swy_backend", desired.routes.values().map(|r| r.backends.len()).sum()),
-        ("swy_srcrange", desired.source_ranges.len()),
-        ("swy_maglev", desired.routes.values().filter(|r| r.maglev()).count()),
-    ] {
-        if need as u64 > maps.cap(name) {
-            return Err(EbpfError::Full { map: name, capacity: maps.cap(name) });
-        }
-    }
-
     for (net, addr) in desired.cluster_cidrs.difference(&current.cluster_cidrs.clone()) {
         maps.cidrs.insert(&LpmKey::new(*net, *addr), 1, 0).map_err(|e| EbpfError::map("swy_cidrs", "update", e))?;
         current.cluster_cidrs.insert((*net, *addr));
@@ -358,6 +398,32 @@ pub fn apply(maps: &mut Maps, current: &mut Programmed, desired: &Desired) -> Re
 }
 
 impl Programmed {
+    /// The part of these maps that `share` (one Service's rendering) names.
+    pub fn share(&self, share: &Desired) -> Programmed {
+        Programmed {
+            frontends: share.frontends.keys().filter_map(|k| self.frontends.get(k).map(|v| (*k, *v))).collect(),
+            routes: share.routes.keys().filter_map(|id| self.routes.get(id).map(|r| (*id, r.clone()))).collect(),
+            source_ranges: share.source_ranges.intersection(&self.source_ranges).copied().collect(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
+        }
+    }
+
+    /// Replaces the entries `old` (a Service's previous share) names with `now`.
+    pub fn replace_share(&mut self, old: &Desired, now: Programmed) {
+        for k in old.frontends.keys() {
+            self.frontends.remove(k);
+        }
+        for id in old.routes.keys() {
+            self.routes.remove(id);
+        }
+        for r in &old.source_ranges {
+            self.source_ranges.remove(r);
+        }
+        self.frontends.extend(now.frontends);
+        self.routes.extend(now.routes);
+        self.source_ranges.extend(now.source_ranges);
+    }
+
     fn insert_route(
         &mut self,
         id: u64,
@@ -417,6 +483,86 @@ pub fn collect_garbage(maps: &mut Maps, current: &Programmed) -> Result<usize, E
     Ok(n)
 }
 
+/// UDP backends that `desired` takes out of the routes `current` holds, as
+/// (route, address, port): their conntrack entries must go, so that the
+/// next datagram of such a flow picks a backend again (kube-proxy deletes
+/// the same conntrack entries).
+pub fn removed_udp_backends(current: &Programmed, desired: &Desired) -> BTreeSet<(u64, Addr, u16)> {
+    let udp_routes: BTreeSet<u64> = current
+        .frontends
+        .iter()
+        .filter(|(k, _)| k.proto == libc::IPPROTO_UDP as u8)
+        .flat_map(|(_, v)| v.route)
+        .collect();
+    let mut out = BTreeSet::new();
+    for id in udp_routes {
+        let Some((_, old)) = current.routes.get(&id) else { continue };
+        let new = desired.routes.get(&id).map(|r| r.backends.as_slice()).unwrap_or_default();
+        for b in old.iter().filter(|b| !new.contains(b)) {
+            out.insert((id, b.addr, b.port));
+        }
+    }
+    out
+}
+
+/// Deletes the conntrack entries of UDP flows to `removed` backends (both
+/// directions), and the socket hooks' choices of them for unconnected UDP
+/// sockets of node processes (which then pick again; a connected UDP
+/// socket keeps the backend `connect()` gave it). Returns how many entries went.
+///
+/// CLI equivalent: `bpftool map dump pinned …/swy_ct`, then `bpftool map
+/// delete` of each matching key.
+pub fn flush_udp(maps: &mut Maps, removed: &BTreeSet<(u64, Addr, u16)>) -> Result<usize, EbpfError> {
+    if removed.is_empty() {
+        return Ok(0);
+    }
+    let backends: BTreeSet<(Addr, u16)> = removed.iter().map(|(_, a, p)| (*a, *p)).collect();
+    let udp = libc::IPPROTO_UDP as u8;
+    let mut doomed = Vec::new();
+    for item in maps.ct.iter() {
+        let (k, v) = match item {
+            Ok(kv) => kv,
+            // An LRU entry evicted while we walk: skip it.
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(EbpfError::map("swy_ct", "iterate", e)),
+        };
+        if k.proto != udp {
+            continue;
+        }
+        let hit = if v.dir == layout::CT_FORWARD {
+            removed.contains(&(v.route, v.nat, v.nat_port))
+        } else {
+            removed.contains(&(v.route, k.src, k.sport))
+        };
+        if hit {
+            doomed.push(k);
+        }
+    }
+    let mut n = 0;
+    for k in doomed {
+        match maps.ct.remove(&k) {
+            Ok(()) => n += 1,
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(EbpfError::map("swy_ct", "delete", e)),
+        }
+    }
+    let mut stale_sockets = Vec::new();
+    for item in maps.sock.iter() {
+        let Ok((k, v)) = item else { continue };
+        // Forward entries only: they pin an unconnected UDP socket's
+        // frontend to a backend; reverse ones are harmless and LRU-evicted.
+        if k.dir == layout::SOCK_FORWARD && backends.contains(&(v.addr, v.port)) {
+            stale_sockets.push(k);
+        }
+    }
+    for k in stale_sockets {
+        if maps.sock.remove(&k).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Writes the node's addresses (those accepting NodePorts flagged).
 pub fn set_node_addrs(maps: &mut Maps, want: &BTreeMap<Addr, u32>) -> Result<(), EbpfError> {
     let mut have = BTreeMap::new();
@@ -458,5 +604,35 @@ mod tests {
         let state = Programmed::from_desired(&desired).to_state();
         let diff = snap.expected_state().diff(&state);
         assert!(diff.is_empty(), "{}", diff.iter().map(|d| format!("{d}\n")).collect::<String>());
+    }
+
+    /// A partial sync replaces one Service's share: the result equals what
+    /// a full render of the new snapshot holds, and it names exactly the
+    /// UDP backends that went away.
+    #[test]
+    fn replacing_one_share_equals_a_full_render() {
+        use proxy_core::testing::{ServiceBuilder, endpoint};
+        let opts = RenderOptions::default();
+        let before = sample_snapshot();
+        let mut programmed = Programmed::from_desired(&render(&before, &opts));
+        let services =
+            vec![ServiceBuilder::new("default", "dns", "10.96.0.53").port("", 53, "UDP").affinity(Some(60)).build()];
+        let slices =
+            vec![crate::testutil::slice_of("dns-1", "dns", 5353, "UDP", vec![endpoint("10.244.1.6").node(NODE)])];
+        let dns_only = snapshot(services, slices, masq());
+        let name = dns_only.services().next().expect("dns").name().clone();
+        let old = render(&before, &opts).by_service[&name].clone();
+        let new = crate::render::render_service(dns_only.service(&name).expect("dns"), before.masquerade(), &opts);
+        let removed = removed_udp_backends(&programmed.share(&old), &new);
+        let gone: Vec<_> = removed.iter().map(|(_, a, p)| (a.to_ip().to_string(), u16::from_be(*p))).collect();
+        assert_eq!(gone, [("10.244.2.6".to_string(), 5353)]);
+        programmed.replace_share(&old, Programmed::from_desired(&new));
+        // The full render of "sample with dns changed" is the same maps.
+        let mut want = render(&before, &opts);
+        want.frontends.retain(|k, _| !old.frontends.contains_key(k));
+        want.routes.retain(|id, _| !old.routes.contains_key(id));
+        want.frontends.extend(new.frontends.clone());
+        want.routes.extend(new.routes.clone());
+        assert_eq!(programmed, Programmed::from_desired(&want));
     }
 }

@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use proxy_core::{FrontendKind, IpFamily, MasqueradeConfig, Route, ServicePortPlan, Snapshot, SourceClass};
+use proxy_core::{
+    FrontendKind, IpFamily, MasqueradeConfig, Route, ServiceName, ServicePlan, ServicePortPlan, Snapshot, SourceClass,
+};
 
 use crate::layout::{self, Addr, Backend, SrcRangeData, SvcKey, SvcVal};
 
@@ -52,6 +54,30 @@ pub struct Desired {
     pub cluster_cidrs: BTreeSet<(u32, Addr)>,
     /// Frontends that could not be rendered, with the reason (logged and counted).
     pub skipped: Vec<String>,
+    /// What each Service contributes (frontends, routes, source ranges;
+    /// no cluster CIDRs), so that a partial sync can replace one Service's
+    /// share without rendering the others.
+    pub by_service: BTreeMap<ServiceName, Desired>,
+}
+
+impl Desired {
+    /// Adds `part` (one Service's share), skipping frontends another
+    /// Service already claims; returns whether anything was skipped.
+    fn merge(&mut self, part: &Desired) -> bool {
+        let mut contested = false;
+        for (key, val) in &part.frontends {
+            if self.frontends.get(key).is_some_and(|v| v != val) {
+                contested = true;
+                continue;
+            }
+            self.frontends.insert(*key, *val);
+        }
+        for (id, spec) in &part.routes {
+            self.routes.entry(*id).or_insert_with(|| spec.clone());
+        }
+        self.source_ranges.extend(part.source_ranges.iter().copied());
+        contested
+    }
 }
 
 /// FNV-1a, 64 bits: stable across builds and restarts (unlike `DefaultHasher`).
@@ -123,14 +149,28 @@ fn route_spec(route: &Route, maglev: bool) -> RouteSpec {
     }
 }
 
-/// Renders every port plan of the snapshot.
+/// Renders every Service of the snapshot.
 pub fn render(snapshot: &Snapshot, opts: &RenderOptions) -> Desired {
     let mut out = Desired::default();
     let masq = snapshot.masquerade();
     for net in &masq.cluster_cidrs {
         out.cluster_cidrs.insert((mapped_prefix(net), Addr::from(net.network())));
     }
-    for plan in snapshot.port_plans() {
+    for service in snapshot.services() {
+        let mut part = render_service(service, masq, opts);
+        if out.merge(&part) {
+            part.skipped.push(format!("a frontend of Service {} is also claimed by another Service", service.name()));
+        }
+        out.skipped.extend(part.skipped.iter().cloned());
+        out.by_service.insert(service.name().clone(), part);
+    }
+    out
+}
+
+/// Renders one Service: its share of the maps (no cluster CIDRs).
+pub fn render_service(service: &ServicePlan, masq: &MasqueradeConfig, opts: &RenderOptions) -> Desired {
+    let mut out = Desired::default();
+    for plan in &service.ports {
         render_port(plan, masq, opts, &mut out);
     }
     out

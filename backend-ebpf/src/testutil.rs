@@ -26,6 +26,10 @@ pub fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>, masq: Masque
     tracker.snapshot()
 }
 
+pub fn slice_of(name: &str, service: &str, port: i32, proto: &str, eps: Vec<EndpointBuilder>) -> EndpointSlice {
+    slice(name, service, port, proto, eps)
+}
+
 fn slice(name: &str, service: &str, port: i32, proto: &str, eps: Vec<EndpointBuilder>) -> EndpointSlice {
     let mut s = SliceBuilder::new("default", name, service).port("", port, proto);
     for ep in eps {

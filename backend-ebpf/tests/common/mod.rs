@@ -225,6 +225,52 @@ pub fn udp_probe(ns: &NetNamespace, to: &str) -> Seen {
     .expect("enter netns")
 }
 
+/// A TCP probe from a fixed source port (SO_REUSEADDR), as a client that
+/// reuses a port across destinations.
+pub fn tcp_probe_from(ns: &NetNamespace, to: &str, sport: u16) -> Seen {
+    let to: SocketAddr = to.parse().expect("addr");
+    ns.run(move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        s.set_reuse_address(true).expect("SO_REUSEADDR");
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], sport)).into()).expect("bind");
+        match s.connect_timeout(&to.into(), Duration::from_secs(2)) {
+            Ok(()) => {
+                let mut s = TcpStream::from(s);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut out = String::new();
+                match s.read_to_string(&mut out) {
+                    Ok(_) => parse_reply(&out),
+                    Err(e) => Seen::Other(format!("read: {e}")),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Seen::TimedOut,
+            Err(e) => Seen::Other(e.to_string()),
+        }
+    })
+    .expect("enter netns")
+}
+
+/// A UDP probe from a fixed source port: every call is the same flow.
+pub fn udp_probe_from(ns: &NetNamespace, to: &str, sport: u16) -> Seen {
+    let to: SocketAddr = to.parse().expect("addr");
+    ns.run(move || {
+        let s = UdpSocket::bind(("0.0.0.0", sport)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let _ = s.send_to(b"ping", to);
+        let mut buf = [0u8; 512];
+        match s.recv(&mut buf) {
+            Ok(n) => parse_reply(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Seen::TimedOut
+            }
+            Err(e) => Seen::Other(e.to_string()),
+        }
+    })
+    .expect("enter netns")
+}
+
 /// A host-network client: a process in the node namespace and the test cgroup.
 pub fn host_probe(lab: &Lab, to: &str) -> Seen {
     let (ip, port) = to.rsplit_once(':').expect("ip:port");
@@ -297,6 +343,23 @@ pub fn dataplane(lab: &Lab) -> EbpfDataplane {
 
 pub fn request(snapshot: Arc<Snapshot>, full: bool) -> SyncRequest {
     SyncRequest { snapshot, changed: Arc::default(), full }
+}
+
+/// A partial sync from `prev` to `next`, naming the Services whose plan
+/// differs (or that went away), as the proxier does.
+pub fn changes(prev: &Snapshot, next: Arc<Snapshot>) -> SyncRequest {
+    let mut changed = std::collections::BTreeSet::new();
+    for s in prev.services() {
+        if next.service(s.name()) != Some(s) {
+            changed.insert(s.name().clone());
+        }
+    }
+    for s in next.services() {
+        if prev.service(s.name()).is_none() {
+            changed.insert(s.name().clone());
+        }
+    }
+    SyncRequest { snapshot: next, changed: Arc::new(changed), full: false }
 }
 
 pub fn pods_hit(lab: &Lab, client: &str, to: &str, n: usize) -> std::collections::BTreeSet<String> {
