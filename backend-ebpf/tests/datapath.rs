@@ -8,6 +8,13 @@ use common::*;
 use proxy_core::Dataplane;
 use proxy_core::testing::{ServiceBuilder, endpoint};
 
+/// Not a test of its own: the host-network client `host_probe` re-executes
+/// this binary to run (a no-op in an ordinary run).
+#[test]
+fn host_client() {
+    host_client_main();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_follow_the_plans() {
     if let Some(reason) = skip_reason() {

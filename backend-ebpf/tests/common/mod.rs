@@ -271,27 +271,54 @@ pub fn udp_probe_from(ns: &NetNamespace, to: &str, sport: u16) -> Seen {
     .expect("enter netns")
 }
 
-/// A host-network client: a process in the node namespace and the test cgroup.
+/// Environment variable that turns a re-executed test binary into the host-network client.
+pub const HOST_CLIENT_ENV: &str = "SWITCHYARD_EBPF_HOST_CLIENT";
+
+/// A host-network client: this test binary, re-executed as a process in
+/// the node namespace and the test cgroup (so that the socket hooks see
+/// it), running only its `host_client` test, which calls [`host_client_main`].
+/// No shell or other tool needed (the VM has none).
 pub fn host_probe(lab: &Lab, to: &str) -> Seen {
-    let (ip, port) = to.rsplit_once(':').expect("ip:port");
-    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && cat <&3");
     let procs = lab.cgroup.join("cgroup.procs");
-    let mut cmd = lab.netns("node").command("timeout").expect("command");
-    cmd.args(["3", "bash", "-c", &script]);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = lab.netns("node").command(exe).expect("command");
+    cmd.args(["--exact", "host_client", "--nocapture", "--test-threads=1"]).env(HOST_CLIENT_ENV, to);
     // SAFETY: only a write(2) to cgroup.procs between fork and exec.
     unsafe {
         cmd.pre_exec(move || std::fs::write(&procs, b"0"));
     }
     let out = cmd.output().expect("run host client");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        parse_reply(&stdout)
-    } else if stderr.contains("refused") {
-        Seen::Refused
-    } else {
-        Seen::Other(format!("{:?}: {stderr}", out.status))
+    match stdout.lines().find_map(|l| l.split_once("SWY-CLIENT ").map(|(_, v)| v)) {
+        Some("refused") => Seen::Refused,
+        Some("timeout") => Seen::TimedOut,
+        Some(reply) if reply.starts_with("reply ") => parse_reply(&reply["reply ".len()..]),
+        Some(other) => Seen::Other(other.to_string()),
+        None => Seen::Other(format!("{:?}: {stdout} {}", out.status, String::from_utf8_lossy(&out.stderr))),
     }
+}
+
+/// The client side of [`host_probe`]: connects to the address in
+/// [`HOST_CLIENT_ENV`] and prints one `SWY-CLIENT …` line. Does nothing
+/// when the variable is unset (an ordinary test run).
+#[allow(clippy::print_stdout, reason = "the parent reads the verdict from stdout")]
+pub fn host_client_main() {
+    let Ok(to) = std::env::var(HOST_CLIENT_ENV) else { return };
+    let to: SocketAddr = to.parse().expect("addr");
+    let verdict = match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+        Ok(mut s) => {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut out = String::new();
+            match s.read_to_string(&mut out) {
+                Ok(_) => format!("reply {}", out.trim()),
+                Err(e) => format!("read: {e}"),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout".to_string(),
+        Err(e) => e.to_string(),
+    };
+    println!("SWY-CLIENT {verdict}");
 }
 
 pub fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Arc<Snapshot> {
