@@ -245,7 +245,7 @@ static __always_inline int is_node_addr(const struct swy_addr *a)
 static __always_inline int ct_dead(const struct swy_ct_val *v, __u8 proto, __u64 now, const struct swy_config *cfg)
 {
 	__u64 idle = now - v->last_ns;
-	if (proto == IPPROTO_UDP)
+	if (proto != IPPROTO_TCP) /* UDP, SCTP: idle timeout */
 		return idle > (__u64)cfg->udp_timeout_s * NSEC;
 	if (v->flags & SWY_CT_CLOSING)
 		return idle > SWY_TIME_WAIT_NS;
@@ -421,6 +421,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->csum_flags = 0;
 		return 0;
 	}
+	if (p->t.proto == IPPROTO_SCTP) {
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
+			return -1;
+		p->t.sport = ports[0];
+		p->t.dport = ports[1];
+		/* SCTP's CRC32c covers no address (no pseudo-header): address
+		 * translation needs no fix. It does cover the ports, which we
+		 * therefore never change (render skips SCTP frontends whose
+		 * endpoints use another port; SNAT keeps the client's port). */
+		p->csum_off = p->l4_off + 8;
+		p->csum_flags = 0xff;
+		return 0;
+	}
 	if (p->t.proto == IPPROTO_UDP) {
 		struct udphdr uh;
 		if (bpf_skb_load_bytes(skb, p->l4_off, &uh, sizeof(uh)))
@@ -469,6 +483,8 @@ static __always_inline int set_port(struct __sk_buff *skb, const struct pkt *p, 
 {
 	if (old == new)
 		return 0;
+	if (p->t.proto == IPPROTO_SCTP)
+		return -1; /* would break the CRC32c (see parse) */
 	if (l4_csum_on(p) && bpf_l4_csum_replace(skb, p->csum_off, old, new, p->csum_flags | 2))
 		return -1;
 	return bpf_skb_store_bytes(skb, p->l4_off + (src ? 0 : 2), &new, 2, 0);
@@ -760,7 +776,7 @@ int swy_tc_ingress(struct __sk_buff *skb)
 			if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
 			    (ctp->flags & SWY_CT_CLOSING))
 				stale = 1;
-			if (p.t.proto == IPPROTO_UDP && now - ctp->last_ns > (__u64)cfg->udp_timeout_s * 1000000000ULL)
+			if (p.t.proto != IPPROTO_TCP && now - ctp->last_ns > (__u64)cfg->udp_timeout_s * NSEC)
 				stale = 1;
 		}
 		if (!stale) {
@@ -822,7 +838,7 @@ int swy_tc_ingress(struct __sk_buff *skb)
 			snat = 1;
 		}
 	}
-	if (!snat) {
+	if (!snat && p.t.proto != IPPROTO_SCTP) {
 		/* Keep the client's port unless another flow holds the
 		 * backend-side tuple: the same client port reached this backend
 		 * through another frontend (or directly) a moment ago, and the
@@ -838,7 +854,9 @@ int swy_tc_ingress(struct __sk_buff *skb)
 		}
 	}
 	if (snat) {
-		if (pick_port(&rk, tuple_hash(&p.t), now, cfg)) {
+		/* SCTP keeps the client's port (its CRC32c covers ports); its
+		 * verification tags tell associations apart at the endpoint. */
+		if (p.t.proto != IPPROTO_SCTP && pick_port(&rk, tuple_hash(&p.t), now, cfg)) {
 			stat(SWY_STAT_SNAT_EXHAUSTED);
 			return TC_ACT_SHOT;
 		}

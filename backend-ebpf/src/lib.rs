@@ -121,7 +121,8 @@ pub struct EbpfMetrics {
     pub map_entries: Family<Vec<(String, String)>, Gauge>,
     /// `switchyard_ebpf_map_full_total{map}`: syncs refused because a map was full.
     pub map_full: Family<Vec<(String, String)>, Counter>,
-    /// `switchyard_ebpf_skipped_frontends_total`: frontends two Services claim.
+    /// `switchyard_ebpf_skipped_frontends_total`: frontends two Services
+    /// claim, and SCTP frontends that would need port translation.
     pub skipped_frontends: Counter,
     /// `switchyard_ebpf_datapath_events{event}`: the programs' own counters.
     pub datapath: Family<Vec<(String, String)>, Gauge>,
@@ -325,7 +326,7 @@ impl SyncJob {
         request: &SyncRequest,
     ) -> Result<SyncStats, EbpfError> {
         let mut desired = render::render(&request.snapshot, &self.opts);
-        for skipped in &desired.skipped {
+        for skipped in desired.skipped.iter().chain(&desired.unsupported) {
             tracing::warn!(backend = MODE, "{skipped}");
             self.metrics.skipped_frontends.inc();
         }
@@ -386,6 +387,10 @@ impl SyncJob {
             let claimed = new.frontends.keys().any(|k| state.owners.get(k).is_some_and(|owner| owner != name));
             if claimed || !new.skipped.is_empty() {
                 return Ok(None);
+            }
+            for unsupported in &new.unsupported {
+                tracing::warn!(backend = MODE, "{unsupported}");
+                self.metrics.skipped_frontends.inc();
             }
             let old = index.get(name).cloned().unwrap_or_default();
             for ((_, n), ((_, minus), (_, plus))) in
@@ -452,6 +457,8 @@ impl Dataplane for EbpfDataplane {
         let mut caps = vec![
             Tcp,
             Udp,
+            // Address translation only: see render (SCTP port translation).
+            Sctp,
             IPv4,
             IPv6,
             ClusterIP,

@@ -52,8 +52,10 @@ pub struct Desired {
     pub source_ranges: BTreeSet<(u32, SrcRangeData)>,
     /// (prefix length in v4-mapped bits, network).
     pub cluster_cidrs: BTreeSet<(u32, Addr)>,
-    /// Frontends that could not be rendered, with the reason (logged and counted).
+    /// Frontends two Service ports claim: not rendered (logged and counted).
     pub skipped: Vec<String>,
+    /// Frontends the datapath cannot serve, with the reason (logged and counted).
+    pub unsupported: Vec<String>,
     /// What each Service contributes (frontends, routes, source ranges;
     /// no cluster CIDRs), so that a partial sync can replace one Service's
     /// share without rendering the others.
@@ -162,6 +164,7 @@ pub fn render(snapshot: &Snapshot, opts: &RenderOptions) -> Desired {
             part.skipped.push(format!("a frontend of Service {} is also claimed by another Service", service.name()));
         }
         out.skipped.extend(part.skipped.iter().cloned());
+        out.unsupported.extend(part.unsupported.iter().cloned());
         out.by_service.insert(service.name().clone(), part);
     }
     out
@@ -188,7 +191,22 @@ fn render_port(plan: &ServicePortPlan, masq: &MasqueradeConfig, opts: &RenderOpt
         IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpFamily::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
+    // SCTP's CRC32c covers the ports and cannot be fixed incrementally:
+    // the datapath translates SCTP addresses only.
+    let sctp_port_change = plan.protocol == proxy_core::Protocol::Sctp
+        && [&plan.internal, &plan.external, &plan.external_from_cluster]
+            .iter()
+            .any(|r| r.endpoints().iter().any(|e| e.port != plan.port));
     for frontend in plan.frontends() {
+        if frontend.protocol == proxy_core::Protocol::Sctp
+            && (sctp_port_change || frontend.kind == FrontendKind::NodePort)
+        {
+            out.unsupported.push(format!(
+                "{frontend} of {}: SCTP port translation is not supported (the CRC32c covers the ports)",
+                plan.name
+            ));
+            continue;
+        }
         let key = SvcKey {
             // Node ports: the family's unspecified address (v4 and v6 must not collide).
             addr: Addr::from(frontend.ip.unwrap_or(unspecified)),
@@ -288,6 +306,26 @@ mod tests {
         let t4 = maglev_table(&four);
         let moved = t3.iter().zip(&t4).filter(|(a, b)| a != b && **b != 3).count();
         assert!(moved < 150, "{moved} entries moved between surviving backends");
+    }
+
+    /// SCTP is translated by address only: frontends whose endpoints use
+    /// another port (and node ports) are left out, with the reason.
+    #[test]
+    fn sctp_needs_the_same_port() {
+        use crate::testutil::{masq, slice_of, snapshot};
+        use proxy_core::testing::{ServiceBuilder, endpoint};
+        let services = vec![
+            ServiceBuilder::new("default", "same", "10.96.0.70").port("", 7777, "SCTP").build(),
+            ServiceBuilder::new("default", "moved", "10.96.0.71").port("", 7777, "SCTP").build(),
+        ];
+        let slices = vec![
+            slice_of("same-1", "same", 7777, "SCTP", vec![endpoint("10.244.1.5")]),
+            slice_of("moved-1", "moved", 8888, "SCTP", vec![endpoint("10.244.1.5")]),
+        ];
+        let desired = render(&snapshot(services, slices, masq()), &RenderOptions::default());
+        assert_eq!(desired.frontends.len(), 1, "{:?}", desired.frontends);
+        assert_eq!(desired.unsupported.len(), 1, "{:?}", desired.unsupported);
+        assert!(desired.unsupported[0].contains("default/moved"), "{:?}", desired.unsupported);
     }
 
     #[test]
