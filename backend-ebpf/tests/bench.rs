@@ -1,51 +1,143 @@
-//! Lab benchmarks (root; ignored by default, run with
-//! `cargo test -p backend-ebpf --release --test bench -- --ignored --nocapture`):
-//! connection rate and request latency through a ClusterIP at 1, 1k and 10k
-//! Services next to the pod IP directly, and the sync time of a one-endpoint
-//! change at 10k Services. Prints one line per figure.
+//! Lab benchmarks (root; ignored by default):
+//!
+//! ```text
+//! cargo test -p backend-ebpf --release --test bench -- --ignored --nocapture
+//! ```
+//!
+//! In the datapath lab (see `common`): a client pod reaches a server pod on
+//! the same node directly (the physical limit), and through the ClusterIP
+//! of the last of 1, 1,000 and 10,000 Services (one endpoint each)
+//! programmed by ebpf and then by iptables (the reference backend, in the
+//! same namespaces, after the ebpf cleanup). Per point: the full sync of
+//! the Services, sequential connections (connect + read the reply), and
+//! request latency (1-byte round trips on one open connection); then the
+//! sync of a one-endpoint change at 10,000 Services (a partial sync naming
+//! that Service, as the proxier sends it). One line per figure.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use proxy_core::Dataplane;
-use proxy_core::testing::{ServiceBuilder, endpoint};
+use proxy_core::testing::ServiceBuilder;
+use proxy_core::{BackendContext, Dataplane, ServiceName, Snapshot, SyncRequest};
 
-fn services(n: usize, last_ep: &str) -> Arc<proxy_core::Snapshot> {
+const CONNECTIONS: usize = 2000;
+const ROUND_TRIPS: usize = 5000;
+
+fn services(n: usize, last_ep: &str) -> Arc<Snapshot> {
     let mut svcs = Vec::with_capacity(n);
     let mut slices = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("s{i}");
         let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
-        svcs.push(ServiceBuilder::new("default", &name, &ip).port("", 80, "TCP").build());
+        svcs.push(ServiceBuilder::new("default", &name, &ip).port("http", 80, "TCP").port("rr", 81, "TCP").build());
         let ep = if i + 1 == n { last_ep } else { "10.244.2.5" };
-        slices.push(slice(&format!("{name}-1"), &name, 8080, "TCP", vec![endpoint(ep).node("node-a")]));
+        let s = common::SliceBuilderExt::two_ports(&format!("{name}-1"), &name, ep);
+        slices.push(s);
     }
     snapshot(svcs, slices)
 }
 
-/// Sequential connect + read of the echo reply, `n` times: (conn/s, p50, p99).
-fn measure(lab: &Lab, to: &str, n: usize) -> (f64, Duration, Duration) {
-    let to: std::net::SocketAddr = to.parse().expect("addr");
+fn last(n: usize, port: u16) -> String {
+    format!("10.96.{}.{}:{port}", (n - 1) / 250, (n - 1) % 250 + 1)
+}
+
+fn pct(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+/// Sequential connect + read of the reply: (conn/s, p50, p99, failures).
+fn connections(lab: &Lab, to: &str) -> (f64, Duration, Duration, usize) {
+    let to: SocketAddr = to.parse().expect("addr");
+    let (mut lat, failed) = lab
+        .netns("p2")
+        .run(move || {
+            let mut lat = Vec::with_capacity(CONNECTIONS);
+            let mut failed = 0;
+            let start = Instant::now();
+            for _ in 0..CONNECTIONS {
+                let t = Instant::now();
+                let ok = TcpStream::connect_timeout(&to, Duration::from_secs(2)).is_ok_and(|mut s| {
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).is_ok() && !out.is_empty()
+                });
+                if ok {
+                    lat.push(t.elapsed());
+                } else {
+                    failed += 1;
+                }
+            }
+            let rate = CONNECTIONS as f64 / start.elapsed().as_secs_f64();
+            ((lat, rate), failed)
+        })
+        .expect("netns");
+    let rate = lat.1;
+    lat.0.sort();
+    (rate, pct(&lat.0, 50), pct(&lat.0, 99), failed)
+}
+
+/// 1-byte round trips on one connection: (p50, p99).
+fn round_trips(lab: &Lab, to: &str) -> (Duration, Duration) {
+    let to: SocketAddr = to.parse().expect("addr");
     let mut lat = lab
         .netns("p2")
         .run(move || {
-            (0..n)
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect rr");
+            s.set_nodelay(true).expect("nodelay");
+            let mut b = [0u8; 1];
+            (0..ROUND_TRIPS)
                 .map(|_| {
                     let t = Instant::now();
-                    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
-                    let mut out = String::new();
-                    std::io::Read::read_to_string(&mut s, &mut out).expect("read");
+                    s.write_all(b"x").expect("write");
+                    s.read_exact(&mut b).expect("read");
                     t.elapsed()
                 })
                 .collect::<Vec<_>>()
         })
         .expect("netns");
-    let total: Duration = lat.iter().sum();
     lat.sort();
-    (n as f64 / total.as_secs_f64(), lat[n / 2], lat[n * 99 / 100])
+    (pct(&lat, 50), pct(&lat, 99))
+}
+
+fn report(label: &str, load: Option<Duration>, lab: &Lab, conn_to: &str, rr_to: &str) {
+    let (rate, p50, p99, failed) = connections(lab, conn_to);
+    let (r50, r99) = round_trips(lab, rr_to);
+    let load = load.map_or_else(|| "-".to_string(), |d| format!("{d:.2?}"));
+    println!(
+        "BENCH {label:<22} load {load:>9} | connections {rate:>6.0}/s p50 {p50:>9.1?} p99 {p99:>9.1?} failed {failed} | request p50 {r50:>8.1?} p99 {r99:>8.1?}"
+    );
+}
+
+fn one_endpoint_change(n: usize, round: usize) -> SyncRequest {
+    let ep = if round.is_multiple_of(2) { "10.244.2.5" } else { "10.244.1.5" };
+    let changed = ServiceName { namespace: "default".into(), name: format!("s{}", n - 1).into() };
+    SyncRequest { snapshot: services(n, ep), changed: Arc::new([changed].into_iter().collect()), full: false }
+}
+
+async fn run_backend(lab: &Lab, label: &str, dp: Arc<dyn Dataplane>) {
+    for n in [1usize, 1000, 10000] {
+        let t = Instant::now();
+        dp.sync(request(services(n, "10.244.1.5"), true)).await.expect("sync");
+        let load = t.elapsed();
+        report(&format!("{label} {n} Services"), Some(load), lab, &last(n, 80), &last(n, 81));
+    }
+    let mut times = Vec::new();
+    for round in 0..7 {
+        let req = one_endpoint_change(10000, round);
+        let t = Instant::now();
+        dp.sync(req).await.expect("partial sync");
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "BENCH {label:<22} one-endpoint change at 10000 Services: sync median {:.2?} (min {:.2?}, max {:.2?}, of 7)",
+        times[3], times[0], times[6]
+    );
+    dp.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,28 +150,21 @@ async fn clusterip_connections_and_updates() {
     let mut lab = Lab::new();
     lab.serve("p1");
     lab.serve("p2");
-    let dp = dataplane(&lab);
-    let n_conn = 2000;
-    let (rate, p50, p99) = measure(&lab, "10.244.1.5:8080", n_conn);
-    println!("direct pod IP: {rate:.0} conn/s, p50 {p50:?}, p99 {p99:?}");
-    for n in [1usize, 1000, 10000] {
-        let t = Instant::now();
-        dp.sync(request(services(n, "10.244.1.5"), true)).await.expect("sync");
-        let load = t.elapsed();
-        let last = format!("10.96.{}.{}:80", (n - 1) / 250, (n - 1) % 250 + 1);
-        let (rate, p50, p99) = measure(&lab, &last, n_conn);
-        println!("ebpf {n} Services: load {load:?}; ClusterIP {rate:.0} conn/s, p50 {p50:?}, p99 {p99:?}");
+    lab.serve_rr("p1");
+    report("pod IP directly", None, &lab, "10.244.1.5:8080", "10.244.1.5:8081");
+
+    run_backend(&lab, "ebpf", Arc::new(dataplane(&lab))).await;
+
+    let mut ctx = BackendContext::new("node-a", lab.netns("node"));
+    ctx.node_ips = vec![NODE_IP.parse().expect("ip")];
+    ctx.masquerade =
+        proxy_core::MasqueradeConfig { all: false, cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")] };
+    let factory = backend_iptables::factory();
+    match factory.probe(&ctx).await {
+        Ok(()) => {
+            let dp = factory.build(&ctx).await.expect("iptables backend");
+            run_backend(&lab, "iptables", dp).await;
+        }
+        Err(e) => eprintln!("SKIPPED iptables column: {e}"),
     }
-    // One endpoint of the last Service changes (partial sync, as the runner does).
-    let mut times = Vec::new();
-    for round in 0..5 {
-        let ep = if round % 2 == 0 { "10.244.2.5" } else { "10.244.1.5" };
-        let snap = services(10000, ep);
-        let t = Instant::now();
-        dp.sync(request(snap, false)).await.expect("partial sync");
-        times.push(t.elapsed());
-    }
-    times.sort();
-    println!("ebpf 10000 Services: one-endpoint change, sync median {:?} (of 5)", times[2]);
-    dp.cleanup().await.expect("cleanup");
 }

@@ -148,6 +148,39 @@ impl Lab {
         }));
         rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
     }
+
+    /// A request/response server in a pod on TCP 8081: every byte a
+    /// connection sends comes back (a thread per connection).
+    pub fn serve_rr(&mut self, pod: &'static str) {
+        let ns = self.netns(pod);
+        let stop = self.stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.servers.push(std::thread::spawn(move || {
+            let f = ns.path().map(std::fs::File::open).expect("named").expect("open netns");
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let tcp = TcpListener::bind("0.0.0.0:8081").expect("bind rr");
+            tx.send(()).expect("ready");
+            while !stop.load(Ordering::SeqCst) {
+                let mut fds = [libc::pollfd { fd: tcp.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+                // SAFETY: one valid pollfd owned by this frame.
+                if unsafe { libc::poll(fds.as_mut_ptr(), 1, 20) } <= 0 {
+                    continue;
+                }
+                if let Ok((mut s, _)) = tcp.accept() {
+                    let _ = s.set_nodelay(true);
+                    std::thread::spawn(move || {
+                        let mut b = [0u8; 64];
+                        while let Ok(n) = s.read(&mut b) {
+                            if n == 0 || s.write_all(&b[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }));
+        rx.recv_timeout(Duration::from_secs(5)).expect("rr server ready");
+    }
 }
 
 impl Drop for Lab {
@@ -339,6 +372,19 @@ pub fn slice(name: &str, service: &str, port: i32, proto: &str, eps: Vec<Endpoin
         s = s.endpoint(ep);
     }
     s.build()
+}
+
+/// Slices the benchmark uses: one endpoint serving ports 8080 ("http") and 8081 ("rr").
+pub struct SliceBuilderExt;
+
+impl SliceBuilderExt {
+    pub fn two_ports(name: &str, service: &str, ep: &str) -> EndpointSlice {
+        SliceBuilder::new("default", name, service)
+            .port("http", 8080, "TCP")
+            .port("rr", 8081, "TCP")
+            .endpoint(endpoint(ep).node("node-a"))
+            .build()
+    }
 }
 
 pub fn world() -> Arc<Snapshot> {
