@@ -15,7 +15,7 @@
 //! which outlives the process by itself and is found again by priority and
 //! handle.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -146,17 +146,18 @@ pub fn load(cfg: &EbpfConfig) -> Result<Ebpf, EbpfError> {
     Ok(ebpf)
 }
 
-/// The interfaces of the current namespace that get the TC program.
-pub fn interfaces(cfg: &EbpfConfig) -> Result<BTreeSet<String>, EbpfError> {
-    let all: BTreeSet<String> = nix::net::if_::if_nameindex()
-        .map_err(|e| EbpfError::io("list interfaces", io::Error::from(e)))?
+/// The interfaces of the current namespace that get the TC program, with
+/// their index (`ip -o link`; one netlink dump).
+pub fn interfaces(cfg: &EbpfConfig) -> Result<BTreeMap<String, u32>, EbpfError> {
+    let all = nix::net::if_::if_nameindex().map_err(|e| EbpfError::io("list interfaces", io::Error::from(e)))?;
+    Ok(all
         .iter()
-        .map(|i| i.name().to_string_lossy().into_owned())
-        .collect();
-    Ok(match &cfg.interfaces {
-        Some(wanted) => wanted.iter().filter(|w| all.contains(*w)).cloned().collect(),
-        None => all.into_iter().filter(|n| n != "lo").collect(),
-    })
+        .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
+        .filter(|(name, _)| match &cfg.interfaces {
+            Some(wanted) => wanted.contains(name),
+            None => name != "lo",
+        })
+        .collect())
 }
 
 fn tc_pin(cfg: &EbpfConfig, prefix: &str, ifname: &str) -> PathBuf {
@@ -247,7 +248,7 @@ pub fn detach_tc(cfg: &EbpfConfig, ifname: &str) {
 }
 
 /// Pinned TC links whose interface no longer exists in this namespace.
-pub fn stale_tc_pins(cfg: &EbpfConfig, present: &BTreeSet<String>) -> Vec<String> {
+pub fn stale_tc_pins(cfg: &EbpfConfig, present: &BTreeMap<String, u32>) -> Vec<String> {
     let Ok(entries) = fs::read_dir(cfg.links_dir()) else { return Vec::new() };
     entries
         .flatten()
@@ -255,7 +256,7 @@ pub fn stale_tc_pins(cfg: &EbpfConfig, present: &BTreeSet<String>) -> Vec<String
             let name = e.file_name().to_string_lossy().into_owned();
             TC_PROGRAMS.iter().find_map(|(_, _, prefix)| name.strip_prefix(prefix).map(str::to_string))
         })
-        .filter(|ifname| !present.contains(ifname))
+        .filter(|ifname| !present.contains_key(ifname))
         .collect()
 }
 

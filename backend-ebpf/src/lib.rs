@@ -22,6 +22,7 @@ pub mod render;
 pub mod supported;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -153,6 +154,8 @@ struct Loaded {
     state: ServiceState,
     /// Interfaces (name → ifindex) with our TC program.
     attached: BTreeMap<String, u32>,
+    /// The node's addresses and the config last written to swy_node_addrs and swy_config.
+    node: Option<(BTreeMap<layout::Addr, u32>, layout::Config)>,
 }
 
 /// What the service maps hold, as the last syncs wrote it.
@@ -167,6 +170,8 @@ struct ServiceState {
     /// The last full render skipped frontends two Services claim: partial
     /// syncs would not know when one is free again.
     contested: bool,
+    /// Entries each sized map holds (`maps::needs` of what `cache` holds).
+    totals: [(&'static str, usize); 5],
 }
 
 /// The eBPF dataplane.
@@ -175,6 +180,8 @@ pub struct EbpfDataplane {
     cfg: EbpfConfig,
     loaded: Arc<Mutex<Loaded>>,
     metrics: EbpfMetrics,
+    /// Where kernel work runs (inside `ctx.netns`).
+    worker: worker::NsWorker,
 }
 
 impl std::fmt::Debug for EbpfDataplane {
@@ -187,7 +194,8 @@ impl EbpfDataplane {
     /// Builds the dataplane; nothing in the kernel changes until the first sync.
     pub fn new(ctx: BackendContext, cfg: EbpfConfig) -> EbpfDataplane {
         let metrics = EbpfMetrics::register(&ctx);
-        EbpfDataplane { ctx, cfg, loaded: Arc::default(), metrics }
+        let worker = worker::NsWorker::new(ctx.netns.clone());
+        EbpfDataplane { ctx, cfg, loaded: Arc::default(), metrics, worker }
     }
 
     pub fn config(&self) -> &EbpfConfig {
@@ -252,6 +260,7 @@ impl SyncJob {
             loaded.ebpf = Some(ebpf);
             loaded.state = ServiceState::default();
             loaded.attached.clear();
+            loaded.node = None;
             tracing::info!(pin_path = %self.cfg.pin_path.display(), tcx, "eBPF programs loaded");
         }
         let (Some(ebpf), Some(maps)) = (loaded.ebpf.as_mut(), loaded.maps.as_mut()) else {
@@ -260,19 +269,17 @@ impl SyncJob {
 
         // Interfaces: attach to new ones (or ones recreated under the same name).
         let present = client::interfaces(&self.cfg)?;
-        let indexes: BTreeMap<String, u32> = nix::net::if_::if_nameindex()
-            .map(|l| l.iter().map(|i| (i.name().to_string_lossy().into_owned(), i.index())).collect())
-            .unwrap_or_default();
-        for ifname in &present {
-            let index = indexes.get(ifname).copied().unwrap_or(0);
-            if loaded.attached.get(ifname) != Some(&index) {
+        for (ifname, index) in &present {
+            if loaded.attached.get(ifname) != Some(index) {
                 client::attach_tc(ebpf, &self.cfg, ifname, tcx)?;
-                loaded.attached.insert(ifname.clone(), index);
+                loaded.attached.insert(ifname.clone(), *index);
             }
         }
-        loaded.attached.retain(|name, _| present.contains(name));
-        for gone in client::stale_tc_pins(&self.cfg, &present) {
-            client::detach_tc(&self.cfg, &gone);
+        if loaded.attached.len() != present.len() || request.full {
+            loaded.attached.retain(|name, _| present.contains_key(name));
+            for gone in client::stale_tc_pins(&self.cfg, &present) {
+                client::detach_tc(&self.cfg, &gone);
+            }
         }
 
         let (node_addrs, mut config) = node_view(&self.ctx);
@@ -280,8 +287,14 @@ impl SyncJob {
         config.snat_port_min = self.cfg.snat_port_min;
         config.snat_port_max = self.cfg.snat_port_max;
         config.udp_timeout_s = self.cfg.udp_timeout_seconds;
-        maps::set_node_addrs(maps, &node_addrs)?;
-        maps::set_config(maps, &config)?;
+        let node = (node_addrs, config);
+        // Unchanged since the last write (most syncs): no map reads.
+        if request.full || loaded.node.as_ref() != Some(&node) {
+            loaded.node = None;
+            maps::set_node_addrs(maps, &node.0)?;
+            maps::set_config(maps, &node.1)?;
+            loaded.node = Some(node);
+        }
 
         let state = &mut loaded.state;
         let partial = if request.full { None } else { self.partial(maps, state, &request)? };
@@ -290,7 +303,7 @@ impl SyncJob {
             None => (request.full || state.cache.is_none(), self.full(maps, state, &request)?),
         };
         let Some(current) = state.cache.as_ref() else { return Err(EbpfError::MissingProgram(client::TC_PROGRAM)) };
-        let slots: usize = current.routes.values().map(|(_, b)| b.len()).sum();
+        let slots = state.totals[2].1;
         let mut objects = BTreeMap::new();
         objects.insert("frontends".to_string(), current.frontends.len() as u64);
         objects.insert("routes".to_string(), current.routes.len() as u64);
@@ -338,7 +351,8 @@ impl SyncJob {
             Some(c) if !reconcile => c,
             _ => maps::Programmed::read(maps)?,
         };
-        self.capacity(maps, &maps::needs(&desired))?;
+        let totals = maps::needs(&desired);
+        self.capacity(maps, &totals)?;
         let removed = maps::removed_udp_backends(&current, &desired);
         let stats = maps::apply(maps, &mut current, &desired)?;
         if reconcile {
@@ -349,6 +363,7 @@ impl SyncJob {
         }
         let udp_flushed = maps::flush_udp(maps, &removed)?;
         state.cache = Some(current);
+        state.totals = totals;
         state.contested = !desired.skipped.is_empty();
         let by_service = std::mem::take(&mut desired.by_service);
         state.owners =
@@ -378,7 +393,7 @@ impl SyncJob {
             return Ok(None);
         }
         let mut parts = Vec::with_capacity(request.changed.len());
-        let mut need = maps::needs_programmed(current);
+        let mut need = state.totals;
         for name in request.changed.iter() {
             let new = match request.snapshot.service(name) {
                 Some(service) => render::render_service(service, masq, &self.opts),
@@ -418,7 +433,11 @@ impl SyncJob {
             };
             current.replace_share(&old, share);
             total.apply.add(&stats);
-            state.owners.retain(|_, owner| owner != &name);
+            for key in old.frontends.keys() {
+                if state.owners.get(key) == Some(&name) {
+                    state.owners.remove(key);
+                }
+            }
             state.owners.extend(new.frontends.keys().map(|k| (*k, name.clone())));
             if new.frontends.is_empty() && new.routes.is_empty() {
                 index.remove(&name);
@@ -426,6 +445,7 @@ impl SyncJob {
                 index.insert(name, new);
             }
         }
+        state.totals = need;
         total.udp_flushed = maps::flush_udp(maps, &removed)?;
         Ok(Some(total))
     }
@@ -490,9 +510,8 @@ impl Dataplane for EbpfDataplane {
         };
         let span = tracing::info_span!("sync", backend = MODE, full = request.full, services = request.snapshot.len());
         let _enter = span.enter();
-        self.ctx
-            .netns
-            .run_async(move || job.run(request))
+        self.worker
+            .run(move || job.run(request))
             .await
             .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
             .map_err(|e| e.into_dataplane("sync"))
@@ -515,9 +534,8 @@ impl Dataplane for EbpfDataplane {
     async fn cleanup(&self) -> Result<(), DataplaneError> {
         let cfg = self.cfg.clone();
         let loaded = self.loaded.clone();
-        self.ctx
-            .netns
-            .run_async(move || {
+        self.worker
+            .run(move || {
                 let mut l = loaded.lock().unwrap_or_else(|e| e.into_inner());
                 *l = Loaded::default();
                 cleanup::cleanup(&cfg)

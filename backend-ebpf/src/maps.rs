@@ -278,17 +278,6 @@ pub fn needs(desired: &Desired) -> [(&'static str, usize); 5] {
     ]
 }
 
-/// The same counts for what the maps hold.
-pub fn needs_programmed(current: &Programmed) -> [(&'static str, usize); 5] {
-    [
-        ("swy_svc", current.frontends.len()),
-        ("swy_route", current.routes.len()),
-        ("swy_backend", current.routes.values().map(|(_, b)| b.len()).sum()),
-        ("swy_srcrange", current.source_ranges.len()),
-        ("swy_maglev", current.routes.values().filter(|(rv, _)| rv.flags & layout::ROUTE_MAGLEV != 0).count()),
-    ]
-}
-
 /// Refuses up front what cannot fit, so that the previous state stays whole.
 pub fn check_capacity(maps: &Maps, needs: &[(&'static str, usize)]) -> Result<(), EbpfError> {
     for (name, need) in needs {

@@ -113,24 +113,35 @@ impl Lab {
         lab
     }
 
-    /// An echo server in a pod: answers "<pod> <peer address>" over TCP and UDP.
+    /// An echo server in a pod: answers "<pod> <peer address>" over TCP 8080 and UDP 5353.
     pub fn serve(&mut self, pod: &'static str) {
+        self.serve_on(pod, 8080, Some(5353));
+    }
+
+    /// The same answer on another TCP port only (the benchmark gives each
+    /// measurement its own server port, so that no measurement meets the
+    /// TIME_WAIT connections of another).
+    pub fn serve_tcp(&mut self, pod: &'static str, port: u16) {
+        self.serve_on(pod, port, None);
+    }
+
+    fn serve_on(&mut self, pod: &'static str, tcp_port: u16, udp_port: Option<u16>) {
         let ns = self.netns(pod);
         let stop = self.stop.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         self.servers.push(std::thread::spawn(move || {
             let f = ns.path().map(std::fs::File::open).expect("named").expect("open netns");
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let tcp = TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
-            let udp = UdpSocket::bind("0.0.0.0:5353").expect("bind udp");
+            let tcp = TcpListener::bind(("0.0.0.0", tcp_port)).expect("bind tcp");
+            let udp = udp_port.map(|p| UdpSocket::bind(("0.0.0.0", p)).expect("bind udp"));
             tx.send(()).expect("ready");
             let mut buf = [0u8; 512];
             while !stop.load(Ordering::SeqCst) {
                 let mut fds = [
                     libc::pollfd { fd: tcp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                    libc::pollfd { fd: udp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: udp.as_ref().map_or(-1, |u| u.as_raw_fd()), events: libc::POLLIN, revents: 0 },
                 ];
-                // SAFETY: two valid pollfds owned by this frame.
+                // SAFETY: two pollfds owned by this frame (a negative fd is ignored).
                 if unsafe { libc::poll(fds.as_mut_ptr(), 2, 20) } <= 0 {
                     continue;
                 }
@@ -140,6 +151,7 @@ impl Lab {
                     let _ = s.write_all(format!("{pod} {peer}\n").as_bytes());
                 }
                 if fds[1].revents & libc::POLLIN != 0
+                    && let Some(udp) = &udp
                     && let Ok((_, peer)) = udp.recv_from(&mut buf)
                 {
                     let _ = udp.send_to(format!("{pod} {peer}\n").as_bytes(), peer);
@@ -374,13 +386,13 @@ pub fn slice(name: &str, service: &str, port: i32, proto: &str, eps: Vec<Endpoin
     s.build()
 }
 
-/// Slices the benchmark uses: one endpoint serving ports 8080 ("http") and 8081 ("rr").
+/// Slices the benchmark uses: one endpoint serving ports `http` and 8081 ("rr").
 pub struct SliceBuilderExt;
 
 impl SliceBuilderExt {
-    pub fn two_ports(name: &str, service: &str, ep: &str) -> EndpointSlice {
+    pub fn two_ports(name: &str, service: &str, ep: &str, http: i32) -> EndpointSlice {
         SliceBuilder::new("default", name, service)
-            .port("http", 8080, "TCP")
+            .port("http", http, "TCP")
             .port("rr", 8081, "TCP")
             .endpoint(endpoint(ep).node("node-a"))
             .build()
