@@ -25,6 +25,7 @@ pub mod oracle;
 pub mod patience;
 pub mod report;
 pub mod runner;
+pub mod sandbox;
 pub mod scenario;
 
 pub use error::{ConformanceError, Result};

@@ -205,7 +205,9 @@ impl Report {
                     None => "–".to_string(),
                     Some(Status::Pass) => "✅ pass".into(),
                     Some(Status::Fail { .. }) => "❌ **fail**".into(),
-                    Some(Status::Unsupported { reason }) => format!("⚪ unsupported: {}", reason.replace('|', "/")),
+                    Some(Status::Unsupported { reason }) => {
+                        format!("⚪ unsupported: {}", one_line(reason).replace('|', "/"))
+                    }
                 };
                 let _ = write!(out, " {cell} |");
             }
@@ -223,7 +225,7 @@ impl Report {
         }
         for r in failures {
             if let Status::Fail { reason } = &r.status {
-                let _ = writeln!(out, "\n### `{}` on {}\n\n{reason}\n", r.scenario, r.backend);
+                let _ = writeln!(out, "\n### `{}` on {}\n\n{}\n", r.scenario, r.backend, one_line(reason));
             }
             for s in r.steps.iter().filter(|s| !s.passed) {
                 let _ = writeln!(out, "- step **{}** ({}): {}", s.label, s.kind, s.detail);
@@ -232,7 +234,7 @@ impl Report {
                     let _ = writeln!(out, "  - observed: `{}`", o.summary());
                 }
                 for p in &s.problems {
-                    let _ = writeln!(out, "  - {p}");
+                    let _ = writeln!(out, "  - {}", one_line(p));
                 }
             }
         }
@@ -241,18 +243,24 @@ impl Report {
             out.push_str("\n## inspect() versus the core's expected state\n\n");
             for r in inspect {
                 for d in &r.inspect_differences {
-                    let _ = writeln!(out, "- `{}` on {}: {d}", r.scenario, r.backend);
+                    let _ = writeln!(out, "- `{}` on {}: {}", r.scenario, r.backend, one_line(d));
                 }
             }
         }
         if !self.differences.is_empty() {
             out.push_str("\n## Differences between backends\n\n");
             for d in &self.differences {
-                let _ = writeln!(out, "- `{}`: {} vs {}: {}", d.scenario, d.backends.0, d.backends.1, d.what);
+                let _ =
+                    writeln!(out, "- `{}`: {} vs {}: {}", d.scenario, d.backends.0, d.backends.1, one_line(&d.what));
             }
         }
         out
     }
+}
+
+/// Evidence may carry multi-line tool output; a Markdown list item stays on one line.
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ⏎ ")
 }
 
 fn kernel_release() -> String {
@@ -301,7 +309,7 @@ pub fn compare_backends(results: &[ScenarioResult]) -> Vec<Difference> {
                 }
                 if let (Some(x), Some(y)) = (&a.inspect, &b.inspect) {
                     for d in x.diff(y) {
-                        push(format!("inspect(): {d} (as {} reads it vs {})", a.backend, b.backend));
+                        push(format!("inspect() with {} as the reference: {d}", a.backend));
                     }
                 }
             }
