@@ -1,1 +1,393 @@
-fn main() {}
+//! Render and restore times, and new-connection latency, at scale.
+//!
+//! ```text
+//! cargo bench -p backend-iptables --bench iptables -- [--sizes 1000,10000,50000] [--endpoints 10]
+//!     [--variant nft|legacy|both] [--latency 1,30000] [--no-restore]
+//! ```
+//! Render figures need nothing; restore and latency figures need root and
+//! run in throwaway namespaces (`swy-ipt-<pid>-<n>-*`), deleted at the end.
+//! Not a test: it prints figures and asserts nothing about time.
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+#![allow(clippy::unwrap_used, reason = "a benchmark with broken setup should stop")]
+
+#[path = "../tests/common/lab.rs"]
+mod lab;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend_iptables::exec::Executor;
+use backend_iptables::restore::Table;
+use backend_iptables::{Error, IptablesDataplane, Settings, Variant};
+use proxy_core::{
+    Endpoint, EndpointInfo, FamilySet, IpFamily, MasqueradeConfig, NetNamespace, PlannerConfig, Protocol, Route,
+    ServiceInfo, ServiceName, ServicePlan, ServicePortInfo, ServicePortName, ServicePortPlan, ServiceType,
+    SessionAffinity, Snapshot, SyncRequest, TrafficPolicy,
+};
+
+/// xorshift: deterministic addresses without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn masquerade() -> MasqueradeConfig {
+    MasqueradeConfig { all: false, cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()] }
+}
+
+/// The ClusterIPs of `n` Services: random, distinct, in 10.96.0.0/12.
+fn cluster_ips(n: usize) -> Vec<IpAddr> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut used = BTreeSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let ip = Ipv4Addr::from(0x0a60_0000 | (rng.next() as u32 & 0x000f_ffff));
+        if used.insert(ip) {
+            out.push(IpAddr::from(ip));
+        }
+    }
+    out
+}
+
+/// The Service latency is measured against: the highest ClusterIP, the
+/// last frontend of the last leaf (the longest walk through the tree).
+fn probe_index(n: usize) -> usize {
+    let ips = cluster_ips(n);
+    (0..n).max_by_key(|i| ips[*i]).unwrap_or(0)
+}
+
+/// `n` ClusterIP Services with `eps` endpoints each (random pod addresses);
+/// the probe Service has one endpoint, the lab's pod1 (10.180.0.10:8080).
+fn plans(n: usize, eps: usize, generation: u64) -> Vec<ServicePlan> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let ips = cluster_ips(n);
+    let probe = probe_index(n);
+    (0..n)
+        .map(|i| {
+            let cip = ips[i];
+            let name = ServiceName::new("bench", &format!("svc-{i}"));
+            let info = Arc::new(ServiceInfo {
+                name: name.clone(),
+                service_type: ServiceType::ClusterIP,
+                cluster_ips: vec![cip],
+                ports: vec![ServicePortInfo {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    node_port: None,
+                }],
+                external_ips: vec![],
+                load_balancer_ingress: vec![],
+                load_balancer_source_ranges: vec![],
+                session_affinity: SessionAffinity::None,
+                external_traffic_policy: TrafficPolicy::Cluster,
+                internal_traffic_policy: TrafficPolicy::Cluster,
+                health_check_node_port: None,
+                traffic_distribution: None,
+            });
+            let endpoints: Vec<Endpoint> = (0..eps)
+                .map(|e| {
+                    let address: IpAddr = if i == probe {
+                        Ipv4Addr::new(10, 180, 0, 10).into()
+                    } else {
+                        let mut ip = Ipv4Addr::from(0x0a80_0000 | (rng.next() as u32 & 0x003f_ffff));
+                        if e == 0 && i == 1 {
+                            ip = Ipv4Addr::from(0x0a80_0000 | (generation as u32 & 0xffff));
+                        }
+                        ip.into()
+                    };
+                    Endpoint {
+                        info: Arc::new(EndpointInfo {
+                            address,
+                            ready: true,
+                            serving: true,
+                            terminating: false,
+                            node_name: Some(if e % 50 == 0 { "node-1" } else { "node-2" }.into()),
+                            zone: None,
+                            zone_hints: vec![],
+                            node_hints: vec![],
+                        }),
+                        port: 8080,
+                        is_local: e % 50 == 0,
+                    }
+                })
+                .collect::<Vec<_>>();
+            let endpoints = if i == probe { endpoints.into_iter().take(1).collect() } else { endpoints };
+            let route = Route::Forward(endpoints.into());
+            ServicePlan {
+                service: info,
+                ports: vec![ServicePortPlan {
+                    name: ServicePortName { service: name, port: "http".into(), protocol: Protocol::Tcp },
+                    family: IpFamily::V4,
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    cluster_ip: Some(cip),
+                    node_port: None,
+                    external_ips: vec![],
+                    load_balancer_ips: vec![],
+                    source_ranges: vec![],
+                    affinity_timeout_seconds: None,
+                    health_check_node_port: None,
+                    internal: route.clone(),
+                    external: route.clone(),
+                    external_from_cluster: route,
+                    external_policy_local: false,
+                    local_ready_endpoints: 0,
+                    has_endpoints: true,
+                }],
+            }
+        })
+        .collect()
+}
+
+fn snapshot(n: usize, eps: usize, generation: u64) -> Arc<Snapshot> {
+    let mut cfg = PlannerConfig::new("node-1");
+    cfg.masquerade = masquerade();
+    Arc::new(Snapshot::from_plans(cfg, None, plans(n, eps, generation)))
+}
+
+fn request(snapshot: Arc<Snapshot>, changed: &[&str], full: bool) -> SyncRequest {
+    let changed = changed.iter().map(|n| ServiceName::new("bench", n)).collect();
+    SyncRequest { snapshot, changed: Arc::new(changed), full }
+}
+
+/// Programs nothing; remembers payload sizes.
+#[derive(Debug, Default)]
+struct NullExecutor(std::sync::Mutex<Vec<usize>>);
+
+impl Executor for NullExecutor {
+    fn restore(&self, _: IpFamily, payload: &str) -> Result<(), Error> {
+        let mut sizes = self.0.lock().unwrap();
+        if let Some(dir) = std::env::var_os("SWY_DUMP") {
+            std::fs::write(std::path::Path::new(&dir).join(format!("payload-{}.txt", sizes.len())), payload).unwrap();
+        }
+        sizes.push(payload.len());
+        Ok(())
+    }
+    fn save(&self, _: IpFamily, _: Table) -> Result<String, Error> {
+        Ok(String::new())
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Args {
+    sizes: Vec<usize>,
+    endpoints: usize,
+    variants: Vec<Variant>,
+    latency: Vec<usize>,
+    restore: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        sizes: vec![1000, 10_000, 50_000],
+        endpoints: 10,
+        variants: vec![Variant::Nft],
+        latency: vec![1, 30_000],
+        restore: true,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let list = |s: &str| s.split(',').filter_map(|x| x.parse().ok()).collect::<Vec<usize>>();
+    let mut i = 0;
+    while i < argv.len() {
+        let v = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--sizes" => a.sizes = list(&v),
+            "--endpoints" => a.endpoints = v.parse().unwrap_or(10),
+            "--latency" => a.latency = list(&v),
+            "--variant" => {
+                a.variants = match v.as_str() {
+                    "legacy" => vec![Variant::Legacy],
+                    "both" => vec![Variant::Nft, Variant::Legacy],
+                    _ => vec![Variant::Nft],
+                }
+            }
+            "--no-restore" => {
+                a.restore = false;
+                i += 1;
+                continue;
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn render_figures(n: usize, eps: usize) {
+    let exec = Arc::new(NullExecutor::default());
+    let dp = IptablesDataplane::with_executor(Settings::new(NetNamespace::current()), exec.clone());
+    let snap = snapshot(n, eps, 0);
+    let req = request(snap, &[], true);
+    let t = Instant::now();
+    dp.sync_blocking(&req).unwrap();
+    let full = t.elapsed();
+    let mut partial = Vec::new();
+    let rounds: u64 = std::env::var("SWY_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    for g in 1..=rounds {
+        // Built (and later dropped) outside the timing: in the daemon,
+        // snapshots share their plans and cost nothing to make or drop.
+        let req = request(snapshot(n, eps, g), &["svc-1"], false);
+        let t = Instant::now();
+        dp.sync_blocking(&req).unwrap();
+        partial.push(t.elapsed());
+    }
+    let sizes = exec.0.lock().unwrap().clone();
+    println!(
+        "render  {n:>6} Services x {eps} endpoints: full {:>9} ({:.1} MB)   partial {:>8} ({} bytes)",
+        ms(full),
+        sizes[0] as f64 / 1e6,
+        ms(median(partial)),
+        sizes.last().unwrap()
+    );
+}
+
+/// A backend on the lab's node namespace, with the tree shape from `SWY_LEAF` (default 64).
+fn lab_dataplane(lab: &lab::Lab, variant: Variant) -> IptablesDataplane {
+    let mut s = Settings::new(lab.ns("node"));
+    s.node_ips = vec!["192.168.0.2".parse().unwrap()];
+    s.cluster_cidrs = masquerade().cluster_cidrs;
+    s.leaf_max = std::env::var("SWY_LEAF").ok().and_then(|v| v.parse().ok()).unwrap_or(s.leaf_max);
+    s.conntrack = true;
+    s.sysctls = true;
+    let exec = Arc::new(backend_iptables::SystemExecutor { netns: lab.ns("node"), variant });
+    IptablesDataplane::with_executor(s, exec)
+}
+
+fn restore_figures(n: usize, eps: usize, variant: Variant) {
+    let lab = lab::Lab::new();
+    let dp = lab_dataplane(&lab, variant);
+    let req = request(snapshot(n, eps, 0), &[], true);
+    let t = Instant::now();
+    dp.sync_blocking(&req).unwrap();
+    let full = t.elapsed();
+    let mut partial = Vec::new();
+    for g in 1..=5 {
+        let req = request(snapshot(n, eps, g), &["svc-1"], false);
+        let t = Instant::now();
+        let out = dp.sync_blocking(&req).unwrap();
+        assert!(!out.full);
+        partial.push(t.elapsed());
+    }
+    // A periodic resync with nothing changed: re-render, compare, check the canary.
+    let req = request(snapshot(n, eps, 5), &[], true);
+    let t = Instant::now();
+    dp.sync_blocking(&req).unwrap();
+    let periodic = t.elapsed();
+    let chains = lab.save(variant).lines().filter(|l| l.starts_with(":SWITCHYARD-")).count();
+    let rules = lab.save(variant).lines().filter(|l| l.starts_with("-A SWITCHYARD-")).count();
+    println!(
+        "restore {n:>6} Services x {eps} endpoints, iptables-{variant}: full sync {:>9}   one endpoint changed {:>8}   periodic resync {:>8}   ({chains} chains, {rules} rules)",
+        ms(full),
+        ms(median(partial)),
+        ms(periodic)
+    );
+    let t = Instant::now();
+    let tracer_state = dp.inspect_blocking().unwrap();
+    println!("inspect {n:>6} Services: {} frontends read back in {}", tracer_state.frontends.len(), ms(t.elapsed()));
+}
+
+fn latency_figures(n: usize, variant: Variant) {
+    let lab = lab::Lab::new();
+    lab.echo("pod1", &[8080], &[]);
+    let dp = lab_dataplane(&lab, variant);
+    dp.sync_blocking(&request(snapshot(n, 2, 0), &[], true)).unwrap();
+    let vip = SocketAddr::new(cluster_ips(n)[probe_index(n)], 80);
+    let samples: Vec<Duration> = lab.in_ns("client", move || {
+        let mut out = Vec::new();
+        for i in 0..5000 {
+            let t = Instant::now();
+            let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).unwrap();
+            let d = t.elapsed();
+            drop(s);
+            if i >= 1000 {
+                out.push(d);
+            }
+        }
+        out
+    });
+    let mut s = samples;
+    s.sort();
+    let p = |q: f64| s[((s.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
+    println!(
+        "connect {n:>6} Services, iptables-{variant}: p50 {:.1} µs   p90 {:.1} µs   p99 {:.1} µs",
+        p(0.5),
+        p(0.9),
+        p(0.99)
+    );
+}
+
+fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    }
+    let a = args();
+    if std::env::var_os("SWY_PROFILE").is_some() {
+        profile_desired(10_000, 10);
+        return;
+    }
+    for &n in &a.sizes {
+        render_figures(n, a.endpoints);
+    }
+    if !lab::is_root() {
+        println!("SKIPPED restore and latency figures: need root");
+        return;
+    }
+    for &variant in &a.variants {
+        if a.restore {
+            for &n in &a.sizes {
+                restore_figures(n, a.endpoints, variant);
+            }
+        }
+        for &n in &a.latency {
+            latency_figures(n, variant);
+        }
+    }
+    let _ = FamilySet::V4;
+}
+
+#[allow(dead_code, reason = "profiling aid")]
+fn profile_desired(n: usize, eps: usize) {
+    use backend_iptables::render::{RenderConfig, desired, render_service};
+    let mut cfg = RenderConfig::new(IpFamily::V4);
+    cfg.masquerade = masquerade();
+    cfg.leaf_max = std::env::var("SWY_LEAF").ok().and_then(|v| v.parse().ok()).unwrap_or(cfg.leaf_max);
+    let services: std::collections::BTreeMap<ServiceName, _> =
+        plans(n, eps, 0).into_iter().map(|p| (p.name().clone(), render_service(&Arc::new(p), &cfg))).collect();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let d = desired(&cfg, &services);
+        let t1 = t.elapsed();
+        let w = backend_iptables::sync::written(&d);
+        let t2 = t.elapsed();
+        let (p, _) = backend_iptables::sync::partial_payload(&w, &d, true);
+        let t3 = t.elapsed();
+        println!(
+            "desired {} ({} chains), written {}, partial {} ({} bytes)",
+            ms(t1),
+            d.len(),
+            ms(t2 - t1),
+            ms(t3 - t2),
+            p.render().len()
+        );
+    }
+}

@@ -41,6 +41,9 @@ pub fn read(exec: &dyn Executor, family: IpFamily) -> Result<Ruleset, Error> {
 }
 
 /// Removes our chains and jumps of one family; returns how many chains went.
+/// CLI equivalent: `iptables-save -t nat`, then `iptables -t nat -D <chain> <rule>`
+/// for each jump into `SWITCHYARD-*`, `-F` and `-X` of each of ours (same for filter),
+/// all in one `iptables-restore --noflush`.
 pub fn cleanup_family(exec: &dyn Executor, family: IpFamily) -> Result<usize, Error> {
     let current = read(exec, family)?;
     let payload = cleanup_payload(&current);

@@ -219,7 +219,7 @@ pub fn clear_stale_udp(netns: &NetNamespace, family: IpFamily, rules: Vec<StaleF
         let operation = operation.to_string();
         move |source| Error::Conntrack { operation, source }
     };
-    let result = netns
+    netns
         .run(move || -> Result<usize, Error> {
             let sock = open().map_err(err("open netlink socket"))?;
             let flows = dump(&sock, family, 1).map_err(err("dump"))?;
@@ -237,8 +237,7 @@ pub fn clear_stale_udp(netns: &NetNamespace, family: IpFamily, rules: Vec<StaleF
             }
             Ok(deleted)
         })
-        .map_err(err("enter network namespace"))?;
-    result
+        .map_err(err("enter network namespace"))?
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::conntrack::{self, FrontendMatch, StaleFlows};
 use crate::error::Error;
 use crate::exec::{Executor, SystemExecutor, Variant};
 use crate::inspect::{InspectContext, programmed_state};
+use crate::metrics::{IptablesMetrics, TableLabel};
 use crate::render::{self, RenderConfig, ServiceRules};
 use crate::supported;
 use crate::sync::{self, PayloadStats, Written};
@@ -62,7 +63,7 @@ impl Settings {
             node_ips: Vec::new(),
             random_fully: true,
             stride: 2,
-            leaf_max: 64,
+            leaf_max: 256,
             full_sync_period: Duration::from_secs(3600),
             conntrack: false,
             sysctls: false,
@@ -113,6 +114,7 @@ pub struct IptablesDataplane {
     others: Arc<Vec<Arc<dyn Executor>>>,
     state: Arc<Mutex<State>>,
     variant: Variant,
+    metrics: Option<IptablesMetrics>,
 }
 
 impl IptablesDataplane {
@@ -124,7 +126,14 @@ impl IptablesDataplane {
             others: Arc::new(Vec::new()),
             state: Arc::new(Mutex::new(State::default())),
             variant: Variant::Plain,
+            metrics: None,
         }
+    }
+
+    /// Registers kube-proxy's iptables metrics in `registry` and keeps them current.
+    pub fn with_metrics(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics = Some(IptablesMetrics::register(registry));
+        self
     }
 
     /// Builds from the backend context: reads the section, detects the
@@ -166,6 +175,7 @@ impl IptablesDataplane {
         }
         dp.others = Arc::new(others);
         dp.variant = variant;
+        dp.metrics = Some(IptablesMetrics::register(&mut ctx.metrics.lock().unwrap_or_else(|e| e.into_inner())));
         info!(%variant, random_fully, "iptables backend ready");
         Ok(dp)
     }
@@ -209,18 +219,31 @@ impl IptablesDataplane {
             changed = request.changed.len()
         );
         let _enter = span.enter();
-        match self.sync_locked(&mut state, request, full) {
+        let result = match self.sync_locked(&mut state, request, full) {
             Ok(outcome) => Ok(outcome),
             Err(e) if !full => {
                 warn!(error = %proxy_core::ErrorChain(&e), "partial sync failed; doing a full sync");
+                if let Some(m) = &self.metrics {
+                    m.partial_restore_failures.inc();
+                }
                 state.needs_full = true;
                 self.sync_locked(&mut state, request, true)
             }
-            Err(e) => {
-                state.needs_full = true;
-                Err(e)
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            state.needs_full = true;
+            if let Some(m) = &self.metrics {
+                m.restore_failures.inc();
             }
         }
+        if let (Ok(outcome), Some(m)) = (&result, &self.metrics) {
+            for (table, key) in [("nat", "nat rules"), ("filter", "filter rules")] {
+                let n = outcome.objects.get(key).copied().unwrap_or(0);
+                m.rules.get_or_create(&TableLabel { table: table.into() }).set(n as i64);
+            }
+        }
+        result
     }
 
     fn sync_locked(&self, state: &mut State, request: &SyncRequest, full: bool) -> Result<SyncOutcome, Error> {
@@ -249,7 +272,7 @@ impl IptablesDataplane {
                 let current = cleanup::read(self.exec.as_ref(), family)?;
                 sync::full_payload(&current, &desired)
             } else {
-                let (p, s) = sync::partial_payload(&fs.written, &desired);
+                let (p, s) = sync::partial_payload(&fs.written, &desired, request.full);
                 if s == PayloadStats::default() && !request.full {
                     // Nothing changed in this family; the canary is checked on the next periodic sync.
                     continue;

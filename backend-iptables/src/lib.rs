@@ -29,6 +29,7 @@ pub mod error;
 pub mod exec;
 pub mod fake;
 pub mod inspect;
+pub mod metrics;
 pub mod names;
 pub mod parse;
 pub mod render;

@@ -74,7 +74,7 @@ impl RenderConfig {
             nodeport_addresses: NodePortAddresses::All,
             node_ips: Vec::new(),
             stride: 2,
-            leaf_max: 64,
+            leaf_max: 256,
         }
     }
 
@@ -92,10 +92,17 @@ impl RenderConfig {
         rule.jump_with("MARK", &format!("--set-xmark {}", self.mark()))
     }
 
-    fn reject(&self, rule: Rule) -> Rule {
-        match self.family {
-            IpFamily::V4 => rule.jump_with("REJECT", "--reject-with icmp-port-unreachable"),
-            IpFamily::V6 => rule.jump_with("REJECT", "--reject-with icmp6-port-unreachable"),
+    /// REJECT: a TCP reset for TCP (the rule must match `-p tcp`), ICMP
+    /// port-unreachable otherwise. The reset matters for the node's own
+    /// clients: an ICMP error that arrives while connect(2) still holds the
+    /// socket lock is only recorded as a soft error, and the connection
+    /// fails a SYN retransmission (1 s) later; a reset is processed when the
+    /// lock is released, so "connection refused" is immediate.
+    fn reject(&self, rule: Rule, protocol: Protocol) -> Rule {
+        match (protocol, self.family) {
+            (Protocol::Tcp, _) => rule.jump_with("REJECT", "--reject-with tcp-reset"),
+            (_, IpFamily::V4) => rule.jump_with("REJECT", "--reject-with icmp-port-unreachable"),
+            (_, IpFamily::V6) => rule.jump_with("REJECT", "--reject-with icmp6-port-unreachable"),
         }
     }
 
@@ -357,7 +364,7 @@ impl PortCtx<'_> {
 
     fn verdict_rule(&self, rule: Rule, v: Verdict) -> String {
         match v {
-            Verdict::Reject => self.cfg.reject(rule).render(),
+            Verdict::Reject => self.cfg.reject(rule, self.p.protocol).render(),
             Verdict::Drop => rule.jump("DROP").render(),
         }
     }
@@ -522,9 +529,10 @@ fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) 
     if fwr_needed {
         let mut rules = Vec::new();
         for range in &p.source_ranges {
-            rules.push(cfg.reject(Rule::new().source(range)).render());
+            rules.push(cfg.reject(Rule::new().source(range).protocol(proto), p.protocol).render());
         }
-        rules.push(cfg.reject(Rule::new().matcher("addrtype", "--src-type LOCAL")).render());
+        rules
+            .push(cfg.reject(Rule::new().protocol(proto).matcher("addrtype", "--src-type LOCAL"), p.protocol).render());
         rules.push(Rule::new().jump("DROP").render());
         rules[0] = with_comment(&rules[0], &escape_comment(&format!("{} loadbalancer source ranges", ctx.svc)));
         out.chains.push(OwnChain { table: Table::Filter, name: ctx.name("FWR"), hash: hash_rules(&rules), rules });

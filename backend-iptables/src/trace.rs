@@ -103,10 +103,13 @@ type Branches = Vec<(State, End)>;
 pub struct Tracer<'a> {
     ruleset: &'a Ruleset,
     host: &'a Host,
-    parsed: RefCell<HashMap<(Table, String), Rc<Vec<ParsedRule>>>>,
+    parsed: RefCell<ParsedChains>,
 }
 
 const MAX_DEPTH: usize = 64;
+
+/// Chains parsed so far, by table and name.
+type ParsedChains = HashMap<(Table, String), Rc<Vec<ParsedRule>>>;
 
 impl<'a> Tracer<'a> {
     pub fn new(ruleset: &'a Ruleset, host: &'a Host) -> Self {

@@ -176,6 +176,21 @@ fn common_prefix_len(a: u128, b: u128, width: u8) -> u8 {
     width - used
 }
 
+/// The name of the chain for a prefix: readable for IPv4 and ports
+/// (`SWITCHYARD-DST-0A600000-12` is 10.96.0.0/12), hashed for IPv6 where
+/// the prefix does not fit in 28 characters.
+pub fn chain_name(spec: &TreeSpec, prefix: u128, len: u8) -> String {
+    match spec.key {
+        KeyKind::Destination(IpFamily::V4) | KeyKind::Source(IpFamily::V4) => {
+            format!("{}{}-{:08X}-{len}", names::PREFIX, spec.kind, prefix as u32)
+        }
+        KeyKind::ProtoPort => format!("{}{}-{:05X}-{len}", names::PREFIX, spec.kind, prefix as u32),
+        KeyKind::Destination(IpFamily::V6) | KeyKind::Source(IpFamily::V6) => {
+            names::hashed(spec.kind, &[spec.tag, &format!("{prefix:x}/{len}")])
+        }
+    }
+}
+
 /// Builds a tree over entries, which must be sorted by key (entries with
 /// equal keys keep their order). The root comes first in the result.
 pub fn build<'a>(spec: &TreeSpec, entries: &[TreeEntry<'a>]) -> Vec<TreeChain<'a>> {
@@ -185,22 +200,37 @@ pub fn build<'a>(spec: &TreeSpec, entries: &[TreeEntry<'a>]) -> Vec<TreeChain<'a
     out
 }
 
+fn weight(entries: &[TreeEntry<'_>]) -> usize {
+    entries.iter().map(|e| e.rules.len()).sum()
+}
+
+fn leaf<'a>(name: String, entries: &[TreeEntry<'a>]) -> TreeChain<'a> {
+    let mut h = DefaultHasher::new();
+    for e in entries {
+        e.hash.hash(&mut h);
+    }
+    TreeChain { name, hash: h.finish(), body: Body::Leaf(entries.iter().map(|e| e.rules).collect()) }
+}
+
+/// One child of an inner node: its compressed prefix and where its entries are.
+struct Child<'e, 'a> {
+    prefix: u128,
+    len: u8,
+    start: usize,
+    entries: &'e [TreeEntry<'a>],
+}
+
 fn node<'a>(spec: &TreeSpec, entries: &[TreeEntry<'a>], len: u8, name: String, out: &mut Vec<TreeChain<'a>>) {
     let width = spec.key.width();
-    let weight: usize = entries.iter().map(|e| e.rules.len()).sum();
-    if weight <= spec.leaf_max || len >= width || entries.len() <= 1 {
-        let mut h = DefaultHasher::new();
-        for e in entries {
-            e.hash.hash(&mut h);
-        }
-        out.push(TreeChain { name, hash: h.finish(), body: Body::Leaf(entries.iter().map(|e| e.rules).collect()) });
+    if weight(entries) <= spec.leaf_max || len >= width || entries.len() <= 1 {
+        out.push(leaf(name, entries));
         return;
     }
     let slot = out.len();
     out.push(TreeChain { name: String::new(), hash: 0, body: Body::Dispatch(Vec::new()) });
     let next = (len + spec.stride).min(width);
     let shift = width - next;
-    let mut rules = Vec::new();
+    let mut children = Vec::new();
     let mut start = 0;
     while start < entries.len() {
         let group_key = entries[start].key >> shift;
@@ -214,15 +244,54 @@ fn node<'a>(spec: &TreeSpec, entries: &[TreeEntry<'a>], len: u8, name: String, o
         let aligned = (common / spec.stride) * spec.stride;
         let depth = aligned.max(next).min(width);
         let prefix = if depth == 0 { 0 } else { (group[0].key >> (width - depth)) << (width - depth) };
-        let child = names::hashed(spec.kind, &[spec.tag, &format!("{prefix:x}/{depth}")]);
-        let m = spec.key.prefix_match(prefix, depth);
-        rules.push(if m.is_empty() { format!("-j {child}") } else { format!("{m} -j {child}") });
-        node(spec, group, depth, child, out);
+        children.push(Child { prefix, len: depth, start, entries: group });
         start = end;
+    }
+    // Children too big for a leaf become inner nodes; consecutive small ones
+    // share leaf chains (named after the first), so leaves stay well filled
+    // and the chain count low (iptables-nft's cost grows with the number of chains).
+    let mut rules = Vec::with_capacity(children.len());
+    let mut i = 0;
+    while i < children.len() {
+        let c = &children[i];
+        let w = weight(c.entries);
+        if w > spec.leaf_max && c.len < width && c.entries.len() > 1 {
+            let child = chain_name(spec, c.prefix, c.len);
+            rules.push(dispatch_rule(spec, c, &child));
+            node(spec, c.entries, c.len, child, out);
+            i += 1;
+            continue;
+        }
+        let bin = chain_name(spec, c.prefix, c.len);
+        let first = i;
+        let mut total = w;
+        i += 1;
+        while i < children.len() {
+            let w = weight(children[i].entries);
+            let big = w > spec.leaf_max && children[i].len < width && children[i].entries.len() > 1;
+            if big || total + w > spec.leaf_max {
+                break;
+            }
+            total += w;
+            i += 1;
+        }
+        let packed = &children[first..i];
+        for c in packed {
+            rules.push(dispatch_rule(spec, c, &bin));
+        }
+        // The packed children are consecutive in `entries`.
+        let from = packed[0].start;
+        let count: usize = packed.iter().map(|c| c.entries.len()).sum();
+        out.push(leaf(bin, &entries[from..from + count]));
     }
     let mut h = DefaultHasher::new();
     rules.hash(&mut h);
     out[slot] = TreeChain { name, hash: h.finish(), body: Body::Dispatch(rules) };
+}
+
+fn dispatch_rule(spec: &TreeSpec, c: &Child<'_, '_>, target: &str) -> String {
+    let m = spec.key.prefix_match(c.prefix, c.len);
+    if m.is_empty() { format!("-j {target}") } else { format!("{m} -j {target}") }
 }
 
 #[cfg(test)]
@@ -267,9 +336,9 @@ mod tests {
         // The root splits on the first two bits: 10.x (00) and 192.x (11).
         let Body::Dispatch(root) = &t[0].body else { panic!("root is a leaf") };
         assert_eq!(root.len(), 2);
-        // 10.96.0.0/21 is the compressed prefix of the 10.x group; 192.168.1.1 is a /32 leaf.
-        assert!(root[0].starts_with("-d 10.96.0.0/20 -j SWITCHYARD-DST-"), "{root:?}");
-        assert!(root[1].starts_with("-d 192.168.1.1/32 -j SWITCHYARD-DST-"), "{root:?}");
+        // 10.96.0.0/20 is the compressed prefix of the 10.x group; 192.168.1.1 is a /32 leaf.
+        assert_eq!(root[0], "-d 10.96.0.0/20 -j SWITCHYARD-DST-0A600000-20", "{root:?}");
+        assert_eq!(root[1], "-d 192.168.1.1/32 -j SWITCHYARD-DST-C0A80101-32", "{root:?}");
         for c in &t {
             assert!(c.rule_count() <= 8, "{} has {}", c.name, c.rule_count());
             assert!(c.name.len() <= 28);
@@ -282,7 +351,7 @@ mod tests {
         more.push("10.96.3.7");
         let t2 = build(&spec(8), &entries(&more, &r));
         let changed: Vec<_> = t2.iter().filter(|c| !t.iter().any(|o| o.name == c.name && o.hash == c.hash)).collect();
-        // Here the leaf 10.96.3.0/… overflows and splits: it and its new children.
+        // Here a leaf overflows and splits: it, its parent and the new children.
         assert!(changed.len() <= 2 + (1 << 2), "{changed:?}");
     }
 

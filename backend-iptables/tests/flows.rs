@@ -3,6 +3,8 @@
 //! with `ServicePortPlan::flow` — the same table the conformance lab plays
 //! with real packets. No root needed: the rules go to the fake iptables.
 
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions panic on broken fixtures")]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

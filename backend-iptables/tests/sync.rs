@@ -1,6 +1,8 @@
 //! Sync logic on the fake iptables: golden payloads, inspect round-trip,
 //! partial syncs, the canary, convergence from leftovers, cleanup.
 
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions panic on broken fixtures")]
+
 mod common;
 
 use std::sync::Arc;
@@ -187,17 +189,24 @@ fn flushed_tables_are_repaired() {
     assert!(outcome.full, "the canary must force a full sync");
     assert_eq!(fake.ruleset(IpFamily::V4), good);
 
-    // Same for the filter table, found by a partial sync with a change.
-    fake.flush_table(IpFamily::V4, Table::Filter);
-    apply_slice(
-        &mut t,
-        SliceBuilder::new("ns1", "web-1", "web")
-            .port("http", 8080, "TCP")
-            .endpoint(endpoint("10.180.1.2").node("node-2")),
-    );
+    // A flushed nat table is also found by a partial sync that changes it.
+    fake.flush_table(IpFamily::V4, Table::Nat);
+    let web = |ip: &str| {
+        SliceBuilder::new("ns1", "web-1", "web").port("http", 8080, "TCP").endpoint(endpoint(ip).node("node-2"))
+    };
+    apply_slice(&mut t, web("10.180.1.2"));
     let snapshot = t.snapshot();
     let outcome = dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).unwrap();
     assert!(outcome.full);
+    assert_eq!(fake.ruleset(IpFamily::V4), fresh(FamilySet::V4, snapshot.clone()).ruleset(IpFamily::V4));
+
+    // A partial sync leaves tables it does not change alone (each table is a
+    // kernel commit); the filter table's canary is checked by the next periodic sync.
+    fake.flush_table(IpFamily::V4, Table::Filter);
+    apply_slice(&mut t, web("10.180.1.3"));
+    let snapshot = t.snapshot();
+    assert!(!dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).unwrap().full);
+    assert!(dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap().full);
     assert_eq!(fake.ruleset(IpFamily::V4), fresh(FamilySet::V4, snapshot).ruleset(IpFamily::V4));
 }
 
@@ -205,7 +214,9 @@ fn flushed_tables_are_repaired() {
 fn failures_fall_back_to_full_syncs() {
     let (services, slices) = small_catalog();
     let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
-    let (dp, fake) = fake_dataplane(FamilySet::V4);
+    let fake = Arc::new(FakeIptables::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let dp = IptablesDataplane::with_executor(settings(FamilySet::V4), fake.clone()).with_metrics(&mut registry);
     dp.sync_blocking(&request(t.snapshot(), &[], true)).unwrap();
     apply_slice(
         &mut t,
@@ -229,6 +240,12 @@ fn failures_fall_back_to_full_syncs() {
     assert!(dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).is_err());
     assert!(dp.sync_blocking(&request(snapshot.clone(), &[], false)).unwrap().full);
     assert_eq!(fake.ruleset(IpFamily::V4), fresh(FamilySet::V4, snapshot).ruleset(IpFamily::V4));
+    // kube-proxy's metric names.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 2"), "{text}");
+    assert!(text.contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1"), "{text}");
+    assert!(text.contains("kubeproxy_sync_proxy_rules_iptables{table=\"nat\"}"), "{text}");
 }
 
 fn sorted_builtins(mut rs: Ruleset) -> Ruleset {

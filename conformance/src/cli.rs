@@ -138,7 +138,8 @@ pub fn main_with_registry(registry: Registry) -> ExitCode {
     runtime.block_on(run(args, registry))
 }
 
-fn agent_main(args: &[String]) -> ExitCode {
+/// Runs the hidden agent subcommand (`argv[2..]`); every binary that creates a lab calls it first.
+pub fn agent_main(args: &[String]) -> ExitCode {
     match AgentArgs::parse(args).map_err(std::io::Error::other).and_then(crate::agent::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

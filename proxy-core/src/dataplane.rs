@@ -156,6 +156,24 @@ impl Capabilities {
     }
 }
 
+/// Whether a backend can program the kernel right now. In-process backends
+/// are always up; an out-of-process plugin is down while its process is
+/// being restarted or its socket reconnected. `/healthz` fails while down.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataplaneHealth {
+    #[default]
+    Up,
+    Down {
+        reason: String,
+    },
+}
+
+impl DataplaneHealth {
+    pub fn is_up(&self) -> bool {
+        matches!(self, DataplaneHealth::Up)
+    }
+}
+
 /// A dataplane: renders plans into kernel objects and reads them back.
 ///
 /// Implementations own their kernel objects exclusively (named with our
@@ -181,4 +199,10 @@ pub trait Dataplane: Send + Sync + fmt::Debug {
     /// Removes everything this backend ever installs. Succeeds when there is
     /// nothing to remove; works from a fresh process.
     async fn cleanup(&self) -> Result<(), DataplaneError>;
+
+    /// Whether the backend can program the kernel right now (cheap; called
+    /// on every `/healthz`). The default is always up.
+    fn health(&self) -> DataplaneHealth {
+        DataplaneHealth::Up
+    }
 }

@@ -226,6 +226,13 @@ impl ServicePortPlan {
         if !self.source_allowed(kind, source, class) {
             return Flow { route: Route::Drop, masquerade: false };
         }
+        self.flow_for_class(kind, class, masq)
+    }
+
+    /// [`flow`](Self::flow) for any source of `class` that passes the
+    /// source ranges: what a dataplane programs per (frontend, class of
+    /// source). Out-of-process plugins receive this table precomputed.
+    pub fn flow_for_class(&self, kind: FrontendKind, class: SourceClass, masq: &MasqueradeConfig) -> Flow {
         let route = self.route_for(kind, class).clone();
         let masquerade = match kind {
             // Off-cluster traffic to a ClusterIP is masqueraded so that replies

@@ -3,6 +3,7 @@
 //! Dependency-free on purpose: it is built before anything else on a fresh
 //! machine, so it must compile in seconds.
 
+mod demo;
 mod test;
 
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
-         test [--skip TIER]...   run every test tier (lint, unit, conformance, vm)\n"
+         test [--skip TIER]...   run every test tier (lint, unit, demo, conformance, vm)\n  \
+         demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n"
     );
     ExitCode::from(2)
 }
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
     let Some((cmd, rest)) = args.split_first() else { return usage() };
     match cmd.as_str() {
         "test" => test::run(rest),
+        "demo" => demo::run(rest),
         _ => usage(),
     }
 }

@@ -3,27 +3,79 @@
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use crate::demo::{binary, target_dir};
+
 /// One tier: a name and the commands it runs (all must succeed).
 struct Tier {
     name: &'static str,
     what: &'static str,
-    commands: Vec<Vec<&'static str>>,
+    commands: Vec<Vec<String>>,
+}
+
+fn cmd(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+fn bin(name: &str, args: &[&str]) -> Vec<String> {
+    std::iter::once(binary(name).display().to_string()).chain(args.iter().map(|s| s.to_string())).collect()
+}
+
+fn report(name: &str) -> String {
+    target_dir().join(name).display().to_string()
 }
 
 fn tiers() -> Vec<Tier> {
+    let conformance_json = report("conformance-host.json");
+    let conformance_md = report("conformance-host.md");
     vec![
         Tier {
             name: "lint",
             what: "rustfmt and clippy with warnings as errors",
             commands: vec![
-                vec!["cargo", "fmt", "--all", "--check"],
-                vec!["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+                cmd(&["cargo", "fmt", "--all", "--check"]),
+                cmd(&["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
             ],
         },
         Tier {
             name: "unit",
             what: "unit, property and netns integration tests of every crate",
-            commands: vec![vec!["cargo", "test", "--workspace"]],
+            commands: vec![cmd(&["cargo", "test", "--workspace"])],
+        },
+        Tier {
+            name: "demo",
+            what: "the README's demo (./x demo), checking what every step must show",
+            commands: vec![
+                cmd(&["cargo", "build", "-p", "proxy-daemon", "-p", "conformance", "--bins"]),
+                bin(
+                    "switchyard-sandbox",
+                    &[
+                        "--check",
+                        "--step-seconds",
+                        "3",
+                        "--switchyard-bin",
+                        &binary("switchyard").display().to_string(),
+                    ],
+                ),
+            ],
+        },
+        Tier {
+            name: "conformance",
+            what: "every scenario against every backend on the host kernel, in-process and through the daemon",
+            commands: vec![bin(
+                "switchyard-conformance",
+                &[
+                    "--backend",
+                    "iptables",
+                    "--binary-backend",
+                    "iptables",
+                    "--switchyard-bin",
+                    &binary("switchyard").display().to_string(),
+                    "--json",
+                    &conformance_json,
+                    "--markdown",
+                    &conformance_md,
+                ],
+            )],
         },
     ]
 }
@@ -51,7 +103,7 @@ pub fn run(args: &[String]) -> ExitCode {
         let mut outcome = "ok".to_string();
         for cmd in &tier.commands {
             println!("$ {}", cmd.join(" "));
-            match Command::new(cmd[0]).args(&cmd[1..]).status() {
+            match Command::new(&cmd[0]).args(&cmd[1..]).status() {
                 Ok(s) if s.success() => {}
                 Ok(s) => {
                     outcome = format!("FAILED ({} exited with {s})", cmd.join(" "));

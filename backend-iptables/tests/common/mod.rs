@@ -13,6 +13,9 @@
 //! | clients outside the cluster | 203.0.113.0/24 (sourceRanges allow 203.0.113.0/25), 198.51.100.9 | 2001:db8::/32 |
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
+#![allow(clippy::unwrap_used, reason = "fixtures panic when broken")]
+
+pub mod lab;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
