@@ -9,13 +9,19 @@
  *      pod = cluster CIDR, external), checked against
  *      loadBalancerSourceRanges, and routed as the plan says: forward to a
  *      backend (random, Maglev or the session-affinity choice), reject
- *      (TCP RST / ICMP port unreachable sent back at once) or drop.
+ *      (TCP RST / ICMP port unreachable sent back at once) or drop; its
+ *      source port moves when the backend may still hold that tuple;
+ *   3. the SYN of a connection to no frontend is noted (swy_seen), or moved
+ *      off a tuple a translated flow still holds.
+ * swy_tc_egress (TC egress, packets the node sends): reverse NAT of
+ *   host-network endpoints' replies; SNAT of node processes' Service
+ *   connections when the plan masquerades node traffic.
  * swy_connect4/6, swy_sendmsg4/6 (cgroup): host-network clients get the
  *   backend written into the socket address; swy_recvmsg4/6 and
  *   swy_getpeername4/6 show the frontend again.
  *
- * Minimum kernel: 5.10 for the programs (bpf_get_netns_cookie in sock_addr
- * programs 5.7, BPF_F_NO_PREALLOC LPM tries, bounded loops 5.3);
+ * Minimum kernel: 5.10 for the programs (bpf_redirect_neigh 5.10,
+ * bpf_get_netns_cookie in sock_addr programs 5.7, bounded loops 5.3);
  * bpf_set_retval (ECONNREFUSED from connect) needs 5.18.
  */
 #include <linux/bpf.h>

@@ -7,10 +7,11 @@
 //! lookup on (address, port, protocol), whatever the number of Services.
 //! See README.md for programs, hooks, maps, kernels, restart and cleanup.
 //!
-//! Modules follow the other backends: [`render`] (plans → desired maps),
-//! [`maps`] (read, diff and write the pinned maps), [`client`] (load, attach,
-//! pin), [`fake`] (a packet tracer over rendered maps), [`cleanup`] and
-//! [`supported`].
+//! Modules follow the other backends: [`render`] (plans → desired maps, per
+//! Service), [`maps`] (read, diff and write the pinned maps, stale UDP
+//! flush), [`client`] (load, attach, pin), [`worker`] (the thread inside the
+//! namespace), [`fake`] (a packet tracer over rendered maps), [`cleanup`]
+//! and [`supported`].
 
 pub mod cleanup;
 pub mod client;
