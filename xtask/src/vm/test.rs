@@ -1,0 +1,213 @@
+//! `cargo xtask vm test`: the kernel-facing tests, run for real on the 6.1 kernel.
+//!
+//! Builds the test binaries of the dataplane crates (`cargo test --no-run`),
+//! copies them into the VM and runs each with `--test-threads=1` (they share
+//! one kernel). Inside the VM `SWITCHYARD_VM=1` is set: tests that skip on a
+//! host without IPVS must run there, and fail rather than skip. When the
+//! workspace has the `switchyard-conformance` binary, the suite runs too, once
+//! for every backend, with its JSON report written to the output directory.
+//! Exits non-zero when anything failed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use super::{Spec, parse_common, shell_quote};
+
+/// Crates whose tests touch the kernel.
+const DEFAULT_PACKAGES: &[&str] = &["backend-ipvs", "backend-iptables", "backend-ebpf", "conformance"];
+/// Backends the conformance suite is run against in the VM.
+const DEFAULT_BACKENDS: &[&str] = &["iptables", "ipvs"];
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo xtask vm test [-p CRATE]... [--backends a,b] [--filter F] [--release] [--out DIR] [run options]
+
+  -p CRATE         test this crate in the VM (repeatable; default: {})
+  --backends A,B   conformance backends (default: {}); `none` to skip the suite
+  --filter F       passed to every test binary as its name filter
+  --release        build with --release
+  --out DIR        where reports go (default: target/vm)
+  run options (--modules, --timeout, --accel, ...) as for `vm run`",
+        DEFAULT_PACKAGES.join(" "),
+        DEFAULT_BACKENDS.join(",")
+    );
+    ExitCode::from(2)
+}
+
+struct Artifact {
+    name: String,
+    path: PathBuf,
+}
+
+/// `cargo test --no-run` for the packages; the test executables it produced.
+fn build_tests(packages: &[String], release: bool) -> Result<Vec<Artifact>, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["test", "--no-run", "--message-format=json-render-diagnostics"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().map_err(|e| format!("{cargo}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo test --no-run failed with {}", out.status));
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else { continue };
+        let crate_name = msg["target"]["name"].as_str().unwrap_or("test");
+        let kind = msg["target"]["kind"][0].as_str().unwrap_or("lib");
+        found.push(Artifact { name: format!("{crate_name}-{kind}"), path: PathBuf::from(exe) });
+    }
+    Ok(found)
+}
+
+/// Builds a binary target if the workspace has it; its path.
+fn build_bin(package: &str, bin: &str, release: bool) -> Option<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--message-format=json-render-diagnostics", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
+        let msg: serde_json::Value = serde_json::from_str(line).ok()?;
+        (msg["reason"] == "compiler-artifact" && msg["target"]["name"] == bin)
+            .then(|| msg["executable"].as_str().map(PathBuf::from))
+            .flatten()
+    })
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask lives one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Sums cargo test's "test result:" lines: (passed, failed, ignored).
+pub fn count_results(console: &str) -> (u64, u64, u64) {
+    let mut totals = (0, 0, 0);
+    for line in console.lines().filter(|l| l.starts_with("test result:")) {
+        let num = |word: &str| -> u64 {
+            line.split(';')
+                .find(|part| part.trim_end().ends_with(word))
+                .and_then(|part| part.split_whitespace().rev().nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        totals.0 += num("passed");
+        totals.1 += num("failed");
+        totals.2 += num("ignored");
+    }
+    totals
+}
+
+pub fn main(args: &[String]) -> ExitCode {
+    let mut spec = Spec::default();
+    let rest = match parse_common(args, &mut spec) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vm test: {e}");
+            return usage();
+        }
+    };
+    let mut packages = Vec::new();
+    let mut backends: Vec<String> = DEFAULT_BACKENDS.iter().map(|s| s.to_string()).collect();
+    let mut filter = None;
+    let mut release = false;
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-p" | "--package" => match it.next() {
+                Some(p) => packages.push(p.clone()),
+                None => return usage(),
+            },
+            "--backends" => match it.next() {
+                Some(b) if b == "none" => backends.clear(),
+                Some(b) => backends = b.split(',').map(String::from).collect(),
+                None => return usage(),
+            },
+            "--filter" => filter = it.next().cloned(),
+            "--release" => release = true,
+            _ => return usage(),
+        }
+    }
+    if packages.is_empty() {
+        packages = DEFAULT_PACKAGES.iter().map(|s| s.to_string()).collect();
+    }
+    let root = workspace_root();
+    let out_dir = spec.out_dir.clone().unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("vm")
+    });
+    if let Err(e) = std::fs::create_dir_all(&out_dir) {
+        eprintln!("vm test: {}: {e}", out_dir.display());
+        return ExitCode::FAILURE;
+    }
+    spec.out_dir = Some(out_dir.clone());
+
+    let tests = match build_tests(&packages, release) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vm test: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut script = String::from("fail=0\n");
+    let filter_arg = filter.as_deref().map(shell_quote).unwrap_or_default();
+    for t in &tests {
+        let guest = format!("/work/tests/{}", t.name);
+        spec.adds.push((t.path.clone(), PathBuf::from(&guest)));
+        script.push_str(&format!(
+            "echo '=== {name}'\n{guest} --test-threads=1 {filter_arg} || {{ fail=1; echo 'vm test: {name} FAILED'; }}\n",
+            name = t.name
+        ));
+    }
+    if !backends.is_empty() {
+        match build_bin("conformance", "switchyard-conformance", release) {
+            Some(bin) => {
+                spec.adds.push((bin, PathBuf::from("/work/switchyard-conformance")));
+                let scenarios = root.join("conformance/scenarios");
+                if scenarios.is_dir() {
+                    spec.adds.push((scenarios, PathBuf::from("/work/scenarios")));
+                }
+                let list: Vec<String> = backends.iter().map(|b| format!("--backend {}", shell_quote(b))).collect();
+                script.push_str(&format!(
+                    "echo '=== conformance'\n/work/switchyard-conformance {} --scenarios /work/scenarios --report /out/conformance.json || {{ fail=1; echo 'vm test: conformance FAILED'; }}\n",
+                    list.join(" ")
+                ));
+            }
+            None => eprintln!("vm test: no switchyard-conformance binary in this workspace yet; suite not run"),
+        }
+    }
+    script.push_str("exit $fail\n");
+    spec.command = script;
+    let outcome = super::run(&spec);
+    if let Ok(o) = &outcome {
+        let (passed, failed, ignored) = count_results(&o.console);
+        let _ = std::fs::write(out_dir.join("console.log"), &o.console);
+        println!("vm: {passed} passed, {failed} failed, {ignored} skipped");
+    }
+    super::exit_with(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_results;
+
+    #[test]
+    fn counts_cargo_test_summaries() {
+        let console = "test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+                       test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(count_results(console), (7, 3, 1));
+    }
+}
