@@ -263,7 +263,7 @@ if ! modprobe -a {modules} 2>/dev/null; then
 fi
 {out_mount}echo "vm: ready uptime=$(cut -d' ' -f1 /proc/uptime)"
 {env}cd /work
-sh /switchyard/command.sh
+/bin/sh /switchyard/command.sh
 rc=$?
 sync
 [ -d /out ] && umount /out 2>/dev/null
@@ -283,7 +283,11 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
 
     let busybox = Path::new("/bin/busybox");
     tree.file(busybox, "bin/busybox")?;
-    tree.symlink("bin/sh", "busybox");
+    // Busybox's sh runs its own applets before PATH (FEATURE_SH_STANDALONE in
+    // Debian's build), which would shadow the real `ip` and `iptables`: the
+    // guest's /bin/sh is the host's dash; /init alone uses busybox sh.
+    tree.add(Path::new("/bin/dash"), "bin/dash")?;
+    tree.symlink("bin/sh", "dash");
     tree.symlink("sbin/modprobe", "/bin/busybox");
     tree.symlink("sbin/poweroff", "/bin/busybox");
 
