@@ -26,6 +26,7 @@ fn usage() -> ExitCode {
   --backends A,B   conformance backends (default: {}); `none` to skip the suite
   --filter F       passed to every test binary as its name filter
   --release        build with --release
+  --conformance-arg A  extra argument for switchyard-conformance (repeatable, e.g. --filter)
   --out DIR        where reports go (default: target/vm)
   run options (--modules, --timeout, --accel, ...) as for `vm run`",
         DEFAULT_PACKAGES.join(" "),
@@ -88,6 +89,16 @@ fn build_bin(package: &str, bin: &str, release: bool) -> Option<PathBuf> {
     })
 }
 
+/// The modes `switchyard-conformance --list` names on its `backends:` line.
+fn registered_backends(bin: &Path) -> Vec<String> {
+    let out = Command::new(bin).arg("--list").stderr(Stdio::null()).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("backends:"))
+        .map(|l| l.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
 fn workspace_root() -> PathBuf {
     // xtask lives one level below the workspace root.
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
@@ -124,6 +135,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let mut backends: Vec<String> = DEFAULT_BACKENDS.iter().map(|s| s.to_string()).collect();
     let mut filter = None;
     let mut release = false;
+    let mut conformance_args: Vec<String> = Vec::new();
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -138,6 +150,10 @@ pub fn main(args: &[String]) -> ExitCode {
             },
             "--filter" => filter = it.next().cloned(),
             "--release" => release = true,
+            "--conformance-arg" => match it.next() {
+                Some(a) => conformance_args.push(a.clone()),
+                None => return usage(),
+            },
             _ => return usage(),
         }
     }
@@ -172,22 +188,36 @@ pub fn main(args: &[String]) -> ExitCode {
             name = t.name
         ));
     }
-    if !backends.is_empty() {
-        match build_bin("conformance", "switchyard-conformance", release) {
-            Some(bin) => {
+    let conformance =
+        if backends.is_empty() { None } else { build_bin("conformance", "switchyard-conformance", release) };
+    match conformance {
+        Some(bin) => {
+            // Only the backends this build registers (other branches may not be merged yet).
+            let registered = registered_backends(&bin);
+            let (run, missing): (Vec<String>, Vec<String>) =
+                backends.iter().cloned().partition(|b| registered.contains(b));
+            if !missing.is_empty() {
+                eprintln!("vm test: backends not registered in this build, not run: {}", missing.join(", "));
+            }
+            if !run.is_empty() {
                 spec.adds.push((bin, PathBuf::from("/work/switchyard-conformance")));
                 let scenarios = root.join("conformance/scenarios");
                 if scenarios.is_dir() {
                     spec.adds.push((scenarios, PathBuf::from("/work/scenarios")));
                 }
-                let list: Vec<String> = backends.iter().map(|b| format!("--backend {}", shell_quote(b))).collect();
+                let list: Vec<String> = run.iter().map(|b| format!("--backend {}", shell_quote(b))).collect();
+                let extra: Vec<String> = conformance_args.iter().map(|a| shell_quote(a)).collect();
                 script.push_str(&format!(
-                    "echo '=== conformance'\n/work/switchyard-conformance {} --scenarios /work/scenarios --report /out/conformance.json || {{ fail=1; echo 'vm test: conformance FAILED'; }}\n",
-                    list.join(" ")
+                    "echo '=== conformance'\n/work/switchyard-conformance {} --scenarios /work/scenarios --json /out/conformance.json --markdown /out/conformance.md {} || {{ fail=1; echo 'vm test: conformance FAILED'; }}\n",
+                    list.join(" "),
+                    extra.join(" ")
                 ));
             }
-            None => eprintln!("vm test: no switchyard-conformance binary in this workspace yet; suite not run"),
         }
+        None if !backends.is_empty() => {
+            eprintln!("vm test: no switchyard-conformance binary in this workspace; suite not run")
+        }
+        None => {}
     }
     script.push_str("exit $fail\n");
     spec.command = script;
