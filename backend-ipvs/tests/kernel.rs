@@ -5,6 +5,12 @@
 //! is a failure. Each test has its own namespaces (`swy-ipvs-<pid>-<n>`),
 //! deleted on every path by a guard.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "an integration test: a panic is a failure, a skip prints its reason"
+)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;

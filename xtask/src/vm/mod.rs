@@ -15,6 +15,7 @@
 //! The runner is generic: any backend's tests run in it by adding their
 //! binaries and modules (`--add`, `--modules`).
 
+mod bench;
 mod initramfs;
 mod kernel;
 mod qemu;
@@ -411,6 +412,8 @@ fn usage() -> ExitCode {
         "usage:
   cargo xtask vm run [OPTIONS] -- COMMAND...   run a command in the VM; exits with its status
   cargo xtask vm test [OPTIONS]                build the kernel-facing tests and run them in the VM
+  cargo xtask vm bench [--backends a,b] [--services 1000,10000] [--endpoints 10]
+                                               sync times of the backends, side by side in one VM
   cargo xtask vm fetch                         install host packages and cache the kernel
 
 run options:
@@ -505,6 +508,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
             exit_with(run(&spec))
         }
         "test" => test::main(args),
+        "bench" => bench::main(args),
         "fetch" => match kernel::ensure_packages(kernel::HOST_PACKAGES).and_then(|()| kernel::ensure_kernel()) {
             Ok(Kernel { release, vmlinuz, .. }) => {
                 println!("{release} {}", vmlinuz.display());

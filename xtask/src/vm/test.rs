@@ -90,7 +90,7 @@ fn build_bin(package: &str, bin: &str, release: bool) -> Option<PathBuf> {
 }
 
 /// The modes `switchyard-conformance --list` names on its `backends:` line.
-fn registered_backends(bin: &Path) -> Vec<String> {
+pub fn registered_backends(bin: &Path) -> Vec<String> {
     let out = Command::new(bin).arg("--list").stderr(Stdio::null()).output();
     let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     text.lines()
