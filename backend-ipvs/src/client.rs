@@ -69,6 +69,8 @@ impl ClientError {
 pub trait Ipvs: Send {
     /// `ipvsadm -Ln`: every virtual server (ours and others').
     fn services(&mut self) -> Result<Vec<VirtualServer>, ClientError>;
+    /// One virtual server, `None` when the kernel has no such one.
+    fn service(&mut self, key: &ServiceKey) -> Result<Option<VirtualServer>, ClientError>;
     /// `ipvsadm -Ln -t VIP:PORT`: the real servers of one virtual server.
     fn dests(&mut self, key: &ServiceKey) -> Result<Vec<RealServer>, ClientError>;
     /// Runs write requests in order.
@@ -208,6 +210,17 @@ impl Ipvs for NetlinkIpvs {
                 _ => None,
             })
             .collect())
+    }
+
+    fn service(&mut self, key: &ServiceKey) -> Result<Option<VirtualServer>, ClientError> {
+        match self.round_trip(&Request::GetService(*key)) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                Reply::Service { service, .. } => Some(service),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn dests(&mut self, key: &ServiceKey) -> Result<Vec<RealServer>, ClientError> {

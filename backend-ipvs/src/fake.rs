@@ -69,7 +69,11 @@ impl FakeIpvs {
                 }
             }
             Request::SetTimeouts { .. } => {}
-            Request::ResolveFamily | Request::GetInfo | Request::DumpServices | Request::DumpDests(_) => {
+            Request::ResolveFamily
+            | Request::GetInfo
+            | Request::GetService(_)
+            | Request::DumpServices
+            | Request::DumpDests(_) => {
                 return Err(kernel(req, libc::EINVAL));
             }
         }
@@ -81,6 +85,10 @@ impl FakeIpvs {
 impl Ipvs for FakeIpvs {
     fn services(&mut self) -> Result<Vec<VirtualServer>, ClientError> {
         Ok(self.services.values().map(|(vs, _)| vs.clone()).collect())
+    }
+
+    fn service(&mut self, key: &ServiceKey) -> Result<Option<VirtualServer>, ClientError> {
+        Ok(self.services.get(key).map(|(vs, _)| vs.clone()))
     }
 
     fn dests(&mut self, key: &ServiceKey) -> Result<Vec<RealServer>, ClientError> {

@@ -93,6 +93,8 @@ struct State {
     programmed: BTreeMap<ServiceName, BTreeSet<ServiceKey>>,
     /// Set contents at the last successful sync; `None` forces a full rebuild.
     sets: Option<Sets>,
+    /// switchyard0's addresses at the last successful sync.
+    vips: Option<BTreeSet<IpAddr>>,
     /// Whether rules and sysctls were written by this process.
     setup_done: bool,
 }
@@ -137,7 +139,8 @@ impl IpvsDataplane {
 
     fn sync_blocking(&self, request: &SyncRequest) -> Result<SyncOutcome, IpvsError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let full = request.full || state.sets.is_none() || !state.setup_done;
+        let started = Instant::now();
+        let full = request.full || state.sets.is_none() || state.vips.is_none() || !state.setup_done;
         let span = tracing::info_span!("sync", backend = MODE, full, services = request.snapshot.len());
         let _enter = span.enter();
         if state.client.is_none() {
@@ -166,8 +169,19 @@ impl IpvsDataplane {
         for c in &desired.conflicts {
             tracing::warn!(backend = MODE, "{c}");
         }
-        let (vips_added, vips_removed) =
-            link::with_handle(async |h| link::sync_addresses(&h, dummy, &desired.vips).await)?;
+        let t_desired = started.elapsed();
+        // A partial sync trusts the last applied addresses; a full one reads the kernel.
+        let (vips_added, vips_removed) = match (&state.vips, full) {
+            (Some(prev), false) => {
+                let missing: Vec<IpAddr> = desired.vips.difference(prev).copied().collect();
+                let stale: Vec<IpAddr> = prev.difference(&desired.vips).copied().collect();
+                link::with_handle(async |h| link::change_addresses(&h, dummy, &missing, &stale).await)?;
+                (missing.len(), stale.len())
+            }
+            _ => link::with_handle(async |h| link::sync_addresses(&h, dummy, &desired.vips).await)?,
+        };
+        state.vips = None; // until the sync succeeds
+        let t_links = started.elapsed();
         // Sets before the rules that reference them.
         let script = match (&state.sets, full) {
             (Some(old), false) => rules::diff_sets_script(old, &desired.sets),
@@ -178,6 +192,7 @@ impl IpvsDataplane {
             rules::apply_rules(&self.netns_here(), &families, &self.masquerade)?;
         }
         state.sets = None; // until IPVS is done too
+        let t_rules = started.elapsed();
         let keys: Option<BTreeSet<ServiceKey>> = (!full).then(|| {
             request
                 .changed
@@ -200,7 +215,9 @@ impl IpvsDataplane {
         let stats = reconcile::reconcile(client, &desired, keys.as_ref(), &owner, draining, grace, Instant::now())?;
         state.programmed = desired.by_service.clone();
         state.sets = Some(desired.sets.clone());
+        state.vips = Some(desired.vips.clone());
         state.setup_done = true;
+        let t_ipvs = started.elapsed();
         let dests: usize = desired.services.values().map(|s| s.dests.len()).sum();
         tracing::info!(
             backend = MODE,
@@ -213,6 +230,10 @@ impl IpvsDataplane {
             dests_deleted = stats.dests_deleted,
             vips_added,
             vips_removed,
+            ms_desired = t_desired.as_millis() as u64,
+            ms_links = (t_links - t_desired).as_millis() as u64,
+            ms_rules = (t_rules - t_links).as_millis() as u64,
+            ms_ipvs = (t_ipvs - t_rules).as_millis() as u64,
             "ipvs sync done"
         );
         Ok(SyncOutcome {
@@ -311,6 +332,9 @@ impl Dataplane for IpvsDataplane {
             Reject,
             Masquerade,
             Hairpin,
+            // expire_nodest_conn=1: a flow to a deleted real server is expired
+            // (with its conntrack entry, conntrack=1) and rescheduled on its next packet.
+            StaleUdpConntrack,
             HostNetworkClients,
         ])
     }

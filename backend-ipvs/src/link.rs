@@ -171,6 +171,12 @@ pub async fn sync_addresses(
         .copied()
         .collect();
     let missing: Vec<IpAddr> = wanted.difference(&current).copied().collect();
+    change_addresses(handle, index, &missing, &stale).await?;
+    Ok((missing.len(), stale.len()))
+}
+
+/// `ip addr add` each of `missing` and `ip addr del` each of `stale` on switchyard0, pipelined.
+pub async fn change_addresses(handle: &Handle, index: u32, missing: &[IpAddr], stale: &[IpAddr]) -> Result<(), LinkError> {
     let adds = futures::stream::iter(missing.iter().map(|ip| {
         let handle = handle.clone();
         let ip = *ip;
@@ -214,5 +220,5 @@ pub async fn sync_addresses(
     .collect::<Vec<_>>()
     .await;
     dels.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok((missing.len(), stale.len()))
+    Ok(())
 }

@@ -229,6 +229,8 @@ pub enum Request {
     SetDest(ServiceKey, RealServer),
     /// `ipvsadm -d`.
     DelDest(ServiceKey, IpAddr, u16),
+    /// `ipvsadm -Ln -t VIP:PORT` (service part): one virtual server, ESRCH when absent.
+    GetService(ServiceKey),
     /// `ipvsadm -Ln` (services part): a dump.
     DumpServices,
     /// `ipvsadm -Ln -t VIP:PORT`: a dump of one service's real servers.
@@ -253,6 +255,7 @@ impl Request {
             Request::NewDest(k, rs) => format!("ipvsadm -a {k} -r {} -m -w {}", rs.socket_addr(), rs.weight),
             Request::SetDest(k, rs) => format!("ipvsadm -e {k} -r {} -m -w {}", rs.socket_addr(), rs.weight),
             Request::DelDest(k, a, p) => format!("ipvsadm -d {k} -r {}", std::net::SocketAddr::new(*a, *p)),
+            Request::GetService(k) => format!("ipvsadm -Ln {k} (service)"),
             Request::DumpServices => "ipvsadm -Ln".into(),
             Request::DumpDests(k) => format!("ipvsadm -Ln {k}"),
             Request::SetTimeouts { tcp, tcp_fin, udp } => format!("ipvsadm --set {tcp} {tcp_fin} {udp}"),
@@ -376,6 +379,9 @@ pub fn build(req: &Request, family: u16, seq: u32) -> Result<Vec<u8>, MessageErr
             GENL_VERSION,
             vec![nested(attr::SERVICE, service_id_attrs(k)?)?, nested(attr::DEST, dest_id_attrs(*a, *p)?)?],
         ),
+        Request::GetService(k) => {
+            (family, cmd::GET_SERVICE, GENL_VERSION, vec![nested(attr::SERVICE, service_id_attrs(k)?)?])
+        }
         Request::DumpServices => (family, cmd::GET_SERVICE, GENL_VERSION, vec![]),
         Request::DumpDests(k) => {
             (family, cmd::GET_DEST, GENL_VERSION, vec![nested(attr::SERVICE, service_id_attrs(k)?)?])

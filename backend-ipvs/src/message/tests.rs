@@ -172,6 +172,14 @@ fn del_dest_bytes() {
 }
 
 #[test]
+fn get_service_bytes() {
+    // A single GET_SERVICE (doit, with ACK): the service's identity only.
+    let mut expected = header(68, REQUEST_ACK, cmd::GET_SERVICE);
+    expected.extend_from_slice(SERVICE_ID);
+    assert_eq!(build(&Request::GetService(key()), FAMILY, SEQ).unwrap(), expected);
+}
+
+#[test]
 fn dump_bytes() {
     // GET_SERVICE dump: no attributes at all.
     assert_eq!(build(&Request::DumpServices, FAMILY, SEQ).unwrap(), header(20, REQUEST_DUMP, cmd::GET_SERVICE));
