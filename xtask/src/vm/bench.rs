@@ -44,9 +44,10 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     let mut bins = std::collections::BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) {
-            bins.insert(name.to_string(), PathBuf::from(exe));
+        if let (Some(name), Some(exe)) =
+            (super::test::json_str(line, "name"), super::test::json_str(line, "executable"))
+        {
+            bins.insert(name, PathBuf::from(exe));
         }
     }
     let (Some(bench), Some(conformance)) = (bins.get("switchyard-sync-bench"), bins.get("switchyard-conformance"))

@@ -57,13 +57,13 @@ fn build_tests(packages: &[String], release: bool) -> Result<Vec<Artifact>, Stri
     }
     let mut found = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+        if json_str(line, "reason").as_deref() != Some("compiler-artifact") || !line.contains("\"test\":true") {
             continue;
         }
-        let Some(exe) = msg["executable"].as_str() else { continue };
-        let crate_name = msg["target"]["name"].as_str().unwrap_or("test");
-        let kind = msg["target"]["kind"][0].as_str().unwrap_or("lib");
+        let Some(exe) = json_str(line, "executable") else { continue };
+        let crate_name = json_str(line, "name").unwrap_or_else(|| "test".into());
+        // "kind":["lib"] – the first target kind.
+        let kind = line.split_once("\"kind\":[\"").and_then(|(_, rest)| rest.split('"').next()).unwrap_or("lib");
         found.push(Artifact { name: format!("{crate_name}-{kind}"), path: PathBuf::from(exe) });
     }
     Ok(found)
@@ -82,11 +82,28 @@ fn build_bin(package: &str, bin: &str, release: bool) -> Option<PathBuf> {
         return None;
     }
     String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
-        let msg: serde_json::Value = serde_json::from_str(line).ok()?;
-        (msg["reason"] == "compiler-artifact" && msg["target"]["name"] == bin)
-            .then(|| msg["executable"].as_str().map(PathBuf::from))
-            .flatten()
+        (json_str(line, "reason").as_deref() == Some("compiler-artifact")
+            && json_str(line, "name").as_deref() == Some(bin))
+        .then(|| json_str(line, "executable").map(PathBuf::from))
+        .flatten()
     })
+}
+
+/// The first string value of `"key":"..."` in one line of cargo's JSON
+/// messages (xtask has no dependencies, so no JSON parser). In
+/// `compiler-artifact` messages the first `"name"` is the target's.
+pub fn json_str(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let mut out = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 /// The modes `switchyard-conformance --list` names on its `backends:` line.
@@ -233,6 +250,15 @@ pub fn main(args: &[String]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::count_results;
+
+    #[test]
+    fn reads_cargo_json_fields() {
+        let line = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"kernel"},"profile":{"test":true},"executable":"/t/a\\b"}"#;
+        assert_eq!(super::json_str(line, "reason").as_deref(), Some("compiler-artifact"));
+        assert_eq!(super::json_str(line, "name").as_deref(), Some("kernel"));
+        assert_eq!(super::json_str(line, "executable").as_deref(), Some("/t/a\\b"));
+        assert_eq!(super::json_str(r#"{"executable":null}"#, "executable"), None);
+    }
 
     #[test]
     fn counts_cargo_test_summaries() {
