@@ -176,7 +176,12 @@ pub async fn sync_addresses(
 }
 
 /// `ip addr add` each of `missing` and `ip addr del` each of `stale` on switchyard0, pipelined.
-pub async fn change_addresses(handle: &Handle, index: u32, missing: &[IpAddr], stale: &[IpAddr]) -> Result<(), LinkError> {
+pub async fn change_addresses(
+    handle: &Handle,
+    index: u32,
+    missing: &[IpAddr],
+    stale: &[IpAddr],
+) -> Result<(), LinkError> {
     let adds = futures::stream::iter(missing.iter().map(|ip| {
         let handle = handle.clone();
         let ip = *ip;

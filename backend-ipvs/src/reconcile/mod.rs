@@ -219,7 +219,9 @@ pub fn reconcile(
     let mut ops = Vec::new();
     let mut stats = Stats::default();
     // Draining entries of virtual servers that are gone are forgotten.
-    draining.since.retain(|(k, _), _| !todo.contains(k) || (current.contains_key(k) && desired.services.contains_key(k)));
+    draining
+        .since
+        .retain(|(k, _), _| !todo.contains(k) || (current.contains_key(k) && desired.services.contains_key(k)));
     for key in &todo {
         match (desired.services.get(key), current.get(key)) {
             (Some(want), None) => {
