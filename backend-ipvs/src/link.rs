@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use futures::{StreamExt, TryStreamExt};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkDummy};
 
@@ -191,6 +191,15 @@ pub async fn change_addresses(
             if ip.is_ipv6() {
                 // No duplicate address detection: a VIP must work at once.
                 req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+                // Deprecated (preferred lifetime 0, valid forever): still
+                // accepted as a destination, but never picked as a source.
+                // IPv6 source selection (RFC 6724 rule 8, longest prefix)
+                // otherwise prefers a VIP over the outgoing interface's
+                // address when masquerading, and endpoints see the VIP.
+                let mut lifetimes = CacheInfo::default();
+                lifetimes.ifa_preferred = 0;
+                lifetimes.ifa_valid = u32::MAX;
+                req.message_mut().attributes.push(AddressAttribute::CacheInfo(lifetimes));
             }
             req.execute().await.map_err(nl(format!("ip addr add {ip}/{prefix} dev {DUMMY}")))
         }
