@@ -91,6 +91,10 @@ impl Tree {
             self.dir(&dest);
             for entry in fs::read_dir(source)? {
                 let entry = entry?;
+                // Build output and VCS data never belong in a guest.
+                if matches!(entry.file_name().to_str(), Some("target" | ".git")) {
+                    continue;
+                }
                 self.add(&entry.path(), dest.join(entry.file_name()))?;
             }
             return Ok(());

@@ -116,7 +116,7 @@ fn attempt(b: &Boot<'_>, kvm: bool, boot_deadline: Option<Duration>) -> Result<O
         .arg(b.vmlinuz)
         .arg("-initrd")
         .arg(b.initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init"])
         .args(["-serial", "stdio"]);
     if let Some(dir) = b.out_dir {
         cmd.arg("-virtfs").arg(format!(

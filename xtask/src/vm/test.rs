@@ -38,6 +38,9 @@ fn usage() -> ExitCode {
 struct Artifact {
     name: String,
     path: PathBuf,
+    /// The package directory: cargo runs tests there, and tests read files
+    /// relative to it (`CARGO_MANIFEST_DIR`, golden files, fixtures).
+    package_dir: Option<PathBuf>,
 }
 
 /// `cargo test --no-run` for the packages; the test executables it produced.
@@ -64,7 +67,8 @@ fn build_tests(packages: &[String], release: bool) -> Result<Vec<Artifact>, Stri
         let crate_name = json_str(line, "name").unwrap_or_else(|| "test".into());
         // "kind":["lib"] – the first target kind.
         let kind = line.split_once("\"kind\":[\"").and_then(|(_, rest)| rest.split('"').next()).unwrap_or("lib");
-        found.push(Artifact { name: format!("{crate_name}-{kind}"), path: PathBuf::from(exe) });
+        let package_dir = json_str(line, "manifest_path").and_then(|m| Path::new(&m).parent().map(Path::to_path_buf));
+        found.push(Artifact { name: format!("{crate_name}-{kind}"), path: PathBuf::from(exe), package_dir });
     }
     Ok(found)
 }
@@ -197,11 +201,22 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     let mut script = String::from("fail=0\n");
     let filter_arg = filter.as_deref().map(shell_quote).unwrap_or_default();
+    let mut package_dirs = std::collections::BTreeSet::new();
     for t in &tests {
         let guest = format!("/work/tests/{}", t.name);
         spec.adds.push((t.path.clone(), PathBuf::from(&guest)));
+        // The package's sources at the same absolute path, and the test run from there, as cargo does.
+        let cd = match &t.package_dir {
+            Some(dir) => {
+                if package_dirs.insert(dir.clone()) {
+                    spec.adds.push((dir.clone(), dir.clone()));
+                }
+                format!("cd {} && ", shell_quote(&dir.to_string_lossy()))
+            }
+            None => String::new(),
+        };
         script.push_str(&format!(
-            "echo '=== {name}'\n{guest} --test-threads=1 {filter_arg} || {{ fail=1; echo 'vm test: {name} FAILED'; }}\n",
+            "echo '=== {name}'\n( {cd}{guest} --test-threads=1 {filter_arg} ) || {{ fail=1; echo 'vm test: {name} FAILED'; }}\n",
             name = t.name
         ));
     }
