@@ -37,14 +37,14 @@ use async_trait::async_trait;
 use proxy_core::{
     BackendContext, BackendFactory, Capabilities, Capability, Dataplane, DataplaneError, EmptyVerdict, FamilySet,
     FrontendKind, IpFamily, MasqueradeConfig, NetNamespace, NodePortAddresses, ProgrammedFrontend, ProgrammedState,
-    ServiceName, SyncOutcome, SyncRequest,
+    SyncOutcome, SyncRequest,
 };
 
 use crate::client::{ClientError, Ipvs, NetlinkIpvs};
 pub use crate::config::IpvsConfig;
 use crate::message::ServiceKey;
 use crate::reconcile::{Draining, Ownership};
-use crate::rules::{Member, SetKind, Sets};
+use crate::rules::{Member, SetKind};
 
 /// The `--proxy-mode` name.
 pub const MODE: &str = "ipvs";
@@ -89,12 +89,11 @@ impl IpvsError {
 struct State {
     client: Option<NetlinkIpvs>,
     draining: Draining,
-    /// Virtual servers of each Service at the last successful sync.
-    programmed: BTreeMap<ServiceName, BTreeSet<ServiceKey>>,
-    /// Set contents at the last successful sync; `None` forces a full rebuild.
-    sets: Option<Sets>,
-    /// switchyard0's addresses at the last successful sync.
-    vips: Option<BTreeSet<IpAddr>>,
+    /// The desired state as of the last successful sync; `None` forces a full sync.
+    desired: Option<reconcile::Desired>,
+    /// switchyard0's index and the node's addresses, read at the last full sync.
+    dummy: u32,
+    node_addresses: Vec<IpAddr>,
     /// Whether rules and sysctls were written by this process.
     setup_done: bool,
 }
@@ -140,24 +139,29 @@ impl IpvsDataplane {
     fn sync_blocking(&self, request: &SyncRequest) -> Result<SyncOutcome, IpvsError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
-        let full = request.full || state.sets.is_none() || state.vips.is_none() || !state.setup_done;
+        // Whatever a previous sync left half done is rebuilt by a full sync.
+        let previous = state.desired.take();
+        let full = request.full || previous.is_none() || !state.setup_done;
         let span = tracing::info_span!("sync", backend = MODE, full, services = request.snapshot.len());
         let _enter = span.enter();
         if state.client.is_none() {
             state.client = Some(NetlinkIpvs::connect()?);
         }
         let families = family_list(self.families);
-        if full || !state.setup_done {
+        if full {
             sysctl::apply()?;
             if let Some(t) = &self.config.timeouts() {
                 state.client.as_mut().map(|c| c.execute(std::slice::from_ref(t))).transpose()?;
             }
+            // switchyard0 and the node's addresses are read again on every full sync.
+            let (dummy, node_addresses) = link::with_handle(async |h| {
+                let index = link::ensure_dummy(&h).await?;
+                Ok((index, link::node_addresses(&h).await?))
+            })?;
+            state.dummy = dummy;
+            state.node_addresses = node_addresses;
         }
-        // switchyard0 and the node's addresses.
-        let (dummy, node_addresses) = link::with_handle(async |h| {
-            let index = link::ensure_dummy(&h).await?;
-            Ok((index, link::node_addresses(&h).await?))
-        })?;
+        let node_addresses = state.node_addresses.clone();
         let inputs = reconcile::Inputs {
             families: self.families,
             scheduler: &self.config.scheduler,
@@ -165,60 +169,73 @@ impl IpvsDataplane {
             nodeport_addresses: &self.nodeport_addresses,
             primary_ips: &self.primary_ips,
         };
-        let desired = reconcile::desired(&request.snapshot, &inputs);
-        for c in &desired.conflicts {
-            tracing::warn!(backend = MODE, "{c}");
-        }
-        let t_desired = started.elapsed();
-        // A partial sync trusts the last applied addresses; a full one reads the kernel.
-        let (vips_added, vips_removed) = match (&state.vips, full) {
-            (Some(prev), false) => {
-                let missing: Vec<IpAddr> = desired.vips.difference(prev).copied().collect();
-                let stale: Vec<IpAddr> = prev.difference(&desired.vips).copied().collect();
-                link::with_handle(async |h| link::change_addresses(&h, dummy, &missing, &stale).await)?;
-                (missing.len(), stale.len())
+        let (desired, change) = match previous {
+            Some(mut desired) if !full => {
+                let change = desired.update_all(request.changed.iter(), &request.snapshot, &inputs);
+                (desired, Some(change))
             }
-            _ => link::with_handle(async |h| link::sync_addresses(&h, dummy, &desired.vips).await)?,
+            _ => {
+                let (desired, conflicts) = reconcile::desired_with_conflicts(&request.snapshot, &inputs);
+                for c in &conflicts {
+                    tracing::warn!(backend = MODE, "{c}");
+                }
+                (desired, None)
+            }
         };
-        state.vips = None; // until the sync succeeds
-        let t_links = started.elapsed();
-        // Sets before the rules that reference them.
-        let script = match (&state.sets, full) {
-            (Some(old), false) => rules::diff_sets_script(old, &desired.sets),
-            _ => rules::full_sets_script(&desired.sets, &families),
+        let t_desired = started.elapsed();
+        let dummy = state.dummy;
+        // Addresses and set members: a partial sync applies the change, a full one rebuilds.
+        let (vips_added, vips_removed, removed_vips) = match &change {
+            Some(c) => {
+                for conflict in &c.conflicts {
+                    tracing::warn!(backend = MODE, "{conflict}");
+                }
+                let missing: Vec<IpAddr> = c.vips_added.iter().copied().collect();
+                let stale: Vec<IpAddr> = c.vips_removed.iter().copied().collect();
+                if !missing.is_empty() || !stale.is_empty() {
+                    link::with_handle(async |h| link::change_addresses(&h, dummy, &missing, &stale).await)?;
+                }
+                rules::apply_sets(&self.netns_here(), &c.sets_script())?;
+                (missing.len(), stale.len(), c.vips_removed.clone())
+            }
+            None => {
+                let vips = desired.vips();
+                let (added, removed) = link::with_handle(async |h| link::sync_addresses(&h, dummy, &vips).await)?;
+                rules::apply_sets(&self.netns_here(), &rules::full_sets_script(&desired.sets(), &families))?;
+                rules::apply_rules(&self.netns_here(), &families, &self.masquerade)?;
+                (added, removed, BTreeSet::new())
+            }
         };
-        rules::apply_sets(&self.netns_here(), &script)?;
-        if full || !state.setup_done {
-            rules::apply_rules(&self.netns_here(), &families, &self.masquerade)?;
-        }
-        state.sets = None; // until IPVS is done too
         let t_rules = started.elapsed();
-        let keys: Option<BTreeSet<ServiceKey>> = (!full).then(|| {
-            request
-                .changed
-                .iter()
-                .flat_map(|name| {
-                    let now = desired.by_service.get(name).into_iter().flatten();
-                    let before = state.programmed.get(name).into_iter().flatten();
-                    now.chain(before).copied()
-                })
-                .collect()
-        });
+        // Ownership needs the VIPs of the virtual servers this sync may delete:
+        // all of them on a full sync, the touched ones on a partial one. A VIP
+        // just removed still marks its virtual servers as ours.
+        let mut owned_vips = match &change {
+            None => desired.vips(),
+            Some(c) => c.keys.iter().map(|k| k.addr).filter(|a| desired.has_vip(a)).collect(),
+        };
+        owned_vips.extend(removed_vips);
         let owner = Ownership {
-            vips: desired.vips.clone(),
+            vips: owned_vips,
             node_addresses: node_addresses.iter().copied().collect(),
             node_port_range: self.config.node_port_range,
         };
         let grace = Duration::from_secs(self.config.graceful_termination_seconds);
+        let keys = change.as_ref().map(|c| c.keys.clone());
         let State { client, draining, .. } = &mut *state;
         let client = client.as_mut().ok_or(ClientError::Unavailable)?;
-        let stats = reconcile::reconcile(client, &desired, keys.as_ref(), &owner, draining, grace, Instant::now())?;
-        state.programmed = desired.by_service.clone();
-        state.sets = Some(desired.sets.clone());
-        state.vips = Some(desired.vips.clone());
-        state.setup_done = true;
+        let stats =
+            reconcile::reconcile(client, &desired, keys.as_ref(), &owner, draining, grace, Instant::now())?;
         let t_ipvs = started.elapsed();
         let dests: usize = desired.services.values().map(|s| s.dests.len()).sum();
+        let objects = BTreeMap::from([
+            ("virtual servers".to_string(), desired.services.len() as u64),
+            ("real servers".to_string(), dests as u64),
+            ("draining real servers".to_string(), state.draining.since.len() as u64),
+            ("switchyard0 addresses".to_string(), desired.vip_count() as u64),
+        ]);
+        state.desired = Some(desired);
+        state.setup_done = true;
         tracing::info!(
             backend = MODE,
             full,
@@ -231,20 +248,11 @@ impl IpvsDataplane {
             vips_added,
             vips_removed,
             ms_desired = t_desired.as_millis() as u64,
-            ms_links = (t_links - t_desired).as_millis() as u64,
-            ms_rules = (t_rules - t_links).as_millis() as u64,
+            ms_links_and_rules = (t_rules - t_desired).as_millis() as u64,
             ms_ipvs = (t_ipvs - t_rules).as_millis() as u64,
             "ipvs sync done"
         );
-        Ok(SyncOutcome {
-            full,
-            objects: BTreeMap::from([
-                ("virtual servers".to_string(), desired.services.len() as u64),
-                ("real servers".to_string(), dests as u64),
-                ("draining real servers".to_string(), state.draining.since.len() as u64),
-                ("switchyard0 addresses".to_string(), desired.vips.len() as u64),
-            ]),
-        })
+        Ok(SyncOutcome { full, objects })
     }
 
     /// The namespace for commands started from a thread already inside the
@@ -353,7 +361,7 @@ impl Dataplane for IpvsDataplane {
         if result.is_err() {
             // Next time, rebuild everything from the kernel.
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.sets = None;
+            state.desired = None;
         }
         result.map_err(|e| e.into_dataplane("sync"))
     }

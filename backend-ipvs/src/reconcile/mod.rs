@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use proxy_core::{
     EmptyVerdict, FamilySet, Frontend, FrontendKind, IpFamily, NodePortAddresses, Protocol, Route, ServiceName,
-    ServicePortPlan, Snapshot,
+    ServicePlan, ServicePortPlan, Snapshot,
 };
 
 use crate::client::{ClientError, Ipvs};
@@ -36,17 +36,185 @@ pub struct DesiredService {
     pub service: ServiceName,
 }
 
-/// Everything one sync should leave in the kernel.
+/// Everything the kernel should hold, kept per Service with reference
+/// counts so that a partial sync updates it in O(changed Services): each
+/// Service's share is taken out and put back, and only addresses and set
+/// members whose count goes to or from zero change in the kernel. A full sync
+/// builds it from scratch through the same code ([`desired`]).
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
+    /// Every virtual server, with the Service that claimed it.
     pub services: BTreeMap<ServiceKey, DesiredService>,
-    /// Addresses for switchyard0.
-    pub vips: BTreeSet<IpAddr>,
-    pub sets: Sets,
-    /// The virtual servers of each Service (for partial syncs).
-    pub by_service: BTreeMap<ServiceName, BTreeSet<ServiceKey>>,
-    /// Port plans skipped (conflicting frontends), for warnings.
+    shares: BTreeMap<ServiceName, Share>,
+    vip_refs: BTreeMap<IpAddr, usize>,
+    member_refs: BTreeMap<(SetKind, IpFamily, Member), usize>,
+}
+
+/// What one Service contributes.
+#[derive(Clone, Debug, Default)]
+struct Share {
+    keys: BTreeSet<ServiceKey>,
+    vips: BTreeSet<IpAddr>,
+    members: BTreeSet<(SetKind, IpFamily, Member)>,
+}
+
+/// What changed in the aggregate when one or more Services were updated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Virtual servers to reconcile: the Services' old and new ones.
+    pub keys: BTreeSet<ServiceKey>,
+    pub vips_added: BTreeSet<IpAddr>,
+    pub vips_removed: BTreeSet<IpAddr>,
+    pub members_added: BTreeSet<(SetKind, IpFamily, Member)>,
+    pub members_removed: BTreeSet<(SetKind, IpFamily, Member)>,
+    /// Frontends claimed by an earlier Service, skipped (for warnings).
     pub conflicts: Vec<String>,
+}
+
+impl Change {
+    /// Folds another update in; an address or member removed and re-added cancels out.
+    fn absorb(&mut self, other: Change) {
+        self.keys.extend(other.keys);
+        self.conflicts.extend(other.conflicts);
+        for v in other.vips_removed {
+            if !self.vips_added.remove(&v) {
+                self.vips_removed.insert(v);
+            }
+        }
+        for v in other.vips_added {
+            if !self.vips_removed.remove(&v) {
+                self.vips_added.insert(v);
+            }
+        }
+        for m in other.members_removed {
+            if !self.members_added.remove(&m) {
+                self.members_removed.insert(m);
+            }
+        }
+        for m in other.members_added {
+            if !self.members_removed.remove(&m) {
+                self.members_added.insert(m);
+            }
+        }
+    }
+
+    /// `ipset restore` lines for the member changes.
+    pub fn sets_script(&self) -> String {
+        let mut s = String::new();
+        for (kind, family, m) in &self.members_added {
+            s.push_str(&format!("add {} {}\n", kind.name(*family), m.0));
+        }
+        for (kind, family, m) in &self.members_removed {
+            s.push_str(&format!("del {} {}\n", kind.name(*family), m.0));
+        }
+        s
+    }
+}
+
+fn inc<K: Ord + Clone>(refs: &mut BTreeMap<K, usize>, k: &K) -> bool {
+    let n = refs.entry(k.clone()).or_insert(0);
+    *n += 1;
+    *n == 1
+}
+
+fn dec<K: Ord>(refs: &mut BTreeMap<K, usize>, k: &K) -> bool {
+    match refs.get_mut(k) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            refs.remove(k);
+            true
+        }
+        None => false,
+    }
+}
+
+impl Desired {
+    /// switchyard0's addresses.
+    pub fn vips(&self) -> BTreeSet<IpAddr> {
+        self.vip_refs.keys().copied().collect()
+    }
+
+    pub fn has_vip(&self, ip: &IpAddr) -> bool {
+        self.vip_refs.contains_key(ip)
+    }
+
+    pub fn vip_count(&self) -> usize {
+        self.vip_refs.len()
+    }
+
+    /// Every set's members.
+    pub fn sets(&self) -> Sets {
+        let mut sets = Sets::new();
+        for (kind, family, m) in self.member_refs.keys() {
+            sets.entry((*kind, *family)).or_default().insert(m.clone());
+        }
+        sets
+    }
+
+    /// The virtual servers a Service has now.
+    pub fn keys_of(&self, name: &ServiceName) -> BTreeSet<ServiceKey> {
+        self.shares.get(name).map(|s| s.keys.clone()).unwrap_or_default()
+    }
+
+    /// Replaces one Service's share with what `plan` (absent: deleted) asks for.
+    pub fn update(&mut self, name: &ServiceName, plan: Option<&ServicePlan>, inputs: &Inputs<'_>) -> Change {
+        let mut change = Change::default();
+        if let Some(old) = self.shares.remove(name) {
+            for k in &old.keys {
+                if self.services.get(k).is_some_and(|d| &d.service == name) {
+                    self.services.remove(k);
+                }
+            }
+            change.keys.extend(old.keys);
+            for v in &old.vips {
+                if dec(&mut self.vip_refs, v) {
+                    change.vips_removed.insert(*v);
+                }
+            }
+            for m in &old.members {
+                if dec(&mut self.member_refs, m) {
+                    change.members_removed.insert(m.clone());
+                }
+            }
+        }
+        let Some(plan) = plan else { return change };
+        let mut share = Share::default();
+        for port in &plan.ports {
+            if inputs.families.contains(port.family) {
+                add_port_plan(&mut self.services, &mut share, &mut change.conflicts, port, inputs);
+            }
+        }
+        change.keys.extend(share.keys.iter().copied());
+        for v in &share.vips {
+            if inc(&mut self.vip_refs, v) && !change.vips_removed.remove(v) {
+                change.vips_added.insert(*v);
+            }
+        }
+        for m in &share.members {
+            if inc(&mut self.member_refs, m) && !change.members_removed.remove(m) {
+                change.members_added.insert(m.clone());
+            }
+        }
+        self.shares.insert(name.clone(), share);
+        change
+    }
+
+    /// Updates several Services (a partial sync's change set).
+    pub fn update_all<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a ServiceName>,
+        snapshot: &Snapshot,
+        inputs: &Inputs<'_>,
+    ) -> Change {
+        let mut change = Change::default();
+        for name in names {
+            change.absorb(self.update(name, snapshot.service(name).map(|p| &**p), inputs));
+        }
+        change
+    }
 }
 
 /// What the desired state is computed from besides the snapshot.
@@ -60,26 +228,34 @@ pub struct Inputs<'a> {
     pub primary_ips: &'a [IpAddr],
 }
 
-fn set_add(sets: &mut Sets, kind: SetKind, family: IpFamily, m: Member) {
-    sets.entry((kind, family)).or_default().insert(m);
-}
-
-/// The desired state for a snapshot.
-pub fn desired(snapshot: &Snapshot, inputs: &Inputs<'_>) -> Desired {
+/// The desired state for a whole snapshot (full syncs), and the conflicts found.
+pub fn desired_with_conflicts(snapshot: &Snapshot, inputs: &Inputs<'_>) -> (Desired, Vec<String>) {
     let mut d = Desired::default();
-    for plan in snapshot.port_plans() {
-        if !inputs.families.contains(plan.family) {
-            continue;
-        }
-        add_port_plan(&mut d, plan, inputs);
+    let mut conflicts = Vec::new();
+    for plan in snapshot.services() {
+        conflicts.extend(d.update(plan.name(), Some(plan), inputs).conflicts);
     }
-    d
+    (d, conflicts)
 }
 
-fn add_port_plan(d: &mut Desired, plan: &ServicePortPlan, inputs: &Inputs<'_>) {
+/// The desired state for a whole snapshot.
+pub fn desired(snapshot: &Snapshot, inputs: &Inputs<'_>) -> Desired {
+    desired_with_conflicts(snapshot, inputs).0
+}
+
+fn add_port_plan(
+    services: &mut BTreeMap<ServiceKey, DesiredService>,
+    share: &mut Share,
+    conflicts: &mut Vec<String>,
+    plan: &ServicePortPlan,
+    inputs: &Inputs<'_>,
+) {
     let family = plan.family;
     let proto = plan.protocol;
     let service = plan.name.service.clone();
+    let mut member = |kind: SetKind, m: Member| {
+        share.members.insert((kind, family, m));
+    };
     for frontend in plan.frontends() {
         let route = plan.route_for(frontend.kind, proto_class(frontend.kind));
         let addrs: Vec<IpAddr> = match (frontend.kind, frontend.ip) {
@@ -95,8 +271,8 @@ fn add_port_plan(d: &mut Desired, plan: &ServicePortPlan, inputs: &Inputs<'_>) {
         };
         for addr in addrs {
             let key = ServiceKey { protocol: proto, addr, port: frontend.port };
-            if d.services.contains_key(&key) {
-                d.conflicts.push(format!("{key} is claimed by several Service ports; {} skipped", plan.name));
+            if services.contains_key(&key) {
+                conflicts.push(format!("{key} is claimed by several Service ports; {} skipped", plan.name));
                 continue;
             }
             let persistent = plan.affinity_timeout_seconds;
@@ -108,35 +284,30 @@ fn add_port_plan(d: &mut Desired, plan: &ServicePortPlan, inputs: &Inputs<'_>) {
                 netmask: VirtualServer::full_netmask(family),
             };
             let dests = route.endpoints().iter().map(|e| e.addr()).collect();
-            d.services.insert(key, DesiredService { vs, dests, frontend, service: service.clone() });
-            d.by_service.entry(service.clone()).or_default().insert(key);
-            let member = Member::ip_port(addr, proto, frontend.port);
+            services.insert(key, DesiredService { vs, dests, frontend, service: service.clone() });
+            share.keys.insert(key);
+            let m = Member::ip_port(addr, proto, frontend.port);
             let kind = match frontend.kind {
                 FrontendKind::ClusterIP => SetKind::ClusterIp,
                 FrontendKind::ExternalIP => SetKind::ExternalIp,
                 FrontendKind::LoadBalancer => SetKind::LoadBalancer,
                 FrontendKind::NodePort => SetKind::NodePort,
             };
-            set_add(&mut d.sets, kind, family, member.clone());
+            member(kind, m.clone());
             if frontend.kind != FrontendKind::NodePort {
-                d.vips.insert(addr);
-                set_add(&mut d.sets, SetKind::Vips, family, Member::ip(addr));
+                share.vips.insert(addr);
+                member(SetKind::Vips, Member::ip(addr));
             }
             if frontend.kind.is_external() && plan.external_policy_local {
-                set_add(&mut d.sets, SetKind::LocalPolicy, family, member.clone());
+                member(SetKind::LocalPolicy, m.clone());
             }
             if route.empty_verdict() == Some(EmptyVerdict::Drop) {
-                set_add(&mut d.sets, SetKind::Drop, family, member.clone());
+                member(SetKind::Drop, m.clone());
             }
             if frontend.kind == FrontendKind::LoadBalancer && !plan.source_ranges.is_empty() {
-                set_add(&mut d.sets, SetKind::LbFirewall, family, member.clone());
+                member(SetKind::LbFirewall, m.clone());
                 for net in &plan.source_ranges {
-                    set_add(
-                        &mut d.sets,
-                        SetKind::LbSource,
-                        family,
-                        Member::ip_port_net(addr, proto, frontend.port, *net),
-                    );
+                    member(SetKind::LbSource, Member::ip_port_net(addr, proto, frontend.port, *net));
                 }
             }
         }
@@ -145,7 +316,7 @@ fn add_port_plan(d: &mut Desired, plan: &ServicePortPlan, inputs: &Inputs<'_>) {
     for route in [&plan.internal, &plan.external, &plan.external_from_cluster] {
         if let Route::Forward(eps) = route {
             for e in eps.iter() {
-                set_add(&mut d.sets, SetKind::Loopback, family, Member::ip_port_ip(e.ip(), proto, e.port, e.ip()));
+                member(SetKind::Loopback, Member::ip_port_ip(e.ip(), proto, e.port, e.ip()));
             }
         }
     }

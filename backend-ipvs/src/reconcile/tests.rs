@@ -48,7 +48,7 @@ fn inputs() -> Inputs<'static> {
 
 fn owner(d: &Desired) -> Ownership {
     Ownership {
-        vips: d.vips.clone(),
+        vips: d.vips(),
         node_addresses: NODE_IPS.iter().copied().collect(),
         node_port_range: (30000, 32767),
     }
@@ -70,7 +70,7 @@ fn sa(s: &str) -> SocketAddr {
 fn creates_then_converges_to_no_operations() {
     let (svc, slice) = web(&["10.244.1.5", "10.244.1.6"]);
     let d = desired(&snapshot(vec![svc], vec![slice]), &inputs());
-    assert_eq!(d.vips, BTreeSet::from(["10.96.0.10".parse().unwrap()]));
+    assert_eq!(d.vips(), BTreeSet::from(["10.96.0.10".parse().unwrap()]));
     let mut ipvs = FakeIpvs::new();
     let mut draining = Draining::default();
     let now = Instant::now();
@@ -229,8 +229,8 @@ fn node_ports_live_on_selected_node_addresses() {
     let np = key("192.168.1.10", 30080, Protocol::Tcp);
     assert!(d.services.contains_key(&np));
     assert_eq!(d.services[&np].frontend.kind, FrontendKind::NodePort);
-    assert!(!d.vips.contains(&np.addr), "node addresses are not put on switchyard0");
-    assert!(d.sets[&(SetKind::NodePort, IpFamily::V4)].contains(&Member::ip_port(np.addr, Protocol::Tcp, 30080)));
+    assert!(!d.vips().contains(&np.addr), "node addresses are not put on switchyard0");
+    assert!(d.sets()[&(SetKind::NodePort, IpFamily::V4)].contains(&Member::ip_port(np.addr, Protocol::Tcp, 30080)));
     let o = owner(&d);
     assert!(o.owns(&np));
     assert!(!o.owns(&key("192.168.1.10", 22, Protocol::Tcp)));
@@ -258,7 +258,7 @@ fn partial_sync_touches_only_the_given_virtual_servers() {
         .unwrap()
         .1
         .insert(sa("1.2.3.4:80"), RealServer::nat("1.2.3.4".parse().unwrap(), 80, 1));
-    let web_keys = d.by_service[&ServiceName::new("default", "web")].clone();
+    let web_keys = d.keys_of(&ServiceName::new("default", "web"));
     let s = reconcile(&mut ipvs, &d, Some(&web_keys), &owner(&d), &mut draining, Duration::from_secs(15), now).unwrap();
     assert_eq!(s.requests, 0);
     assert_eq!(full(&mut ipvs, &d, &mut draining, now).dests_deleted, 1);
@@ -279,10 +279,10 @@ fn empty_verdicts_and_source_ranges_become_set_members() {
         .build();
     let d = desired(&snapshot(vec![local], vec![slice]), &inputs());
     let lb = Member::ip_port("203.0.113.7".parse().unwrap(), Protocol::Tcp, 80);
-    assert!(d.sets[&(SetKind::Drop, IpFamily::V4)].contains(&lb));
-    assert!(d.sets[&(SetKind::LocalPolicy, IpFamily::V4)].contains(&lb));
-    assert!(d.sets[&(SetKind::LbFirewall, IpFamily::V4)].contains(&lb));
-    assert!(d.sets[&(SetKind::LbSource, IpFamily::V4)].contains(&Member::ip_port_net(
+    assert!(d.sets()[&(SetKind::Drop, IpFamily::V4)].contains(&lb));
+    assert!(d.sets()[&(SetKind::LocalPolicy, IpFamily::V4)].contains(&lb));
+    assert!(d.sets()[&(SetKind::LbFirewall, IpFamily::V4)].contains(&lb));
+    assert!(d.sets()[&(SetKind::LbSource, IpFamily::V4)].contains(&Member::ip_port_net(
         "203.0.113.7".parse().unwrap(),
         Protocol::Tcp,
         80,
@@ -291,4 +291,36 @@ fn empty_verdicts_and_source_ranges_become_set_members() {
     assert!(d.services[&key("203.0.113.7", 80, Protocol::Tcp)].dests.is_empty());
     // The ClusterIP still reaches the remote endpoint.
     assert_eq!(d.services[&key("10.96.0.40", 80, Protocol::Tcp)].dests.len(), 1);
+}
+
+#[test]
+fn incremental_updates_equal_a_fresh_build() {
+    let all = |eps: &[&str], extra: bool| {
+        let (web, slice) = web(eps);
+        // Two Services sharing one externalIP: its address must outlive either.
+        let a = ServiceBuilder::new("default", "a", "10.96.0.50").port("", 80, "TCP").external_ips(&["192.0.2.1"]).build();
+        let b = ServiceBuilder::new("default", "b", "10.96.0.51").port("", 81, "TCP").external_ips(&["192.0.2.1"]).build();
+        let mut services = vec![web, a];
+        if extra {
+            services.push(b);
+        }
+        snapshot(services, vec![slice])
+    };
+    let before = all(&["10.244.1.5", "10.244.1.6"], true);
+    let after = all(&["10.244.1.7"], false);
+    let mut d = desired(&before, &inputs());
+    let names = [ServiceName::new("default", "web"), ServiceName::new("default", "b")];
+    let change = d.update_all(names.iter(), &after, &inputs());
+    let fresh = desired(&after, &inputs());
+    assert_eq!(d.services, fresh.services);
+    assert_eq!(d.vips(), fresh.vips());
+    assert_eq!(d.sets(), fresh.sets());
+    // The shared externalIP stays (Service a still has it); b's ClusterIP goes.
+    assert!(change.vips_removed.contains(&"10.96.0.51".parse().unwrap()));
+    assert!(!change.vips_removed.contains(&"192.0.2.1".parse().unwrap()));
+    assert!(change.keys.contains(&key("192.0.2.1", 81, Protocol::Tcp)));
+    let script = change.sets_script();
+    assert!(script.contains("add SWITCHYARD-LOOPBACK 10.244.1.7,tcp:8080,10.244.1.7"), "{script}");
+    assert!(script.contains("del SWITCHYARD-LOOPBACK 10.244.1.5,tcp:8080,10.244.1.5"), "{script}");
+    assert!(!script.contains("SWITCHYARD-VIPS 192.0.2.1"), "{script}");
 }
