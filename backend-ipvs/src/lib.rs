@@ -201,7 +201,13 @@ impl IpvsDataplane {
             None => {
                 let vips = desired.vips();
                 let (added, removed) = link::with_handle(async |h| link::sync_addresses(&h, dummy, &vips).await)?;
-                rules::apply_sets(&self.netns_here(), &rules::full_sets_script(&desired.sets(), &families))?;
+                // Read the sets back and write only the difference (no swap of
+                // 100k-member sets when nothing changed).
+                let have = rules::read_all_sets(&self.netns_here())?;
+                rules::apply_sets(
+                    &self.netns_here(),
+                    &rules::reconcile_sets_script(&have, &desired.sets(), &families),
+                )?;
                 rules::apply_rules(&self.netns_here(), &families, &self.masquerade)?;
                 (added, removed, BTreeSet::new())
             }
@@ -224,8 +230,7 @@ impl IpvsDataplane {
         let keys = change.as_ref().map(|c| c.keys.clone());
         let State { client, draining, .. } = &mut *state;
         let client = client.as_mut().ok_or(ClientError::Unavailable)?;
-        let stats =
-            reconcile::reconcile(client, &desired, keys.as_ref(), &owner, draining, grace, Instant::now())?;
+        let stats = reconcile::reconcile(client, &desired, keys.as_ref(), &owner, draining, grace, Instant::now())?;
         let t_ipvs = started.elapsed();
         let dests: usize = desired.services.values().map(|s| s.dests.len()).sum();
         let objects = BTreeMap::from([

@@ -111,6 +111,10 @@ impl Member {
     }
 
     pub fn ip_port_net(ip: IpAddr, protocol: Protocol, port: u16, net: IpNet) -> Member {
+        // `ipset save` prints a host-sized net without its prefix; members
+        // must read back exactly as written, or full syncs would churn them.
+        let net =
+            if net.prefix_len() == net.max_prefix_len() { net.addr().to_string() } else { net.trunc().to_string() };
         Member(format!("{ip},{}:{port},{net}", protocol.as_lower_str()))
     }
 
@@ -188,6 +192,58 @@ pub fn full_sets_script(sets: &Sets, families: &[IpFamily]) -> String {
             let _ = writeln!(s, "destroy {tmp}");
         }
     }
+    s
+}
+
+/// Every member of our sets as the kernel has them (`ipset save`), for full syncs.
+pub fn read_all_sets(netns: &NetNamespace) -> Result<Sets, RulesError> {
+    let out = run(netns, "ipset", &["save"], "")?;
+    Ok(parse_save(&out))
+}
+
+/// Parses `ipset save` output, keeping our sets only (not the temporary ones).
+pub fn parse_save(out: &str) -> Sets {
+    let mut by_name = BTreeMap::new();
+    for family in IpFamily::ALL {
+        for kind in SetKind::ALL {
+            by_name.insert(kind.name(family), (kind, family));
+        }
+    }
+    let mut sets = Sets::new();
+    for line in out.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next().and_then(|n| by_name.get(n)), words.next()) {
+            (Some("create"), Some(key), _) => {
+                sets.entry(*key).or_default();
+            }
+            (Some("add"), Some(key), Some(member)) => {
+                sets.entry(*key).or_default().insert(Member(member.to_string()));
+            }
+            _ => {}
+        }
+    }
+    sets
+}
+
+/// `ipset restore` input that makes the sets `want` from the kernel's `have`:
+/// creates missing sets and adds and deletes only the members that differ
+/// (a full sync that finds everything in place writes nothing).
+pub fn reconcile_sets_script(have: &Sets, want: &Sets, families: &[IpFamily]) -> String {
+    let mut s = String::new();
+    for family in families {
+        for kind in SetKind::ALL {
+            if !have.contains_key(&(kind, *family)) {
+                let _ = writeln!(
+                    s,
+                    "create {} {} family {} hashsize 1024 maxelem 1048576",
+                    kind.name(*family),
+                    kind.set_type(),
+                    ipset_family(*family)
+                );
+            }
+        }
+    }
+    s.push_str(&diff_sets_script(have, want));
     s
 }
 
@@ -425,6 +481,28 @@ mod tests {
             diff_sets_script(&sets, &next),
             "add SWITCHYARD-CLUSTER-IP 10.96.0.1,udp:53\ndel SWITCHYARD-CLUSTER-IP 10.96.0.1,tcp:443\n"
         );
+    }
+
+    #[test]
+    fn save_output_is_reconciled_member_by_member() {
+        let save = "create SWITCHYARD-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 1048576 bucketsize 12 initval 0x1\n\
+                    add SWITCHYARD-CLUSTER-IP 10.96.0.1,tcp:443\n\
+                    add SWITCHYARD-CLUSTER-IP 10.96.0.9,udp:53\n\
+                    create OTHER hash:ip family inet\n\
+                    add OTHER 1.2.3.4\n";
+        let have = parse_save(save);
+        assert_eq!(have.len(), 1, "only our sets are read");
+        let mut want = Sets::new();
+        want.entry((SetKind::ClusterIp, IpFamily::V4)).or_default().insert(Member::ip_port(
+            "10.96.0.1".parse().unwrap(),
+            Protocol::Tcp,
+            443,
+        ));
+        let script = reconcile_sets_script(&have, &want, &[IpFamily::V4]);
+        assert!(script.contains("create SWITCHYARD-VIPS hash:ip family inet"));
+        assert!(!script.contains("create SWITCHYARD-CLUSTER-IP "));
+        assert!(script.ends_with("del SWITCHYARD-CLUSTER-IP 10.96.0.9,udp:53\n"), "{script}");
+        assert!(!script.contains("add SWITCHYARD-CLUSTER-IP"));
     }
 
     #[test]

@@ -47,11 +47,7 @@ fn inputs() -> Inputs<'static> {
 }
 
 fn owner(d: &Desired) -> Ownership {
-    Ownership {
-        vips: d.vips(),
-        node_addresses: NODE_IPS.iter().copied().collect(),
-        node_port_range: (30000, 32767),
-    }
+    Ownership { vips: d.vips(), node_addresses: NODE_IPS.iter().copied().collect(), node_port_range: (30000, 32767) }
 }
 
 fn key(addr: &str, port: u16, protocol: Protocol) -> ServiceKey {
@@ -298,8 +294,10 @@ fn incremental_updates_equal_a_fresh_build() {
     let all = |eps: &[&str], extra: bool| {
         let (web, slice) = web(eps);
         // Two Services sharing one externalIP: its address must outlive either.
-        let a = ServiceBuilder::new("default", "a", "10.96.0.50").port("", 80, "TCP").external_ips(&["192.0.2.1"]).build();
-        let b = ServiceBuilder::new("default", "b", "10.96.0.51").port("", 81, "TCP").external_ips(&["192.0.2.1"]).build();
+        let a =
+            ServiceBuilder::new("default", "a", "10.96.0.50").port("", 80, "TCP").external_ips(&["192.0.2.1"]).build();
+        let b =
+            ServiceBuilder::new("default", "b", "10.96.0.51").port("", 81, "TCP").external_ips(&["192.0.2.1"]).build();
         let mut services = vec![web, a];
         if extra {
             services.push(b);

@@ -66,6 +66,8 @@ pub fn main(args: &[String]) -> ExitCode {
         shell_quote(&services),
         shell_quote(&endpoints)
     );
-    spec.env.push(("RUST_LOG".into(), "warn".into()));
+    if !spec.env.iter().any(|(k, _)| k == "RUST_LOG") {
+        spec.env.push(("RUST_LOG".into(), "warn".into()));
+    }
     super::exit_with(super::run(&spec))
 }
