@@ -73,6 +73,11 @@ pub trait Ipvs: Send {
     fn service(&mut self, key: &ServiceKey) -> Result<Option<VirtualServer>, ClientError>;
     /// `ipvsadm -Ln -t VIP:PORT`: the real servers of one virtual server.
     fn dests(&mut self, key: &ServiceKey) -> Result<Vec<RealServer>, ClientError>;
+    /// Every virtual server's real servers in one go, when the
+    /// implementation can (`None`: ask [`Ipvs::dests`] per virtual server).
+    fn all_dests(&mut self) -> Option<BTreeMap<ServiceKey, Vec<RealServer>>> {
+        None
+    }
     /// Runs write requests in order.
     fn execute(&mut self, requests: &[Request]) -> Result<(), ClientError>;
 }
@@ -232,6 +237,13 @@ impl Ipvs for NetlinkIpvs {
                 _ => None,
             })
             .collect())
+    }
+
+    /// From `/proc/thread-self/net/ip_vs` (see [`crate::procfs`]): only
+    /// meaningful on a thread inside the socket's namespace, which is where
+    /// syncs run.
+    fn all_dests(&mut self) -> Option<BTreeMap<ServiceKey, Vec<RealServer>>> {
+        crate::procfs::read()
     }
 
     fn execute(&mut self, requests: &[Request]) -> Result<(), ClientError> {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod fake;
 pub mod link;
 pub mod message;
+pub mod procfs;
 pub mod reconcile;
 pub mod rules;
 pub mod supported;

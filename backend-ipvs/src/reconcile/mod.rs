@@ -387,6 +387,8 @@ pub fn reconcile(
         None => desired.services.keys().copied().chain(current.keys().copied().filter(|k| owner.owns(k))).collect(),
     };
     todo.extend(draining.keys());
+    // A full sync reads every real server at once when it can.
+    let mut all_dests = if keys.is_none() { ipvs.all_dests() } else { None };
     let mut ops = Vec::new();
     let mut stats = Stats::default();
     // Draining entries of virtual servers that are gone are forgotten.
@@ -407,7 +409,10 @@ pub fn reconcile(
                 if *have != want.vs {
                     ops.push(Request::SetService(want.vs.clone()));
                 }
-                let dests = ipvs.dests(key)?;
+                let dests = match all_dests.as_mut().and_then(|all| all.remove(key)) {
+                    Some(d) => d,
+                    None => ipvs.dests(key)?,
+                };
                 dest_ops(key, want, &dests, draining, grace, now, &mut ops, &mut stats);
             }
             (None, Some(_)) if owner.owns(key) => {
