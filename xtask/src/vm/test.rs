@@ -41,6 +41,16 @@ struct Artifact {
     /// The package directory: cargo runs tests there, and tests read files
     /// relative to it (`CARGO_MANIFEST_DIR`, golden files, fixtures).
     package_dir: Option<PathBuf>,
+    /// A test harness (run it) rather than a binary built for integration
+    /// tests (`CARGO_BIN_EXE_*`: copy it to its host path, do not run it).
+    is_test: bool,
+}
+
+/// Whether a compiler-artifact message's `"profile"` object says `"test":true`.
+fn profile_is_test(line: &str) -> bool {
+    line.split_once("\"profile\":{")
+        .and_then(|(_, rest)| rest.split('}').next())
+        .is_some_and(|profile| profile.contains("\"test\":true"))
 }
 
 /// `cargo test --no-run` for the packages; the test executables it produced.
@@ -60,7 +70,7 @@ fn build_tests(packages: &[String], release: bool) -> Result<Vec<Artifact>, Stri
     }
     let mut found = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if json_str(line, "reason").as_deref() != Some("compiler-artifact") || !line.contains("\"test\":true") {
+        if json_str(line, "reason").as_deref() != Some("compiler-artifact") {
             continue;
         }
         let Some(exe) = json_str(line, "executable") else { continue };
@@ -68,7 +78,13 @@ fn build_tests(packages: &[String], release: bool) -> Result<Vec<Artifact>, Stri
         // "kind":["lib"] – the first target kind.
         let kind = line.split_once("\"kind\":[\"").and_then(|(_, rest)| rest.split('"').next()).unwrap_or("lib");
         let package_dir = json_str(line, "manifest_path").and_then(|m| Path::new(&m).parent().map(Path::to_path_buf));
-        found.push(Artifact { name: format!("{crate_name}-{kind}"), path: PathBuf::from(exe), package_dir });
+        found.push(Artifact {
+            name: format!("{crate_name}-{kind}"),
+            path: PathBuf::from(exe),
+            package_dir,
+            // The profile's flag, not the target's ("test":true there means "testable").
+            is_test: profile_is_test(line),
+        });
     }
     Ok(found)
 }
@@ -202,7 +218,10 @@ pub fn main(args: &[String]) -> ExitCode {
     let mut script = String::from("fail=0\n");
     let filter_arg = filter.as_deref().map(shell_quote).unwrap_or_default();
     let mut package_dirs = std::collections::BTreeSet::new();
-    for t in &tests {
+    for bin in tests.iter().filter(|t| !t.is_test) {
+        spec.adds.push((bin.path.clone(), bin.path.clone()));
+    }
+    for t in tests.iter().filter(|t| t.is_test) {
         let guest = format!("/work/tests/{}", t.name);
         spec.adds.push((t.path.clone(), PathBuf::from(&guest)));
         // The package's sources at the same absolute path, and the test run from there, as cargo does.
@@ -268,7 +287,10 @@ mod tests {
 
     #[test]
     fn reads_cargo_json_fields() {
-        let line = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"kernel"},"profile":{"test":true},"executable":"/t/a\\b"}"#;
+        let line = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"kernel","test":true},"profile":{"test":true},"executable":"/t/a\\b"}"#;
+        assert!(super::profile_is_test(line));
+        let bin = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"x","test":true},"profile":{"opt_level":"0","test":false},"executable":"/t/x"}"#;
+        assert!(!super::profile_is_test(bin));
         assert_eq!(super::json_str(line, "reason").as_deref(), Some("compiler-artifact"));
         assert_eq!(super::json_str(line, "name").as_deref(), Some("kernel"));
         assert_eq!(super::json_str(line, "executable").as_deref(), Some("/t/a\\b"));
