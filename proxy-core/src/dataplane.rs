@@ -104,6 +104,15 @@ pub enum Capability {
     StaleUdpConntrack,
     /// Connections made by processes on the node (host network) are balanced.
     HostNetworkClients,
+    /// externalTrafficPolicy Local: pods and the node reaching an external
+    /// frontend use every endpoint of the cluster (kube-proxy's short-circuit),
+    /// not only this node's. A dataplane that picks endpoints by destination
+    /// alone (IPVS) cannot.
+    ExternalTrafficPolicyLocalFromCluster,
+    /// sessionAffinity ClientIP timeouts below two minutes end on time. IPVS
+    /// persistence cannot: a template outlives its connections, which stay
+    /// 120 s in TIME_WAIT.
+    ShortAffinityTimeouts,
 }
 
 impl fmt::Display for Capability {
@@ -143,6 +152,8 @@ impl Capabilities {
             Hairpin,
             StaleUdpConntrack,
             HostNetworkClients,
+            ExternalTrafficPolicyLocalFromCluster,
+            ShortAffinityTimeouts,
         ])
     }
 

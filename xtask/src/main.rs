@@ -5,6 +5,7 @@
 
 mod demo;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -13,7 +14,8 @@ fn usage() -> ExitCode {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          test [--skip TIER]...   run every test tier (lint, unit, demo, conformance, vm)\n  \
-         demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n"
+         demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n  \
+         vm run|test|bench|fetch  Debian's 6.1 kernel in QEMU (`cargo xtask vm help`)\n"
     );
     ExitCode::from(2)
 }
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     match cmd.as_str() {
         "test" => test::run(rest),
         "demo" => demo::run(rest),
+        "vm" => vm::main(rest.to_vec()),
         _ => usage(),
     }
 }
