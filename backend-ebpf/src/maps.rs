@@ -10,7 +10,7 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use proxy_core::{EmptyVerdict, Frontend, FrontendKind, ProgrammedFrontend, ProgrammedState, Protocol};
+use proxy_core::{EmptyVerdict, Frontend, FrontendKind, IpFamily, ProgrammedFrontend, ProgrammedState, Protocol};
 
 use crate::EbpfError;
 use crate::layout::{self, Addr, Backend, BackendKey, Config, MaglevKey, MaglevVal, SrcRangeData, SvcKey, SvcVal};
@@ -174,18 +174,14 @@ impl Programmed {
             }
         };
         let mut frontends = BTreeMap::new();
-        // Node ports of both families share one `Frontend` (it has no
-        // address); like `Snapshot::expected_state`, which walks a
-        // dual-stack Service's IPv4 plans before its IPv6 ones, the IPv6
-        // entry is the one kept.
-        let v4_first = |k: &&SvcKey| k.scope != layout::SCOPE_NODEPORT || k.addr.to_ip().is_ipv4();
-        let ordered = self.frontends.keys().filter(v4_first).chain(self.frontends.keys().filter(|k| !v4_first(k)));
-        for key in ordered {
-            let val = &self.frontends[key];
+        for (key, val) in &self.frontends {
             let (Some(kind), Some(protocol)) = (render::kind_of(val.kind), protocol_of(key.proto)) else { continue };
+            // A node-port key carries the unspecified address of its family.
+            let ip = key.addr.to_ip();
             let frontend = Frontend {
                 kind,
-                ip: (key.scope != layout::SCOPE_NODEPORT).then(|| key.addr.to_ip()),
+                ip: (key.scope != layout::SCOPE_NODEPORT).then_some(ip),
+                family: IpFamily::of(&ip),
                 port: u16::from_be(key.port),
                 protocol,
             };

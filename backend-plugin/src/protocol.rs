@@ -293,6 +293,7 @@ pub struct FrontendPlan {
     pub kind: FrontendKind,
     /// `null` for `NodePort` (every node-port address of the node).
     pub ip: Option<IpAddr>,
+    pub family: IpFamily,
     pub port: u16,
     pub protocol: Protocol,
     /// Sources in the cluster CIDRs.
@@ -587,6 +588,7 @@ impl PortPlan {
             .map(|f| FrontendPlan {
                 kind: f.kind,
                 ip: f.ip,
+                family: f.family,
                 port: f.port,
                 protocol: f.protocol,
                 pod: class_flow(f.kind, SourceClass::Pod),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use proxy_core::testing::{EndpointBuilder, ServiceBuilder, SliceBuilder, endpoint, initial_list, node};
 use proxy_core::{
-    BackendContext, ChangeTracker, EmptyVerdict, FamilySet, Frontend, FrontendKind, MasqueradeConfig, NetNamespace,
+    BackendContext, ChangeTracker, EmptyVerdict, FamilySet, Frontend, IpFamily, MasqueradeConfig, NetNamespace,
     NodePortAddresses, PlannerConfig, ProgrammedFrontend, ProgrammedState, Protocol, Snapshot, TrackerConfig,
 };
 
@@ -133,7 +133,7 @@ pub fn daemon_messages() -> Vec<DaemonMessage> {
 pub fn plugin_messages() -> Vec<PluginMessage> {
     let mut state = snapshot().expected_state();
     state.frontends.insert(
-        Frontend { kind: FrontendKind::NodePort, ip: None, port: 30999, protocol: Protocol::Udp },
+        Frontend::node_port(IpFamily::V6, 30999, Protocol::Udp),
         ProgrammedFrontend { empty_verdict: Some(EmptyVerdict::Reject), ..ProgrammedFrontend::default() },
     );
     vec![

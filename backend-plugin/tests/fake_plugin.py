@@ -47,7 +47,7 @@ def programmed(services):
                 clu = routes[f["pod"]["route"]]
                 eps = lambda r: sorted(addr(e["ip"], e["port"]) for e in r["endpoints"])
                 out.append({
-                    "frontend": {k: f[k] for k in ("kind", "ip", "port", "protocol")},
+                    "frontend": {k: f[k] for k in ("kind", "ip", "family", "port", "protocol")},
                     "service": port["label"],
                     "endpoints": eps(ext),
                     "cluster_endpoints": eps(clu) if f["kind"] != "ClusterIP" and clu != ext else None,

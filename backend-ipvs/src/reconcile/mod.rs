@@ -474,7 +474,13 @@ fn dest_ops(
 
 /// `inspect()`: the frontends our virtual servers and sets describe.
 pub fn frontend_of(key: &ServiceKey, kind: FrontendKind) -> Frontend {
-    Frontend { kind, ip: (kind != FrontendKind::NodePort).then_some(key.addr), port: key.port, protocol: key.protocol }
+    Frontend {
+        kind,
+        ip: (kind != FrontendKind::NodePort).then_some(key.addr),
+        family: IpFamily::of(&key.addr),
+        port: key.port,
+        protocol: key.protocol,
+    }
 }
 
 #[cfg(test)]

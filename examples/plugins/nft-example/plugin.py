@@ -203,7 +203,7 @@ def read_state(nft):
         kind, ip, portproto, label = comment.split(" ", 3)
         port, proto = portproto.split("/")
         return frontends.setdefault(comment, {
-            "frontend": {"kind": kind, "ip": None if ip == "-" else ip, "port": int(port), "protocol": proto},
+            "frontend": {"kind": kind, "ip": None if ip == "-" else ip, "family": "IPv4", "port": int(port), "protocol": proto},
             "service": label, "classes": {}, "verdict": None,
         })
 
