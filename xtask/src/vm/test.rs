@@ -16,7 +16,7 @@ use super::{Spec, parse_common, shell_quote};
 /// Crates whose tests touch the kernel.
 const DEFAULT_PACKAGES: &[&str] = &["backend-ipvs", "backend-iptables", "backend-ebpf", "conformance"];
 /// Backends the conformance suite is run against in the VM.
-const DEFAULT_BACKENDS: &[&str] = &["iptables", "ipvs"];
+const DEFAULT_BACKENDS: &[&str] = &["iptables", "ipvs", "ebpf"];
 
 fn usage() -> ExitCode {
     eprintln!(
