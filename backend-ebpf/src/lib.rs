@@ -1,1 +1,584 @@
-//! backend-ebpf (work in progress).
+//! switchyard's eBPF dataplane (`--proxy-mode ebpf`).
+//!
+//! C programs in `bpf/` (compiled by clang from build.rs, loaded with aya):
+//! a TC ingress classifier on the node's interfaces does DNAT, SNAT and
+//! reverse NAT with its own connection tracking; cgroup socket hooks balance
+//! connections made by processes on the node. Service lookup is one hash
+//! lookup on (address, port, protocol), whatever the number of Services.
+//! See README.md for programs, hooks, maps, kernels, restart and cleanup.
+//!
+//! Modules follow the other backends: [`render`] (plans → desired maps, per
+//! Service), [`maps`] (read, diff and write the pinned maps, stale UDP
+//! flush), [`client`] (load, attach, pin), [`worker`] (the thread inside the
+//! namespace), [`fake`] (a packet tracer over rendered maps), [`cleanup`]
+//! and [`supported`].
+
+pub mod cleanup;
+pub mod client;
+pub mod config;
+pub mod fake;
+pub mod layout;
+pub mod maps;
+pub mod render;
+pub mod supported;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use proxy_core::{
+    BackendContext, BackendFactory, Capabilities, Capability, Dataplane, DataplaneError, IpFamily, ProgrammedState,
+    SyncOutcome, SyncRequest,
+};
+
+pub use config::EbpfConfig;
+
+/// The `--proxy-mode` name.
+pub const MODE: &str = "ebpf";
+
+/// Errors of the eBPF backend, with the object they concern.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("loading the eBPF object failed")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("program {name} could not be loaded")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching to {target} failed")]
+    Attach {
+        target: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinning {path} failed")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {map}: {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map {map} is full ({capacity} entries); raise ebpf.mapSizes")]
+    Full { map: &'static str, capacity: u64 },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EbpfError {
+    pub(crate) fn map(map: &'static str, op: &'static str, e: aya::maps::MapError) -> EbpfError {
+        EbpfError::Map { map, op, source: Box::new(e) }
+    }
+
+    pub(crate) fn program(name: &'static str, e: aya::programs::ProgramError) -> EbpfError {
+        EbpfError::Program { name, source: Box::new(e) }
+    }
+
+    pub(crate) fn attach(target: &str, e: aya::programs::ProgramError) -> EbpfError {
+        EbpfError::Attach { target: target.to_string(), source: Box::new(e) }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> EbpfError {
+        EbpfError::Io { what: what.into(), source }
+    }
+
+    fn into_dataplane(self, operation: &str) -> DataplaneError {
+        match self {
+            EbpfError::Full { map, capacity } => {
+                DataplaneError::Full { mode: MODE.into(), what: format!("BPF map {map}"), capacity }
+            }
+            other => DataplaneError::failed(MODE, operation, other),
+        }
+    }
+}
+
+/// The backend's own metrics.
+#[derive(Clone, Debug, Default)]
+pub struct EbpfMetrics {
+    /// `switchyard_ebpf_map_entries{map}`
+    pub map_entries: Family<Vec<(String, String)>, Gauge>,
+    /// `switchyard_ebpf_map_full_total{map}`: syncs refused because a map was full.
+    pub map_full: Family<Vec<(String, String)>, Counter>,
+    /// `switchyard_ebpf_skipped_frontends_total`: frontends two Services
+    /// claim, and SCTP frontends that would need port translation.
+    pub skipped_frontends: Counter,
+    /// `switchyard_ebpf_datapath_events{event}`: the programs' own counters.
+    pub datapath: Family<Vec<(String, String)>, Gauge>,
+}
+
+impl EbpfMetrics {
+    fn register(ctx: &BackendContext) -> EbpfMetrics {
+        let m = EbpfMetrics::default();
+        if let Ok(mut reg) = ctx.metrics.lock() {
+            reg.register("switchyard_ebpf_map_entries", "Entries in each eBPF map", m.map_entries.clone());
+            reg.register("switchyard_ebpf_map_full", "Syncs refused because an eBPF map was full", m.map_full.clone());
+            reg.register(
+                "switchyard_ebpf_skipped_frontends",
+                "Frontends not programmed because another Service port claims them",
+                m.skipped_frontends.clone(),
+            );
+            reg.register("switchyard_ebpf_datapath_events", "Counters kept by the eBPF programs", m.datapath.clone());
+        }
+        m
+    }
+}
+
+/// What stays loaded between syncs.
+#[derive(Default)]
+struct Loaded {
+    ebpf: Option<aya::Ebpf>,
+    maps: Option<maps::Maps>,
+    state: ServiceState,
+    /// Interfaces (name → ifindex) with our TC program.
+    attached: BTreeMap<String, u32>,
+    /// The node's addresses and the config last written to swy_node_addrs and swy_config.
+    node: Option<(BTreeMap<layout::Addr, u32>, layout::Config)>,
+}
+
+/// What the service maps hold, as the last syncs wrote it.
+#[derive(Default)]
+struct ServiceState {
+    /// What the service maps hold after the last successful apply.
+    cache: Option<maps::Programmed>,
+    /// Each Service's share of `cache` (None: unknown, the next sync is full).
+    by_service: Option<BTreeMap<proxy_core::ServiceName, render::Desired>>,
+    /// Which Service holds each frontend.
+    owners: BTreeMap<layout::SvcKey, proxy_core::ServiceName>,
+    /// The last full render skipped frontends two Services claim: partial
+    /// syncs would not know when one is free again.
+    contested: bool,
+    /// Entries each sized map holds (`maps::needs` of what `cache` holds).
+    totals: [(&'static str, usize); 5],
+}
+
+/// The eBPF dataplane.
+pub struct EbpfDataplane {
+    ctx: BackendContext,
+    cfg: EbpfConfig,
+    loaded: Arc<Mutex<Loaded>>,
+    metrics: EbpfMetrics,
+    /// Where kernel work runs (inside `ctx.netns`).
+    worker: worker::NsWorker,
+}
+
+impl std::fmt::Debug for EbpfDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfDataplane").field("netns", &self.ctx.netns).field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl EbpfDataplane {
+    /// Builds the dataplane; nothing in the kernel changes until the first sync.
+    pub fn new(ctx: BackendContext, cfg: EbpfConfig) -> EbpfDataplane {
+        let metrics = EbpfMetrics::register(&ctx);
+        let worker = worker::NsWorker::new(ctx.netns.clone());
+        EbpfDataplane { ctx, cfg, loaded: Arc::default(), metrics, worker }
+    }
+
+    pub fn config(&self) -> &EbpfConfig {
+        &self.cfg
+    }
+
+    fn render_options(&self) -> render::RenderOptions {
+        render::RenderOptions { maglev_all: self.cfg.maglev, maglev_services: self.cfg.maglev_services.clone() }
+    }
+}
+
+/// The node's addresses for `swy_node_addrs`, and the SNAT addresses.
+fn node_view(ctx: &BackendContext) -> (BTreeMap<layout::Addr, u32>, layout::Config) {
+    let locals = client::local_addresses();
+    let mut addrs = BTreeMap::new();
+    for (_, ip) in &locals {
+        let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        let mut flags = layout::NODE_ADDR;
+        // kube-proxy accepts NodePorts on 127.0.0.1 but not on ::1.
+        let loopback_ok = !ip.is_loopback() || ip.is_ipv4();
+        if !link_local && loopback_ok && ctx.nodeport_addresses.selects(*ip, &ctx.node_ips) {
+            flags |= layout::NODE_NODEPORT;
+        }
+        addrs.insert(layout::Addr::from(*ip), flags);
+    }
+    let pick = |family: IpFamily| -> layout::Addr {
+        let usable = |ip: &IpAddr| {
+            IpFamily::of(ip) == family
+                && !ip.is_loopback()
+                && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        };
+        ctx.node_ips
+            .iter()
+            .find(|ip| usable(ip))
+            .or_else(|| locals.iter().map(|(_, ip)| ip).find(|ip| usable(ip)))
+            .map(|ip| layout::Addr::from(*ip))
+            .unwrap_or_default()
+    };
+    (addrs, layout::Config { snat4: pick(IpFamily::V4), snat6: pick(IpFamily::V6), ..Default::default() })
+}
+
+struct SyncJob {
+    ctx: BackendContext,
+    cfg: EbpfConfig,
+    loaded: Arc<Mutex<Loaded>>,
+    metrics: EbpfMetrics,
+    opts: render::RenderOptions,
+}
+
+impl SyncJob {
+    /// Runs inside the backend's namespace.
+    fn run(self, request: SyncRequest) -> Result<SyncOutcome, EbpfError> {
+        let mut guard = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = &mut *guard;
+        let tcx = client::use_tcx();
+        if loaded.ebpf.is_none() {
+            let mut ebpf = client::load(&self.cfg)?;
+            if let Some(cg) = &self.cfg.cgroup_path {
+                client::attach_cgroup(&mut ebpf, &self.cfg, cg)?;
+            }
+            loaded.maps = Some(maps::Maps::open(&self.cfg.maps_dir())?);
+            loaded.ebpf = Some(ebpf);
+            loaded.state = ServiceState::default();
+            loaded.attached.clear();
+            loaded.node = None;
+            tracing::info!(pin_path = %self.cfg.pin_path.display(), tcx, "eBPF programs loaded");
+        }
+        let (Some(ebpf), Some(maps)) = (loaded.ebpf.as_mut(), loaded.maps.as_mut()) else {
+            return Err(EbpfError::MissingProgram(client::TC_PROGRAM));
+        };
+
+        // Interfaces: attach to new ones (or ones recreated under the same name).
+        let present = client::interfaces(&self.cfg)?;
+        for (ifname, index) in &present {
+            if loaded.attached.get(ifname) != Some(index) {
+                client::attach_tc(ebpf, &self.cfg, ifname, tcx)?;
+                loaded.attached.insert(ifname.clone(), *index);
+            }
+        }
+        if loaded.attached.len() != present.len() || request.full {
+            loaded.attached.retain(|name, _| present.contains_key(name));
+            for gone in client::stale_tc_pins(&self.cfg, &present) {
+                client::detach_tc(&self.cfg, &gone);
+            }
+        }
+
+        let (node_addrs, mut config) = node_view(&self.ctx);
+        config.netns_cookie = if self.cfg.cgroup_path.is_some() { client::netns_cookie() } else { 0 };
+        config.snat_port_min = self.cfg.snat_port_min;
+        config.snat_port_max = self.cfg.snat_port_max;
+        config.udp_timeout_s = self.cfg.udp_timeout_seconds;
+        let node = (node_addrs, config);
+        // Unchanged since the last write (most syncs): no map reads.
+        if request.full || loaded.node.as_ref() != Some(&node) {
+            loaded.node = None;
+            maps::set_node_addrs(maps, &node.0)?;
+            maps::set_config(maps, &node.1)?;
+            loaded.node = Some(node);
+        }
+
+        let state = &mut loaded.state;
+        let partial = if request.full { None } else { self.partial(maps, state, &request)? };
+        let (full, stats) = match partial {
+            Some(stats) => (false, stats),
+            None => (request.full || state.cache.is_none(), self.full(maps, state, &request)?),
+        };
+        let Some(current) = state.cache.as_ref() else { return Err(EbpfError::MissingProgram(client::TC_PROGRAM)) };
+        let slots = state.totals[2].1;
+        let mut objects = BTreeMap::new();
+        objects.insert("frontends".to_string(), current.frontends.len() as u64);
+        objects.insert("routes".to_string(), current.routes.len() as u64);
+        objects.insert("backend slots".to_string(), slots as u64);
+        objects.insert("interfaces".to_string(), loaded.attached.len() as u64);
+        for (name, n) in
+            [("swy_svc", current.frontends.len()), ("swy_route", current.routes.len()), ("swy_backend", slots)]
+        {
+            self.metrics.map_entries.get_or_create(&vec![("map".into(), name.into())]).set(n as i64);
+        }
+        for (name, v) in maps.stats() {
+            self.metrics.datapath.get_or_create(&vec![("event".into(), name.into())]).set(v as i64);
+        }
+        tracing::debug!(
+            backend = MODE,
+            full,
+            routes_written = stats.apply.routes_written,
+            frontends_written = stats.apply.frontends_written,
+            frontends_deleted = stats.apply.frontends_deleted,
+            udp_flows_flushed = stats.udp_flushed,
+            "eBPF maps synced"
+        );
+        Ok(SyncOutcome { full, objects })
+    }
+
+    /// Renders every Service and applies the difference: against the maps
+    /// as read back when the request is full (or nothing is cached), else
+    /// against what the last sync wrote.
+    fn full(
+        &self,
+        maps: &mut maps::Maps,
+        state: &mut ServiceState,
+        request: &SyncRequest,
+    ) -> Result<SyncStats, EbpfError> {
+        let mut desired = render::render(&request.snapshot, &self.opts);
+        for skipped in desired.skipped.iter().chain(&desired.unsupported) {
+            tracing::warn!(backend = MODE, "{skipped}");
+            self.metrics.skipped_frontends.inc();
+        }
+        let reconcile = request.full || state.cache.is_none();
+        // Until this one succeeds, what the maps hold is unknown: the next sync reads them.
+        let cached = state.cache.take();
+        state.by_service = None;
+        let mut current = match cached {
+            Some(c) if !reconcile => c,
+            _ => maps::Programmed::read(maps)?,
+        };
+        let totals = maps::needs(&desired);
+        self.capacity(maps, &totals)?;
+        let removed = maps::removed_udp_backends(&current, &desired);
+        let stats = maps::apply(maps, &mut current, &desired)?;
+        if reconcile {
+            let removed = maps::collect_garbage(maps, &current)?;
+            if removed > 0 {
+                tracing::info!(backend = MODE, removed, "removed backend slots no route points to");
+            }
+        }
+        let udp_flushed = maps::flush_udp(maps, &removed)?;
+        state.cache = Some(current);
+        state.totals = totals;
+        state.contested = !desired.skipped.is_empty();
+        let by_service = std::mem::take(&mut desired.by_service);
+        state.owners =
+            by_service.iter().flat_map(|(name, part)| part.frontends.keys().map(move |k| (*k, name.clone()))).collect();
+        state.by_service = Some(by_service);
+        Ok(SyncStats { apply: stats, udp_flushed })
+    }
+
+    /// Renders and applies only the Services the request names as changed,
+    /// touching only their map entries. None when a full sync is needed
+    /// instead: nothing cached, cluster CIDRs changed, or a frontend two
+    /// Services claim (the full render arbitrates those).
+    fn partial(
+        &self,
+        maps: &mut maps::Maps,
+        state: &mut ServiceState,
+        request: &SyncRequest,
+    ) -> Result<Option<SyncStats>, EbpfError> {
+        let (Some(current), Some(index), false) = (state.cache.as_mut(), state.by_service.as_mut(), state.contested)
+        else {
+            return Ok(None);
+        };
+        let masq = request.snapshot.masquerade();
+        let cidrs: std::collections::BTreeSet<_> =
+            masq.cluster_cidrs.iter().map(|n| (render::mapped_prefix(n), layout::Addr::from(n.network()))).collect();
+        if cidrs != current.cluster_cidrs {
+            return Ok(None);
+        }
+        let mut parts = Vec::with_capacity(request.changed.len());
+        let mut need = state.totals;
+        for name in request.changed.iter() {
+            let new = match request.snapshot.service(name) {
+                Some(service) => render::render_service(service, masq, &self.opts),
+                None => render::Desired::default(),
+            };
+            let claimed = new.frontends.keys().any(|k| state.owners.get(k).is_some_and(|owner| owner != name));
+            if claimed || !new.skipped.is_empty() {
+                return Ok(None);
+            }
+            for unsupported in &new.unsupported {
+                tracing::warn!(backend = MODE, "{unsupported}");
+                self.metrics.skipped_frontends.inc();
+            }
+            let old = index.get(name).cloned().unwrap_or_default();
+            for ((_, n), ((_, minus), (_, plus))) in
+                need.iter_mut().zip(maps::needs(&old).iter().zip(maps::needs(&new)))
+            {
+                *n = (*n + plus).saturating_sub(*minus);
+            }
+            parts.push((name.clone(), old, new));
+        }
+        self.capacity(maps, &need)?;
+        let mut total = SyncStats::default();
+        let mut removed = std::collections::BTreeSet::new();
+        for (name, old, mut new) in parts {
+            let mut share = current.share(&old);
+            new.cluster_cidrs = current.cluster_cidrs.clone();
+            removed.extend(maps::removed_udp_backends(&share, &new));
+            let stats = match maps::apply(maps, &mut share, &new) {
+                Ok(stats) => stats,
+                Err(e) => {
+                    // Half applied: the next sync reads the maps back.
+                    state.cache = None;
+                    state.by_service = None;
+                    return Err(e);
+                }
+            };
+            current.replace_share(&old, share);
+            total.apply.add(&stats);
+            for key in old.frontends.keys() {
+                if state.owners.get(key) == Some(&name) {
+                    state.owners.remove(key);
+                }
+            }
+            state.owners.extend(new.frontends.keys().map(|k| (*k, name.clone())));
+            if new.frontends.is_empty() && new.routes.is_empty() {
+                index.remove(&name);
+            } else {
+                index.insert(name, new);
+            }
+        }
+        state.totals = need;
+        total.udp_flushed = maps::flush_udp(maps, &removed)?;
+        Ok(Some(total))
+    }
+
+    fn capacity(&self, maps: &maps::Maps, need: &[(&'static str, usize)]) -> Result<(), EbpfError> {
+        maps::check_capacity(maps, need).inspect_err(|e| {
+            if let EbpfError::Full { map, .. } = e {
+                self.metrics.map_full.get_or_create(&vec![("map".into(), (*map).into())]).inc();
+            }
+        })
+    }
+}
+
+/// What one sync wrote.
+#[derive(Clone, Copy, Debug, Default)]
+struct SyncStats {
+    apply: maps::ApplyStats,
+    udp_flushed: usize,
+}
+
+#[async_trait]
+impl Dataplane for EbpfDataplane {
+    fn mode(&self) -> &str {
+        MODE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        use Capability::*;
+        let mut caps = vec![
+            Tcp,
+            Udp,
+            // Address translation only: see render (SCTP port translation).
+            Sctp,
+            IPv4,
+            IPv6,
+            ClusterIP,
+            NodePort,
+            ExternalIPs,
+            LoadBalancerIPs,
+            SessionAffinity,
+            ExternalTrafficPolicyLocal,
+            InternalTrafficPolicyLocal,
+            SourceRanges,
+            Reject,
+            Masquerade,
+            Hairpin,
+            StaleUdpConntrack,
+        ];
+        if self.cfg.cgroup_path.is_some() {
+            caps.push(HostNetworkClients);
+        }
+        Capabilities::new(caps)
+    }
+
+    async fn sync(&self, request: SyncRequest) -> Result<SyncOutcome, DataplaneError> {
+        let job = SyncJob {
+            ctx: self.ctx.clone(),
+            cfg: self.cfg.clone(),
+            loaded: self.loaded.clone(),
+            metrics: self.metrics.clone(),
+            opts: self.render_options(),
+        };
+        let span = tracing::info_span!("sync", backend = MODE, full = request.full, services = request.snapshot.len());
+        let _enter = span.enter();
+        self.worker
+            .run(move || job.run(request))
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
+            .map_err(|e| e.into_dataplane("sync"))
+    }
+
+    async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {
+        let dir = self.cfg.maps_dir();
+        tokio::task::spawn_blocking(move || -> Result<ProgrammedState, EbpfError> {
+            if !dir.join("swy_svc").exists() {
+                return Ok(ProgrammedState::default());
+            }
+            let maps = maps::Maps::open(&dir)?;
+            Ok(maps::Programmed::read(&maps)?.to_state())
+        })
+        .await
+        .map_err(|e| DataplaneError::failed(MODE, "inspect", e))?
+        .map_err(|e| e.into_dataplane("inspect"))
+    }
+
+    async fn cleanup(&self) -> Result<(), DataplaneError> {
+        let cfg = self.cfg.clone();
+        let loaded = self.loaded.clone();
+        self.worker
+            .run(move || {
+                let mut l = loaded.lock().unwrap_or_else(|e| e.into_inner());
+                *l = Loaded::default();
+                cleanup::cleanup(&cfg)
+            })
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
+            .map_err(|e| e.into_dataplane("cleanup"))
+    }
+}
+
+/// Builds [`EbpfDataplane`]s for the registry.
+#[derive(Debug, Default)]
+pub struct EbpfFactory;
+
+/// The factory to register under mode `ebpf`.
+pub fn factory() -> Arc<dyn BackendFactory> {
+    Arc::new(EbpfFactory)
+}
+
+#[async_trait]
+impl BackendFactory for EbpfFactory {
+    fn mode(&self) -> &str {
+        MODE
+    }
+
+    fn description(&self) -> &str {
+        "eBPF: TC programs with their own conntrack and cgroup socket load balancing (kernel >= 5.10; TCX on >= 6.6)"
+    }
+
+    fn validate(&self, section: &serde_json::Value) -> Vec<String> {
+        EbpfConfig::parse(section).err().unwrap_or_default()
+    }
+
+    async fn probe(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
+        let cfg = EbpfConfig::for_netns(&ctx.section, &ctx.netns)
+            .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
+        supported::probe(&cfg).map_err(|reason| DataplaneError::unavailable(MODE, reason))
+    }
+
+    async fn build(&self, ctx: &BackendContext) -> Result<Arc<dyn Dataplane>, DataplaneError> {
+        let cfg = EbpfConfig::for_netns(&ctx.section, &ctx.netns)
+            .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
+        Ok(Arc::new(EbpfDataplane::new(ctx.clone(), cfg)))
+    }
+}

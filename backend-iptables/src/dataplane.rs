@@ -526,6 +526,8 @@ impl Dataplane for IptablesDataplane {
             Hairpin,
             StaleUdpConntrack,
             HostNetworkClients,
+            ExternalTrafficPolicyLocalFromCluster,
+            ShortAffinityTimeouts,
         ]);
         if self.settings.families.ipv4 {
             caps.0.insert(IPv4);

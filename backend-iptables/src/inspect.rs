@@ -45,7 +45,7 @@ fn first_source(rs: &Ruleset, table: crate::restore::Table, chain: &str) -> Opti
     })
 }
 
-fn frontends(rs: &Ruleset) -> BTreeMap<Frontend, Found> {
+fn frontends(rs: &Ruleset, family: IpFamily) -> BTreeMap<Frontend, Found> {
     let mut out: BTreeMap<Frontend, Found> = BTreeMap::new();
     for (table, t) in &rs.tables {
         for (chain, c) in &t.chains {
@@ -75,7 +75,7 @@ fn frontends(rs: &Ruleset) -> BTreeMap<Frontend, Found> {
                 } else {
                     continue;
                 };
-                let frontend = Frontend { kind, ip, port, protocol };
+                let frontend = Frontend { kind, ip, family, port, protocol };
                 let allowed_source = rule
                     .chain_target()
                     .filter(|c| c.starts_with("SWITCHYARD-FW-") || c.starts_with("SWITCHYARD-FWR-"))
@@ -135,7 +135,7 @@ pub fn programmed_state(rs: &Ruleset, ctx: &InspectContext) -> Result<Programmed
     let tracer = Tracer::new(rs, &host);
     let outside = outside_address(family, &ctx.cluster_cidrs);
     let mut state = ProgrammedState::default();
-    for (frontend, found) in frontends(rs) {
+    for (frontend, found) in frontends(rs, family) {
         let dst = frontend.ip.unwrap_or(nodeport_dst);
         let packet = |src, from_node| Packet { src, dst, protocol: frontend.protocol, dport: frontend.port, from_node };
         let outside_src =

@@ -97,6 +97,10 @@ pub fn scenario_dir(flag: Option<PathBuf>) -> PathBuf {
     candidates.into_iter().flatten().find(|p| p.is_dir()).unwrap_or_else(crate::builtin_scenarios_dir)
 }
 
+/// Sections built-in modes get when no `--section` names them: the eBPF
+/// backend's socket hooks go on the lab's cgroup.
+const DEFAULT_SECTIONS: &[(&str, &str)] = &[("ebpf", r#"{"cgroupPath":"{cgroup}"}"#)];
+
 fn parse_sections(raw: &[String]) -> Result<BTreeMap<String, serde_json::Value>, String> {
     raw.iter()
         .map(|s| {
@@ -207,7 +211,14 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     let sections = match parse_sections(&args.sections) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            for (mode, json) in DEFAULT_SECTIONS {
+                if let (false, Ok(v)) = (s.contains_key(*mode), serde_json::from_str(json)) {
+                    s.insert((*mode).to_string(), v);
+                }
+            }
+            s
+        }
         Err(e) => {
             error!("{e}");
             return ExitCode::from(EXIT_USAGE);

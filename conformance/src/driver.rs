@@ -611,7 +611,7 @@ mod tests {
 
     #[test]
     fn inspect_output_parses() {
-        let json = r#"{"mode":"iptables","programmed":{"frontends":[{"frontend":{"kind":"ClusterIP","ip":"10.96.0.10","port":80,"protocol":"TCP"},"service":"default/web:http","endpoints":["10.244.1.10:8080"],"cluster_endpoints":null,"empty_verdict":null,"affinity_timeout_seconds":null}]},"differences":null}"#;
+        let json = r#"{"mode":"iptables","programmed":{"frontends":[{"frontend":{"kind":"ClusterIP","ip":"10.96.0.10","family":"IPv4","port":80,"protocol":"TCP"},"service":"default/web:http","endpoints":["10.244.1.10:8080"],"cluster_endpoints":null,"empty_verdict":null,"affinity_timeout_seconds":null}]},"differences":null}"#;
         let state = parse_inspect(json.as_bytes()).expect("parses");
         assert_eq!(state.frontends.len(), 1);
         assert!(parse_inspect(b"{}").is_err());

@@ -40,7 +40,9 @@ use proxy_core::Registry;
 /// The suite's binary runs `--backend NAME` for any mode registered here.
 pub fn default_registry() -> Registry {
     let mut registry = Registry::new();
-    for factory in [backend_iptables::factory()] {
+    for factory in
+        [backend_iptables::factory(), backend_ipvs::factory(), backend_ebpf::factory(), backend_plugin::factory()]
+    {
         // Built-in mode names are distinct; a duplicate would be a programming error caught by tests.
         if let Err(e) = registry.register(factory) {
             tracing::error!(error = %e, "built-in backend not registered");
@@ -59,6 +61,6 @@ pub fn builtin_scenarios_dir() -> std::path::PathBuf {
 mod tests {
     #[test]
     fn the_default_registry_has_the_builtin_backends() {
-        assert_eq!(super::default_registry().modes(), ["iptables"]);
+        assert_eq!(super::default_registry().modes(), ["ebpf", "iptables", "ipvs", "plugin"]);
     }
 }

@@ -104,6 +104,15 @@ pub enum Capability {
     StaleUdpConntrack,
     /// Connections made by processes on the node (host network) are balanced.
     HostNetworkClients,
+    /// externalTrafficPolicy Local: pods and the node reaching an external
+    /// frontend use every endpoint of the cluster (kube-proxy's short-circuit),
+    /// not only this node's. A dataplane that picks endpoints by destination
+    /// alone (IPVS) cannot.
+    ExternalTrafficPolicyLocalFromCluster,
+    /// sessionAffinity ClientIP timeouts below two minutes end on time. IPVS
+    /// persistence cannot: a template outlives its connections, which stay
+    /// 120 s in TIME_WAIT.
+    ShortAffinityTimeouts,
 }
 
 impl fmt::Display for Capability {
@@ -143,6 +152,8 @@ impl Capabilities {
             Hairpin,
             StaleUdpConntrack,
             HostNetworkClients,
+            ExternalTrafficPolicyLocalFromCluster,
+            ShortAffinityTimeouts,
         ])
     }
 
@@ -153,6 +164,24 @@ impl Capabilities {
     /// The capabilities of `needed` this set lacks.
     pub fn missing<'a>(&'a self, needed: impl IntoIterator<Item = &'a Capability>) -> Vec<Capability> {
         needed.into_iter().filter(|c| !self.has(**c)).copied().collect()
+    }
+}
+
+/// Whether a backend can program the kernel right now. In-process backends
+/// are always up; an out-of-process plugin is down while its process is
+/// being restarted or its socket reconnected. `/healthz` fails while down.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataplaneHealth {
+    #[default]
+    Up,
+    Down {
+        reason: String,
+    },
+}
+
+impl DataplaneHealth {
+    pub fn is_up(&self) -> bool {
+        matches!(self, DataplaneHealth::Up)
     }
 }
 
@@ -181,4 +210,10 @@ pub trait Dataplane: Send + Sync + fmt::Debug {
     /// Removes everything this backend ever installs. Succeeds when there is
     /// nothing to remove; works from a fresh process.
     async fn cleanup(&self) -> Result<(), DataplaneError>;
+
+    /// Whether the backend can program the kernel right now (cheap; called
+    /// on every `/healthz`). The default is always up.
+    fn health(&self) -> DataplaneHealth {
+        DataplaneHealth::Up
+    }
 }

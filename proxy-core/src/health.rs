@@ -2,13 +2,19 @@
 //!
 //! Healthy while starting up and while every queued change is applied within
 //! the health timeout (2 × sync-period); unhealthy when a change has waited
-//! longer, or when the node is being deleted (so load balancers drain it).
+//! longer, when the node is being deleted (so load balancers drain it), or
+//! while the backend reports itself down (an out-of-process plugin being
+//! restarted).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::dataplane::DataplaneHealth;
 use crate::model::IpFamily;
+
+/// Asks the backend whether it is up (see [`ProxyHealth::watch_backend`]).
+type BackendCheck = Arc<dyn Fn() -> DataplaneHealth + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -27,19 +33,47 @@ pub struct HealthStatus {
     /// The last successful sync (any family), if there was one.
     pub last_updated: Option<SystemTime>,
     pub node_deleting: bool,
+    /// Why the backend is down, when it is.
+    pub backend_down: Option<String>,
 }
 
 /// Shared health state; clone freely.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ProxyHealth {
     timeout: Duration,
     state: Arc<Mutex<State>>,
+    backend: Arc<Mutex<Option<BackendCheck>>>,
+}
+
+impl std::fmt::Debug for ProxyHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyHealth")
+            .field("timeout", &self.timeout)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProxyHealth {
     /// `timeout` is how long a queued change may wait (kube-proxy: 2 × sync-period).
     pub fn new(timeout: Duration) -> Self {
-        ProxyHealth { timeout, state: Arc::new(Mutex::new(State::default())) }
+        ProxyHealth { timeout, state: Arc::new(Mutex::new(State::default())), backend: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Makes [`status`](Self::status) consult the backend: unhealthy while
+    /// `check` reports it down. The [`crate::Proxier`] installs its dataplane's
+    /// [`crate::Dataplane::health`] here.
+    pub fn watch_backend(&self, check: impl Fn() -> DataplaneHealth + Send + Sync + 'static) {
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(check));
+    }
+
+    /// The backend's reason for being down, if it is.
+    pub fn backend_down(&self) -> Option<String> {
+        let check = self.backend.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match check.map(|c| c()) {
+            Some(DataplaneHealth::Down { reason }) => Some(reason),
+            _ => None,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -92,12 +126,15 @@ impl ProxyHealth {
     }
 
     pub fn status(&self, now: Instant) -> HealthStatus {
+        // Asked before taking the state lock: the check is the backend's code.
+        let backend_down = self.backend_down();
         let s = self.lock();
         let late = s.oldest_pending.values().any(|t| now.saturating_duration_since(*t) >= self.timeout);
         HealthStatus {
-            healthy: !late && !s.node_deleting,
+            healthy: !late && !s.node_deleting && backend_down.is_none(),
             last_updated: s.last_updated.values().max().copied(),
             node_deleting: s.node_deleting,
+            backend_down,
         }
     }
 }
@@ -126,6 +163,26 @@ mod tests {
         h.queued([IpFamily::V4], t0);
         h.queued([IpFamily::V4], t0 + Duration::from_secs(9));
         assert!(!h.status(t0 + Duration::from_secs(10)).healthy);
+    }
+
+    #[test]
+    fn a_backend_that_is_down_makes_it_unhealthy() {
+        let h = ProxyHealth::new(Duration::from_secs(10));
+        let down = Arc::new(Mutex::new(true));
+        let flag = down.clone();
+        h.watch_backend(move || {
+            if *flag.lock().unwrap_or_else(|e| e.into_inner()) {
+                DataplaneHealth::Down { reason: "plugin exited".into() }
+            } else {
+                DataplaneHealth::Up
+            }
+        });
+        let st = h.status(Instant::now());
+        assert!(!st.healthy);
+        assert_eq!(st.backend_down.as_deref(), Some("plugin exited"));
+        assert!(!h.late(Instant::now()), "a backend restart is not lateness (/livez stays ok)");
+        *down.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        assert!(h.status(Instant::now()).healthy);
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub mod snapshot;
 pub mod testing;
 pub mod tracker;
 
-pub use dataplane::{BoxError, Capabilities, Capability, Dataplane, DataplaneError, SyncOutcome, SyncRequest};
+pub use dataplane::{
+    BoxError, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, SyncOutcome, SyncRequest,
+};
 pub use model::*;
 pub use netns::NetNamespace;
 pub use plan::*;

@@ -84,21 +84,40 @@ impl FrontendKind {
     }
 }
 
-/// A place a client sends traffic to: (kind, address, port, protocol). The
-/// address is `None` for node ports, which answer on every selected node address.
+/// A place a client sends traffic to: (kind, address, port, protocol) in one
+/// IP family. The address is `None` for node ports, which answer on every
+/// selected node address of their family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Frontend {
     pub kind: FrontendKind,
     pub ip: Option<IpAddr>,
+    /// Explicit because a node port has no address of its own, and a
+    /// dual-stack Service has one node port per family.
+    pub family: IpFamily,
     pub port: u16,
     pub protocol: Protocol,
+}
+
+impl Frontend {
+    /// A frontend on an address (ClusterIP, external IP, load-balancer IP).
+    pub fn at(kind: FrontendKind, ip: IpAddr, port: u16, protocol: Protocol) -> Frontend {
+        Frontend { kind, ip: Some(ip), family: IpFamily::of(&ip), port, protocol }
+    }
+
+    /// A node port of one family.
+    pub fn node_port(family: IpFamily, port: u16, protocol: Protocol) -> Frontend {
+        Frontend { kind: FrontendKind::NodePort, ip: None, family, port, protocol }
+    }
 }
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = self.protocol.as_lower_str();
         match (self.kind, self.ip) {
-            (FrontendKind::NodePort, _) => write!(f, "nodeport:{}/{proto}", self.port),
+            (FrontendKind::NodePort, _) => match self.family {
+                IpFamily::V4 => write!(f, "nodeport:{}/{proto}", self.port),
+                IpFamily::V6 => write!(f, "nodeport6:{}/{proto}", self.port),
+            },
             (_, Some(ip)) => write!(f, "{}/{proto}", SocketAddr::new(ip, self.port)),
             (kind, None) => write!(f, "{kind:?}:{}/{proto}", self.port),
         }
@@ -194,11 +213,11 @@ impl Flow {
 impl ServicePortPlan {
     /// Every frontend of this port.
     pub fn frontends(&self) -> impl Iterator<Item = Frontend> + '_ {
-        let at = move |kind, ip: Option<IpAddr>, port| Frontend { kind, ip, port, protocol: self.protocol };
-        let cluster = self.cluster_ip.map(|ip| at(FrontendKind::ClusterIP, Some(ip), self.port));
-        let external = self.external_ips.iter().map(move |ip| at(FrontendKind::ExternalIP, Some(*ip), self.port));
-        let lbs = self.load_balancer_ips.iter().map(move |ip| at(FrontendKind::LoadBalancer, Some(*ip), self.port));
-        let node_port = self.node_port.map(|p| at(FrontendKind::NodePort, None, p));
+        let at = move |kind, ip: IpAddr| Frontend::at(kind, ip, self.port, self.protocol);
+        let cluster = self.cluster_ip.map(|ip| at(FrontendKind::ClusterIP, ip));
+        let external = self.external_ips.iter().map(move |ip| at(FrontendKind::ExternalIP, *ip));
+        let lbs = self.load_balancer_ips.iter().map(move |ip| at(FrontendKind::LoadBalancer, *ip));
+        let node_port = self.node_port.map(|p| Frontend::node_port(self.family, p, self.protocol));
         cluster.into_iter().chain(external).chain(lbs).chain(node_port)
     }
 
@@ -226,6 +245,13 @@ impl ServicePortPlan {
         if !self.source_allowed(kind, source, class) {
             return Flow { route: Route::Drop, masquerade: false };
         }
+        self.flow_for_class(kind, class, masq)
+    }
+
+    /// [`flow`](Self::flow) for any source of `class` that passes the
+    /// source ranges: what a dataplane programs per (frontend, class of
+    /// source). Out-of-process plugins receive this table precomputed.
+    pub fn flow_for_class(&self, kind: FrontendKind, class: SourceClass, masq: &MasqueradeConfig) -> Flow {
         let route = self.route_for(kind, class).clone();
         let masquerade = match kind {
             // Off-cluster traffic to a ClusterIP is masqueraded so that replies

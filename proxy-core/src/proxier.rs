@@ -64,6 +64,9 @@ impl Proxier {
         metrics: Option<ProxyMetrics>,
         trigger: SyncTrigger,
     ) -> Self {
+        // Health follows the backend too (weakly: health handles outlive the proxier).
+        let weak = Arc::downgrade(&dataplane);
+        health.watch_backend(move || weak.upgrade().map(|d| d.health()).unwrap_or_default());
         Proxier {
             tracker: Mutex::new(tracker),
             dataplane,

@@ -208,6 +208,13 @@ fn frontends_per_family_with_proxy_mode_lbs_excluded() {
     assert_eq!(v4.source_ranges, vec!["198.51.100.0/24".parse().unwrap()]);
     let v6 = &p.ports[1];
     assert_eq!(v6.cluster_ip, ip("fd00::10"));
+    // One node port per family, told apart by the family (a node port has no address).
+    let snap = Snapshot::from_plans(c.clone(), None, [p.clone()]);
+    let node_ports: Vec<_> =
+        snap.expected_state().frontends.into_keys().filter(|f| f.kind == FrontendKind::NodePort).collect();
+    assert_eq!(node_ports.len(), 2, "{node_ports:?}");
+    assert_eq!(node_ports.iter().map(|f| f.family).collect::<Vec<_>>(), vec![IpFamily::V4, IpFamily::V6]);
+    assert_eq!(node_ports[1].to_string(), "nodeport6:30080/tcp");
     assert_eq!(v6.external_ips, vec!["2001:db8::1".parse::<IpAddr>().unwrap()]);
     assert!(v6.load_balancer_ips.is_empty());
 }

@@ -147,6 +147,8 @@ fn health_body(state: &AdminState, healthy: bool) -> String {
         "currentTime": rfc3339(SystemTime::now()),
         "nodeEligible": !st.node_deleting,
         "healthy": healthy,
+        // Why the dataplane cannot program right now (a plugin being restarted); null when it can.
+        "backendDown": st.backend_down,
     })
     .to_string()
 }

@@ -124,6 +124,16 @@ pub struct Flags {
     #[arg(long = "logging-format", visible_alias = "log-format", global = true, value_name = "FORMAT")]
     pub logging_format: Option<String>,
 
+    /// `--proxy-mode plugin`: the plugin program and its arguments, split on
+    /// whitespace (the `plugin.command` key; a list there for arguments with spaces).
+    #[arg(long = "plugin-command", global = true, value_name = "COMMAND")]
+    pub plugin_command: Option<String>,
+
+    /// `--proxy-mode plugin`: connect to a plugin listening on this Unix socket
+    /// (a sidecar) instead of starting one (the `plugin.socket` key).
+    #[arg(long = "plugin-socket", global = true, value_name = "PATH")]
+    pub plugin_socket: Option<String>,
+
     /// Program this network namespace (a name under /run/netns or a path)
     /// instead of the process's own. For labs and tests.
     #[arg(long, global = true, value_name = "NAME|PATH")]
@@ -157,6 +167,13 @@ impl Flags {
         set("logging.verbosity", self.verbosity.map(|v| Value::from(u64::from(v))));
         set("logging.format", s(&self.logging_format));
         set("netns", s(&self.netns));
+        set(
+            "plugin.command",
+            self.plugin_command
+                .as_ref()
+                .map(|c| Value::Array(c.split_whitespace().map(|w| Value::String(w.into())).collect())),
+        );
+        set("plugin.socket", s(&self.plugin_socket));
         m
     }
 

@@ -228,34 +228,8 @@ async fn unreachable_api_server_keeps_running_not_ready() {
 async fn health_check_node_ports() {
     let dir = tempfile::tempdir().unwrap();
     let hc_port = free_port();
-    let svc = format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: lb, namespace: prod}}
-spec:
-  type: LoadBalancer
-  clusterIP: 10.96.0.20
-  clusterIPs: [10.96.0.20]
-  externalTrafficPolicy: Local
-  healthCheckNodePort: {hc_port}
-  ports: [{{name: http, port: 80, protocol: TCP, nodePort: 30080}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: lb-1
-  namespace: prod
-  labels: {{kubernetes.io/service-name: lb}}
-addressType: IPv4
-ports: [{{name: http, port: 8080, protocol: TCP}}]
-endpoints:
-- addresses: [10.0.1.1]
-  conditions: {{ready: true}}
-  nodeName: NODE
-"#
-    );
-    let m = write(dir.path(), "lb.yaml", &format!("{}---{NODE_A}", svc.replace("NODE", "node-a")));
+    let svc = lb_service(hc_port);
+    let m = write(dir.path(), "lb.yaml", &format!("{svc}---{NODE_A}"));
     let src = format!("--source=file:{}", m.display());
     let mut d = Daemon::start(
         &memory_bin(),
@@ -277,7 +251,7 @@ endpoints:
     assert!(head.to_ascii_lowercase().contains("x-load-balancing-endpoint-weight: 1"), "{head}");
 
     // The endpoint moves to another node: 503 with zero local endpoints.
-    write(dir.path(), "lb.yaml", &format!("{}---{NODE_A}", svc.replace("NODE", "node-b")));
+    write(dir.path(), "lb.yaml", &format!("{}---{NODE_A}", svc.replace("nodeName: node-a", "nodeName: node-b")));
     d.barrier().await;
     eventually("healthCheckNodePort answers 503", || async move {
         matches!(http_async("GET", hc, "/", "").await, Ok((503, _, b)) if b.contains("\"localEndpoints\":0"))

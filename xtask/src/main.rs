@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -15,7 +16,8 @@ fn usage() -> ExitCode {
          commands:\n  \
          test [--skip TIER]...   run every test tier (lint, unit, demo, conformance, vm)\n  \
          demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n  \
-         bench [--quick] [ARGS]  every backend side by side: tables, JSON, plots (bench/README.md)\n"
+         bench [--quick] [ARGS]  every backend side by side: tables, JSON, plots (bench/README.md)\n  \
+         vm run|test|bench|fetch  Debian's 6.1 kernel in QEMU (`cargo xtask vm help`)\n"
     );
     ExitCode::from(2)
 }
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         "test" => test::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "vm" => vm::main(rest.to_vec()),
         _ => usage(),
     }
 }

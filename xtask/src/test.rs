@@ -66,8 +66,12 @@ fn tiers() -> Vec<Tier> {
                 &[
                     "--backend",
                     "iptables",
+                    "--backend",
+                    "ebpf",
                     "--binary-backend",
                     "iptables",
+                    "--binary-backend",
+                    "ebpf",
                     "--switchyard-bin",
                     &binary("switchyard").display().to_string(),
                     "--json",
@@ -76,6 +80,11 @@ fn tiers() -> Vec<Tier> {
                     &conformance_md,
                 ],
             )],
+        },
+        Tier {
+            name: "vm",
+            what: "kernel-facing tests and conformance (iptables, ipvs, ebpf) inside QEMU on Debian's 6.1 kernel (IPVS)",
+            commands: vec![cmd(&["cargo", "xtask", "vm", "test"])],
         },
         Tier {
             name: "bench",

@@ -314,3 +314,35 @@ impl Drop for NetnsHandle {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
+
+/// A LoadBalancer Service with externalTrafficPolicy Local, its healthCheckNodePort
+/// and one ready endpoint on node-a.
+pub fn lb_service(hc_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: lb, namespace: prod}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  clusterIPs: [10.96.0.20]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {hc_port}
+  ports: [{{name: http, port: 80, protocol: TCP, nodePort: 30080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: lb-1
+  namespace: prod
+  labels: {{kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: [10.0.1.1]
+  conditions: {{ready: true}}
+  nodeName: node-a
+"#
+    )
+}

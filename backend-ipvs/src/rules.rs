@@ -1,0 +1,522 @@
+//! Helper netfilter state: IP sets (`ipset restore`) and a fixed set of
+//! iptables rules (`iptables-restore --noflush`) that reference them.
+//!
+//! IPVS balances; what it cannot do is done here, the way kube-proxy's ipvs
+//! mode does it: mark for masquerade (ClusterIP from outside the cluster
+//! CIDR or with `--masquerade-all`; external frontends with
+//! externalTrafficPolicy Cluster), masquerade hairpin traffic (a pod reaching
+//! itself) and node-originated traffic whose source is a VIP, drop
+//! loadBalancerSourceRanges violations and frontends whose verdict is Drop.
+//! Reject needs no rule: IPVS answers ICMP port-unreachable itself for a
+//! virtual server without a usable real server (`ip_vs_leave`).
+//!
+//! The rules never change with Services, only with the masquerade
+//! configuration; Services change set members. Partial syncs therefore touch
+//! only sets (`add`/`del`), full syncs rebuild each set and swap it in.
+//!
+//! backend-iptables' rule writer is not used (yet): these few static rules
+//! are spelled out here; see the README.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::Stdio;
+
+use ipnet::IpNet;
+use proxy_core::{IpFamily, MasqueradeConfig, NetNamespace, Protocol};
+
+/// The masquerade mark bit (kube-proxy's default `--iptables-masquerade-bit` 14).
+pub const MASQ_MARK: &str = "0x4000/0x4000";
+
+/// The IP sets we own; the names carry our prefix and the family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetKind {
+    /// Every VIP on switchyard0 (`hash:ip`): node traffic from such a source is masqueraded.
+    Vips,
+    ClusterIp,
+    ExternalIp,
+    LoadBalancer,
+    NodePort,
+    /// External frontends with externalTrafficPolicy Local (no masquerade for non-node sources).
+    LocalPolicy,
+    /// Frontends whose verdict is Drop.
+    Drop,
+    /// Load-balancer frontends with loadBalancerSourceRanges.
+    LbFirewall,
+    /// (LB IP, port, allowed source CIDR) (`hash:ip,port,net`).
+    LbSource,
+    /// (endpoint, port, endpoint) for hairpin (`hash:ip,port,ip`).
+    Loopback,
+}
+
+impl SetKind {
+    pub const ALL: [SetKind; 10] = [
+        SetKind::Vips,
+        SetKind::ClusterIp,
+        SetKind::ExternalIp,
+        SetKind::LoadBalancer,
+        SetKind::NodePort,
+        SetKind::LocalPolicy,
+        SetKind::Drop,
+        SetKind::LbFirewall,
+        SetKind::LbSource,
+        SetKind::Loopback,
+    ];
+
+    fn base(self) -> &'static str {
+        match self {
+            SetKind::Vips => "SWITCHYARD-VIPS",
+            SetKind::ClusterIp => "SWITCHYARD-CLUSTER-IP",
+            SetKind::ExternalIp => "SWITCHYARD-EXTERNAL-IP",
+            SetKind::LoadBalancer => "SWITCHYARD-LB-IP",
+            SetKind::NodePort => "SWITCHYARD-NODE-PORT",
+            SetKind::LocalPolicy => "SWITCHYARD-LOCAL-POLICY",
+            SetKind::Drop => "SWITCHYARD-DROP",
+            SetKind::LbFirewall => "SWITCHYARD-LB-FW",
+            SetKind::LbSource => "SWITCHYARD-LB-SRC",
+            SetKind::Loopback => "SWITCHYARD-LOOPBACK",
+        }
+    }
+
+    /// `SWITCHYARD-CLUSTER-IP` for IPv4, `SWITCHYARD-CLUSTER-IP6` for IPv6 (≤ 31 characters).
+    pub fn name(self, family: IpFamily) -> String {
+        match family {
+            IpFamily::V4 => self.base().to_string(),
+            IpFamily::V6 => format!("{}6", self.base()),
+        }
+    }
+
+    fn set_type(self) -> &'static str {
+        match self {
+            SetKind::Vips => "hash:ip",
+            SetKind::LbSource => "hash:ip,port,net",
+            SetKind::Loopback => "hash:ip,port,ip",
+            _ => "hash:ip,port",
+        }
+    }
+}
+
+/// One member of a set, in `ipset` syntax.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member(pub String);
+
+impl Member {
+    pub fn ip(ip: IpAddr) -> Member {
+        Member(ip.to_string())
+    }
+
+    pub fn ip_port(ip: IpAddr, protocol: Protocol, port: u16) -> Member {
+        Member(format!("{ip},{}:{port}", protocol.as_lower_str()))
+    }
+
+    pub fn ip_port_net(ip: IpAddr, protocol: Protocol, port: u16, net: IpNet) -> Member {
+        // `ipset save` prints a host-sized net without its prefix; members
+        // must read back exactly as written, or full syncs would churn them.
+        let net =
+            if net.prefix_len() == net.max_prefix_len() { net.addr().to_string() } else { net.trunc().to_string() };
+        Member(format!("{ip},{}:{port},{net}", protocol.as_lower_str()))
+    }
+
+    pub fn ip_port_ip(ip: IpAddr, protocol: Protocol, port: u16, other: IpAddr) -> Member {
+        Member(format!("{ip},{}:{port},{other}", protocol.as_lower_str()))
+    }
+}
+
+/// Desired contents of every set of one family.
+pub type Sets = BTreeMap<(SetKind, IpFamily), BTreeSet<Member>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{command}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed { command: String, status: String, stderr: String },
+}
+
+/// Runs a program with `input` on stdin inside `netns`.
+fn run(netns: &NetNamespace, program: &str, args: &[&str], input: &str) -> Result<String, RulesError> {
+    let command = format!("{program} {}", args.join(" "));
+    let spawn_err = |source| RulesError::Spawn { command: command.clone(), source };
+    let mut child = netns
+        .command(program)
+        .map_err(spawn_err)?
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        return Err(RulesError::Failed {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ipset_family(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "inet",
+        IpFamily::V6 => "inet6",
+    }
+}
+
+/// `ipset restore` input that makes every set exactly `sets`: each set is
+/// filled under a temporary name and swapped in, so matching never sees a
+/// half-filled set.
+pub fn full_sets_script(sets: &Sets, families: &[IpFamily]) -> String {
+    let mut s = String::new();
+    for family in families {
+        for kind in SetKind::ALL {
+            let name = kind.name(*family);
+            let tmp = format!("{name}-T");
+            let header = format!("{} family {} hashsize 1024 maxelem 1048576", kind.set_type(), ipset_family(*family));
+            let _ = writeln!(s, "create {name} {header}");
+            let _ = writeln!(s, "create {tmp} {header}");
+            let _ = writeln!(s, "flush {tmp}");
+            for m in sets.get(&(kind, *family)).into_iter().flatten() {
+                let _ = writeln!(s, "add {tmp} {}", m.0);
+            }
+            let _ = writeln!(s, "swap {tmp} {name}");
+            let _ = writeln!(s, "destroy {tmp}");
+        }
+    }
+    s
+}
+
+/// Every member of our sets as the kernel has them (`ipset save`), for full syncs.
+pub fn read_all_sets(netns: &NetNamespace) -> Result<Sets, RulesError> {
+    let out = run(netns, "ipset", &["save"], "")?;
+    Ok(parse_save(&out))
+}
+
+/// Parses `ipset save` output, keeping our sets only (not the temporary ones).
+pub fn parse_save(out: &str) -> Sets {
+    let mut by_name = BTreeMap::new();
+    for family in IpFamily::ALL {
+        for kind in SetKind::ALL {
+            by_name.insert(kind.name(family), (kind, family));
+        }
+    }
+    let mut sets = Sets::new();
+    for line in out.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next().and_then(|n| by_name.get(n)), words.next()) {
+            (Some("create"), Some(key), _) => {
+                sets.entry(*key).or_default();
+            }
+            (Some("add"), Some(key), Some(member)) => {
+                sets.entry(*key).or_default().insert(Member(member.to_string()));
+            }
+            _ => {}
+        }
+    }
+    sets
+}
+
+/// `ipset restore` input that makes the sets `want` from the kernel's `have`:
+/// creates missing sets and adds and deletes only the members that differ
+/// (a full sync that finds everything in place writes nothing).
+pub fn reconcile_sets_script(have: &Sets, want: &Sets, families: &[IpFamily]) -> String {
+    let mut s = String::new();
+    for family in families {
+        for kind in SetKind::ALL {
+            if !have.contains_key(&(kind, *family)) {
+                let _ = writeln!(
+                    s,
+                    "create {} {} family {} hashsize 1024 maxelem 1048576",
+                    kind.name(*family),
+                    kind.set_type(),
+                    ipset_family(*family)
+                );
+            }
+        }
+    }
+    s.push_str(&diff_sets_script(have, want));
+    s
+}
+
+/// `ipset restore` input for the difference between two states (partial sync).
+pub fn diff_sets_script(old: &Sets, new: &Sets) -> String {
+    let mut s = String::new();
+    let empty = BTreeSet::new();
+    let keys: BTreeSet<&(SetKind, IpFamily)> = old.keys().chain(new.keys()).collect();
+    for key in keys {
+        let name = key.0.name(key.1);
+        let before = old.get(key).unwrap_or(&empty);
+        let after = new.get(key).unwrap_or(&empty);
+        for m in after.difference(before) {
+            let _ = writeln!(s, "add {name} {}", m.0);
+        }
+        for m in before.difference(after) {
+            let _ = writeln!(s, "del {name} {}", m.0);
+        }
+    }
+    s
+}
+
+pub fn apply_sets(netns: &NetNamespace, script: &str) -> Result<(), RulesError> {
+    if script.is_empty() {
+        return Ok(());
+    }
+    // -exist: creating an existing set, adding a present or deleting an absent member is not an error.
+    run(netns, "ipset", &["restore", "-exist"], script).map(drop)
+}
+
+fn iptables(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "iptables",
+        IpFamily::V6 => "ip6tables",
+    }
+}
+
+/// Our chains and the jumps into them from the built-in chains.
+const NAT_CHAINS: [&str; 4] =
+    ["SWITCHYARD-IPVS-SERVICES", "SWITCHYARD-IPVS-CLUSTER", "SWITCHYARD-IPVS-MARK-MASQ", "SWITCHYARD-IPVS-POSTROUTING"];
+const FILTER_CHAINS: [&str; 1] = ["SWITCHYARD-IPVS-FILTER"];
+const JUMPS: [(&str, &str, &str); 4] = [
+    ("nat", "PREROUTING", "SWITCHYARD-IPVS-SERVICES"),
+    ("nat", "OUTPUT", "SWITCHYARD-IPVS-SERVICES"),
+    ("nat", "POSTROUTING", "SWITCHYARD-IPVS-POSTROUTING"),
+    ("filter", "INPUT", "SWITCHYARD-IPVS-FILTER"),
+];
+
+/// The `iptables-restore --noflush` input for one family: our chains, fully
+/// rewritten (declaring a chain in a restore flushes it).
+pub fn rules_script(family: IpFamily, masq: &MasqueradeConfig) -> String {
+    let set = |k: SetKind| k.name(family);
+    let mut s = String::from("*nat\n");
+    for c in NAT_CHAINS {
+        let _ = writeln!(s, ":{c} - [0:0]");
+    }
+    let c = "-m comment --comment";
+    // ClusterIP: masquerade everything (--masquerade-all) or sources outside the cluster CIDRs.
+    let cidrs: Vec<&IpNet> = masq
+        .cluster_cidrs
+        .iter()
+        .filter(|n| matches!((n, family), (IpNet::V4(_), IpFamily::V4) | (IpNet::V6(_), IpFamily::V6)))
+        .collect();
+    if masq.all {
+        let _ = writeln!(
+            s,
+            "-A SWITCHYARD-IPVS-SERVICES {c} \"ClusterIP, masquerade-all\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-MARK-MASQ",
+            set(SetKind::ClusterIp)
+        );
+    } else if !cidrs.is_empty() {
+        let _ = writeln!(
+            s,
+            "-A SWITCHYARD-IPVS-SERVICES {c} \"ClusterIP\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-CLUSTER",
+            set(SetKind::ClusterIp)
+        );
+        for cidr in cidrs {
+            let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER {c} \"pod source\" -s {cidr} -j RETURN");
+        }
+        let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER {c} \"not a pod: masquerade\" -j SWITCHYARD-IPVS-MARK-MASQ");
+    }
+    // External frontends: Local policy keeps non-node sources; otherwise masquerade.
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-SERVICES {c} \"externalTrafficPolicy Local\" -m set --match-set {} dst,dst -m addrtype ! --src-type LOCAL -j RETURN",
+        set(SetKind::LocalPolicy)
+    );
+    for k in [SetKind::ExternalIp, SetKind::LoadBalancer, SetKind::NodePort] {
+        let _ = writeln!(
+            s,
+            "-A SWITCHYARD-IPVS-SERVICES {c} \"external frontend\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-MARK-MASQ",
+            set(k)
+        );
+    }
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-MARK-MASQ -j MARK --set-xmark {MASQ_MARK}");
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-POSTROUTING {c} \"hairpin\" -m set --match-set {} dst,dst,src -j MASQUERADE",
+        set(SetKind::Loopback)
+    );
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-POSTROUTING {c} \"node traffic with a VIP source\" -m set --match-set {} src -j MASQUERADE",
+        set(SetKind::Vips)
+    );
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-POSTROUTING -m mark ! --mark {MASQ_MARK} -j RETURN");
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-POSTROUTING -j MARK --set-xmark 0x0/0x4000");
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-POSTROUTING {c} \"masquerade per plan\" -j MASQUERADE");
+    s.push_str("COMMIT\n*filter\n");
+    for c in FILTER_CHAINS {
+        let _ = writeln!(s, ":{c} - [0:0]");
+    }
+    // The filter INPUT hook (priority 0) runs before IPVS's LOCAL_IN hook (98).
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-FILTER {c} \"loadBalancerSourceRanges\" -m set --match-set {} dst,dst -m set ! --match-set {} dst,dst,src -m addrtype ! --src-type LOCAL -j DROP",
+        set(SetKind::LbFirewall),
+        set(SetKind::LbSource)
+    );
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-FILTER {c} \"no usable endpoint: drop\" -m set --match-set {} dst,dst -m addrtype ! --src-type LOCAL -j DROP",
+        set(SetKind::Drop)
+    );
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// Writes our chains and makes sure each built-in chain jumps to them once
+/// (`iptables -C` then `-I`), for every family.
+pub fn apply_rules(netns: &NetNamespace, families: &[IpFamily], masq: &MasqueradeConfig) -> Result<(), RulesError> {
+    for family in families {
+        let restore = format!("{}-restore", iptables(*family));
+        run(netns, &restore, &["--noflush", "-w"], &rules_script(*family, masq))?;
+        for (table, chain, target) in JUMPS {
+            let rule = ["-m", "comment", "--comment", "switchyard ipvs", "-j", target];
+            let mut check = vec!["-w", "-t", table, "-C", chain];
+            check.extend(rule);
+            if run(netns, iptables(*family), &check, "").is_err() {
+                let mut insert = vec!["-w", "-t", table, "-I", chain, "1"];
+                insert.extend(rule);
+                run(netns, iptables(*family), &insert, "")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes our jumps, chains and sets (`iptables -D`, `-F`, `-X`; `ipset destroy`).
+/// Absent objects are fine.
+pub fn cleanup(netns: &NetNamespace, families: &[IpFamily]) -> Result<(), RulesError> {
+    for family in families {
+        let ipt = iptables(*family);
+        for (table, chain, target) in JUMPS {
+            let rule = ["-m", "comment", "--comment", "switchyard ipvs", "-j", target];
+            loop {
+                let mut del = vec!["-w", "-t", table, "-D", chain];
+                del.extend(rule);
+                if run(netns, ipt, &del, "").is_err() {
+                    break;
+                }
+            }
+        }
+        for (table, chains) in [("nat", &NAT_CHAINS[..]), ("filter", &FILTER_CHAINS[..])] {
+            for c in chains {
+                let _ = run(netns, ipt, &["-w", "-t", table, "-F", c], "");
+            }
+            for c in chains {
+                let _ = run(netns, ipt, &["-w", "-t", table, "-X", c], "");
+            }
+        }
+        for kind in SetKind::ALL {
+            let name = kind.name(*family);
+            if run(netns, "ipset", &["list", "-n", &name], "").is_ok() {
+                run(netns, "ipset", &["destroy", &name], "")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ipset list NAME`: the members of one of our sets, for `inspect()`.
+pub fn read_set(netns: &NetNamespace, kind: SetKind, family: IpFamily) -> Result<BTreeSet<Member>, RulesError> {
+    let out = match run(netns, "ipset", &["list", &kind.name(family)], "") {
+        Ok(out) => out,
+        Err(RulesError::Failed { .. }) => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(out
+        .lines()
+        .skip_while(|l| !l.starts_with("Members:"))
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Member(l.split_whitespace().next().unwrap_or_default().to_string()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_names_fit_the_kernel_limit() {
+        for k in SetKind::ALL {
+            for f in IpFamily::ALL {
+                // IPSET_MAXNAMELEN is 32 with the NUL; the temporary name adds "-T".
+                assert!(k.name(f).len() + 2 <= 31, "{}", k.name(f));
+            }
+        }
+    }
+
+    #[test]
+    fn member_syntax() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(Member::ip_port(ip, Protocol::Sctp, 80).0, "10.0.0.1,sctp:80");
+        assert_eq!(
+            Member::ip_port_net(ip, Protocol::Tcp, 80, "1.2.0.0/16".parse().unwrap()).0,
+            "10.0.0.1,tcp:80,1.2.0.0/16"
+        );
+    }
+
+    #[test]
+    fn full_and_diff_scripts() {
+        let ip: IpAddr = "10.96.0.1".parse().unwrap();
+        let mut sets = Sets::new();
+        sets.entry((SetKind::ClusterIp, IpFamily::V4)).or_default().insert(Member::ip_port(ip, Protocol::Tcp, 443));
+        let full = full_sets_script(&sets, &[IpFamily::V4]);
+        assert!(full.contains("create SWITCHYARD-CLUSTER-IP hash:ip,port family inet"));
+        assert!(full.contains(
+            "add SWITCHYARD-CLUSTER-IP-T 10.96.0.1,tcp:443\nswap SWITCHYARD-CLUSTER-IP-T SWITCHYARD-CLUSTER-IP\n"
+        ));
+        let mut next = sets.clone();
+        next.entry((SetKind::ClusterIp, IpFamily::V4)).or_default().insert(Member::ip_port(ip, Protocol::Udp, 53));
+        next.entry((SetKind::ClusterIp, IpFamily::V4)).or_default().remove(&Member::ip_port(ip, Protocol::Tcp, 443));
+        assert_eq!(
+            diff_sets_script(&sets, &next),
+            "add SWITCHYARD-CLUSTER-IP 10.96.0.1,udp:53\ndel SWITCHYARD-CLUSTER-IP 10.96.0.1,tcp:443\n"
+        );
+    }
+
+    #[test]
+    fn save_output_is_reconciled_member_by_member() {
+        let save = "create SWITCHYARD-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 1048576 bucketsize 12 initval 0x1\n\
+                    add SWITCHYARD-CLUSTER-IP 10.96.0.1,tcp:443\n\
+                    add SWITCHYARD-CLUSTER-IP 10.96.0.9,udp:53\n\
+                    create OTHER hash:ip family inet\n\
+                    add OTHER 1.2.3.4\n";
+        let have = parse_save(save);
+        assert_eq!(have.len(), 1, "only our sets are read");
+        let mut want = Sets::new();
+        want.entry((SetKind::ClusterIp, IpFamily::V4)).or_default().insert(Member::ip_port(
+            "10.96.0.1".parse().unwrap(),
+            Protocol::Tcp,
+            443,
+        ));
+        let script = reconcile_sets_script(&have, &want, &[IpFamily::V4]);
+        assert!(script.contains("create SWITCHYARD-VIPS hash:ip family inet"));
+        assert!(!script.contains("create SWITCHYARD-CLUSTER-IP "));
+        assert!(script.ends_with("del SWITCHYARD-CLUSTER-IP 10.96.0.9,udp:53\n"), "{script}");
+        assert!(!script.contains("add SWITCHYARD-CLUSTER-IP"));
+    }
+
+    #[test]
+    fn rules_follow_masquerade_config() {
+        let none = rules_script(IpFamily::V4, &MasqueradeConfig::default());
+        assert!(!none.contains("SWITCHYARD-CLUSTER-IP dst,dst"));
+        let all = rules_script(IpFamily::V4, &MasqueradeConfig { all: true, cluster_cidrs: vec![] });
+        assert!(all.contains("masquerade-all"));
+        let cidr = MasqueradeConfig {
+            all: false,
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()],
+        };
+        let v4 = rules_script(IpFamily::V4, &cidr);
+        assert!(v4.contains("-s 10.244.0.0/16 -j RETURN") && !v4.contains("fd00::/64"));
+        assert!(rules_script(IpFamily::V6, &cidr).contains("SWITCHYARD-CLUSTER-IP6"));
+    }
+}

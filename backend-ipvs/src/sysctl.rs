@@ -1,0 +1,43 @@
+//! The sysctls IPVS needs, written in the node namespace only.
+//!
+//! `/proc/sys/net` resolves to the namespace of the thread that opens the
+//! file, so these must run on a thread inside the node namespace.
+
+use crate::IpvsError;
+
+/// (name, value) as kube-proxy's ipvs mode sets them (`proxier.go`).
+pub const SYSCTLS: &[(&str, &str)] = &[
+    // Let iptables' NAT see IPVS connections: needed for MASQUERADE.
+    ("net/ipv4/vs/conntrack", "1"),
+    // Expire connections to a deleted real server on their next packet,
+    // so that clients reconnect instead of hanging.
+    ("net/ipv4/vs/expire_nodest_conn", "1"),
+    // Expire persistence templates of a quiescent (weight 0) real server.
+    ("net/ipv4/vs/expire_quiescent_template", "1"),
+];
+
+fn write(name: &str, value: &str) -> Result<(), IpvsError> {
+    let path = format!("/proc/sys/{name}");
+    std::fs::write(&path, value).map_err(|source| IpvsError::Sysctl { name: name.replace('/', "."), source })
+}
+
+/// Writes [`SYSCTLS`]; on kernels before 5.9, also `conn_reuse_mode=0`
+/// (with conntrack=1 the default mode delayed reused connections by a second;
+/// fixed in 5.9 by commit f0a5e4d7a594, after which kube-proxy leaves it alone).
+pub fn apply() -> Result<(), IpvsError> {
+    for (name, value) in SYSCTLS {
+        write(name, value)?;
+    }
+    if kernel_before(5, 9) {
+        write("net/ipv4/vs/conn_reuse_mode", "0")?;
+    }
+    Ok(())
+}
+
+/// Whether the running kernel is older than `major.minor`.
+pub fn kernel_before(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    version < (major, minor)
+}

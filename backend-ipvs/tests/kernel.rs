@@ -1,0 +1,348 @@
+//! The IPVS dataplane against a real kernel, in network namespaces made here.
+//!
+//! Needs root and a kernel with IPVS. On a host without IPVS the tests skip
+//! loudly; inside `cargo xtask vm test` (`SWITCHYARD_VM=1`) a missing feature
+//! is a failure. Each test has its own namespaces (`swy-ipvs-<pid>-<n>`),
+//! deleted on every path by a guard.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "an integration test: a panic is a failure, a skip prints its reason"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use backend_ipvs::client::{Ipvs, NetlinkIpvs};
+use backend_ipvs::message::ServiceKey;
+use proxy_core::testing::{ServiceBuilder, SliceBuilder, endpoint, initial_list};
+use proxy_core::{
+    BackendContext, ChangeTracker, DataplaneError, NetNamespace, PlannerConfig, Protocol, ServiceName, Snapshot,
+    SyncRequest, TrackerConfig,
+};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace that is deleted when dropped.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("swy-ipvs-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        sh(&format!("ip netns add {name}"));
+        let ns = Netns { name };
+        ns.exec("ip link set lo up");
+        ns
+    }
+
+    fn handle(&self) -> NetNamespace {
+        NetNamespace::named(&self.name)
+    }
+
+    fn exec(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} {cmd}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn in_vm() -> bool {
+    std::env::var_os("SWITCHYARD_VM").is_some()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether IPVS can be tested here; prints why not (and fails inside the VM).
+fn ipvs_available(ns: &Netns) -> bool {
+    let probe = ns.handle().run(NetlinkIpvs::connect).expect("enter namespace");
+    match probe {
+        Ok(_) => true,
+        Err(e) if in_vm() => panic!("inside the VM IPVS must work: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: {e} (run `cargo xtask vm test` to test on a kernel with IPVS)");
+            false
+        }
+    }
+}
+
+fn snapshot(
+    services: Vec<k8s_openapi::api::core::v1::Service>,
+    slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+) -> Arc<Snapshot> {
+    let mut config = TrackerConfig::new(PlannerConfig::new("node-a"));
+    config.wait_for_node = false;
+    let mut tracker = ChangeTracker::new(config);
+    for e in initial_list(services, slices, None) {
+        tracker.apply(e);
+    }
+    tracker.snapshot()
+}
+
+fn request(snapshot: Arc<Snapshot>, full: bool, changed: &[ServiceName]) -> SyncRequest {
+    SyncRequest { snapshot, changed: Arc::new(changed.iter().cloned().collect()), full }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn probe_reports_unavailable_cleanly_without_ipvs() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to create a network namespace");
+        return;
+    }
+    let ns = Netns::new();
+    let ctx = BackendContext::new("node-a", ns.handle());
+    let result = rt().block_on(backend_ipvs::factory().probe(&ctx));
+    match result {
+        Ok(()) => eprintln!("IPVS is available here; the unavailable path is covered on hosts without it"),
+        Err(DataplaneError::Unavailable { mode, reason }) => {
+            assert_eq!(mode, "ipvs");
+            assert!(reason.contains("IPVS unavailable"), "{reason}");
+            assert!(!in_vm(), "the VM kernel must have IPVS");
+        }
+        Err(e) => panic!("unexpected probe error: {e}"),
+    }
+}
+
+fn web_objects(
+    endpoints: &[&str],
+) -> (Vec<k8s_openapi::api::core::v1::Service>, Vec<k8s_openapi::api::discovery::v1::EndpointSlice>) {
+    let svc = ServiceBuilder::new("default", "web", "10.96.0.10")
+        .port("http", 80, "TCP")
+        .port("dns", 53, "UDP")
+        .external_ips(&["192.0.2.10"])
+        .affinity(Some(60))
+        .build();
+    let np = ServiceBuilder::new("default", "np", "10.96.0.20").node_port("", 80, "SCTP", 30080).build();
+    let mut slice = SliceBuilder::new("default", "web-1", "web").port("http", 8080, "TCP").port("dns", 5353, "UDP");
+    for e in endpoints {
+        slice = slice.endpoint(endpoint(e).node("node-a"));
+    }
+    (vec![svc, np], vec![slice.build()])
+}
+
+#[test]
+fn sync_inspect_partial_and_cleanup() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let ns = Netns::new();
+    if !ipvs_available(&ns) {
+        return;
+    }
+    // A node address for the NodePort.
+    ns.exec("ip link add eth0 type dummy");
+    ns.exec("ip addr add 192.168.1.10/24 dev eth0");
+    ns.exec("ip link set eth0 up");
+    let ctx = BackendContext::new("node-a", ns.handle());
+    let rt = rt();
+    let dp = rt.block_on(backend_ipvs::factory().build(&ctx)).unwrap();
+
+    let (services, slices) = web_objects(&["10.244.1.5", "10.244.1.6"]);
+    let snap = snapshot(services.clone(), slices);
+    let outcome = rt.block_on(dp.sync(request(snap.clone(), true, &[]))).unwrap();
+    assert_eq!(outcome.objects["virtual servers"], 6, "{outcome:?}");
+    let found = rt.block_on(dp.inspect()).unwrap();
+    let diff = snap.expected_state().diff(&found);
+    assert!(diff.is_empty(), "inspect differs from the plan: {diff:#?}");
+    // The kernel objects, as the CLI tools show them.
+    // /proc shows the persistence timeout in jiffies; inspect() (netlink) checked the seconds.
+    let ipvs = ns.exec("cat /proc/net/ip_vs");
+    assert!(ipvs.contains("TCP  0A60000A:0050 rr  persistent"), "{ipvs}");
+    assert!(ns.exec("ip addr show switchyard0").contains("10.96.0.10/32"));
+
+    // One endpoint leaves (a partial sync): it is deleted (no connections).
+    let (_, slices) = web_objects(&["10.244.1.5"]);
+    let snap2 = snapshot(services.clone(), slices);
+    rt.block_on(dp.sync(request(snap2.clone(), false, &[ServiceName::new("default", "web")]))).unwrap();
+    let diff = snap2.expected_state().diff(&rt.block_on(dp.inspect()).unwrap());
+    assert!(diff.is_empty(), "after the partial sync: {diff:#?}");
+
+    // A full sync with nothing changed touches nothing.
+    rt.block_on(dp.sync(request(snap2.clone(), true, &[]))).unwrap();
+
+    // Cleanup from a fresh backend leaves nothing of ours.
+    let fresh = rt.block_on(backend_ipvs::factory().build(&ctx)).unwrap();
+    rt.block_on(fresh.cleanup()).unwrap();
+    let left = ns.handle().run(|| NetlinkIpvs::connect().unwrap().services().unwrap()).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ip", "link", "show", "switchyard0"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            != Some(0)
+    );
+    assert!(!ns.exec("iptables-save").contains("SWITCHYARD-IPVS"));
+    assert!(!ns.exec("ipset list -n").contains("SWITCHYARD"));
+    // And cleanup twice is fine.
+    rt.block_on(fresh.cleanup()).unwrap();
+}
+
+#[test]
+fn foreign_virtual_servers_are_left_alone() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let ns = Netns::new();
+    if !ipvs_available(&ns) {
+        return;
+    }
+    let foreign = ServiceKey { protocol: Protocol::Tcp, addr: "172.16.0.1".parse().unwrap(), port: 80 };
+    ns.handle()
+        .run(move || {
+            let mut c = NetlinkIpvs::connect().unwrap();
+            c.execute(&[backend_ipvs::message::Request::NewService(backend_ipvs::message::VirtualServer {
+                key: foreign,
+                scheduler: "wlc".into(),
+                flags: 0,
+                timeout: 0,
+                netmask: u32::MAX,
+            })])
+            .unwrap();
+        })
+        .unwrap();
+    let ctx = BackendContext::new("node-a", ns.handle());
+    let rt = rt();
+    let dp = rt.block_on(backend_ipvs::factory().build(&ctx)).unwrap();
+    let (services, slices) = web_objects(&["10.244.1.5"]);
+    rt.block_on(dp.sync(request(snapshot(services, slices), true, &[]))).unwrap();
+    rt.block_on(dp.cleanup()).unwrap();
+    let left = ns.handle().run(|| NetlinkIpvs::connect().unwrap().services().unwrap()).unwrap();
+    assert_eq!(left.iter().map(|v| v.key).collect::<Vec<_>>(), vec![foreign]);
+}
+
+/// Real packets: a client on the node reaches a pod through the ClusterIP,
+/// and an established connection survives the endpoint leaving (weight 0).
+#[test]
+fn tcp_through_a_cluster_ip_and_graceful_termination() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let node = Netns::new();
+    if !ipvs_available(&node) {
+        return;
+    }
+    let pod = Netns::new();
+    let veth = format!("swyv{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+    node.exec(&format!("ip link add {veth} type veth peer name eth0 netns {}", pod.name));
+    node.exec(&format!("ip addr add 10.244.1.1/24 dev {veth}"));
+    node.exec(&format!("ip link set {veth} up"));
+    node.exec("sysctl -qw net.ipv4.ip_forward=1");
+    pod.exec("ip addr add 10.244.1.5/24 dev eth0");
+    pod.exec("ip link set eth0 up");
+    pod.exec("ip route add default via 10.244.1.1");
+
+    // An echo server in the pod: answers with the client address it saw.
+    let listener = pod.handle().run(|| TcpListener::bind("10.244.1.5:8080")).unwrap().unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, peer) = listener.accept().unwrap();
+            s.write_all(format!("{peer}\n").as_bytes()).unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        }
+    });
+
+    let svc = ServiceBuilder::new("default", "web", "10.96.0.10").port("", 80, "TCP").build();
+    let slice = |eps: &[&str]| {
+        let mut s = SliceBuilder::new("default", "web-1", "web").port("", 8080, "TCP");
+        for e in eps {
+            s = s.endpoint(endpoint(e).node("node-a"));
+        }
+        s.build()
+    };
+    let ctx = BackendContext::new("node-a", node.handle());
+    let rt = rt();
+    let dp = rt.block_on(backend_ipvs::factory().build(&ctx)).unwrap();
+    rt.block_on(dp.sync(request(snapshot(vec![svc.clone()], vec![slice(&["10.244.1.5"])]), true, &[]))).unwrap();
+
+    let connect = || {
+        node.handle()
+            .run(|| {
+                let mut s = TcpStream::connect_timeout(
+                    &"10.96.0.10:80".parse::<SocketAddr>().unwrap(),
+                    Duration::from_secs(5),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut line = [0u8; 64];
+                let n = s.read(&mut line)?;
+                Ok::<_, std::io::Error>((s, String::from_utf8_lossy(&line[..n]).trim().to_string()))
+            })
+            .unwrap()
+            .expect("connect through the ClusterIP")
+    };
+    let (established, seen) = connect();
+    // Node traffic whose source would be the VIP is masqueraded to the node's address.
+    assert!(seen.starts_with("10.244.1.1:"), "pod saw {seen}");
+
+    // The endpoint leaves while the connection is open: weight 0, connection kept.
+    rt.block_on(dp.sync(request(
+        snapshot(vec![svc.clone()], vec![slice(&[])]),
+        false,
+        &[ServiceName::new("default", "web")],
+    )))
+    .unwrap();
+    let ipvs = node.exec("cat /proc/net/ip_vs");
+    assert!(ipvs.contains("0AF40105:1F90      Masq    0"), "draining real server at weight 0: {ipvs}");
+    let mut established = established;
+    established.write_all(b"still here").expect("established connection survives");
+    drop(established);
+    let (_, seen) = connect_after_endpoint_returns(&rt, &dp, &svc, slice(&["10.244.1.5"]), &node);
+    assert!(seen.starts_with("10.244.1.1:"));
+    server.join().unwrap();
+    rt.block_on(dp.cleanup()).unwrap();
+}
+
+fn connect_after_endpoint_returns(
+    rt: &tokio::runtime::Runtime,
+    dp: &Arc<dyn proxy_core::Dataplane>,
+    svc: &k8s_openapi::api::core::v1::Service,
+    slice: k8s_openapi::api::discovery::v1::EndpointSlice,
+    node: &Netns,
+) -> (TcpStream, String) {
+    rt.block_on(dp.sync(request(
+        snapshot(vec![svc.clone()], vec![slice]),
+        false,
+        &[ServiceName::new("default", "web")],
+    )))
+    .unwrap();
+    node.handle()
+        .run(|| {
+            let mut s =
+                TcpStream::connect_timeout(&"10.96.0.10:80".parse::<SocketAddr>().unwrap(), Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut line = [0u8; 64];
+            let n = s.read(&mut line)?;
+            Ok::<_, std::io::Error>((s, String::from_utf8_lossy(&line[..n]).trim().to_string()))
+        })
+        .unwrap()
+        .expect("connect after the endpoint returned")
+}
