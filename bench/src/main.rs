@@ -5,6 +5,10 @@
 //! `bench/README.md` for what each figure means.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports on stdout/stderr")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "measurements run on plain pinned threads, not an async executor: a blocking sleep is what they need"
+)]
 
 mod daemon;
 mod kubeproxy;

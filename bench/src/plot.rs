@@ -69,6 +69,8 @@ fn series(run: &Run, value: impl Fn(&Row) -> Option<f64>, include_direct: bool) 
 }
 
 type Res = Result<(), String>;
+/// Draws one plot to a path, as SVG (`true`) or PNG.
+type Draw<'a> = Box<dyn Fn(&Path, bool) -> Res + 'a>;
 
 fn e<T: std::fmt::Display>(x: T) -> String {
     x.to_string()
@@ -194,7 +196,7 @@ pub fn write_all(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
     }
     let dist_title =
         largest.map_or("programming latency".to_string(), |n| format!("programming latency at {n} Services"));
-    let plots: Vec<(&str, Box<dyn Fn(&Path, bool) -> Res + '_>)> = vec![
+    let plots: Vec<(&str, Draw<'_>)> = vec![
         (
             "connect-latency",
             Box::new(|p: &Path, svg| {

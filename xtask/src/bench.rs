@@ -27,7 +27,7 @@ pub fn run(args: &[String]) -> ExitCode {
     let mut cmd = Command::new(bin("switchyard-bench"));
     cmd.arg("--switchyard-bin").arg(bin("switchyard")).arg("--out").arg(&out).args(["--build", profile]);
     let shown: Vec<&str> = args.iter().filter(|a| *a != "--debug").map(String::as_str).collect();
-    cmd.args(["--command", &format!("cargo xtask bench {}", shown.join(" ")).trim_end().to_string()]);
+    cmd.args(["--command", format!("cargo xtask bench {}", shown.join(" ")).trim_end()]);
     if !quick && !args.iter().any(|a| a == "--readme" || a == "--no-readme") {
         cmd.arg("--readme").arg(PathBuf::from("README.md"));
     }
