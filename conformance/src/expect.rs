@@ -158,7 +158,13 @@ pub fn check(expect: &Expectation, src: &SourceContext, attempts: &[Attempt]) ->
             let seen = canonical(peer.ip());
             let ok = match source {
                 SourceExpect::Preserved => seen == src.client,
-                SourceExpect::Masqueraded => seen != src.client && src.node_addresses.contains(&seen),
+                // From node1 itself, masquerading may keep the very address
+                // the node chose as source (the outgoing interface's): any
+                // node1 address counts. From elsewhere it must have changed.
+                SourceExpect::Masqueraded => {
+                    src.node_addresses.contains(&seen)
+                        && (seen != src.client || src.node_addresses.contains(&src.client))
+                }
             };
             if !ok {
                 problems.push(format!(
@@ -262,6 +268,11 @@ mod tests {
         assert!(check(&e, &ctx(), &preserved).is_err());
         // Neither the client nor a node address: not a masquerade to the node.
         assert!(check(&e, &ctx(), &[reply("a1", "10.244.2.1")]).is_err());
+        // node1 as the client: masquerading to the address it sent from is
+        // still a masquerade to node1 (its outgoing interface's address).
+        let from_node = SourceContext { client: "172.18.0.11".parse().expect("ip"), ..ctx() };
+        assert!(check(&e, &from_node, &[reply("a1", "172.18.0.11")]).is_ok());
+        assert!(check(&e, &from_node, &[reply("a1", "10.244.2.1")]).is_err());
     }
 
     #[test]

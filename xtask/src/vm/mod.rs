@@ -395,7 +395,15 @@ fn install_userspace(tree: &mut Tree) -> Result<()> {
     if plugins.is_dir() {
         tree.add(plugins, plugins)?;
     }
-    for etc in ["/etc/protocols", "/etc/services", "/etc/ethertypes", "/etc/iproute2/rt_tables"] {
+    // The CA bundle: kube-rs (rustls with the system's roots) refuses to build
+    // a client without one, even for a plain-http API server.
+    for etc in [
+        "/etc/protocols",
+        "/etc/services",
+        "/etc/ethertypes",
+        "/etc/iproute2/rt_tables",
+        "/etc/ssl/certs/ca-certificates.crt",
+    ] {
         if Path::new(etc).exists() {
             tree.file(Path::new(etc), etc)?;
         }
