@@ -136,6 +136,10 @@ impl Proxier {
             if let Some(m) = &self.metrics {
                 m.last_queued_timestamp.set(unix_now());
             }
+        }
+        // The last InitDone usually changes nothing, but the syncs its
+        // objects asked for were skipped while a list was incomplete.
+        if report.changed || report.became_synced {
             self.trigger.request();
         }
         report

@@ -86,6 +86,9 @@ impl SyncRunner {
     {
         let cfg = self.config;
         tokio::pin!(shutdown);
+        // Before any full sync, the periodic attempt counts from the start or
+        // the last skipped attempt (initial lists incomplete).
+        let mut unsynced_since = Instant::now();
         let mut last_attempt: Option<Instant> = None;
         let mut last_full: Option<Instant> = None;
         let mut retry: Option<(Instant, Duration)> = None;
@@ -95,13 +98,15 @@ impl SyncRunner {
             if !requested {
                 // While retrying, the retry (which is full) replaces the periodic resync.
                 let deadline = match retry {
-                    Some((at, _)) => Some(at),
-                    None => last_full.map(|t| t + cfg.sync_period),
+                    Some((at, _)) => at,
+                    // Also before the first full sync: a lost request must
+                    // not leave the kernel empty until the next event.
+                    None => last_full.unwrap_or(unsynced_since) + cfg.sync_period,
                 };
                 tokio::select! {
                     _ = &mut shutdown => return,
                     _ = self.trigger.0.notified() => {}
-                    _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                    _ = sleep_until(deadline) => {}
                 }
             }
             requested = false;
@@ -129,7 +134,11 @@ impl SyncRunner {
                         force_full = false;
                     }
                 }
-                SyncResult::Skipped => {}
+                SyncResult::Skipped => {
+                    if last_full.is_none() {
+                        unsynced_since = now;
+                    }
+                }
                 SyncResult::Failed => {
                     force_full = true;
                     let backoff = retry.map_or(cfg.retry_initial, |(_, b)| (b * 2).min(cfg.retry_max));

@@ -171,6 +171,10 @@ impl<K> Default for InitGate<K> {
 pub struct ApplyReport {
     /// Whether the desired state changed.
     pub changed: bool,
+    /// This event completed the last initial list: the first sync may run
+    /// now, even when the event itself changed nothing (its objects arrived
+    /// earlier, while syncs were still held back).
+    pub became_synced: bool,
     /// Fields or objects that were skipped (already logged).
     pub errors: Vec<ConversionError>,
 }
@@ -314,6 +318,7 @@ impl ChangeTracker {
     pub fn apply(&mut self, event: ProxyEvent) -> ApplyReport {
         let now = Instant::now();
         let mut report = ApplyReport::default();
+        let was_synced = self.is_synced();
         match event {
             ProxyEvent::Service(ev) => self.apply_service(ev, now, &mut report),
             ProxyEvent::EndpointSlice(ev) => self.apply_slice(ev, now, &mut report),
@@ -329,6 +334,7 @@ impl ChangeTracker {
         if report.changed {
             self.generation += 1;
         }
+        report.became_synced = !was_synced && self.is_synced();
         report
     }
 
