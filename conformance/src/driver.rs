@@ -421,10 +421,25 @@ impl ExternalDriver {
         Ok(path)
     }
 
+    /// The backend's configuration section (the eBPF mode's lab cgroup, say)
+    /// as a `--config` file in switchyard's own format, `{MODE: section}`;
+    /// no arguments when the section is empty.
+    fn config_args(&self) -> Result<Vec<String>> {
+        let Some(dir) = self.dir.as_ref() else { return Ok(Vec::new()) };
+        if self.ctx.section.is_null() {
+            return Ok(Vec::new());
+        }
+        let path = dir.join("config.json");
+        let body = serde_json::json!({ self.spec.mode.clone(): self.ctx.section.clone() });
+        std::fs::write(&path, body.to_string()).map_err(|e| self.err(format!("writing {}: {e}", path.display())))?;
+        Ok(vec!["--config".to_string(), path.display().to_string()])
+    }
+
     async fn spawn(&mut self, objects: &ObjectStore) -> Result<Converged> {
         let start = Instant::now();
         let manifest = self.write_manifest(objects)?;
-        let args = self.spec.args(&self.ctx, &manifest);
+        let mut args = self.spec.args(&self.ctx, &manifest);
+        args.extend(self.config_args()?);
         debug!(binary = %self.spec.binary.display(), ?args, "starting switchyard");
         let child = self
             .ctx
@@ -516,6 +531,7 @@ impl Driver for ExternalDriver {
             "5s".into(),
         ];
         args.extend(self.spec.context_args(&self.ctx));
+        args.extend(self.config_args()?);
         let out = self
             .ctx
             .netns
@@ -550,12 +566,15 @@ impl Driver for ExternalDriver {
 
     async fn stop(&mut self) -> Result<()> {
         self.kill().await;
+        // With the section: the eBPF mode detaches its socket hooks from the lab's cgroup.
+        let config = self.config_args()?;
         let status = self
             .ctx
             .netns
             .tokio_command(&self.spec.binary)
             .map_err(|e| self.err(format!("entering node1: {e}")))?
             .args(["--cleanup", "--proxy-mode", &self.spec.mode])
+            .args(&config)
             .stdin(Stdio::null())
             .status()
             .await

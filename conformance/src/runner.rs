@@ -63,7 +63,15 @@ pub async fn run_suite(lab: &Lab, scenarios: &[Scenario], config: &SuiteConfig) 
     let cgroup = lab.cgroup().map(|p| p.display().to_string()).unwrap_or_default();
     for backend in &config.backends {
         let label = backend.label();
-        let section = config.sections.get(&label).map(|v| substitute(v, &cgroup)).unwrap_or(Value::Null);
+        // A binary backend (`ebpf@switchyard`) takes its mode's section
+        // unless one names it exactly.
+        let mode = label.split_once('@').map_or(label.as_str(), |(mode, _)| mode);
+        let section = config
+            .sections
+            .get(&label)
+            .or_else(|| config.sections.get(mode))
+            .map(|v| substitute(v, &cgroup))
+            .unwrap_or(Value::Null);
         let probe_ctx = lab.backend_context(
             proxy_core::FamilySet::V4,
             Lab::default_masquerade(),

@@ -87,7 +87,7 @@ pub async fn prepare_source(cfg: &Config, node: &str) -> Result<PreparedSource, 
 }
 
 /// Node IPs for the backend: `--bind-address`, else the Node object's addresses.
-async fn node_ips(cfg: &Config, source: &PreparedSource, node: &str) -> Vec<IpAddr> {
+pub(crate) async fn node_ips(cfg: &Config, source: &PreparedSource, node: &str) -> Vec<IpAddr> {
     if let Some(ip) = cfg.bind_address {
         return vec![ip];
     }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::DaemonError;
 use crate::cli::{InspectArgs, OutputFormat};
 use crate::config::{Config, parse_duration};
-use crate::daemon::{PreparedSource, backend_context, node_name, prepare_source};
+use crate::daemon::{PreparedSource, backend_context, node_ips, node_name, prepare_source};
 use crate::source::EventSink;
 use crate::source::file;
 
@@ -43,7 +43,15 @@ pub async fn inspect(args: &InspectArgs, cfg: &Config, registry: &Registry) -> R
     let node = node_name(cfg);
     let factory = registry.get(&cfg.mode).map_err(|e| DaemonError::Config(e.to_string()))?.clone();
     let metrics = Arc::new(Mutex::new(prometheus_client::registry::Registry::default()));
-    let ips = cfg.bind_address.into_iter().collect();
+    // Node IPs (and so the families inspected) as the daemon finds them:
+    // `--bind-address`, else this node's Node from the source. With
+    // `--no-diff` an unusable source is no error: the bind address decides.
+    let source =
+        if args.no_diff { prepare_source(cfg, &node).await.ok() } else { Some(prepare_source(cfg, &node).await?) };
+    let ips = match &source {
+        Some(source) => node_ips(cfg, source, &node).await,
+        None => cfg.bind_address.into_iter().collect(),
+    };
     let ctx = backend_context(cfg, &node, ips, &cfg.mode, metrics);
     let unavailable = |e: DataplaneError| match e {
         DataplaneError::Unavailable { mode, reason } => DaemonError::Unavailable { mode, reason },
@@ -53,19 +61,21 @@ pub async fn inspect(args: &InspectArgs, cfg: &Config, registry: &Registry) -> R
     let dp = factory.build(&ctx).await.map_err(unavailable)?;
     let programmed =
         dp.inspect().await.map_err(|e| DaemonError::Runtime(format!("reading the kernel: {}", ErrorChain(&e))))?;
-    let differences = if args.no_diff {
-        None
-    } else {
-        let timeout =
-            parse_duration(&args.source_timeout).map_err(|e| DaemonError::Config(format!("--source-timeout: {e}")))?;
-        let desired = desired_state(cfg, &node, ctx.families, timeout).await?;
-        Some(desired.diff(&programmed))
+    let differences = match source.filter(|_| !args.no_diff) {
+        None => None,
+        Some(source) => {
+            let timeout = parse_duration(&args.source_timeout)
+                .map_err(|e| DaemonError::Config(format!("--source-timeout: {e}")))?;
+            let desired = desired_state(cfg, source, &node, ctx.families, timeout).await?;
+            Some(desired.diff(&programmed))
+        }
     };
     Ok(InspectReport { mode: cfg.mode.clone(), programmed, differences })
 }
 
 async fn desired_state(
     cfg: &Config,
+    source: PreparedSource,
     node: &str,
     families: proxy_core::FamilySet,
     timeout: Duration,
@@ -86,7 +96,7 @@ async fn desired_state(
             t.lock().unwrap_or_else(|e| e.into_inner()).apply(ev);
         })
     };
-    match prepare_source(cfg, node).await? {
+    match source {
         PreparedSource::File(path) => {
             let (manifests, errors) = file::read_once(&path);
             for e in errors {
