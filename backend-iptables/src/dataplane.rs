@@ -269,6 +269,7 @@ impl IptablesDataplane {
             let desired = render::desired(&cfg, &fs.services);
             let started = Instant::now();
             let (payload, stats) = if full {
+                // What iptables-save shows is only needed to plan the payload.
                 let current = cleanup::read(self.exec.as_ref(), family)?;
                 sync::full_payload(&current, &desired)
             } else {
@@ -279,15 +280,16 @@ impl IptablesDataplane {
                 }
                 (p, s)
             };
-            let text = payload.render();
-            let rendered = started.elapsed();
-            if let Err(e) = self.exec.restore(family, &text) {
+            let planned = started.elapsed();
+            // Streamed into iptables-restore: rendering overlaps the restore.
+            if let Err(e) = self.exec.restore_from(family, &payload) {
                 result = Err(e);
                 break;
             }
+            drop(payload);
             debug!(ip_family = %family, full, chains_written = stats.chains_written, chains_deleted = stats.chains_deleted,
-                rules_written = stats.rules_written, bytes = text.len(), render_ms = rendered.as_millis() as u64,
-                restore_ms = (started.elapsed() - rendered).as_millis() as u64, "restored");
+                rules_written = stats.rules_written, plan_ms = planned.as_millis() as u64,
+                restore_ms = (started.elapsed() - planned).as_millis() as u64, "restored");
             fs.written = sync::written(&desired);
             let nat_rules: usize =
                 desired.iter().filter(|c| c.table == crate::restore::Table::Nat).map(|c| c.rule_count()).sum();

@@ -8,7 +8,7 @@ use proxy_core::{IpFamily, NetNamespace};
 use tracing::debug;
 
 use crate::error::Error;
-use crate::restore::Table;
+use crate::restore::{RestoreInput, Table};
 
 /// Which iptables implementation writes the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -69,6 +69,13 @@ pub trait Executor: Send + Sync + fmt::Debug {
     /// section commits atomically; on error the failing table is unchanged.
     fn restore(&self, family: IpFamily, payload: &str) -> Result<(), Error>;
 
+    /// [`restore`](Self::restore) with the input written as it is produced.
+    /// The real binaries get it streamed into their stdin; the default
+    /// renders it to text first (fakes and tools keep the text anyway).
+    fn restore_from(&self, family: IpFamily, input: &dyn RestoreInput) -> Result<(), Error> {
+        self.restore(family, &input.to_text())
+    }
+
     /// `iptables-save -t TABLE`.
     fn save(&self, family: IpFamily, table: Table) -> Result<String, Error>;
 }
@@ -82,6 +89,21 @@ pub struct SystemExecutor {
 
 /// Runs a program in `netns`, feeding `input`; returns stdout.
 pub(crate) fn run(netns: &NetNamespace, program: &str, args: &[&str], input: Option<&str>) -> Result<String, Error> {
+    run_with(netns, program, args, input.map(Input::Text))
+}
+
+/// What a program gets on stdin.
+pub(crate) enum Input<'a> {
+    Text(&'a str),
+    Streamed(&'a dyn RestoreInput),
+}
+
+pub(crate) fn run_with(
+    netns: &NetNamespace,
+    program: &str,
+    args: &[&str],
+    input: Option<Input<'_>>,
+) -> Result<String, Error> {
     let spawn_err = |source| Error::Spawn { program: program.to_string(), netns: netns.label(), source };
     let mut cmd: Command = netns.command(program).map_err(spawn_err)?;
     cmd.args(args)
@@ -89,22 +111,33 @@ pub(crate) fn run(netns: &NetNamespace, program: &str, args: &[&str], input: Opt
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(spawn_err)?;
-    if let Some(text) = input
-        && let Some(mut stdin) = child.stdin.take()
+    if let Some(input) = &input
+        && let Some(stdin) = child.stdin.take()
     {
         // A failed write (the program exited early) shows up in its status below.
-        let _ = stdin.write_all(text.as_bytes());
+        let _ = match input {
+            Input::Text(text) => {
+                let mut stdin = stdin;
+                stdin.write_all(text.as_bytes())
+            }
+            Input::Streamed(payload) => {
+                let mut w = std::io::BufWriter::with_capacity(64 * 1024, stdin);
+                payload.write_to(&mut w).and_then(|()| w.flush())
+            }
+        };
     }
     let out = child.wait_with_output().map_err(spawn_err)?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(Error::Command {
-        program: program.to_string(),
-        status: out.status.to_string(),
-        detail: explain(&stderr, input),
-    })
+    // Streamed input is rendered again only to quote the failing line.
+    let detail = match input {
+        None => explain(&stderr, None),
+        Some(Input::Text(text)) => explain(&stderr, Some(text)),
+        Some(Input::Streamed(payload)) => explain(&stderr, Some(&payload.to_text())),
+    };
+    Err(Error::Command { program: program.to_string(), status: out.status.to_string(), detail })
 }
 
 /// Adds the failing input line to iptables-restore's "line N failed".
@@ -129,6 +162,14 @@ impl Executor for SystemExecutor {
         let program = self.variant.binary(family, Tool::Restore);
         debug!(%program, bytes = payload.len(), "iptables-restore");
         run(&self.netns, &program, &["--noflush", "-w", "5"], Some(payload)).map(drop)
+    }
+
+    /// The same, with the payload written into the program's stdin as it is
+    /// produced (through a 64 KiB buffer) instead of rendered first.
+    fn restore_from(&self, family: IpFamily, input: &dyn RestoreInput) -> Result<(), Error> {
+        let program = self.variant.binary(family, Tool::Restore);
+        debug!(%program, "iptables-restore (streamed)");
+        run_with(&self.netns, &program, &["--noflush", "-w", "5"], Some(Input::Streamed(input))).map(drop)
     }
 
     /// `ip netns exec NS iptables-nft-save -t TABLE`

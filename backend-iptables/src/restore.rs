@@ -19,6 +19,7 @@
 //! ```
 
 use std::fmt::{self, Write as _};
+use std::io;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -398,22 +399,45 @@ impl TableSection {
     }
 
     pub fn render_into(&self, out: &mut String) {
-        out.reserve(self.commands.len() + 32 * self.declared.len() + 64);
-        out.push('*');
-        out.push_str(self.table.as_str());
-        out.push('\n');
+        let mut buf = Vec::with_capacity(self.commands.len() + 32 * self.declared.len() + 64);
+        // Writing into a Vec cannot fail, and everything written is UTF-8.
+        let _ = self.write_to(&mut buf);
+        out.push_str(&String::from_utf8_lossy(&buf));
+    }
+
+    /// Writes only the `-A`/`-I`/`-D` lines, as added.
+    pub fn write_commands(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        out.write_all(self.commands.as_bytes())
+    }
+
+    /// Writes this section as `iptables-restore` input.
+    pub fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        writeln!(out, "*{}", self.table.as_str())?;
         for c in &self.declared {
-            out.push(':');
-            out.push_str(c);
-            out.push_str(" - [0:0]\n");
+            writeln!(out, ":{c} - [0:0]")?;
         }
-        out.push_str(&self.commands);
+        self.write_commands(out)?;
         for c in &self.deleted {
-            out.push_str("-X ");
-            out.push_str(c);
-            out.push('\n');
+            writeln!(out, "-X {c}")?;
         }
-        out.push_str("COMMIT\n");
+        out.write_all(b"COMMIT\n")
+    }
+}
+
+/// Something that can be fed to `iptables-restore`: written straight into
+/// the program's stdin ([`crate::Executor::restore_from`]), so that a
+/// payload of tens of megabytes (a full sync at 10,000 Services) is never
+/// held as one `String` next to the data it is made from.
+pub trait RestoreInput {
+    /// Writes the whole input.
+    fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()>;
+
+    /// The input as text (tests, fakes, error messages).
+    fn to_text(&self) -> String {
+        let mut buf = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = self.write_to(&mut buf);
+        String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
@@ -451,11 +475,16 @@ impl RestorePayload {
 
     /// The text to feed to `iptables-restore --noflush` (empty sections are left out).
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        self.to_text()
+    }
+}
+
+impl RestoreInput for RestorePayload {
+    fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()> {
         for s in self.sections.iter().filter(|s| !s.is_empty()) {
-            s.render_into(&mut out);
+            s.write_to(out)?;
         }
-        out
+        Ok(())
     }
 }
 

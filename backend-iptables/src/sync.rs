@@ -10,13 +10,20 @@
 //!   desired are deleted. It starts by deleting and re-adding the canary
 //!   rule, so if anyone flushed the table the whole restore fails and the
 //!   caller falls back to a full sync.
+//!
+//! Payloads borrow the chains' rules from the render cache and are written
+//! straight into `iptables-restore`'s stdin ([`RestoreInput`]): at 10,000
+//! Services × 10 endpoints a full payload is about 50 MB of text, which used
+//! to be held twice (the commands, then the rendered copy) on top of the
+//! cache it was copied from.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io;
 
 use crate::names;
 use crate::parse::{Ruleset, parse_rule};
 use crate::render::{DesiredChain, Hook, canary_rule, hooks};
-use crate::restore::{RestorePayload, Table};
+use crate::restore::{RestoreInput, RestorePayload, Table};
 
 /// The tables we program.
 pub const TABLES: [Table; 2] = [Table::Nat, Table::Filter];
@@ -29,11 +36,100 @@ pub fn written(desired: &[DesiredChain<'_>]) -> Written {
     desired.iter().map(|c| ((c.table, c.name.to_string()), c.hash)).collect()
 }
 
-fn write_chain(payload: &mut RestorePayload, chain: &DesiredChain<'_>) {
-    let section = payload.table(chain.table);
-    section.declare_chain(&chain.name);
-    for r in chain.rules() {
-        section.append_text(&chain.name, r);
+/// An `iptables-restore --noflush` payload whose chain contents are
+/// borrowed from the desired chains. It writes exactly what a
+/// [`RestorePayload`] with the same commands renders: per table (nat, then
+/// filter, empty ones left out) the declared chains, the commands before
+/// the chains (canary, stale jumps), every rule of the written chains, the
+/// commands after them (hooks), then the `-X` of deleted chains.
+#[derive(Debug)]
+pub struct Payload<'a> {
+    sections: Vec<Section<'a>>,
+}
+
+#[derive(Debug)]
+struct Section<'a> {
+    table: Table,
+    /// Commands before the written chains' rules (full lines).
+    head: RestorePayload,
+    chains: Vec<&'a DesiredChain<'a>>,
+    /// Commands after the written chains' rules (full lines).
+    tail: RestorePayload,
+    deleted: Vec<String>,
+}
+
+impl<'a> Payload<'a> {
+    fn new() -> Self {
+        Payload {
+            sections: TABLES
+                .iter()
+                .map(|t| Section {
+                    table: *t,
+                    head: RestorePayload::new(),
+                    chains: Vec::new(),
+                    tail: RestorePayload::new(),
+                    deleted: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn section(&mut self, table: Table) -> &mut Section<'a> {
+        let i = TABLES.iter().position(|t| *t == table).unwrap_or(0);
+        &mut self.sections[i]
+    }
+
+    /// Whether the payload changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.sections.iter().all(Section::is_empty)
+    }
+
+    /// The payload as text (tests, tools).
+    pub fn render(&self) -> String {
+        self.to_text()
+    }
+}
+
+impl Section<'_> {
+    fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.chains.is_empty() && self.tail.is_empty() && self.deleted.is_empty()
+    }
+
+    fn commands(p: &RestorePayload, table: Table, out: &mut dyn io::Write) -> io::Result<()> {
+        for s in p.sections().iter().filter(|s| s.table() == table) {
+            s.write_commands(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl RestoreInput for Payload<'_> {
+    fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        for s in self.sections.iter().filter(|s| !s.is_empty()) {
+            writeln!(out, "*{}", s.table.as_str())?;
+            for c in &s.chains {
+                writeln!(out, ":{} - [0:0]", c.name)?;
+            }
+            for c in &s.deleted {
+                writeln!(out, ":{c} - [0:0]")?;
+            }
+            Section::commands(&s.head, s.table, out)?;
+            for c in &s.chains {
+                for r in c.rules() {
+                    if r.is_empty() {
+                        writeln!(out, "-A {}", c.name)?;
+                    } else {
+                        writeln!(out, "-A {} {r}", c.name)?;
+                    }
+                }
+            }
+            Section::commands(&s.tail, s.table, out)?;
+            for c in &s.deleted {
+                writeln!(out, "-X {c}")?;
+            }
+            out.write_all(b"COMMIT\n")?;
+        }
+        Ok(())
     }
 }
 
@@ -46,12 +142,11 @@ pub struct PayloadStats {
 }
 
 /// A payload that makes the kernel's `current` tables exactly `desired`.
-pub fn full_payload(current: &Ruleset, desired: &[DesiredChain<'_>]) -> (RestorePayload, PayloadStats) {
-    let mut payload = RestorePayload::new();
+pub fn full_payload<'a>(current: &Ruleset, desired: &'a [DesiredChain<'a>]) -> (Payload<'a>, PayloadStats) {
+    let mut payload = Payload::new();
     let mut stats = PayloadStats::default();
     let wanted_hooks = hooks();
     for table in TABLES {
-        payload.table(table);
         let want: BTreeSet<&str> = desired.iter().filter(|c| c.table == table).map(|c| &*c.name).collect();
         let existing = current.table(table);
         // Jumps into our chains from chains that are not ours.
@@ -71,22 +166,22 @@ pub fn full_payload(current: &Ruleset, desired: &[DesiredChain<'_>]) -> (Restore
                         wanted_hooks.iter().find(|h| h.table == table && h.chain == chain && same(&h.rule, rule));
                     match hook {
                         Some(h) if !kept.contains(&h) => kept.push(h),
-                        _ => payload.table(table).delete_text(chain, rule),
+                        _ => payload.section(table).head.table(table).delete_text(chain, rule),
                     }
                 }
             }
         }
         for chain in desired.iter().filter(|c| c.table == table) {
-            write_chain(&mut payload, chain);
+            payload.section(table).chains.push(chain);
             stats.chains_written += 1;
             stats.rules_written += chain.rule_count();
         }
         for h in wanted_hooks.iter().filter(|h| h.table == table && !kept.contains(h)) {
-            payload.table(table).insert_text(h.chain, Some(1), &h.rule);
+            payload.section(table).tail.table(table).insert_text(h.chain, Some(1), &h.rule);
         }
         if let Some(t) = existing {
             for chain in t.chains.keys().filter(|c| names::is_ours(c) && !want.contains(c.as_str())) {
-                payload.table(table).delete_chain(chain);
+                payload.section(table).deleted.push(chain.clone());
                 stats.chains_deleted += 1;
             }
         }
@@ -104,12 +199,12 @@ fn same(a: &str, b: &str) -> bool {
 /// and `check_all` adds that check for tables with no change (periodic syncs):
 /// each table in a restore is one nf_tables commit, 10–20 ms on these
 /// machines even when it changes one rule, so untouched tables are left out.
-pub fn partial_payload(
+pub fn partial_payload<'a>(
     written: &Written,
-    desired: &[DesiredChain<'_>],
+    desired: &'a [DesiredChain<'a>],
     check_all: bool,
-) -> (RestorePayload, PayloadStats) {
-    let mut payload = RestorePayload::new();
+) -> (Payload<'a>, PayloadStats) {
+    let mut payload = Payload::new();
     let mut stats = PayloadStats::default();
     let canary = canary_rule();
     let want: BTreeSet<(Table, &str)> = desired.iter().map(|c| (c.table, &*c.name)).collect();
@@ -120,18 +215,18 @@ pub fn partial_payload(
     let touched: BTreeSet<Table> = changed.iter().map(|c| c.table).chain(gone.iter().map(|(t, _)| *t)).collect();
     for table in TABLES {
         if check_all || touched.contains(&table) {
-            let section = payload.table(table);
+            let section = payload.section(table).head.table(table);
             section.delete_text(names::CANARY, &canary);
             section.append_text(names::CANARY, &canary);
         }
     }
     for chain in changed {
-        write_chain(&mut payload, chain);
+        payload.section(chain.table).chains.push(chain);
         stats.chains_written += 1;
         stats.rules_written += chain.rule_count();
     }
     for (table, name) in gone {
-        payload.table(*table).delete_chain(name);
+        payload.section(*table).deleted.push(name.clone());
         stats.chains_deleted += 1;
     }
     (payload, stats)

@@ -193,7 +193,9 @@ pub fn plan_service(
 ) -> ServicePlan {
     let zone = node.and_then(NodeInfo::zone);
     let node_name = &*config.node_name;
-    let mut ports = Vec::new();
+    // Plans live as long as their Service: size the Vec exactly (growing by
+    // push leaves room for four ~250-byte port plans, 7.5 MB at 10,000 Services).
+    let mut ports = Vec::with_capacity(service.ports.len() * config.families.iter().count());
     for family in config.families.iter() {
         let Some(cluster_ip) = service.cluster_ips.iter().copied().find(|ip| in_family(ip, family)) else {
             continue;
@@ -236,5 +238,6 @@ pub fn plan_service(
             });
         }
     }
+    ports.shrink_to_fit();
     ServicePlan { service: service.clone(), ports }
 }
