@@ -488,7 +488,12 @@ impl Dataplane for EbpfDataplane {
             LoadBalancerIPs,
             SessionAffinity,
             ExternalTrafficPolicyLocal,
+            // Routes are chosen per source class: pods and the node reach
+            // every endpoint of an externalTrafficPolicy Local frontend.
+            ExternalTrafficPolicyLocalFromCluster,
             InternalTrafficPolicyLocal,
+            // Affinity entries carry their own timeout, checked per packet.
+            ShortAffinityTimeouts,
             SourceRanges,
             Reject,
             Masquerade,
