@@ -68,6 +68,24 @@ fn series(run: &Run, value: impl Fn(&Row) -> Option<f64>, include_direct: bool) 
         .collect()
 }
 
+/// Every plot's size in pixels.
+const SIZE: (u32, u32) = (900, 520);
+
+/// Evaluates `$draw` with `$root` bound to an SVG (`$svg` true) or PNG
+/// drawing area at `$path`: the two backends are different types, so a
+/// closure cannot take either.
+macro_rules! on_area {
+    ($path:expr, $svg:expr, |$root:ident| $draw:expr) => {
+        if $svg {
+            let $root = SVGBackend::new($path, SIZE).into_drawing_area();
+            $draw
+        } else {
+            let $root = BitMapBackend::new($path, SIZE).into_drawing_area();
+            $draw
+        }
+    };
+}
+
 type Res = Result<(), String>;
 /// Draws one plot to a path, as SVG (`true`) or PNG.
 type Draw<'a> = Box<dyn Fn(&Path, bool) -> Res + 'a>;
@@ -201,63 +219,24 @@ pub fn write_all(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
             "connect-latency",
             Box::new(|p: &Path, svg| {
                 let t = "new-connection latency (p50, last-created Service)";
-                if svg {
-                    draw_lines(
-                        SVGBackend::new(p, (900, 520)).into_drawing_area(),
-                        t,
-                        "connect() µs",
-                        &connect_all,
-                        false,
-                    )
-                } else {
-                    draw_lines(
-                        BitMapBackend::new(p, (900, 520)).into_drawing_area(),
-                        t,
-                        "connect() µs",
-                        &connect_all,
-                        false,
-                    )
-                }
+                on_area!(p, svg, |root| draw_lines(root, t, "connect() µs", &connect_all, false))
             }),
         ),
         (
             "change-latency",
             Box::new(|p: &Path, svg| {
                 let t = "one endpoint changed: event in → kernel acknowledged (p50)";
-                if svg {
-                    draw_lines(SVGBackend::new(p, (900, 520)).into_drawing_area(), t, "ms (log scale)", &change, true)
-                } else {
-                    draw_lines(
-                        BitMapBackend::new(p, (900, 520)).into_drawing_area(),
-                        t,
-                        "ms (log scale)",
-                        &change,
-                        true,
-                    )
-                }
+                on_area!(p, svg, |root| draw_lines(root, t, "ms (log scale)", &change, true))
             }),
         ),
         (
             "cold-start",
             Box::new(|p: &Path, svg| {
                 let t = "cold start: empty kernel → last Service answering (p50)";
-                if svg {
-                    draw_lines(SVGBackend::new(p, (900, 520)).into_drawing_area(), t, "ms (log scale)", &cold, true)
-                } else {
-                    draw_lines(BitMapBackend::new(p, (900, 520)).into_drawing_area(), t, "ms (log scale)", &cold, true)
-                }
+                on_area!(p, svg, |root| draw_lines(root, t, "ms (log scale)", &cold, true))
             }),
         ),
-        (
-            "change-distribution",
-            Box::new(|p: &Path, svg| {
-                if svg {
-                    draw_cdf(SVGBackend::new(p, (900, 520)).into_drawing_area(), &dist_title, &dist)
-                } else {
-                    draw_cdf(BitMapBackend::new(p, (900, 520)).into_drawing_area(), &dist_title, &dist)
-                }
-            }),
-        ),
+        ("change-distribution", Box::new(|p: &Path, svg| on_area!(p, svg, |root| draw_cdf(root, &dist_title, &dist)))),
     ];
     let mut written = Vec::new();
     for (name, draw) in plots {

@@ -403,6 +403,37 @@ mod tests {
     }
 
     #[test]
+    fn plots_are_written_as_svg_and_png_with_every_backend_named() {
+        if let Err(e) = crate::plot::init_font() {
+            // `./x` installs fonts-dejavu-core; without it the harness runs with --no-plots.
+            eprintln!("skipping: {e}");
+            return;
+        }
+        let mut rows = Vec::new();
+        for (backend, n, us) in [("switchyard ebpf", 1, 30.0), ("switchyard ebpf", 1000, 31.0), ("pod IP", 1, 28.0)] {
+            let mut r = Row::new(backend, Kind::Switchyard, n, 10);
+            r.connect_last = Some(Samples::new(vec![us, us + 1.0]));
+            r.change_kernel = Some(Samples::new(vec![1000.0, 1200.0, 900.0]));
+            r.cold_answer = Some(Samples::new(vec![400_000.0]));
+            rows.push(r);
+        }
+        let dir = std::env::temp_dir().join(format!("swy-bench-plot-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let written = crate::plot::write_all(&run(rows), &dir).expect("plots");
+        let names: Vec<String> =
+            written.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            names,
+            ["connect-latency.svg", "change-latency.svg", "cold-start.svg", "change-distribution.svg"],
+            "one SVG per figure"
+        );
+        let svg = std::fs::read_to_string(dir.join("connect-latency.svg")).expect("svg");
+        assert!(svg.contains("switchyard ebpf"), "the legend names the backend");
+        assert!(std::fs::metadata(dir.join("cold-start.png")).is_ok_and(|m| m.len() > 1000), "a PNG next to it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn tables_and_goals() {
         let mut a = Row::new("switchyard iptables", Kind::Switchyard, 1, 10);
         a.connect_last = Some(Samples::new(vec![50.0, 52.0]));
