@@ -246,7 +246,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
+# /tmp stays on the initramfs (already a writable tmpfs): a tmpfs mounted over
+# it would hide what was copied there, such as a clone under /tmp.
+mkdir -p /tmp && chmod 1777 /tmp
 mount -t tmpfs tmpfs /run
 mkdir -p /run/netns /var && ln -sf /run /var/run
 mount -t bpf bpf /sys/fs/bpf
