@@ -162,7 +162,7 @@ fn splice_into_readme(readme: &Path, out: &Path, command: &str) -> Result<(), St
     }
     let body = format!(
         "### Inside the VM: IPVS next to the others\n\n`{command}` (as root; QEMU without KVM, so every figure is \
-         far slower than on the host — compare rows within this table only).\n\n{}\n{images}",
+         far slower than on the host — compare rows within this table only).\n\n{}\n\n{images}",
         table.trim_end()
     );
     let text = std::fs::read_to_string(readme).map_err(|e| format!("{}: {e}", readme.display()))?;
