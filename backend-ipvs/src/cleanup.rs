@@ -4,27 +4,16 @@
 //! switchyard0, node addresses with a port in the NodePort range). Run it on
 //! a thread inside the node namespace.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
-
 use proxy_core::{IpFamily, NetNamespace};
 
 use crate::IpvsError;
 use crate::client::{ClientError, Ipvs, NetlinkIpvs};
 use crate::link;
 use crate::message::Request;
-use crate::reconcile::Ownership;
 use crate::rules;
 
 pub fn cleanup_blocking(node_port_range: (u16, u16)) -> Result<(), IpvsError> {
-    let (vips, node_addresses) = link::with_handle(async |h| {
-        let vips: BTreeSet<IpAddr> = match link::dummy_index(&h).await? {
-            Some(i) => link::addresses(&h, Some(i)).await?.into_iter().map(|(_, ip)| ip).collect(),
-            None => BTreeSet::new(),
-        };
-        Ok((vips, link::node_addresses(&h).await?))
-    })?;
-    let owner = Ownership { vips, node_addresses: node_addresses.into_iter().collect(), node_port_range };
+    let owner = crate::kernel_ownership(node_port_range)?;
     match NetlinkIpvs::connect() {
         Ok(mut client) => {
             let ours: Vec<Request> = client

@@ -268,9 +268,10 @@ impl IpvsDataplane {
     }
 }
 
-fn inspect_blocking(families: FamilySet, node_port_range: (u16, u16)) -> Result<ProgrammedState, IpvsError> {
-    let mut client = NetlinkIpvs::connect()?;
-    let here = NetNamespace::current();
+/// What is ours in the kernel now: the addresses on `switchyard0` and node
+/// ports on the node's addresses (inspect and cleanup read it fresh, from no
+/// memory of earlier syncs).
+pub(crate) fn kernel_ownership(node_port_range: (u16, u16)) -> Result<Ownership, IpvsError> {
     let (vips, node_addresses) = link::with_handle(async |h| {
         let vips: BTreeSet<IpAddr> = match link::dummy_index(&h).await? {
             Some(i) => link::addresses(&h, Some(i)).await?.into_iter().map(|(_, ip)| ip).collect(),
@@ -278,7 +279,13 @@ fn inspect_blocking(families: FamilySet, node_port_range: (u16, u16)) -> Result<
         };
         Ok((vips, link::node_addresses(&h).await?))
     })?;
-    let owner = Ownership { vips, node_addresses: node_addresses.into_iter().collect(), node_port_range };
+    Ok(Ownership { vips, node_addresses: node_addresses.into_iter().collect(), node_port_range })
+}
+
+fn inspect_blocking(families: FamilySet, node_port_range: (u16, u16)) -> Result<ProgrammedState, IpvsError> {
+    let mut client = NetlinkIpvs::connect()?;
+    let here = NetNamespace::current();
+    let owner = kernel_ownership(node_port_range)?;
     let mut sets: BTreeMap<(SetKind, IpFamily), BTreeSet<Member>> = BTreeMap::new();
     for family in families.iter() {
         for kind in [SetKind::ClusterIp, SetKind::ExternalIp, SetKind::LoadBalancer, SetKind::NodePort, SetKind::Drop] {

@@ -408,6 +408,11 @@ impl ExternalDriver {
             ));
             std::fs::create_dir_all(&dir).map_err(|e| self.err(format!("creating {}: {e}", dir.display())))?;
             self.dir = Some(dir);
+            if let Some(path) = self.config_path() {
+                let body = serde_json::json!({ self.spec.mode.clone(): self.ctx.section.clone() });
+                std::fs::write(&path, body.to_string())
+                    .map_err(|e| self.err(format!("writing {}: {e}", path.display())))?;
+            }
         }
         Ok(self.dir.as_ref().map(|d| d.join("objects.yaml")).unwrap_or_default())
     }
@@ -421,25 +426,24 @@ impl ExternalDriver {
         Ok(path)
     }
 
-    /// The backend's configuration section (the eBPF mode's lab cgroup, say)
-    /// as a `--config` file in switchyard's own format, `{MODE: section}`;
-    /// no arguments when the section is empty.
-    fn config_args(&self) -> Result<Vec<String>> {
-        let Some(dir) = self.dir.as_ref() else { return Ok(Vec::new()) };
-        if self.ctx.section.is_null() {
-            return Ok(Vec::new());
-        }
-        let path = dir.join("config.json");
-        let body = serde_json::json!({ self.spec.mode.clone(): self.ctx.section.clone() });
-        std::fs::write(&path, body.to_string()).map_err(|e| self.err(format!("writing {}: {e}", path.display())))?;
-        Ok(vec!["--config".to_string(), path.display().to_string()])
+    /// Where the backend's configuration section (the eBPF mode's lab
+    /// cgroup, say) is written, in switchyard's own format `{MODE: section}`,
+    /// when the run directory is made; `None` when the section is empty.
+    fn config_path(&self) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        (!self.ctx.section.is_null()).then(|| dir.join("config.json"))
+    }
+
+    /// `--config PATH` for the daemon, `inspect` and `--cleanup`, or nothing.
+    fn config_args(&self) -> Vec<String> {
+        self.config_path().map(|p| vec!["--config".to_string(), p.display().to_string()]).unwrap_or_default()
     }
 
     async fn spawn(&mut self, objects: &ObjectStore) -> Result<Converged> {
         let start = Instant::now();
         let manifest = self.write_manifest(objects)?;
         let mut args = self.spec.args(&self.ctx, &manifest);
-        args.extend(self.config_args()?);
+        args.extend(self.config_args());
         debug!(binary = %self.spec.binary.display(), ?args, "starting switchyard");
         let child = self
             .ctx
@@ -531,7 +535,7 @@ impl Driver for ExternalDriver {
             "5s".into(),
         ];
         args.extend(self.spec.context_args(&self.ctx));
-        args.extend(self.config_args()?);
+        args.extend(self.config_args());
         let out = self
             .ctx
             .netns
@@ -567,7 +571,7 @@ impl Driver for ExternalDriver {
     async fn stop(&mut self) -> Result<()> {
         self.kill().await;
         // With the section: the eBPF mode detaches its socket hooks from the lab's cgroup.
-        let config = self.config_args()?;
+        let config = self.config_args();
         let status = self
             .ctx
             .netns
