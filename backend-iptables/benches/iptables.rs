@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p backend-iptables --bench iptables -- [--sizes 1000,10000,50000] [--endpoints 10]
-//!     [--variant nft|legacy|both] [--latency 1,30000] [--no-restore]
+//!     [--variant nft|legacy|both] [--latency 1,30000 (0: none)] [--no-restore]
 //! ```
 //! Render figures need nothing; restore and latency figures need root and
 //! run in throwaway namespaces (`swy-ipt-<pid>-<n>-*`), deleted at the end.
@@ -301,9 +301,42 @@ fn restore_figures(n: usize, eps: usize, variant: Variant) {
         ms(median(partial)),
         ms(periodic)
     );
+    kernel_floor(&lab, variant);
     let t = Instant::now();
     let tracer_state = dp.inspect_blocking().unwrap();
     println!("inspect {n:>6} Services: {} frontends read back in {}", tracer_state.frontends.len(), ms(t.elapsed()));
+}
+
+/// What the kernel alone charges for any change to the loaded table: one
+/// commit that adds a rule (with a verdict) and removes it again. On
+/// nf_tables that makes the kernel re-validate every rule reachable from the
+/// table's base chains, once per hook it is reachable from, so it is also
+/// measured with the nat OUTPUT hook taken out (node-originated traffic
+/// unserved: a lower bound, not a layout).
+fn kernel_floor(lab: &lab::Lab, variant: Variant) {
+    let exec = backend_iptables::SystemExecutor { netns: lab.ns("node"), variant };
+    let probe = "*nat\n-A SWITCHYARD-CANARY -j RETURN\n-D SWITCHYARD-CANARY -j RETURN\nCOMMIT\n";
+    let commit = || {
+        let runs: Vec<Duration> = (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                exec.restore(IpFamily::V4, probe).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        median(runs)
+    };
+    let with_output = commit();
+    let hook =
+        backend_iptables::render::hooks().into_iter().find(|h| h.table == Table::Nat && h.chain == "OUTPUT").unwrap();
+    exec.restore(IpFamily::V4, &format!("*nat\n-D OUTPUT {}\nCOMMIT\n", hook.rule)).unwrap();
+    let without_output = commit();
+    exec.restore(IpFamily::V4, &format!("*nat\n-I OUTPUT 1 {}\nCOMMIT\n", hook.rule)).unwrap();
+    println!(
+        "floor   one-rule commit into the same nat table, iptables-{variant}: {:>8}   (without the nat OUTPUT hook: {})",
+        ms(with_output),
+        ms(without_output)
+    );
 }
 
 fn latency_figures(n: usize, variant: Variant) {
@@ -358,7 +391,7 @@ fn main() {
                 restore_figures(n, a.endpoints, variant);
             }
         }
-        for &n in &a.latency {
+        for &n in a.latency.iter().filter(|n| **n > 0) {
             latency_figures(n, variant);
         }
     }

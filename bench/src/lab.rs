@@ -37,6 +37,12 @@ pub fn pod_endpoint(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 2, 10 + i)
 }
 
+/// Whether `ip` is one of the real pod's addresses ([`pod_endpoint`]).
+pub fn is_pod_address(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    (a, b, c) == (10, 244, 2)
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// What must be undone if the process is interrupted: namespaces, cgroups,

@@ -8,6 +8,11 @@
 //!   reaches the new address dates the change in the data plane.
 //! - Every other Service has `endpoints` made-up pod addresses in
 //!   10.128.0.0/10 that nothing connects to; churn rewrites one of them.
+//!   Their EndpointSlices put them on another node ([`REMOTE_NODE`]), as
+//!   in a cluster big enough to have 10,000 Services: only the real pod's
+//!   endpoints are local to the measured node. (Locality matters to
+//!   backends that treat local endpoints apart, e.g. iptables marks
+//!   hairpin traffic per local endpoint.)
 //!
 //! ClusterIPs are sequential from 10.96.0.10.
 
@@ -21,6 +26,8 @@ use crate::lab::{self, NODE_IP, POD_PORT};
 
 pub const NAMESPACE: &str = "bench";
 pub const NODE_NAME: &str = "node-a";
+/// Where the made-up endpoints live.
+pub const REMOTE_NODE: &str = "node-b";
 pub const SERVICE_PORT: u16 = 80;
 pub const NODE_PORT: u16 = 30080;
 
@@ -89,7 +96,8 @@ pub fn slice(s: &Svc) -> EndpointSlice {
     let mut b =
         SliceBuilder::new(NAMESPACE, &format!("{}-1", s.name), &s.name).port("http", i32::from(POD_PORT), "TCP");
     for ep in &s.endpoints {
-        b = b.endpoint(endpoint(&ep.to_string()).node(NODE_NAME));
+        let node = if lab::is_pod_address(*ep) { NODE_NAME } else { REMOTE_NODE };
+        b = b.endpoint(endpoint(&ep.to_string()).node(node));
     }
     b.build()
 }
@@ -100,4 +108,21 @@ pub fn slice_json(s: &Svc) -> Value {
 
 pub fn node_json() -> Value {
     with_kind(&node(NODE_NAME, &NODE_IP.to_string(), None), "v1", "Node")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(s: &Svc) -> Vec<String> {
+        slice(s).endpoints.iter().map(|e| e.node_name.clone().unwrap_or_default()).collect()
+    }
+
+    #[test]
+    fn only_the_real_pod_is_local() {
+        let n = 5;
+        assert_eq!(nodes(&svc(0, n, 3, 0)), vec![NODE_NAME; 3], "Service 0 reaches the real pod");
+        assert_eq!(nodes(&svc(n - 1, n, 3, 1)), vec![NODE_NAME], "the moving endpoint is the real pod");
+        assert_eq!(nodes(&svc(2, n, 3, 0)), vec![REMOTE_NODE; 3], "made-up endpoints are elsewhere");
+    }
 }
