@@ -327,7 +327,7 @@ impl SyncJob {
             udp_flows_flushed = stats.udp_flushed,
             "eBPF maps synced"
         );
-        Ok(SyncOutcome { full, objects })
+        Ok(SyncOutcome { full, objects, ..Default::default() })
     }
 
     /// Renders every Service and applies the difference: against the maps

@@ -322,7 +322,7 @@ impl IptablesDataplane {
                 }
             }
         }
-        Ok(SyncOutcome { full, objects })
+        Ok(SyncOutcome { full, objects, ..Default::default() })
     }
 
     /// Our leftovers in families we do not serve and in the other iptables implementation.

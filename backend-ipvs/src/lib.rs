@@ -258,7 +258,7 @@ impl IpvsDataplane {
             ms_ipvs = (t_ipvs - t_rules).as_millis() as u64,
             "ipvs sync done"
         );
-        Ok(SyncOutcome { full, objects })
+        Ok(SyncOutcome { full, objects, ..Default::default() })
     }
 
     /// The namespace for commands started from a thread already inside the

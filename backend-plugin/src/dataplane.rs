@@ -252,7 +252,7 @@ impl Inner {
                 for w in &ack.warnings {
                     warn!(plugin = %self.label(), service = ?w.service, "skipped: {}", w.message);
                 }
-                Ok(SyncOutcome { full: changed.is_none(), objects: ack.objects })
+                Ok(SyncOutcome { full: changed.is_none(), objects: ack.objects, ..Default::default() })
             }
             PluginMessage::Error(e) => Err(reported(conn, &what, e.error)),
             other => Err(unexpected(conn, &what, &other)),

@@ -24,7 +24,11 @@ pub struct SyncRequest {
     /// do a full sync instead.
     pub changed: Arc<BTreeSet<ServiceName>>,
     /// Reconcile everything: first sync, periodic resync, after a failure,
-    /// or when something beyond single Services changed.
+    /// or when something beyond single Services changed. A full sync takes
+    /// the kernel as witness: it reads back what this backend owns (cheaply:
+    /// hashes, counts, attachment ids where it can), repairs whatever differs
+    /// from the plans, whoever changed it, and reports what it repaired in
+    /// [`SyncOutcome::repairs`]. The runner asks for one every sync period.
     pub full: bool,
 }
 
@@ -36,6 +40,21 @@ pub struct SyncOutcome {
     /// Counts of kernel objects it owns after the sync, by kind (`nat rules`,
     /// `virtual servers`, `service map entries`, ...), for metrics and logs.
     pub objects: BTreeMap<String, u64>,
+    /// Drift found in the kernel and repaired by this sync, by kind
+    /// (`chain`, `hook jump`, `tc link`, `virtual server`, ...): objects of
+    /// ours that someone else deleted or changed, not changes of the plans.
+    /// The proxier logs them and counts `switchyard_drift_repairs_total{backend,kind}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub repairs: BTreeMap<String, u64>,
+}
+
+impl SyncOutcome {
+    /// Records `n` repaired objects of `kind`.
+    pub fn repaired(&mut self, kind: impl Into<String>, n: u64) {
+        if n > 0 {
+            *self.repairs.entry(kind.into()).or_insert(0) += n;
+        }
+    }
 }
 
 /// Errors crossing the [`Dataplane`] boundary. Backends keep their own
@@ -167,9 +186,12 @@ impl Capabilities {
     }
 }
 
-/// Whether a backend can program the kernel right now. In-process backends
-/// are always up; an out-of-process plugin is down while its process is
-/// being restarted or its socket reconnected. `/healthz` fails while down.
+/// Whether a backend can program the kernel right now, and whether what it
+/// programmed still works. An out-of-process plugin is down while its
+/// process is being restarted or its socket reconnected; an in-process
+/// backend is down while it knows its datapath is broken and could not
+/// repair it (eBPF programs detached and not re-attachable, say).
+/// `/healthz` fails while down.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataplaneHealth {
     #[default]

@@ -2,9 +2,16 @@
 //!
 //! Healthy while starting up and while every queued change is applied within
 //! the health timeout (2 × sync-period); unhealthy when a change has waited
-//! longer, when the node is being deleted (so load balancers drain it), or
-//! while the backend reports itself down (an out-of-process plugin being
-//! restarted).
+//! longer, when the node is being deleted (so load balancers drain it), while
+//! the backend reports itself down (an out-of-process plugin being
+//! restarted, an eBPF datapath it could not re-attach), or while the
+//! dataplane is known broken: a full sync (a retry, a periodic repair) failed
+//! and no sync has succeeded since.
+//!
+//! Ready (`/readyz`) after the first successful sync. Until then the reason
+//! is kept: the initial lists are incomplete, or a source cannot produce a
+//! complete, valid view (a malformed manifest, a list the API refuses), which
+//! it reports with [`ProxyHealth::set_source_problem`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +31,11 @@ struct State {
     last_updated: BTreeMap<IpFamily, SystemTime>,
     node_deleting: bool,
     synced_once: bool,
+    /// The error of the last sync, when it was full and failed: the kernel
+    /// is known to differ from the plans and the repair did not work.
+    sync_failing: Option<String>,
+    /// Per source: why it cannot deliver a complete, valid view now.
+    source_problems: BTreeMap<String, String>,
 }
 
 /// What `/healthz` reports.
@@ -35,6 +47,8 @@ pub struct HealthStatus {
     pub node_deleting: bool,
     /// Why the backend is down, when it is.
     pub backend_down: Option<String>,
+    /// The error of a failed full sync, while no sync has succeeded since.
+    pub sync_failing: Option<String>,
 }
 
 /// Shared health state; clone freely.
@@ -107,6 +121,48 @@ impl ProxyHealth {
             }
         }
         s.synced_once = true;
+        s.sync_failing = None;
+    }
+
+    /// A sync failed. A failed full sync (the first, a retry, a periodic
+    /// repair) means the dataplane is known broken until a sync succeeds; a
+    /// failed partial one is retried in full first.
+    pub fn sync_failed(&self, full: bool, error: String) {
+        if full {
+            self.lock().sync_failing = Some(error);
+        }
+    }
+
+    /// A source reports why it cannot deliver a complete, valid view
+    /// (`Some`), or that it can again (`None`). Shown by `/readyz` and `/healthz`.
+    pub fn set_source_problem(&self, source: &str, problem: Option<String>) {
+        let mut s = self.lock();
+        match problem {
+            Some(p) => {
+                s.source_problems.insert(source.to_string(), p);
+            }
+            None => {
+                s.source_problems.remove(source);
+            }
+        }
+    }
+
+    /// What sources report now, by source.
+    pub fn source_problems(&self) -> BTreeMap<String, String> {
+        self.lock().source_problems.clone()
+    }
+
+    /// Why the proxy is not ready yet, or `None` once it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        let s = self.lock();
+        if s.synced_once {
+            return None;
+        }
+        if s.source_problems.is_empty() {
+            return Some("no successful sync yet".into());
+        }
+        let problems: Vec<String> = s.source_problems.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        Some(format!("no successful sync yet; {}", problems.join("; ")))
     }
 
     pub fn set_node_deleting(&self, deleting: bool) {
@@ -131,10 +187,11 @@ impl ProxyHealth {
         let s = self.lock();
         let late = s.oldest_pending.values().any(|t| now.saturating_duration_since(*t) >= self.timeout);
         HealthStatus {
-            healthy: !late && !s.node_deleting && backend_down.is_none(),
+            healthy: !late && !s.node_deleting && backend_down.is_none() && s.sync_failing.is_none(),
             last_updated: s.last_updated.values().max().copied(),
             node_deleting: s.node_deleting,
             backend_down,
+            sync_failing: s.sync_failing.clone(),
         }
     }
 }
@@ -183,6 +240,31 @@ mod tests {
         assert!(!h.late(Instant::now()), "a backend restart is not lateness (/livez stays ok)");
         *down.lock().unwrap_or_else(|e| e.into_inner()) = false;
         assert!(h.status(Instant::now()).healthy);
+    }
+
+    #[test]
+    fn a_failed_full_sync_is_unhealthy_until_a_sync_succeeds() {
+        let h = ProxyHealth::new(Duration::from_secs(10));
+        h.sync_failed(false, "iptables-restore: exit 1".into());
+        assert!(h.status(Instant::now()).healthy, "a failed partial sync is retried in full first");
+        h.sync_failed(true, "iptables-restore: exit 1".into());
+        let st = h.status(Instant::now());
+        assert!(!st.healthy);
+        assert_eq!(st.sync_failing.as_deref(), Some("iptables-restore: exit 1"));
+        h.updated([IpFamily::V4], None);
+        assert!(h.status(Instant::now()).healthy);
+    }
+
+    #[test]
+    fn not_ready_names_what_the_sources_report() {
+        let h = ProxyHealth::new(Duration::from_secs(10));
+        assert_eq!(h.not_ready_reason().as_deref(), Some("no successful sync yet"));
+        h.set_source_problem("file", Some("/m/a.yaml: not valid YAML".into()));
+        let why = h.not_ready_reason().unwrap_or_default();
+        assert!(why.contains("file: /m/a.yaml: not valid YAML"), "{why}");
+        h.set_source_problem("file", None);
+        h.updated([IpFamily::V4], None);
+        assert_eq!(h.not_ready_reason(), None);
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub struct BackendLabel {
     pub backend: String,
 }
 
+/// Labels of `switchyard_drift_repairs_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub backend: String,
+    /// What was repaired (`chain`, `hook jump`, `tc link`, ...).
+    pub kind: String,
+}
+
 /// The sync-loop metrics.
 #[derive(Debug, Clone)]
 pub struct ProxyMetrics {
@@ -85,6 +93,9 @@ pub struct ProxyMetrics {
     pub queue_to_programmed: Histogram,
     /// `switchyard_services`: Services in the desired state.
     pub services: Gauge,
+    /// `switchyard_drift_repairs_total{backend,kind}`: kernel objects of
+    /// ours found deleted or changed by someone else, and repaired.
+    pub drift_repairs: Family<DriftLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -112,6 +123,7 @@ impl ProxyMetrics {
             invalid_objects: Family::default(),
             queue_to_programmed: Histogram::new(latency_buckets()),
             services: Gauge::default(),
+            drift_repairs: Family::default(),
         };
         let kp = registry.sub_registry_with_prefix("kubeproxy");
         kp.register("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", m.sync_duration.clone());
@@ -168,6 +180,11 @@ impl ProxyMetrics {
         );
         let ours = registry.sub_registry_with_prefix("switchyard");
         ours.register("sync_failures", "Syncs that failed and will be retried", m.sync_failures.clone());
+        ours.register(
+            "drift_repairs",
+            "Kernel objects of ours found deleted or changed by someone else, and repaired",
+            m.drift_repairs.clone(),
+        );
         ours.register(
             "invalid_objects",
             "Objects or fields skipped because they were invalid",

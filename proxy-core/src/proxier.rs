@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
-use tracing::{Instrument, debug, error, info_span};
+use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::dataplane::{Dataplane, SyncOutcome, SyncRequest};
 use crate::health::ProxyHealth;
-use crate::metrics::{BackendLabel, KindLabel, NoLocalEndpointsLabels, ProxyMetrics};
+use crate::metrics::{BackendLabel, DriftLabels, KindLabel, NoLocalEndpointsLabels, ProxyMetrics};
 use crate::model::IpFamily;
 use crate::plan::Route;
 use crate::runner::{SyncResult, SyncRunner, SyncTrigger};
@@ -215,7 +215,16 @@ impl Proxier {
                     (report, t.oldest_pending())
                 };
                 self.health.updated(self.families(), still_pending);
+                if !outcome.repairs.is_empty() {
+                    span.in_scope(|| {
+                        warn!(repairs = ?outcome.repairs, "the kernel differed from what was programmed (changed by someone else); repaired")
+                    });
+                }
                 if let Some(m) = &self.metrics {
+                    for (kind, n) in &outcome.repairs {
+                        let labels = DriftLabels { backend: self.dataplane.mode().to_string(), kind: kind.clone() };
+                        m.drift_repairs.get_or_create(&labels).inc_by(*n);
+                    }
                     m.sync_duration.observe(elapsed.as_secs_f64());
                     if did_full {
                         m.sync_full_duration.observe(elapsed.as_secs_f64());
@@ -259,6 +268,7 @@ impl Proxier {
                 if let Some(m) = &self.metrics {
                     m.sync_failures.get_or_create(&BackendLabel { backend: self.dataplane.mode().to_string() }).inc();
                 }
+                self.health.sync_failed(full, ErrorChain(&e).to_string());
                 span.in_scope(
                     || error!(error = %ErrorChain(&e), "sync failed; previous state stays in place, retrying"),
                 );

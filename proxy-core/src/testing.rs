@@ -310,6 +310,8 @@ pub struct RecordingDataplane {
     requests: Mutex<Vec<SyncRequest>>,
     fail_next: AtomicUsize,
     last_ok: Mutex<Option<SyncRequest>>,
+    /// Reported as repaired drift by the next successful sync.
+    repairs: Mutex<BTreeMap<String, u64>>,
 }
 
 impl RecordingDataplane {
@@ -320,6 +322,11 @@ impl RecordingDataplane {
     /// Makes the next `n` syncs fail.
     pub fn fail_next(&self, n: usize) {
         self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next successful sync report `n` repaired objects of `kind`.
+    pub fn repair_next(&self, kind: &str, n: u64) {
+        *self.repairs.lock().unwrap_or_else(|e| e.into_inner()).entry(kind.to_string()).or_insert(0) += n;
     }
 
     /// Every request received, failed ones included.
@@ -356,7 +363,8 @@ impl Dataplane for RecordingDataplane {
         }
         let full = request.full;
         *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(request);
-        Ok(SyncOutcome { full, objects: BTreeMap::new() })
+        let repairs = std::mem::take(&mut *self.repairs.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(SyncOutcome { full, repairs, ..Default::default() })
     }
 
     async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {

@@ -27,3 +27,56 @@ async fn converged_tracks_pending_and_failed_syncs() {
     proxier.sync_once(false).await;
     assert!(proxier.converged());
 }
+
+/// A failed full sync makes the proxy unhealthy until a sync succeeds; a
+/// failed partial one does not (it is retried in full first).
+#[tokio::test]
+async fn a_failed_full_sync_is_unhealthy_until_one_succeeds() {
+    let dp = Arc::new(RecordingDataplane::new());
+    let health = ProxyHealth::new(Duration::from_secs(60));
+    let tracker = ChangeTracker::new(TrackerConfig::new(PlannerConfig::new("node-a")));
+    let proxier = Proxier::new(tracker, dp.clone(), health.clone(), None, SyncTrigger::default());
+    for ev in initial_list(vec![], vec![], None) {
+        proxier.handle(ev);
+    }
+    proxier.sync_once(true).await;
+    let svc = ServiceBuilder::new("default", "web", "10.96.0.10").port("http", 80, "TCP").build();
+    proxier.handle(ProxyEvent::Service(ResourceEvent::Apply(svc)));
+    dp.fail_next(2);
+    proxier.sync_once(false).await;
+    assert!(health.status(std::time::Instant::now()).healthy, "one failed partial sync");
+    proxier.sync_once(true).await;
+    let st = health.status(std::time::Instant::now());
+    assert!(!st.healthy, "the full retry failed too: the dataplane is known broken");
+    assert!(st.sync_failing.as_deref().is_some_and(|e| e.contains("injected failure")), "{st:?}");
+    proxier.sync_once(true).await;
+    assert!(health.status(std::time::Instant::now()).healthy);
+}
+
+/// Drift a backend repaired is counted per backend and kind.
+#[tokio::test]
+async fn repaired_drift_is_counted() {
+    let dp = Arc::new(RecordingDataplane::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = proxy_core::metrics::ProxyMetrics::register(&mut registry);
+    let tracker = ChangeTracker::new(TrackerConfig::new(PlannerConfig::new("node-a")));
+    let proxier = Proxier::new(
+        tracker,
+        dp.clone(),
+        ProxyHealth::new(Duration::from_secs(60)),
+        Some(metrics),
+        SyncTrigger::default(),
+    );
+    for ev in initial_list(vec![], vec![], None) {
+        proxier.handle(ev);
+    }
+    dp.repair_next("chain", 2);
+    proxier.sync_once(true).await;
+    dp.repair_next("chain", 1);
+    dp.repair_next("hook jump", 1);
+    proxier.sync_once(true).await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(text.contains(r#"switchyard_drift_repairs_total{backend="recording",kind="chain"} 3"#), "{text}");
+    assert!(text.contains(r#"switchyard_drift_repairs_total{backend="recording",kind="hook jump"} 1"#), "{text}");
+}

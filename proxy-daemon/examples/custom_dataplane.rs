@@ -109,7 +109,11 @@ impl Dataplane for MemoryDataplane {
         let state = request.snapshot.expected_state();
         let frontends = state.frontends.len() as u64;
         *self.programmed.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
-        Ok(SyncOutcome { full: true, objects: BTreeMap::from([("frontends".to_string(), frontends)]) })
+        Ok(SyncOutcome {
+            full: true,
+            objects: BTreeMap::from([("frontends".to_string(), frontends)]),
+            ..Default::default()
+        })
     }
 
     async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {

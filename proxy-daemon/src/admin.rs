@@ -5,7 +5,8 @@
 //!   2 × sync-period and the node is not being deleted, else 503; body
 //!   `{"lastUpdated": ..., "currentTime": ..., "nodeEligible": ...}`.
 //! - `GET /livez`: the same, but node deletion does not fail it.
-//! - `GET /readyz`: 200 after the first successful sync.
+//! - `GET /readyz`: 200 after the first successful sync; before, 503 with the
+//!   reason (initial lists incomplete, a source's problem).
 //!
 //! Metrics (`--metrics-bind-address`, default `127.0.0.1:10249`): the above, plus
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
@@ -147,8 +148,14 @@ fn health_body(state: &AdminState, healthy: bool) -> String {
         "currentTime": rfc3339(SystemTime::now()),
         "nodeEligible": !st.node_deleting,
         "healthy": healthy,
-        // Why the dataplane cannot program right now (a plugin being restarted); null when it can.
+        // Why the dataplane cannot program right now (a plugin being restarted,
+        // a datapath it could not re-attach); null when it can.
         "backendDown": st.backend_down,
+        // The error of a failed full sync (a retry, a periodic repair), while
+        // no sync has succeeded since: the kernel is known to differ.
+        "syncFailing": st.sync_failing,
+        // Why a source cannot deliver a complete, valid view (by source).
+        "sourceProblems": state.health.source_problems(),
     })
     .to_string()
 }
@@ -168,10 +175,9 @@ async fn livez(State(state): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.health.ready() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no successful sync yet\n").into_response()
+    match state.health.not_ready_reason() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }
 }
 

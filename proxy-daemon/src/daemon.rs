@@ -303,6 +303,7 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         }
         PreparedSource::Kube(k) => {
             let stop = stop_rx.clone();
+            let k = k.with_status(health.clone());
             tasks.spawn(async move { k.run(sink.clone(), wait_for(stop)).await });
         }
     }

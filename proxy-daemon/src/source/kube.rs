@@ -23,6 +23,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::utils::{Backoff, StreamBackoff};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
+use proxy_core::health::ProxyHealth;
 use proxy_core::{ProxyEvent, ResourceEvent};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
@@ -94,6 +95,8 @@ pub struct KubeSource {
     watch_timeout: u32,
     /// Retry delays after errors: from the first to the longest, doubling.
     backoff: (Duration, Duration),
+    /// Where failing watches are reported (readiness and health bodies).
+    status: Option<ProxyHealth>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -115,7 +118,15 @@ impl KubeSource {
             service_proxy_name,
             watch_timeout: 290,
             backoff: (Duration::from_millis(800), Duration::from_secs(30)),
+            status: None,
         })
+    }
+
+    /// Reports failing watches to `health` (shown by `/readyz` and `/healthz`
+    /// as `api server <Kind>: <error>`), cleared when the watch recovers.
+    pub fn with_status(mut self, health: ProxyHealth) -> Self {
+        self.status = Some(health);
+        self
     }
 
     /// Shorter watch requests (tests of dead-connection handling).
@@ -164,6 +175,7 @@ impl KubeSource {
             sink.clone(),
             ProxyEvent::Service,
             self.backoff,
+            self.status.clone(),
         );
         let slices = watch::<EndpointSlice>(
             Api::all(self.client.clone()),
@@ -171,6 +183,7 @@ impl KubeSource {
             sink.clone(),
             ProxyEvent::EndpointSlice,
             self.backoff,
+            self.status.clone(),
         );
         let node = watch::<Node>(
             Api::all(self.client.clone()),
@@ -178,6 +191,7 @@ impl KubeSource {
             sink,
             ProxyEvent::Node,
             self.backoff,
+            self.status.clone(),
         );
         tokio::select! {
             _ = shutdown => {}
@@ -192,11 +206,13 @@ async fn watch<K>(
     sink: EventSink,
     wrap: fn(ResourceEvent<K>) -> ProxyEvent,
     backoff: (Duration, Duration),
+    status: Option<ProxyHealth>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
+    let source = format!("api server {kind}");
     let stream = StreamBackoff::new(watcher::watcher(api, config), RetryBackoff::new(backoff.0, backoff.1));
     let mut stream = std::pin::pin!(stream);
     let mut failing = false;
@@ -207,6 +223,9 @@ async fn watch<K>(
                 if failing {
                     info!(resource = %kind, "watch recovered");
                     failing = false;
+                    if let Some(h) = &status {
+                        h.set_source_problem(&source, None);
+                    }
                 }
                 let ev = match ev {
                     Event::Init => {
@@ -230,6 +249,9 @@ async fn watch<K>(
                     error = %proxy_core::ErrorChain(&e),
                     "watch failed; retrying with backoff, programmed state stays in place"
                 );
+                if let Some(h) = &status {
+                    h.set_source_problem(&source, Some(proxy_core::ErrorChain(&e).to_string()));
+                }
                 failing = true;
             }
         }
