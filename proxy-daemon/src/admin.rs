@@ -156,6 +156,9 @@ fn health_body(state: &AdminState, healthy: bool) -> String {
         "syncFailing": st.sync_failing,
         // Why a source cannot deliver a complete, valid view (by source).
         "sourceProblems": state.health.source_problems(),
+        // What this dataplane implements, as configured: a semantics missing
+        // here (HostNetworkClients without ebpf.cgroupPath, say) is not served.
+        "capabilities": state.proxier.dataplane().capabilities(),
     })
     .to_string()
 }
