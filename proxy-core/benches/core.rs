@@ -1,6 +1,7 @@
 //! Core benchmarks: tracker ingest and planning at 1k/10k/50k Services × 10
-//! endpoints, one endpoint change at 10k Services, and the memory the tracker
-//! holds per Service.
+//! endpoints, one endpoint change at 10k Services (the tracker alone, and the
+//! whole proxier with metrics and health at 1k/10k/30k: the cost must not grow
+//! with the number of Services), and the memory the tracker holds per Service.
 //!
 //! Run: `cargo bench -p proxy-core --bench core` (add `-- --quick` for a fast pass).
 
@@ -144,6 +145,64 @@ fn one_endpoint_change(c: &mut Criterion) {
     });
 }
 
+/// A dataplane that programs nothing and remembers nothing.
+#[derive(Debug)]
+struct NoopDataplane;
+
+#[async_trait::async_trait]
+impl Dataplane for NoopDataplane {
+    fn mode(&self) -> &str {
+        "noop"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
+    }
+    async fn sync(&self, request: SyncRequest) -> Result<SyncOutcome, DataplaneError> {
+        Ok(SyncOutcome { full: request.full, ..Default::default() })
+    }
+    async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {
+        Ok(ProgrammedState::default())
+    }
+    async fn cleanup(&self) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+}
+
+/// One endpoint change through the whole proxier (tracker, batch, a no-op
+/// sync, commit, health, metrics): the core's share of "event to kernel".
+fn proxier_one_endpoint_change(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    for n in [1_000usize, 10_000, 30_000] {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = proxy_core::metrics::ProxyMetrics::register(&mut registry);
+        let proxier = Proxier::new(
+            tracker(),
+            std::sync::Arc::new(NoopDataplane),
+            proxy_core::health::ProxyHealth::new(Duration::from_secs(60)),
+            Some(metrics),
+            SyncTrigger::default(),
+        );
+        for ev in events(n) {
+            proxier.handle(ev);
+        }
+        rt.block_on(proxier.sync_once(true));
+        let mut generation = 0;
+        c.bench_function(&format!("proxier/{n}_services/one_endpoint_change"), |b| {
+            b.iter_batched(
+                || {
+                    generation = (generation + 1) % 5;
+                    ProxyEvent::EndpointSlice(ResourceEvent::Apply(slice(n / 2, generation)))
+                },
+                |ev| {
+                    proxier.handle(ev);
+                    rt.block_on(proxier.sync_once(false))
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
 /// Live bytes the tracker (with its plans and a snapshot) holds per Service.
 fn memory_per_service() {
     for n in [1_000usize, 10_000, 50_000] {
@@ -169,7 +228,7 @@ fn memory_per_service() {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    targets = ingest_and_plan, one_endpoint_change
+    targets = ingest_and_plan, one_endpoint_change, proxier_one_endpoint_change
 }
 
 fn main() {

@@ -48,6 +48,45 @@ pub struct Proxier {
     /// When the pending-change gauges were last computed from a source
     /// event (see [`Proxier::handle`]).
     gauges_at: Mutex<Option<Instant>>,
+    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total`, kept per
+    /// Service and updated for the Services a sync changed only: walking
+    /// every plan on every sync made a one-endpoint change cost 0.37 µs per
+    /// Service (3.7 ms at 10,000; `cargo bench -p proxy-core --bench core -- proxier`).
+    no_local: Mutex<NoLocalCounts>,
+}
+
+/// Services with a Local traffic policy and no local endpoint, per
+/// (policy, family), with each Service's share.
+#[derive(Debug, Default)]
+struct NoLocalCounts {
+    per_service: HashMap<crate::model::ServiceName, Vec<(&'static str, IpFamily)>>,
+    totals: HashMap<(&'static str, IpFamily), i64>,
+}
+
+impl NoLocalCounts {
+    fn update(&mut self, name: &crate::model::ServiceName, plan: Option<&crate::plan::ServicePlan>) {
+        if let Some(old) = self.per_service.remove(name) {
+            for key in old {
+                *self.totals.entry(key).or_default() -= 1;
+            }
+        }
+        let Some(plan) = plan else { return };
+        let mut share = Vec::new();
+        for port in &plan.ports {
+            if plan.service.internal_policy_local() && port.internal == Route::Drop {
+                share.push(("internal", port.family));
+            }
+            if port.external_policy_local && port.external == Route::Drop {
+                share.push(("external", port.family));
+            }
+        }
+        for key in &share {
+            *self.totals.entry(*key).or_default() += 1;
+        }
+        if !share.is_empty() {
+            self.per_service.insert(name.clone(), share);
+        }
+    }
 }
 
 /// Source events refresh the pending-change gauges at most this often;
@@ -76,6 +115,7 @@ impl Proxier {
             synced: watch::Sender::new(SyncedState::default()),
             in_flight: std::sync::atomic::AtomicBool::new(false),
             gauges_at: Mutex::new(None),
+            no_local: Mutex::new(NoLocalCounts::default()),
         }
     }
 
@@ -190,7 +230,8 @@ impl Proxier {
             batch
         };
         let full = full || batch.full_required;
-        let request = SyncRequest { snapshot: batch.snapshot.clone(), changed: Arc::new(batch.changed.clone()), full };
+        let changed = Arc::new(batch.changed.clone());
+        let request = SyncRequest { snapshot: batch.snapshot.clone(), changed: changed.clone(), full };
         let (service_changes, endpoint_changes) = batch.change_counts();
         let span = info_span!(
             "sync",
@@ -240,7 +281,7 @@ impl Proxier {
                     for d in &commit.queued_to_programmed {
                         m.queue_to_programmed.observe(d.as_secs_f64());
                     }
-                    record_no_local_endpoints(m, &snapshot);
+                    self.record_no_local_endpoints(m, &snapshot, &changed);
                 }
                 span.in_scope(|| {
                     debug!(
@@ -277,6 +318,30 @@ impl Proxier {
         }
     }
 
+    /// Updates the no-local-endpoints gauges for the Services this sync changed.
+    fn record_no_local_endpoints(
+        &self,
+        m: &ProxyMetrics,
+        snapshot: &Snapshot,
+        changed: &std::collections::BTreeSet<crate::model::ServiceName>,
+    ) {
+        let mut counts = self.no_local.lock().unwrap_or_else(|e| e.into_inner());
+        for name in changed {
+            counts.update(name, snapshot.service(name).map(|p| &**p));
+        }
+        for policy in ["internal", "external"] {
+            for family in IpFamily::ALL {
+                let labels = NoLocalEndpointsLabels {
+                    traffic_policy: policy.to_string(),
+                    address_family: family.as_str().to_string(),
+                };
+                m.no_local_endpoints
+                    .get_or_create(&labels)
+                    .set(counts.totals.get(&(policy, family)).copied().unwrap_or(0));
+            }
+        }
+    }
+
     /// Runs the sync loop until `shutdown`.
     pub async fn run(self: Arc<Self>, runner: SyncRunner, shutdown: impl Future<Output = ()>) {
         let this = self.clone();
@@ -294,29 +359,6 @@ impl Proxier {
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
-fn record_no_local_endpoints(m: &ProxyMetrics, snapshot: &Snapshot) {
-    let mut counts: HashMap<(&'static str, IpFamily), i64> = HashMap::new();
-    for plan in snapshot.port_plans() {
-        let svc = snapshot.service(&plan.name.service).map(|s| s.service.clone());
-        let Some(svc) = svc else { continue };
-        if svc.internal_policy_local() && plan.internal == Route::Drop {
-            *counts.entry(("internal", plan.family)).or_default() += 1;
-        }
-        if plan.external_policy_local && plan.external == Route::Drop {
-            *counts.entry(("external", plan.family)).or_default() += 1;
-        }
-    }
-    for policy in ["internal", "external"] {
-        for family in IpFamily::ALL {
-            let labels = NoLocalEndpointsLabels {
-                traffic_policy: policy.to_string(),
-                address_family: family.as_str().to_string(),
-            };
-            m.no_local_endpoints.get_or_create(&labels).set(counts.get(&(policy, family)).copied().unwrap_or(0));
-        }
-    }
 }
 
 /// Displays an error with its whole source chain, once, at the edge.

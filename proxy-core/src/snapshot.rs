@@ -11,6 +11,11 @@ use crate::plan::{
 };
 use crate::planner::PlannerConfig;
 
+/// Whether any port of `plan` has a healthCheckNodePort.
+pub(crate) fn has_health_check(plan: &ServicePlan) -> bool {
+    plan.ports.iter().any(|p| p.health_check_node_port.is_some())
+}
+
 /// The desired state at one moment: every Service's plan, the node, and the
 /// planner's configuration. Cloning is O(1) (a persistent map inside), so a
 /// snapshot per sync costs nothing at 50k Services.
@@ -21,6 +26,10 @@ pub struct Snapshot {
     pub node: Option<Arc<NodeInfo>>,
     pub config: Arc<PlannerConfig>,
     pub(crate) plans: imbl::OrdMap<ServiceName, Arc<ServicePlan>>,
+    /// The Services whose plan has a healthCheckNodePort, kept by the
+    /// tracker as plans change, so that the health-check servers follow a
+    /// sync without walking every plan.
+    pub(crate) health_checked: imbl::OrdSet<ServiceName>,
 }
 
 impl Snapshot {
@@ -35,7 +44,24 @@ impl Snapshot {
             node: node.map(Arc::new),
             config: Arc::new(config),
             plans: plans.into_iter().map(|p| (p.name().clone(), Arc::new(p))).collect(),
+            health_checked: imbl::OrdSet::new(),
         }
+        .with_health_check_index()
+    }
+
+    fn with_health_check_index(mut self) -> Snapshot {
+        self.health_checked =
+            self.plans.iter().filter(|(_, p)| has_health_check(p)).map(|(name, _)| name.clone()).collect();
+        self
+    }
+
+    /// The port plans that have a healthCheckNodePort (externalTrafficPolicy
+    /// Local on a load balancer), without walking every Service.
+    pub fn health_check_port_plans(&self) -> impl Iterator<Item = &ServicePortPlan> {
+        self.health_checked
+            .iter()
+            .filter_map(|name| self.plans.get(name))
+            .flat_map(|p| p.ports.iter().filter(|pp| pp.health_check_node_port.is_some()))
     }
 
     /// Every Service plan, ordered by name.

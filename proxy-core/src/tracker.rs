@@ -227,6 +227,8 @@ pub struct ChangeTracker {
     /// Services whose plan must be recomputed before the next snapshot.
     dirty: HashSet<ServiceName>,
     plans: imbl::OrdMap<ServiceName, Arc<crate::plan::ServicePlan>>,
+    /// Services whose plan has a healthCheckNodePort (see [`Snapshot::health_check_port_plans`]).
+    health_checked: imbl::OrdSet<ServiceName>,
     /// Plans as of the last successful sync.
     synced_plans: imbl::OrdMap<ServiceName, Arc<crate::plan::ServicePlan>>,
     gates: (InitGate<ServiceName>, InitGate<SliceName>, InitGate<()>),
@@ -247,6 +249,7 @@ impl ChangeTracker {
             pending_node: None,
             dirty: HashSet::new(),
             plans: imbl::OrdMap::new(),
+            health_checked: imbl::OrdSet::new(),
             synced_plans: imbl::OrdMap::new(),
             gates: Default::default(),
         }
@@ -517,6 +520,7 @@ impl ChangeTracker {
             match self.services.get(&name) {
                 None => {
                     self.plans.remove(&name);
+                    self.health_checked.remove(&name);
                 }
                 Some(service) => {
                     let endpoints = ServiceEndpoints::merge(
@@ -524,6 +528,11 @@ impl ChangeTracker {
                         &self.config.planner.node_name,
                     );
                     let plan = plan_service(service, &endpoints, self.node.as_deref(), &self.config.planner);
+                    if crate::snapshot::has_health_check(&plan) {
+                        self.health_checked.insert(name.clone());
+                    } else {
+                        self.health_checked.remove(&name);
+                    }
                     if self.plans.get(&name).is_none_or(|old| **old != plan) {
                         self.plans.insert(name, Arc::new(plan));
                     }
@@ -540,6 +549,7 @@ impl ChangeTracker {
             node: self.node.clone(),
             config: Arc::new(self.config.planner.clone()),
             plans: self.plans.clone(),
+            health_checked: self.health_checked.clone(),
         })
     }
 

@@ -80,3 +80,58 @@ async fn repaired_drift_is_counted() {
     assert!(text.contains(r#"switchyard_drift_repairs_total{backend="recording",kind="chain"} 3"#), "{text}");
     assert!(text.contains(r#"switchyard_drift_repairs_total{backend="recording",kind="hook jump"} 1"#), "{text}");
 }
+
+fn gauge(registry: &prometheus_client::registry::Registry, policy: &str) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+    let prefix = format!(
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy="{policy}",address_family="IPv4"}} "#
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("absent in:\n{text}"))
+}
+
+/// The no-local-endpoints gauge follows changes, kept per Service (only
+/// the Services a sync changed are recounted).
+#[tokio::test]
+async fn no_local_endpoints_follows_changes() {
+    use proxy_core::testing::{SliceBuilder, endpoint, node};
+    let dp = Arc::new(RecordingDataplane::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = proxy_core::metrics::ProxyMetrics::register(&mut registry);
+    let tracker = ChangeTracker::new(TrackerConfig::new(PlannerConfig::new("node-a")));
+    let proxier =
+        Proxier::new(tracker, dp, ProxyHealth::new(Duration::from_secs(60)), Some(metrics), SyncTrigger::default());
+    let local = |name: &str, ip: &str| {
+        ServiceBuilder::new("default", name, ip)
+            .type_("NodePort")
+            .node_port("http", 80, "TCP", 0)
+            .external_traffic_policy("Local")
+            .build()
+    };
+    let slice = |svc: &str, node: &str| {
+        SliceBuilder::new("default", &format!("{svc}-1"), svc)
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.0.2.1").node(node))
+            .build()
+    };
+    let events = initial_list(
+        vec![local("a", "10.96.0.1"), local("b", "10.96.0.2")],
+        vec![slice("a", "node-b"), slice("b", "node-b")],
+        Some(node("node-a", "192.168.0.1", None)),
+    );
+    for ev in events {
+        proxier.handle(ev);
+    }
+    proxier.sync_once(true).await;
+    assert_eq!(gauge(&registry, "external"), "2", "both Services have endpoints, none on node-a");
+    proxier.handle(ProxyEvent::EndpointSlice(ResourceEvent::Apply(slice("a", "node-a"))));
+    proxier.sync_once(false).await;
+    assert_eq!(gauge(&registry, "external"), "1", "a has a local endpoint now");
+    proxier.handle(ProxyEvent::Service(ResourceEvent::Delete(local("b", "10.96.0.2"))));
+    proxier.sync_once(false).await;
+    assert_eq!(gauge(&registry, "external"), "0", "b is gone");
+    assert_eq!(gauge(&registry, "internal"), "0");
+}

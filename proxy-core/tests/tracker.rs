@@ -374,3 +374,31 @@ fn upstream_protocol_mismatch_and_multiple_ports() {
     let snap = t.snapshot();
     assert_eq!(snap.service(&name("a")).unwrap().ports[0].internal, Route::Reject);
 }
+
+/// The snapshot's index of healthCheckNodePorts follows plan changes (the
+/// health-check servers read it instead of walking every plan).
+#[test]
+fn health_check_index_follows_plans() {
+    let lb = |policy: &str, hc: Option<i32>| {
+        let b = ServiceBuilder::new("ns", "lb", "10.96.0.5")
+            .type_("LoadBalancer")
+            .node_port("http", 80, "TCP", 30080)
+            .external_traffic_policy(policy);
+        match hc {
+            Some(p) => b.health_check_node_port(p).build(),
+            None => b.build(),
+        }
+    };
+    let ports = |t: &mut ChangeTracker| -> Vec<Option<u16>> {
+        t.snapshot().health_check_port_plans().map(|p| p.health_check_node_port).collect()
+    };
+    let mut t = synced(vec![lb("Local", Some(32000)), svc("plain", "10.96.0.6")], vec![]);
+    assert_eq!(ports(&mut t), vec![Some(32000)]);
+    t.apply(ProxyEvent::Service(ResourceEvent::Apply(lb("Local", Some(32001)))));
+    assert_eq!(ports(&mut t), vec![Some(32001)]);
+    t.apply(ProxyEvent::Service(ResourceEvent::Apply(lb("Cluster", None))));
+    assert_eq!(ports(&mut t), Vec::<Option<u16>>::new(), "Cluster policy has no health check");
+    t.apply(ProxyEvent::Service(ResourceEvent::Apply(lb("Local", Some(32002)))));
+    t.apply(ProxyEvent::Service(ResourceEvent::Delete(lb("Local", Some(32002)))));
+    assert_eq!(ports(&mut t), Vec::<Option<u16>>::new(), "deleted");
+}

@@ -37,7 +37,7 @@ pub struct HealthCheckEntry {
 /// The healthCheckNodePorts a snapshot asks for.
 pub fn wanted(snapshot: &Snapshot) -> BTreeMap<u16, HealthCheckEntry> {
     let mut out: BTreeMap<u16, HealthCheckEntry> = BTreeMap::new();
-    for plan in snapshot.port_plans() {
+    for plan in snapshot.health_check_port_plans() {
         let Some(port) = plan.health_check_node_port else { continue };
         let e = out
             .entry(port)
