@@ -550,8 +550,8 @@ impl From<&Endpoint> for EndpointWire {
             terminating: e.info.terminating,
             node_name: e.info.node_name.as_ref().map(|s| s.to_string()),
             zone: e.info.zone.as_ref().map(|s| s.to_string()),
-            zone_hints: names(&e.info.zone_hints),
-            node_hints: names(&e.info.node_hints),
+            zone_hints: names(e.info.zone_hints()),
+            node_hints: names(e.info.node_hints()),
             is_local: e.is_local,
         }
     }

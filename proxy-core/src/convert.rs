@@ -17,9 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    EndpointInfo, EndpointPortInfo, EndpointSliceInfo, FamilySet, IpFamily, IpMode, LoadBalancerIngress, NodeAddress,
-    NodeInfo, Protocol, ServiceInfo, ServiceName, ServicePortInfo, ServiceType, SessionAffinity, SliceName,
-    TrafficDistribution, TrafficPolicy,
+    EndpointHints, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, FamilySet, IpFamily, IpMode, LoadBalancerIngress,
+    NodeAddress, NodeInfo, Protocol, ServiceInfo, ServiceName, ServicePortInfo, ServiceType, SessionAffinity,
+    SliceName, TrafficDistribution, TrafficPolicy,
 };
 
 /// Label naming the proxy that should handle an object (kube-proxy skips any object carrying it).
@@ -522,6 +522,24 @@ pub fn endpoint_slice_from_k8s(
             names
         };
         let hints = ep.hints.as_ref();
+        let zones = sorted(
+            hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| Arc::from(z.name.as_str()))
+                .collect(),
+        );
+        let nodes = sorted(
+            hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| Arc::from(n.name.as_str()))
+                .collect(),
+        );
+        let hints = (!zones.is_empty() || !nodes.is_empty())
+            .then(|| Box::new(EndpointHints { zones: zones.into(), nodes: nodes.into() }));
         endpoints.push(Arc::new(EndpointInfo {
             address,
             ready: cond.and_then(|c| c.ready).unwrap_or(true),
@@ -529,22 +547,7 @@ pub fn endpoint_slice_from_k8s(
             terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
             node_name: ep.node_name.as_deref().filter(|n| !n.is_empty()).map(Arc::from),
             zone: ep.zone.as_deref().filter(|z| !z.is_empty()).map(Arc::from),
-            zone_hints: sorted(
-                hints
-                    .and_then(|h| h.for_zones.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|z| Arc::from(z.name.as_str()))
-                    .collect(),
-            ),
-            node_hints: sorted(
-                hints
-                    .and_then(|h| h.for_nodes.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|n| Arc::from(n.name.as_str()))
-                    .collect(),
-            ),
+            hints,
         }));
     }
 

@@ -124,14 +124,14 @@ pub fn topology_mode(
         return TopologyMode::None;
     }
     if distribution == Some(&TrafficDistribution::PreferSameNode)
-        && ready().all(|e| !e.info.node_hints.is_empty())
-        && ready().any(|e| e.info.node_hints.iter().any(|h| &**h == node_name))
+        && ready().all(|e| !e.info.node_hints().is_empty())
+        && ready().any(|e| e.info.node_hints().iter().any(|h| &**h == node_name))
     {
         return TopologyMode::SameNode;
     }
     if let Some(zone) = zone
-        && ready().all(|e| !e.info.zone_hints.is_empty())
-        && ready().any(|e| e.info.zone_hints.iter().any(|h| &**h == zone))
+        && ready().all(|e| !e.info.zone_hints().is_empty())
+        && ready().any(|e| e.info.zone_hints().iter().any(|h| &**h == zone))
     {
         return TopologyMode::SameZone;
     }
@@ -141,8 +141,8 @@ pub fn topology_mode(
 fn available_for_topology(ep: &Endpoint, mode: TopologyMode, node_name: &str, zone: Option<&str>) -> bool {
     match mode {
         TopologyMode::None => true,
-        TopologyMode::SameNode => ep.info.node_hints.iter().any(|h| &**h == node_name),
-        TopologyMode::SameZone => zone.is_some_and(|z| ep.info.zone_hints.iter().any(|h| &**h == z)),
+        TopologyMode::SameNode => ep.info.node_hints().iter().any(|h| &**h == node_name),
+        TopologyMode::SameZone => zone.is_some_and(|z| ep.info.zone_hints().iter().any(|h| &**h == z)),
     }
 }
 

@@ -8,7 +8,7 @@
 //! the planner's [`ServiceEndpoints::merge`]. Nothing is programmed until every
 //! resource has finished its initial list ([`ChangeTracker::is_synced`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -219,7 +219,9 @@ pub struct ChangeTracker {
     generation: u64,
     services: HashMap<ServiceName, Arc<ServiceInfo>>,
     slices: HashMap<SliceName, Arc<EndpointSliceInfo>>,
-    slices_by_service: HashMap<ServiceName, BTreeMap<SliceName, Arc<EndpointSliceInfo>>>,
+    /// Each Service's slices. A plain Vec: most Services have one slice, and
+    /// a BTreeMap leaf costs ~450 bytes however few entries it holds.
+    slices_by_service: HashMap<ServiceName, Vec<Arc<EndpointSliceInfo>>>,
     node: Option<Arc<NodeInfo>>,
     pending_services: PendingMap<ServiceName, Arc<ServiceInfo>>,
     pending_slices: PendingMap<SliceName, Arc<EndpointSliceInfo>>,
@@ -232,6 +234,57 @@ pub struct ChangeTracker {
     /// Plans as of the last successful sync.
     synced_plans: imbl::OrdMap<ServiceName, Arc<crate::plan::ServicePlan>>,
     gates: (InitGate<ServiceName>, InitGate<SliceName>, InitGate<()>),
+    /// Namespaces, port names, node names and zones, shared by every object
+    /// that names them.
+    strings: Interner,
+}
+
+/// Shares the few distinct strings that thousands of objects repeat
+/// (namespaces, port names, node names, zones): one allocation each instead
+/// of one per object. Entries are never removed; what it holds is bounded
+/// by the cluster's namespaces, nodes, zones and port names, never by its
+/// Services. Object names are unique, so they are not interned.
+#[derive(Debug, Default)]
+struct Interner {
+    set: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    fn share(&mut self, s: &mut Arc<str>) {
+        match self.set.get(&**s) {
+            Some(shared) => *s = shared.clone(),
+            None => {
+                self.set.insert(s.clone());
+            }
+        }
+    }
+
+    fn service(&mut self, svc: &mut ServiceInfo) {
+        self.share(&mut svc.name.namespace);
+        for port in &mut svc.ports {
+            self.share(&mut port.name);
+        }
+    }
+
+    fn slice(&mut self, slice: &mut EndpointSliceInfo) {
+        self.share(&mut slice.name.namespace);
+        self.share(&mut slice.service.namespace);
+        for port in &mut slice.ports {
+            self.share(&mut port.name);
+        }
+        for ep in &mut slice.endpoints {
+            // Freshly converted, so not shared yet.
+            let Some(ep) = Arc::get_mut(ep) else { continue };
+            for s in ep.node_name.iter_mut().chain(ep.zone.iter_mut()) {
+                self.share(s);
+            }
+            if let Some(h) = ep.hints.as_deref_mut() {
+                for s in h.zones.iter_mut().chain(h.nodes.iter_mut()) {
+                    self.share(s);
+                }
+            }
+        }
+    }
 }
 
 impl ChangeTracker {
@@ -252,6 +305,7 @@ impl ChangeTracker {
             health_checked: imbl::OrdSet::new(),
             synced_plans: imbl::OrdMap::new(),
             gates: Default::default(),
+            strings: Interner::default(),
         }
     }
 
@@ -362,8 +416,9 @@ impl ChangeTracker {
                     seen.insert(key.clone());
                 }
                 match service_from_k8s(&svc, &self.ctx) {
-                    Ok(Conversion::Accepted { value, warnings }) => {
+                    Ok(Conversion::Accepted { mut value, warnings }) => {
                         report.errors.extend(warnings);
+                        self.strings.service(&mut value);
                         report.changed |= self.set_service(&key, Some(Arc::new(value)), now);
                     }
                     Ok(Conversion::Excluded(why)) => {
@@ -416,8 +471,9 @@ impl ChangeTracker {
                 }
                 let trigger = trigger_time(&slice.metadata);
                 match endpoint_slice_from_k8s(&slice, &self.ctx) {
-                    Ok(Conversion::Accepted { value, warnings }) => {
+                    Ok(Conversion::Accepted { mut value, warnings }) => {
                         report.errors.extend(warnings);
+                        self.strings.slice(&mut value);
                         report.changed |= self.set_slice(&key, Some(Arc::new(value)), now, trigger);
                     }
                     Ok(Conversion::Excluded(why)) => {
@@ -450,16 +506,17 @@ impl ChangeTracker {
         }
         if let Some(old) = &old {
             self.dirty.insert(old.service.clone());
-            if let Some(by_name) = self.slices_by_service.get_mut(&old.service) {
-                by_name.remove(key);
-                if by_name.is_empty() {
+            if let Some(of_service) = self.slices_by_service.get_mut(&old.service) {
+                of_service.retain(|s| s.name != *key);
+                if of_service.is_empty() {
                     self.slices_by_service.remove(&old.service);
                 }
             }
         }
         if let Some(new) = &value {
             self.dirty.insert(new.service.clone());
-            self.slices_by_service.entry(new.service.clone()).or_default().insert(key.clone(), new.clone());
+            let of_service = self.slices_by_service.entry(new.service.clone()).or_insert_with(|| Vec::with_capacity(1));
+            of_service.push(new.clone());
         }
         self.pending_slices.record(key, old.as_ref(), value.as_ref(), now, trigger);
         true
@@ -524,7 +581,7 @@ impl ChangeTracker {
                 }
                 Some(service) => {
                     let endpoints = ServiceEndpoints::merge(
-                        self.slices_by_service.get(&name).into_iter().flat_map(|m| m.values().map(|s| &**s)),
+                        self.slices_by_service.get(&name).into_iter().flat_map(|v| v.iter().map(|s| &**s)),
                         &self.config.planner.node_name,
                     );
                     let plan = plan_service(service, &endpoints, self.node.as_deref(), &self.config.planner);

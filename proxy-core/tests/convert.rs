@@ -198,7 +198,7 @@ fn slice_conditions_hints_and_bad_endpoints() {
     let e0 = &info.endpoints[0];
     assert_eq!(e0.node_name.as_deref(), Some("n1"));
     assert_eq!(e0.zone.as_deref(), Some("a"));
-    assert_eq!(e0.zone_hints.iter().map(|h| &**h).collect::<Vec<_>>(), vec!["a", "b"]);
+    assert_eq!(e0.zone_hints().iter().map(|h| &**h).collect::<Vec<_>>(), vec!["a", "b"]);
     let e1 = &info.endpoints[1];
     assert!(!e1.ready && e1.serving && e1.terminating);
     let e2 = &info.endpoints[2];

@@ -167,8 +167,10 @@ fn topology_mode_is_none_without_ready_endpoints() {
             terminating: true,
             node_name: None,
             zone: None,
-            zone_hints: vec!["a".into()],
-            node_hints: vec![],
+            hints: Some(Box::new(proxy_core::model::EndpointHints {
+                zones: vec!["a".into()].into(),
+                nodes: [].into(),
+            })),
         }),
         port: 80,
         is_local: false,
