@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod reference;
 mod test;
 mod vm;
 
@@ -17,7 +18,8 @@ fn usage() -> ExitCode {
          test [--skip TIER]...   run every test tier (lint, unit, demo, conformance, vm)\n  \
          demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n  \
          bench [--quick] [ARGS]  every backend side by side: tables, JSON, plots (bench/README.md)\n  \
-         vm run|test|bench|fetch  Debian's 6.1 kernel in QEMU (`cargo xtask vm help`)\n"
+         vm run|test|bench|fetch  Debian's 6.1 kernel in QEMU (`cargo xtask vm help`)\n  \
+         reference [--force]     build upstream etcd, kube-apiserver, kube-proxy (reference/) into a cache\n"
     );
     ExitCode::from(2)
 }
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "vm" => vm::main(rest.to_vec()),
+        "reference" => reference::run(rest),
         _ => usage(),
     }
 }
