@@ -43,6 +43,31 @@ pub enum ConformanceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "reference binary {path} is missing: build the references with `./x reference` \
+         (or point SWITCHYARD_REFERENCE_BIN at a directory holding etcd, kube-apiserver and kube-proxy)"
+    )]
+    ReferenceMissing { path: PathBuf },
+    #[error("control plane: {component} {message}")]
+    ControlPlane { component: &'static str, message: String },
+    #[error("control plane: {operation}")]
+    ControlPlaneIo {
+        operation: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control plane: generating the {what} certificate")]
+    Certificate {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("control plane: {operation}")]
+    Api {
+        operation: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("the lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); running as uid {uid}")]
     NotRoot { uid: u32 },
 }

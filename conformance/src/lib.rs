@@ -11,11 +11,14 @@
 //! - [`runner`] plays scenarios against backends through a [`driver`]
 //!   (in-process through a [`proxy_core::Registry`], or an external
 //!   `switchyard` binary) and produces a [`report`].
+//! - [`apiserver`] runs upstream etcd and kube-apiserver (built by
+//!   `./x reference`) as a real control plane for tests.
 //! - [`cli`] is the `switchyard-conformance` binary; a plugin author's own
 //!   binary is `cli::main_with_registry(my_registry)`.
 
 pub mod addresses;
 pub mod agent;
+pub mod apiserver;
 pub mod cli;
 pub mod driver;
 pub mod error;
