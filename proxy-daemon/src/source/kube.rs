@@ -243,19 +243,68 @@ async fn watch<K>(
                 sink(wrap(ev));
             }
             Err(e) => {
+                let error = describe_watch_error(&e);
                 // Each retry is delayed by the backoff, so this stays readable.
                 warn!(
                     resource = %kind,
-                    error = %proxy_core::ErrorChain(&e),
+                    error = %error,
                     "watch failed; retrying with backoff, programmed state stays in place"
                 );
                 if let Some(h) = &status {
-                    h.set_source_problem(&source, Some(proxy_core::ErrorChain(&e).to_string()));
+                    h.set_source_problem(&source, Some(error));
                 }
                 failing = true;
             }
         }
     }
+}
+
+/// A watcher error in one line that says what was refused and why, e.g.
+/// `initial list failed: endpointslices.discovery.k8s.io is forbidden: User
+/// "system:serviceaccount:kube-system:switchyard" cannot list resource
+/// "endpointslices" in API group "discovery.k8s.io" at the cluster scope (403
+/// Forbidden)`. Not the error chain as it is: kube's errors repeat their
+/// source in their own message, and an API error adds the whole `Status` in
+/// debug form, so a forbidden list read three times over, twice with a
+/// struct dump (seen against a real kube-apiserver, tests/apiserver.rs).
+pub fn describe_watch_error(e: &watcher::Error) -> String {
+    let (phase, inner) = match e {
+        watcher::Error::InitialListFailed(inner) => ("initial list failed", inner),
+        watcher::Error::WatchStartFailed(inner) => ("watch could not start", inner),
+        watcher::Error::WatchFailed(inner) => ("watch stream failed", inner),
+        watcher::Error::WatchError(status) => {
+            return format!("the API server ended the watch: {}", status_text(status));
+        }
+        watcher::Error::NoResourceVersion => return e.to_string(),
+    };
+    match inner {
+        kube::Error::Api(status) => format!("{phase}: {}", status_text(status)),
+        other => format!("{phase}: {}", chain_once(other)),
+    }
+}
+
+fn status_text(s: &kube::core::Status) -> String {
+    let mut text = format!("{} ({} {})", s.message, s.code, s.reason);
+    if s.code == 403 {
+        text.push_str("; grant this identity that verb on that resource (as deploy/rbac.yaml does)");
+    }
+    text
+}
+
+/// The error and its sources, each message once: a source whose text the
+/// message so far already holds adds nothing.
+fn chain_once(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let m = s.to_string();
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Exponential retry delays, doubling from `first` to `longest`; reset by
@@ -307,6 +356,37 @@ mod tests {
         assert!(matches!(client_config(None, Some("not a url")).await, Err(KubeSourceError::Master { .. })));
         let missing = client_config(Some(Path::new("/nonexistent/kc")), None).await.unwrap_err();
         assert!(ErrorChainText(&missing).contains("/nonexistent/kc"), "{missing}");
+    }
+
+    fn forbidden() -> kube::core::Status {
+        let message = r#"endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:switchyard" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope"#;
+        kube::core::Status::failure(message, "Forbidden").with_code(403)
+    }
+
+    #[test]
+    fn a_refused_list_is_described_once_with_resource_verb_and_code() {
+        let e = watcher::Error::InitialListFailed(kube::Error::Api(forbidden().boxed()));
+        let text = describe_watch_error(&e);
+        assert_eq!(
+            text,
+            r#"initial list failed: endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:switchyard" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope (403 Forbidden); grant this identity that verb on that resource (as deploy/rbac.yaml does)"#
+        );
+        let gone = kube::core::Status::failure("too old resource version: 1 (5)", "Expired").with_code(410);
+        let e = watcher::Error::WatchError(gone.boxed());
+        assert_eq!(
+            describe_watch_error(&e),
+            "the API server ended the watch: too old resource version: 1 (5) (410 Expired)"
+        );
+    }
+
+    #[test]
+    fn other_errors_print_each_message_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "tcp connect error: Connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect): {0}")]
+        struct Wrapper(#[source] std::io::Error);
+        let e = Wrapper(io);
+        assert_eq!(chain_once(&e), "client error (Connect): tcp connect error: Connection refused");
     }
 
     struct ErrorChainText<'a>(&'a KubeSourceError);
