@@ -222,6 +222,10 @@ impl Proxier {
                 return SyncResult::Skipped;
             }
             if !full && !t.has_pending() {
+                // The events that asked for this sync cancelled out (a
+                // Service created and deleted at once); their gauge refresh
+                // may have been throttled away, and no batch will refresh it.
+                self.update_gauges(&t);
                 return SyncResult::Skipped;
             }
             self.in_flight.store(true, std::sync::atomic::Ordering::SeqCst);

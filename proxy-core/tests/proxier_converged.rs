@@ -135,3 +135,38 @@ async fn no_local_endpoints_follows_changes() {
     assert_eq!(gauge(&registry, "external"), "0", "b is gone");
     assert_eq!(gauge(&registry, "internal"), "0");
 }
+
+fn metric(registry: &prometheus_client::registry::Registry, name: &str) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_string)).unwrap_or_default()
+}
+
+/// Source events refresh the gauges at most every 100 ms, so the last events
+/// of a burst may leave them behind; the sync they ask for catches them up,
+/// also when it finds nothing to program (a Service created and deleted
+/// before the sync). Found against a real kube-apiserver: `switchyard_services`
+/// kept counting a deleted Service until the next periodic sync.
+#[tokio::test]
+async fn gauges_catch_up_when_changes_cancel_out_before_the_sync() {
+    let dp = Arc::new(RecordingDataplane::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = proxy_core::metrics::ProxyMetrics::register(&mut registry);
+    // The initial lists are in, straight into the tracker, so the proxier's
+    // first event (always refreshing the gauges) is the creation; the
+    // deletion right after falls inside the 100 ms window.
+    let mut tracker = ChangeTracker::new(TrackerConfig::new(PlannerConfig::new("node-a")));
+    for ev in initial_list(vec![], vec![], None) {
+        tracker.apply(ev);
+    }
+    let proxier =
+        Proxier::new(tracker, dp, ProxyHealth::new(Duration::from_secs(60)), Some(metrics), SyncTrigger::default());
+    let svc = ServiceBuilder::new("default", "late", "10.96.0.11").port("http", 80, "TCP").build();
+    proxier.handle(ProxyEvent::Service(ResourceEvent::Apply(svc.clone())));
+    assert_eq!(metric(&registry, "switchyard_services"), "1");
+    proxier.handle(ProxyEvent::Service(ResourceEvent::Delete(svc)));
+    // The runner's sync for those events: nothing to program.
+    proxier.sync_once(false).await;
+    assert_eq!(metric(&registry, "switchyard_services"), "0");
+    assert_eq!(metric(&registry, "kubeproxy_sync_proxy_rules_service_changes_pending"), "0");
+}
