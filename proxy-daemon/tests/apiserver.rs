@@ -97,13 +97,28 @@ fn start_daemon(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Daemon {
 }
 
 fn memory(dir: &Path, kubeconfig: &Path) -> Daemon {
-    start_daemon(dir, kubeconfig, &["--proxy-mode=memory"])
+    start_daemon(dir, kubeconfig, &["--proxy-mode=memory", "-v=4"])
 }
 
 /// A gauge's value in /metrics.
 async fn gauge(d: &Daemon, name: &str) -> Option<i64> {
     let (_, body) = d.get("/metrics").await;
     body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until a gauge reads `want`; on failure shows the metrics and the log.
+async fn wait_gauge(d: &Daemon, name: &str, want: i64, what: &str) {
+    let deadline = Instant::now() + patience();
+    loop {
+        if gauge(d, name).await == Some(want) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let (_, metrics) = d.get("/metrics").await;
+            panic!("not within {:?}: {what} ({name} {want})\n{metrics}\nlog:\n{}", patience(), d.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// The Services the API server holds that a proxy serves (all of them here:
@@ -124,21 +139,15 @@ async fn daemon_lists_and_watches_a_real_apiserver_with_the_shipped_rbac() {
     // The initial lists: the API server's own `kubernetes` Service and web.
     let listed = api_services(&cp).await;
     assert_eq!(listed, 2, "default/kubernetes and default/web");
-    eventually("every listed Service in the desired state", || async {
-        gauge(&d, "switchyard_services").await == Some(listed)
-    })
-    .await;
+    wait_gauge(&d, "switchyard_services", listed, "every listed Service in the desired state").await;
 
     // The watch: a Service created, then deleted, through the API.
     cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n").await.unwrap();
     cp.apply_yaml(LATE).await.unwrap();
-    eventually("the created Service arrives through the watch", || async {
-        gauge(&d, "switchyard_services").await == Some(listed + 1)
-    })
-    .await;
+    wait_gauge(&d, "switchyard_services", listed + 1, "the created Service arrives through the watch").await;
     let api: Api<Service> = Api::namespaced(cp.admin_client(), "prod");
     api.delete("late", &DeleteParams::default()).await.unwrap();
-    eventually("the deleted Service leaves", || async { gauge(&d, "switchyard_services").await == Some(listed) }).await;
+    wait_gauge(&d, "switchyard_services", listed, "the deleted Service leaves").await;
 
     // Nothing was refused on the way: no source problem, no failing watch.
     let (code, body) = d.get("/healthz").await;
