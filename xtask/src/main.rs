@@ -15,7 +15,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
-         test [--skip TIER]...   run every test tier (lint, unit, demo, conformance, vm)\n  \
+         test [--skip TIER]...   run every test tier (lint, unit, apiserver, demo, conformance, vm)\n  \
          demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n  \
          bench [--quick] [ARGS]  every backend side by side: tables, JSON, plots (bench/README.md)\n  \
          vm run|test|bench|fetch  Debian's 6.1 kernel in QEMU (`cargo xtask vm help`)\n  \

@@ -42,6 +42,16 @@ fn tiers() -> Vec<Tier> {
             commands: vec![cmd(&["cargo", "test", "--workspace"])],
         },
         Tier {
+            name: "apiserver",
+            what: "the daemon against upstream etcd and kube-apiserver (built on demand by ./x reference)",
+            commands: vec![
+                cmd(&["cargo", "xtask", "reference"]),
+                // The tests run this example's "memory" dataplane; `--test` alone does not rebuild it.
+                cmd(&["cargo", "build", "-p", "proxy-daemon", "--example", "custom_dataplane"]),
+                cmd(&["cargo", "test", "-p", "proxy-daemon", "--test", "apiserver", "--", "--ignored"]),
+            ],
+        },
+        Tier {
             name: "demo",
             what: "the README's demo (./x demo), checking what every step must show",
             commands: vec![
