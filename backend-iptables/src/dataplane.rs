@@ -24,10 +24,13 @@ use crate::metrics::{IptablesMetrics, TableLabel};
 use crate::render::{self, RenderConfig, ServiceRules};
 use crate::supported;
 use crate::sync::{self, Rewrite, Written};
+use crate::sysctl::{SysctlError, Sysctls};
 
 /// The `--proxy-mode` name.
 pub const MODE: &str = "iptables";
 
+/// The sysctl localhost node ports need.
+const ROUTE_LOCALNET: &str = "net.ipv4.conf.all.route_localnet";
 
 /// How the backend is set up; fixed for its lifetime.
 #[derive(Clone, Debug)]
@@ -307,12 +310,17 @@ impl IptablesDataplane {
             let fs = state.families.entry(family).or_default();
             let work = update_renders(fs, snapshot, request, &cfg, mode == Mode::Rewrite);
             conntrack_work.entry(family).or_default().extend(work);
+            // Checked (one read) on every full request: someone resetting it
+            // breaks localhost node ports as surely as a deleted rule.
             if self.settings.sysctls
                 && family == IpFamily::V4
                 && cfg.localhost_nodeports_active()
-                && (mode == Mode::Rewrite || !state.localnet_set)
+                && (mode != Mode::Partial || !state.localnet_set)
             {
-                self.set_route_localnet();
+                if self.set_route_localnet() && state.localnet_set {
+                    warn!(sysctl = ROUTE_LOCALNET, "sysctl reset by someone else; set again");
+                    outcome.repaired(crate::drift::kind::SYSCTL, 1);
+                }
                 state.localnet_set = true;
             }
             let desired = render::desired(&cfg, &fs.services);
@@ -426,12 +434,19 @@ impl IptablesDataplane {
 
     /// `sysctl -w net.ipv4.conf.all.route_localnet=1`, inside our namespace,
     /// so that DNAT from 127.0.0.1 to a pod is routed (localhost node ports).
-    fn set_route_localnet(&self) {
-        let r = self.settings.netns.run(|| std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1"));
+    /// The value found is recorded for cleanup (see [`crate::sysctl`]).
+    /// Returns whether it changed the value.
+    fn set_route_localnet(&self) -> bool {
+        let r = self.settings.netns.run(|| Sysctls::new(MODE).set(ROUTE_LOCALNET, "1"));
         match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) | Err(e) => {
-                warn!(error = %e, "could not set net.ipv4.conf.all.route_localnet=1; localhost node ports will not work")
+            Ok(Ok(changed)) => changed,
+            Ok(Err(e)) => {
+                warn!(error = %proxy_core::ErrorChain(&e), "localhost node ports will not work");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, sysctl = ROUTE_LOCALNET, "cannot enter the network namespace; localhost node ports will not work");
+                false
             }
         }
     }
@@ -471,6 +486,17 @@ impl IptablesDataplane {
                     debug!(ip_family = %family, error = %e, "skipped cleanup of the other iptables implementation");
                 }
             }
+        }
+        // The martian guard is gone with our chains: route_localnet goes
+        // back to what it was, if we changed it.
+        if self.settings.sysctls {
+            self.settings.netns.run(|| Sysctls::new(MODE).restore()).map_err(|source| {
+                Error::Sysctl(SysctlError {
+                    name: ROUTE_LOCALNET.into(),
+                    operation: "enter the network namespace of",
+                    source,
+                })
+            })??;
         }
         *state = State::default();
         Ok(())

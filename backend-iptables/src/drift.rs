@@ -31,6 +31,8 @@ pub mod kind {
     pub const STRAY_JUMP: &str = "stray jump";
     /// A chain with our prefix that we neither wrote nor want was deleted.
     pub const STRAY_CHAIN: &str = "stray chain";
+    /// A sysctl we set (`route_localnet` for localhost node ports) was reset and set again.
+    pub const SYSCTL: &str = "sysctl";
 }
 
 /// What differed between the kernel and what this process wrote, by object.

@@ -38,6 +38,7 @@ pub mod render;
 pub mod restore;
 pub mod supported;
 pub mod sync;
+pub mod sysctl;
 pub mod trace;
 pub mod tree;
 

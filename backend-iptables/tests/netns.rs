@@ -483,3 +483,47 @@ async fn no_false_drift_for_any_rule_shape() {
         }
     }
 }
+
+fn route_localnet(lab: &Lab) -> String {
+    lab.in_ns("node", || std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/route_localnet").unwrap())
+        .trim()
+        .to_string()
+}
+
+fn set_route_localnet(lab: &Lab, value: &str) {
+    lab.in_ns("node", || std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", value).unwrap());
+}
+
+/// Finding 9 of issue 18 (route_localnet): the backend sets it for localhost
+/// node ports; cleanup from a fresh process (a new backend value, as
+/// `switchyard --cleanup` or another mode's start-up makes) puts back what
+/// was there if we changed it, and leaves a value we did not change alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_localnet_is_restored_on_cleanup() {
+    require_root!();
+    use proxy_core::Dataplane;
+    for before in ["0", "1"] {
+        let lab = Lab::new();
+        set_route_localnet(&lab, before);
+        let dp = lab.dataplane(Variant::Nft, masquerade());
+        let snapshot = tracker_for_lab().snapshot();
+        dp.sync(periodic(&snapshot)).await.unwrap();
+        assert_eq!(route_localnet(&lab), "1", "localhost node ports need it");
+        if before == "0" {
+            // Reset behind our back: the next full sync sets it again and says so.
+            set_route_localnet(&lab, "0");
+            let out = dp.sync(periodic(&snapshot)).await.unwrap();
+            assert_eq!(out.repairs, repairs(&[("sysctl", 1)]));
+            assert_eq!(route_localnet(&lab), "1");
+        }
+        // A restart (another backend value) does not take our own 1 for the original.
+        let restarted = lab.dataplane(Variant::Nft, masquerade());
+        restarted.sync(periodic(&snapshot)).await.unwrap();
+        // Cleanup from a fresh process.
+        lab.dataplane(Variant::Nft, masquerade()).cleanup().await.unwrap();
+        assert_eq!(route_localnet(&lab), before, "cleanup restores the value found before");
+        assert!(!lab.save(Variant::Nft).contains("SWITCHYARD"));
+        lab.dataplane(Variant::Nft, masquerade()).cleanup().await.unwrap();
+        assert_eq!(route_localnet(&lab), before);
+    }
+}
