@@ -154,9 +154,13 @@ impl IpvsDataplane {
         // successful one compares the kernel with `previous`.
         let mut repairs = Repairs::default();
         let known = previous.is_some() && full;
+        // switchyard0 and the sysctls are never changed by the plans: after
+        // this process set them up once, any difference is drift, even when a
+        // failed sync left no previous state to compare the rest with.
+        let set_up_before = state.setup_done && full;
         if full {
             let changed = sysctl::apply()?;
-            if known {
+            if set_up_before {
                 Repairs::note(
                     &mut repairs.sysctls,
                     changed.len(),
@@ -172,7 +176,7 @@ impl IpvsDataplane {
                 let (index, repair) = link::ensure_dummy(&h).await?;
                 Ok((index, repair, link::node_addresses(&h).await?))
             })?;
-            if known && dummy_repair.created {
+            if set_up_before && dummy_repair.created {
                 Repairs::note(
                     &mut repairs.interface,
                     1,
@@ -180,7 +184,7 @@ impl IpvsDataplane {
                     NONE,
                 );
             }
-            if known && dummy_repair.set_up {
+            if set_up_before && dummy_repair.set_up {
                 Repairs::note(
                     &mut repairs.interface,
                     1,
