@@ -287,11 +287,19 @@ fn restore_figures(n: usize, eps: usize, variant: Variant) {
         assert!(!out.full);
         partial.push(t.elapsed());
     }
-    // A periodic resync with nothing changed: re-render, compare, check the canary.
+    // A periodic resync (a full request: the kernel is the witness) with
+    // nothing changed and no drift: re-render, read back, compare.
     let req = request(snapshot(n, eps, 5), &[], true);
-    let t = Instant::now();
-    dp.sync_blocking(&req).unwrap();
-    let periodic = t.elapsed();
+    let periodic = median(
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let out = dp.sync_blocking(&req).unwrap();
+                assert!(out.repairs.is_empty(), "no drift: {:?}", out.repairs);
+                t.elapsed()
+            })
+            .collect(),
+    );
     let chains = lab.save(variant).lines().filter(|l| l.starts_with(":SWITCHYARD-")).count();
     let rules = lab.save(variant).lines().filter(|l| l.starts_with("-A SWITCHYARD-")).count();
     println!(
@@ -300,10 +308,74 @@ fn restore_figures(n: usize, eps: usize, variant: Variant) {
         ms(median(partial)),
         ms(periodic)
     );
+    let exec = backend_iptables::SystemExecutor { netns: lab.ns("node"), variant };
+    let save = median(
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                backend_iptables::cleanup::read(&exec, IpFamily::V4).unwrap();
+                t.elapsed()
+            })
+            .collect(),
+    );
+    println!(
+        "witness {n:>6} Services x {eps} endpoints, iptables-{variant}: iptables-save nat+filter and parse {:>8}",
+        ms(save)
+    );
+    repair_figures(&lab, &dp, &req, variant);
     kernel_floor(&lab, variant);
     let t = Instant::now();
     let tracer_state = dp.inspect_blocking().unwrap();
     println!("inspect {n:>6} Services: {} frontends read back in {}", tracer_state.frontends.len(), ms(t.elapsed()));
+}
+
+/// A periodic full sync that finds and repairs drift: our nat PREROUTING
+/// jump deleted, one leaf of the ClusterIP tree flushed.
+fn repair_figures(lab: &lab::Lab, dp: &IptablesDataplane, req: &SyncRequest, variant: Variant) {
+    let exec = backend_iptables::SystemExecutor { netns: lab.ns("node"), variant };
+    let saved = backend_iptables::cleanup::read(&exec, IpFamily::V4).unwrap();
+    let leaf = saved
+        .table(Table::Nat)
+        .unwrap()
+        .chains
+        .iter()
+        .filter(|(name, c)| name.starts_with("SWITCHYARD-DST-") && c.rules.iter().any(|r| r.contains("DNAT")))
+        .map(|(name, _)| name.clone())
+        .next_back()
+        .unwrap();
+    let hook = backend_iptables::render::hooks()
+        .into_iter()
+        .find(|h| h.table == Table::Nat && h.chain == "PREROUTING")
+        .unwrap();
+    // Someone else commits something unrelated: on nf_tables the generation
+    // moves, so the periodic sync reads both tables back and compares.
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        exec.restore(IpFamily::V4, &format!("*mangle\n:SOMEONE-ELSE-{i} - [0:0]\nCOMMIT\n")).unwrap();
+        let t = Instant::now();
+        let out = dp.sync_blocking(req).unwrap();
+        runs.push(t.elapsed());
+        assert!(out.repairs.is_empty(), "{:?}", out.repairs);
+    }
+    println!(
+        "read    periodic full sync after someone else's commit (no drift), iptables-{variant}: {:>8}",
+        ms(median(runs))
+    );
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        if exec.restore(IpFamily::V4, &format!("*nat\n-D PREROUTING {}\n-F {leaf}\nCOMMIT\n", hook.rule)).is_err() {
+            println!("repair  iptables-{variant}: the previous round's drift was not repaired");
+            return;
+        }
+        let t = Instant::now();
+        let out = dp.sync_blocking(req).unwrap();
+        runs.push(t.elapsed());
+        println!("        repairs {:?}", out.repairs);
+    }
+    println!(
+        "repair  periodic full sync after a deleted PREROUTING jump and a flushed leaf, iptables-{variant}: {:>8}",
+        ms(median(runs))
+    );
 }
 
 /// What the kernel alone charges for any change to the loaded table: one

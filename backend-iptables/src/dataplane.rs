@@ -16,16 +16,21 @@ use tracing::{debug, info, info_span, warn};
 use crate::cleanup;
 use crate::config::IptablesConfig;
 use crate::conntrack::{self, FrontendMatch, StaleFlows};
+use crate::drift::Drift;
 use crate::error::Error;
 use crate::exec::{Executor, SystemExecutor, Variant};
 use crate::inspect::{InspectContext, programmed_state};
 use crate::metrics::{IptablesMetrics, TableLabel};
 use crate::render::{self, RenderConfig, ServiceRules};
 use crate::supported;
-use crate::sync::{self, PayloadStats, Written};
+use crate::sync::{self, Rewrite, Written};
+use crate::sysctl::{SysctlError, Sysctls};
 
 /// The `--proxy-mode` name.
 pub const MODE: &str = "iptables";
+
+/// The sysctl localhost node ports need.
+const ROUTE_LOCALNET: &str = "net.ipv4.conf.all.route_localnet";
 
 /// How the backend is set up; fixed for its lifetime.
 #[derive(Clone, Debug)]
@@ -94,6 +99,31 @@ struct FamilyState {
     written: Written,
 }
 
+/// How much a sync does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Reads the kernel and rewrites every chain (first sync, after a
+    /// failure or a lost canary, and at least every `full_sync_period`).
+    Rewrite,
+    /// A full request: reads the kernel (unless nf_tables' generation proves
+    /// nobody changed it) and rewrites only what differs from the desired
+    /// state, reporting what someone else changed as repairs.
+    Witness,
+    /// Only the chains the plans changed, against what this process wrote;
+    /// re-adding the canary catches a flushed table.
+    Partial,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Rewrite => "rewrite",
+            Mode::Witness => "witness",
+            Mode::Partial => "partial",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     families: BTreeMap<IpFamily, FamilyState>,
@@ -103,6 +133,10 @@ struct State {
     /// Conntrack work of syncs whose restore failed, retried after the next success.
     pending_conntrack: BTreeMap<IpFamily, Vec<StaleFlows>>,
     localnet_set: bool,
+    /// nf_tables' generation right after our last commit, when the kernel
+    /// was known to hold exactly `written` then: while it is unchanged, a
+    /// full sync needs no read.
+    trusted_generation: Option<u32>,
 }
 
 /// The iptables dataplane. Cloning gives another handle to the same state.
@@ -209,30 +243,37 @@ impl IptablesDataplane {
     /// The sync, blocking. Public for benchmarks and tools that have no runtime.
     pub fn sync_blocking(&self, request: &SyncRequest) -> Result<SyncOutcome, Error> {
         let mut state = self.lock();
-        let full = state.needs_full
+        let rewrite = state.needs_full
             || state.last_full.is_none_or(|t| request.full && t.elapsed() >= self.settings.full_sync_period);
+        let mode = match (rewrite, request.full) {
+            (true, _) => Mode::Rewrite,
+            (false, true) => Mode::Witness,
+            (false, false) => Mode::Partial,
+        };
         let span = info_span!(
             "sync",
             backend = MODE,
-            full,
+            full = request.full,
+            mode = mode.as_str(),
             services = request.snapshot.len(),
             changed = request.changed.len()
         );
         let _enter = span.enter();
-        let result = match self.sync_locked(&mut state, request, full) {
+        let result = match self.sync_locked(&mut state, request, mode) {
             Ok(outcome) => Ok(outcome),
-            Err(e) if !full => {
-                warn!(error = %proxy_core::ErrorChain(&e), "partial sync failed; doing a full sync");
+            Err(e) if mode != Mode::Rewrite => {
+                warn!(error = %proxy_core::ErrorChain(&e), "{} sync failed; doing a full sync", mode.as_str());
                 if let Some(m) = &self.metrics {
                     m.partial_restore_failures.inc();
                 }
                 state.needs_full = true;
-                self.sync_locked(&mut state, request, true)
+                self.sync_locked(&mut state, request, Mode::Rewrite)
             }
             Err(e) => Err(e),
         };
         if result.is_err() {
             state.needs_full = true;
+            state.trusted_generation = None;
             if let Some(m) = &self.metrics {
                 m.restore_failures.inc();
             }
@@ -246,64 +287,108 @@ impl IptablesDataplane {
         result
     }
 
-    fn sync_locked(&self, state: &mut State, request: &SyncRequest, full: bool) -> Result<SyncOutcome, Error> {
+    fn sync_locked(&self, state: &mut State, request: &SyncRequest, mode: Mode) -> Result<SyncOutcome, Error> {
         let snapshot = &request.snapshot;
-        let mut objects = BTreeMap::new();
+        let mut outcome = SyncOutcome { full: mode != Mode::Partial, ..Default::default() };
         let mut conntrack_work: BTreeMap<IpFamily, Vec<StaleFlows>> = std::mem::take(&mut state.pending_conntrack);
         let families = self.families();
+        // The kernel is the witness of a full sync; nf_tables' generation
+        // says cheaply whether anyone changed anything since our last commit
+        // (see `crate::generation`). When it did, or there is none, read.
+        let generation_before = self.exec.generation();
+        let untouched = generation_before.is_some() && state.trusted_generation == generation_before;
+        let read = match mode {
+            Mode::Rewrite => true,
+            Mode::Witness => !untouched,
+            Mode::Partial => false,
+        };
+        let mut commits: u32 = 0;
         let mut result = Ok(());
         for family in &families {
             let family = *family;
             let cfg = self.settings.render_config(family, snapshot.masquerade());
             let fs = state.families.entry(family).or_default();
-            let work = update_renders(fs, snapshot, request, &cfg, full);
+            let work = update_renders(fs, snapshot, request, &cfg, mode == Mode::Rewrite);
             conntrack_work.entry(family).or_default().extend(work);
+            // Checked (one read) on every full request: someone resetting it
+            // breaks localhost node ports as surely as a deleted rule.
             if self.settings.sysctls
                 && family == IpFamily::V4
                 && cfg.localhost_nodeports_active()
-                && (full || !state.localnet_set)
+                && (mode != Mode::Partial || !state.localnet_set)
             {
-                self.set_route_localnet();
+                if self.set_route_localnet() && state.localnet_set {
+                    warn!(sysctl = ROUTE_LOCALNET, "sysctl reset by someone else; set again");
+                    outcome.repaired(crate::drift::kind::SYSCTL, 1);
+                }
                 state.localnet_set = true;
             }
             let desired = render::desired(&cfg, &fs.services);
             let started = Instant::now();
-            let (payload, stats) = if full {
-                // What iptables-save shows is only needed to plan the payload.
-                let current = cleanup::read(self.exec.as_ref(), family)?;
-                sync::full_payload(&current, &desired)
+            let (payload, stats, drift) = if read {
+                // What iptables-save shows plans the payload and is compared
+                // with what we wrote: one read per family and table.
+                let current = match cleanup::read(self.exec.as_ref(), family) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                let rewrite = if mode == Mode::Rewrite { Rewrite::All } else { Rewrite::Differing };
+                sync::reconcile_payload(&current, &desired, &fs.written, rewrite)
             } else {
-                let (p, s) = sync::partial_payload(&fs.written, &desired, request.full);
-                if s == PayloadStats::default() && !request.full {
-                    // Nothing changed in this family; the canary is checked on the next periodic sync.
-                    continue;
-                }
-                (p, s)
+                let (p, s) = sync::partial_payload(&fs.written, &desired, false);
+                (p, s, Drift::default())
             };
             let planned = started.elapsed();
+            let nat_rules: usize =
+                desired.iter().filter(|c| c.table == crate::restore::Table::Nat).map(|c| c.rule_count()).sum();
+            let filter_rules: usize =
+                desired.iter().filter(|c| c.table == crate::restore::Table::Filter).map(|c| c.rule_count()).sum();
+            *outcome.objects.entry("nat rules".to_string()).or_insert(0) += nat_rules as u64;
+            *outcome.objects.entry("filter rules".to_string()).or_insert(0) += filter_rules as u64;
+            *outcome.objects.entry("chains".to_string()).or_insert(0) += desired.len() as u64;
+            if !drift.is_empty() {
+                drift.log(family);
+                drift.record(&mut outcome);
+                // Flows that met the broken rules may hold conntrack entries
+                // that were never DNATed, or DNATed elsewhere: check them all,
+                // as a full sync does.
+                let all = fs.services.values().flat_map(|s| stale_udp(family, Some(&s.plan), Some(&s.plan), true));
+                conntrack_work.entry(family).or_default().extend(all);
+            }
+            if payload.is_empty() {
+                // The kernel already holds every desired chain as desired.
+                fs.written = sync::written(&desired);
+                continue;
+            }
+            commits = commits.wrapping_add(payload.table_count() as u32);
             // Streamed into iptables-restore: rendering overlaps the restore.
             if let Err(e) = self.exec.restore_from(family, &payload) {
                 result = Err(e);
                 break;
             }
             drop(payload);
-            debug!(ip_family = %family, full, chains_written = stats.chains_written, chains_deleted = stats.chains_deleted,
+            debug!(ip_family = %family, mode = mode.as_str(), chains_written = stats.chains_written, chains_deleted = stats.chains_deleted,
                 rules_written = stats.rules_written, plan_ms = planned.as_millis() as u64,
                 restore_ms = (started.elapsed() - planned).as_millis() as u64, "restored");
             fs.written = sync::written(&desired);
-            let nat_rules: usize =
-                desired.iter().filter(|c| c.table == crate::restore::Table::Nat).map(|c| c.rule_count()).sum();
-            let filter_rules: usize =
-                desired.iter().filter(|c| c.table == crate::restore::Table::Filter).map(|c| c.rule_count()).sum();
-            *objects.entry("nat rules".to_string()).or_insert(0) += nat_rules as u64;
-            *objects.entry("filter rules".to_string()).or_insert(0) += filter_rules as u64;
-            *objects.entry("chains".to_string()).or_insert(0) += desired.len() as u64;
         }
         if let Err(e) = result {
             state.pending_conntrack = conntrack_work;
+            state.trusted_generation = None;
             return Err(e);
         }
-        if full {
+        // Trust the generation only if the kernel was known to hold what we
+        // wrote (read now, or trusted before) and only our own commits moved
+        // it: anyone else's commit in between makes the next full sync read.
+        let generation_after = self.exec.generation();
+        state.trusted_generation = match (generation_before, generation_after) {
+            (Some(before), Some(after)) if (read || untouched) && after == before.wrapping_add(commits) => Some(after),
+            _ => None,
+        };
+        if mode == Mode::Rewrite {
             state.needs_full = false;
             state.last_full = Some(Instant::now());
             self.clean_elsewhere(&families);
@@ -322,7 +407,7 @@ impl IptablesDataplane {
                 }
             }
         }
-        Ok(SyncOutcome { full, objects, ..Default::default() })
+        Ok(outcome)
     }
 
     /// Our leftovers in families we do not serve and in the other iptables implementation.
@@ -349,12 +434,19 @@ impl IptablesDataplane {
 
     /// `sysctl -w net.ipv4.conf.all.route_localnet=1`, inside our namespace,
     /// so that DNAT from 127.0.0.1 to a pod is routed (localhost node ports).
-    fn set_route_localnet(&self) {
-        let r = self.settings.netns.run(|| std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1"));
+    /// The value found is recorded for cleanup (see [`crate::sysctl`]).
+    /// Returns whether it changed the value.
+    fn set_route_localnet(&self) -> bool {
+        let r = self.settings.netns.run(|| Sysctls::new(MODE).set(ROUTE_LOCALNET, "1"));
         match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) | Err(e) => {
-                warn!(error = %e, "could not set net.ipv4.conf.all.route_localnet=1; localhost node ports will not work")
+            Ok(Ok(changed)) => changed,
+            Ok(Err(e)) => {
+                warn!(error = %proxy_core::ErrorChain(&e), "localhost node ports will not work");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, sysctl = ROUTE_LOCALNET, "cannot enter the network namespace; localhost node ports will not work");
+                false
             }
         }
     }
@@ -394,6 +486,17 @@ impl IptablesDataplane {
                     debug!(ip_family = %family, error = %e, "skipped cleanup of the other iptables implementation");
                 }
             }
+        }
+        // The martian guard is gone with our chains: route_localnet goes
+        // back to what it was, if we changed it.
+        if self.settings.sysctls {
+            self.settings.netns.run(|| Sysctls::new(MODE).restore()).map_err(|source| {
+                Error::Sysctl(SysctlError {
+                    name: ROUTE_LOCALNET.into(),
+                    operation: "enter the network namespace of",
+                    source,
+                })
+            })??;
         }
         *state = State::default();
         Ok(())

@@ -35,6 +35,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A sysctl could not be set, or restored on cleanup.
+    #[error(transparent)]
+    Sysctl(#[from] crate::sysctl::SysctlError),
     /// The packet tracer met a rule it cannot evaluate.
     #[error("cannot trace chain {chain}: {reason}")]
     Trace { chain: String, reason: String },

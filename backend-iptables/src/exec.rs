@@ -78,6 +78,14 @@ pub trait Executor: Send + Sync + fmt::Debug {
 
     /// `iptables-save -t TABLE`.
     fn save(&self, family: IpFamily, table: Table) -> Result<String, Error>;
+
+    /// A counter the kernel increments on every change of the tables this
+    /// executor programs, in any family, by anyone (nf_tables' ruleset
+    /// generation, see [`crate::generation`]); `None` where there is none
+    /// (legacy iptables) or it cannot be read: the tables are then read back.
+    fn generation(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The real binaries, run inside a network namespace.
@@ -176,6 +184,17 @@ impl Executor for SystemExecutor {
     fn save(&self, family: IpFamily, table: Table) -> Result<String, Error> {
         let program = self.variant.binary(family, Tool::Save);
         run(&self.netns, &program, &["-t", table.as_str()], None)
+    }
+
+    /// nf_tables' ruleset generation, for the nft implementation only (plain
+    /// `iptables` may be either implementation: not trusted).
+    fn generation(&self) -> Option<u32> {
+        if self.variant != Variant::Nft {
+            return None;
+        }
+        crate::generation::read(&self.netns)
+            .inspect_err(|e| debug!(error = %e, "cannot read the nf_tables generation; reading the tables instead"))
+            .ok()
     }
 }
 

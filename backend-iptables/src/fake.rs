@@ -18,6 +18,10 @@ pub struct FakeIptables {
     state: Mutex<BTreeMap<IpFamily, Ruleset>>,
     log: Mutex<Vec<(IpFamily, String)>>,
     fail_next: Mutex<usize>,
+    /// Like nf_tables' ruleset generation: bumped by every change; `None`
+    /// emulates legacy iptables, which has none.
+    generation: Mutex<Option<u32>>,
+    saves: Mutex<usize>,
 }
 
 fn empty_table(table: Table) -> TableRules {
@@ -40,8 +44,20 @@ fn references(t: &TableRules, chain: &str) -> bool {
 }
 
 impl FakeIptables {
+    /// Emulates iptables-nft (with a ruleset generation).
     pub fn new() -> Self {
+        FakeIptables { generation: Mutex::new(Some(1)), ..FakeIptables::default() }
+    }
+
+    /// Emulates iptables-legacy (no generation: every periodic sync reads the tables).
+    pub fn legacy() -> Self {
         FakeIptables::default()
+    }
+
+    fn bump(&self) {
+        if let Some(g) = self.generation.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            *g = g.wrapping_add(1);
+        }
     }
 
     /// The current tables of a family (nat and filter exist from the start).
@@ -56,7 +72,10 @@ impl FakeIptables {
 
     /// Replaces a family's tables (to plant leftovers or simulate an admin).
     pub fn set_ruleset(&self, family: IpFamily, rs: Ruleset) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).insert(family, rs);
+        let old = self.state.lock().unwrap_or_else(|e| e.into_inner()).insert(family, rs.clone());
+        if old.as_ref() != Some(&rs) {
+            self.bump();
+        }
     }
 
     /// `iptables -t TABLE -F`: flushes every chain of a table (built-in and user).
@@ -77,6 +96,11 @@ impl FakeIptables {
 
     pub fn clear_payloads(&self) {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// How many times a table was read (`iptables-save -t TABLE`).
+    pub fn saves(&self) -> usize {
+        *self.saves.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes the next `n` restores fail before changing anything.
@@ -112,6 +136,7 @@ impl FakeIptables {
             if line == "COMMIT" {
                 let (table, state) = current.take().ok_or_else(|| fail("COMMIT outside a table"))?;
                 rs.tables.insert(table, state);
+                // One transaction per table; one that changes nothing keeps the generation.
                 self.set_ruleset(family, rs.clone());
                 continue;
             }
@@ -208,12 +233,17 @@ impl Executor for FakeIptables {
     }
 
     fn save(&self, family: IpFamily, table: Table) -> Result<String, Error> {
+        *self.saves.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let rs = self.ruleset(family);
         let mut one = Ruleset::default();
         if let Some(t) = rs.tables.get(&table) {
             one.tables.insert(table, t.clone());
         }
         Ok(one.render_save())
+    }
+
+    fn generation(&self) -> Option<u32> {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

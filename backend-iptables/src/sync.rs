@@ -5,6 +5,10 @@
 //!   not desired are deleted, and the jumps into our chains from other
 //!   chains are made exactly the hooks we want (stale or duplicate jumps
 //!   deleted, missing ones inserted at the top).
+//! - A **witness** payload (a periodic full request) is built the same way
+//!   but rewrites only the chains whose rules in the kernel differ from the
+//!   desired ones; with no drift and no change it is empty (no commit). What
+//!   differs from what this process wrote is reported as [`Drift`].
 //! - A **partial** payload is built against what this process last wrote:
 //!   only chains whose content hash changed are rewritten, chains no longer
 //!   desired are deleted. It starts by deleting and re-adding the canary
@@ -20,6 +24,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 
+use crate::drift::{Drift, differing_rules, same_rule};
 use crate::names;
 use crate::parse::{Ruleset, parse_rule};
 use crate::render::{DesiredChain, Hook, canary_rule, hooks};
@@ -84,6 +89,12 @@ impl<'a> Payload<'a> {
         self.sections.iter().all(Section::is_empty)
     }
 
+    /// How many tables it changes: each is one kernel commit (one nf_tables
+    /// transaction, one generation) when it changes anything.
+    pub fn table_count(&self) -> usize {
+        self.sections.iter().filter(|s| !s.is_empty()).count()
+    }
+
     /// The payload as text (tests, tools).
     pub fn render(&self) -> String {
         self.to_text()
@@ -141,10 +152,42 @@ pub struct PayloadStats {
     pub rules_written: usize,
 }
 
+/// Which desired chains a reconcile payload writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Every desired chain (first sync, after a failure, the hourly full sync).
+    All,
+    /// Only the desired chains whose rules in the kernel differ from the
+    /// desired ones (a periodic sync taking the kernel as witness).
+    Differing,
+}
+
 /// A payload that makes the kernel's `current` tables exactly `desired`.
 pub fn full_payload<'a>(current: &Ruleset, desired: &'a [DesiredChain<'a>]) -> (Payload<'a>, PayloadStats) {
+    let (payload, stats, _) = reconcile_payload(current, desired, &Written::new(), Rewrite::All);
+    (payload, stats)
+}
+
+/// A payload that makes the kernel's `current` tables exactly `desired`,
+/// and what someone else changed since this process wrote `written`.
+///
+/// It writes the desired chains (all, or only those that differ from the
+/// kernel), deletes our chains that are not desired, deletes the jumps into
+/// our chains from chains that are not ours except exactly one hook per
+/// built-in chain, and inserts missing hooks at the top. Drift is only
+/// reported against what this process wrote (`written` not empty): a fresh
+/// process converging from leftovers repairs nothing, and chains the plans
+/// changed since the last sync are changes, not repairs.
+pub fn reconcile_payload<'a>(
+    current: &Ruleset,
+    desired: &'a [DesiredChain<'a>],
+    written: &Written,
+    rewrite: Rewrite,
+) -> (Payload<'a>, PayloadStats, Drift) {
     let mut payload = Payload::new();
     let mut stats = PayloadStats::default();
+    let mut drift = Drift::default();
+    let known = !written.is_empty();
     let wanted_hooks = hooks();
     for table in TABLES {
         let want: BTreeSet<&str> = desired.iter().filter(|c| c.table == table).map(|c| &*c.name).collect();
@@ -156,49 +199,74 @@ pub fn full_payload<'a>(current: &Ruleset, desired: &'a [DesiredChain<'a>]) -> (
                 if names::is_ours(chain) {
                     continue;
                 }
-                for rule in &c.rules {
+                // Most rules of other chains do not name ours: skip parsing them.
+                for rule in c.rules.iter().filter(|r| r.contains(names::PREFIX)) {
                     let targets_ours =
                         parse_rule(rule).ok().and_then(|p| p.chain_target().map(names::is_ours)).unwrap_or(false);
                     if !targets_ours {
                         continue;
                     }
                     let hook =
-                        wanted_hooks.iter().find(|h| h.table == table && h.chain == chain && same(&h.rule, rule));
+                        wanted_hooks.iter().find(|h| h.table == table && h.chain == chain && same_rule(&h.rule, rule));
                     match hook {
                         Some(h) if !kept.contains(&h) => kept.push(h),
-                        _ => payload.section(table).head.table(table).delete_text(chain, rule),
+                        _ => {
+                            payload.section(table).head.table(table).delete_text(chain, rule);
+                            if known {
+                                drift.stray_jumps.push((table, chain.clone()));
+                            }
+                        }
                     }
                 }
             }
         }
         for chain in desired.iter().filter(|c| c.table == table) {
-            payload.section(table).chains.push(chain);
-            stats.chains_written += 1;
-            stats.rules_written += chain.rule_count();
+            let found = existing.and_then(|t| t.chain(&chain.name));
+            let compare = known || rewrite == Rewrite::Differing;
+            let differing = match found {
+                _ if !compare => 1,
+                None => chain.rule_count().max(1),
+                Some(k) => differing_rules(&k.rules, chain),
+            };
+            if rewrite == Rewrite::All || differing > 0 {
+                payload.section(table).chains.push(chain);
+                stats.chains_written += 1;
+                stats.rules_written += chain.rule_count();
+            }
+            let unchanged_since_written = known && written.get(&(table, chain.name.to_string())) == Some(&chain.hash);
+            if unchanged_since_written && differing > 0 {
+                match found {
+                    None => drift.missing_chains.push((table, chain.name.to_string())),
+                    Some(_) => drift.changed_chains.push((table, chain.name.to_string(), differing)),
+                }
+            }
         }
         for h in wanted_hooks.iter().filter(|h| h.table == table && !kept.contains(h)) {
             payload.section(table).tail.table(table).insert_text(h.chain, Some(1), &h.rule);
+            if known {
+                drift.missing_hooks.push((table, h.chain));
+            }
         }
         if let Some(t) = existing {
             for chain in t.chains.keys().filter(|c| names::is_ours(c) && !want.contains(c.as_str())) {
                 payload.section(table).deleted.push(chain.clone());
                 stats.chains_deleted += 1;
+                if known && !written.contains_key(&(table, chain.clone())) {
+                    drift.stray_chains.push((table, chain.clone()));
+                }
             }
         }
     }
-    (payload, stats)
-}
-
-fn same(a: &str, b: &str) -> bool {
-    a == b || matches!((crate::parse::tokenize(a), crate::parse::tokenize(b)), (Ok(x), Ok(y)) if x == y)
+    (payload, stats, drift)
 }
 
 /// A payload that moves the kernel from `written` (what we last wrote) to
 /// `desired`, touching only chains that changed. Every table it touches
 /// starts by re-adding its canary rule (so a flushed table fails the restore),
-/// and `check_all` adds that check for tables with no change (periodic syncs):
-/// each table in a restore is one nf_tables commit, 10–20 ms on these
-/// machines even when it changes one rule, so untouched tables are left out.
+/// and `check_all` adds that check for tables with no change: each table in
+/// a restore is one nf_tables commit, 10–20 ms on these machines even when
+/// it changes one rule, so untouched tables are left out. (Periodic syncs
+/// no longer use it: they compare the kernel instead, see [`reconcile_payload`].)
 pub fn partial_payload<'a>(
     written: &Written,
     desired: &'a [DesiredChain<'a>],

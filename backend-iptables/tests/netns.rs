@@ -315,3 +315,215 @@ async fn real_packets_ipv6() {
     dp.cleanup().await.unwrap();
     assert!(!lab.save(Variant::Nft).contains("SWITCHYARD"));
 }
+
+/// The full request of every sync period, for the same snapshot.
+fn periodic(snapshot: &std::sync::Arc<proxy_core::Snapshot>) -> proxy_core::SyncRequest {
+    request(snapshot.clone(), &[], true)
+}
+
+fn repairs(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+fn saved(lab: &Lab, variant: Variant) -> backend_iptables::parse::Ruleset {
+    backend_iptables::parse::Ruleset::parse_save(&lab.save(variant)).unwrap()
+}
+
+/// `iptables -t nat <op> <chain> [index] <rule>` with the rule as iptables-save prints it.
+fn nat_rule_op(lab: &Lab, variant: Variant, op: &str, chain: &str, index: Option<usize>, rule: &str) {
+    let words = backend_iptables::parse::tokenize(rule).unwrap();
+    let index = index.map(|i| i.to_string());
+    let mut args = vec!["-t", "nat", op, chain];
+    args.extend(index.as_deref());
+    args.extend(words.iter().map(String::as_str));
+    lab.iptables(variant, &args);
+}
+
+/// Finding 8 of issue 18: tampering that spares the canary (a deleted hook,
+/// a flushed or deleted Service chain, a changed DNAT rule) used to stay
+/// broken until the hourly full sync. Every full request now compares the
+/// kernel with what we wrote, repairs the difference and reports it.
+async fn full_sync_repairs_tampering(variant: Variant) {
+    use backend_iptables::restore::Table;
+    use proxy_core::Dataplane;
+    let lab = Lab::new();
+    lab.echo("pod1", &[8080], &[5353]);
+    lab.echo("pod2", &[8080], &[5353]);
+    let dp = lab.dataplane(variant, masquerade());
+    let mut t = tracker_for_lab();
+    let snapshot = t.snapshot();
+    dp.sync(periodic(&snapshot)).await.unwrap();
+    let vip: SocketAddr = "172.30.0.10:80".parse().unwrap();
+    let node_port: SocketAddr = "192.168.0.2:30080".parse().unwrap();
+    let out = dp.sync(periodic(&snapshot)).await.unwrap();
+    assert!(out.repairs.is_empty(), "no drift, nothing repaired: {:?}", out.repairs);
+
+    // Our jump from nat PREROUTING deleted: no Service reachable from outside.
+    let hook = backend_iptables::render::hooks()
+        .into_iter()
+        .find(|h| h.table == Table::Nat && h.chain == "PREROUTING")
+        .unwrap();
+    nat_rule_op(&lab, variant, "-D", "PREROUTING", None, &hook.rule);
+    let out = dp.sync(periodic(&snapshot)).await.unwrap();
+    assert_eq!(out.repairs, repairs(&[("hook jump", 1)]), "{variant}");
+    assert!(lab.tcp("client", vip).unwrap().starts_with("pod"));
+
+    // A Service chain flushed (`iptables -t nat -F SWITCHYARD-SVC-...`).
+    let rs = saved(&lab, variant);
+    let nat = rs.table(Table::Nat).unwrap();
+    let (svc, rules) = nat
+        .chains
+        .iter()
+        .find(|(name, c)| name.starts_with("SWITCHYARD-SVC-") && c.rules.iter().any(|r| r.contains("DNAT")))
+        .map(|(name, c)| (name.clone(), c.rules.len()))
+        .unwrap();
+    lab.iptables(variant, &["-t", "nat", "-F", &svc]);
+    let out = dp.sync(periodic(&snapshot)).await.unwrap();
+    assert_eq!(out.repairs, repairs(&[("rule", rules as u64)]), "{variant}");
+    assert!(lab.tcp("client", node_port).unwrap().starts_with("pod"));
+
+    // The same Service chain deleted, with the jumps into it.
+    let rs = saved(&lab, variant);
+    let jumps: Vec<(String, String)> = rs
+        .table(Table::Nat)
+        .unwrap()
+        .chains
+        .iter()
+        .flat_map(|(name, c)| c.rules.iter().map(move |r| (name.clone(), r.clone())))
+        .filter(|(_, r)| r.ends_with(&format!("-j {svc}")))
+        .collect();
+    assert!(!jumps.is_empty());
+    for (chain, rule) in &jumps {
+        nat_rule_op(&lab, variant, "-D", chain, None, rule);
+    }
+    lab.iptables(variant, &["-t", "nat", "-F", &svc]);
+    lab.iptables(variant, &["-t", "nat", "-X", &svc]);
+    let out = dp.sync(periodic(&snapshot)).await.unwrap();
+    assert_eq!(out.repairs, repairs(&[("chain", 1), ("rule", jumps.len() as u64)]), "{variant}");
+    assert!(lab.tcp("client", node_port).unwrap().starts_with("pod"));
+
+    // One DNAT rule changed: pod2's endpoint now goes to pod1.
+    let rs = saved(&lab, variant);
+    let (leaf, index, rule) = rs
+        .table(Table::Nat)
+        .unwrap()
+        .chains
+        .iter()
+        .filter(|(name, _)| backend_iptables::names::is_ours(name))
+        .find_map(|(name, c)| {
+            c.rules.iter().position(|r| r.contains("--to-destination 10.180.1.10:8080")).map(|i| (name, i, &c.rules[i]))
+        })
+        .unwrap();
+    let changed = rule.replace("10.180.1.10:8080", "10.180.0.10:8080");
+    nat_rule_op(&lab, variant, "-R", leaf, Some(index + 1), &changed);
+    assert!(saved(&lab, variant).table(Table::Nat).unwrap().rules(leaf).contains(&changed));
+    let out = dp.sync(periodic(&snapshot)).await.unwrap();
+    assert_eq!(out.repairs, repairs(&[("rule", 1)]), "{variant}");
+    let mut seen = std::collections::BTreeSet::new();
+    eventually("both endpoints answer again", || {
+        seen.insert(lab.tcp("client", vip).ok()?.split(' ').next()?.to_string());
+        (seen.len() == 2).then_some(())
+    })
+    .await;
+    // The kernel holds exactly what we wrote, so the next sync finds nothing.
+    let out = dp.sync(periodic(&snapshot)).await.unwrap();
+    assert!(out.repairs.is_empty(), "{:?}", out.repairs);
+    let diff = snapshot.expected_state().diff(&dp.inspect().await.unwrap());
+    assert!(diff.is_empty(), "{diff:?}");
+
+    // Partial syncs still work after the repairs.
+    apply_slice(
+        &mut t,
+        SliceBuilder::new("lab", "web-http", "web")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint("10.180.0.10").node(NODE)),
+    );
+    let out = dp.sync(request(t.snapshot(), &["lab/web"], false)).await.unwrap();
+    assert!(!out.full && out.repairs.is_empty(), "{out:?}");
+    for _ in 0..5 {
+        assert!(lab.tcp("client", vip).unwrap().starts_with("pod1"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_repairs_tampering_nft() {
+    require_root!();
+    full_sync_repairs_tampering(Variant::Nft).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_repairs_tampering_legacy() {
+    require_root!();
+    full_sync_repairs_tampering(Variant::Legacy).await;
+}
+
+/// Every rule shape we write reads back from the kernel as we wrote it, so
+/// a periodic full sync of an untouched kernel reports no repair (and, on
+/// nf_tables, commits nothing): no false drift, every sync period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_false_drift_for_any_rule_shape() {
+    require_root!();
+    use proxy_core::Dataplane;
+    for variant in [Variant::Nft, Variant::Legacy] {
+        for (families, (services, slices)) in [(FamilySet::V4, catalog()), (FamilySet::DUAL, catalog_v6())] {
+            let lab = Lab::new();
+            let dp = lab.dataplane_for(variant, masquerade(), families);
+            let mut t = tracker(planner(families, masquerade()), services, slices);
+            let snapshot = t.snapshot();
+            dp.sync(periodic(&snapshot)).await.unwrap();
+            // Someone else commits elsewhere: on nf_tables the generation
+            // moves, so the next full sync reads the tables back.
+            lab.iptables(variant, &["-t", "mangle", "-N", "SOMEONE-ELSE"]);
+            let out = dp.sync(periodic(&snapshot)).await.unwrap();
+            assert!(out.repairs.is_empty(), "{variant} {families:?}: {:?}", out.repairs);
+            let before = lab.save(variant);
+            let out = dp.sync(periodic(&snapshot)).await.unwrap();
+            assert!(out.repairs.is_empty(), "{variant} {families:?}: {:?}", out.repairs);
+            assert_eq!(lab.save(variant), before);
+        }
+    }
+}
+
+fn route_localnet(lab: &Lab) -> String {
+    lab.in_ns("node", || std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/route_localnet").unwrap())
+        .trim()
+        .to_string()
+}
+
+fn set_route_localnet(lab: &Lab, value: &str) {
+    lab.in_ns("node", || std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", value).unwrap());
+}
+
+/// Finding 9 of issue 18 (route_localnet): the backend sets it for localhost
+/// node ports; cleanup from a fresh process (a new backend value, as
+/// `switchyard --cleanup` or another mode's start-up makes) puts back what
+/// was there if we changed it, and leaves a value we did not change alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_localnet_is_restored_on_cleanup() {
+    require_root!();
+    use proxy_core::Dataplane;
+    for before in ["0", "1"] {
+        let lab = Lab::new();
+        set_route_localnet(&lab, before);
+        let dp = lab.dataplane(Variant::Nft, masquerade());
+        let snapshot = tracker_for_lab().snapshot();
+        dp.sync(periodic(&snapshot)).await.unwrap();
+        assert_eq!(route_localnet(&lab), "1", "localhost node ports need it");
+        if before == "0" {
+            // Reset behind our back: the next full sync sets it again and says so.
+            set_route_localnet(&lab, "0");
+            let out = dp.sync(periodic(&snapshot)).await.unwrap();
+            assert_eq!(out.repairs, repairs(&[("sysctl", 1)]));
+            assert_eq!(route_localnet(&lab), "1");
+        }
+        // A restart (another backend value) does not take our own 1 for the original.
+        let restarted = lab.dataplane(Variant::Nft, masquerade());
+        restarted.sync(periodic(&snapshot)).await.unwrap();
+        // Cleanup from a fresh process.
+        lab.dataplane(Variant::Nft, masquerade()).cleanup().await.unwrap();
+        assert_eq!(route_localnet(&lab), before, "cleanup restores the value found before");
+        assert!(!lab.save(Variant::Nft).contains("SWITCHYARD"));
+        lab.dataplane(Variant::Nft, masquerade()).cleanup().await.unwrap();
+        assert_eq!(route_localnet(&lab), before);
+    }
+}

@@ -336,3 +336,134 @@ fn cleanup_removes_everything_we_own() {
     other.cleanup_blocking().unwrap();
     assert!(fake.payloads().is_empty());
 }
+
+fn repairs(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+/// Finding 8 of issue 18, on the fake: every full request (each sync
+/// period) compares the kernel with what this process wrote and repairs
+/// what someone else changed, by kind; the canary alone saw only flushes.
+#[test]
+fn full_requests_repair_drift_the_canary_misses() {
+    for fake in [FakeIptables::new(), FakeIptables::legacy()] {
+        let fake = Arc::new(fake);
+        let (services, slices) = small_catalog();
+        let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+        let snapshot = t.snapshot();
+        let dp = IptablesDataplane::with_executor(settings(FamilySet::V4), fake.clone());
+        dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap();
+        let good = fake.ruleset(IpFamily::V4);
+        let periodic = || dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap();
+        let tamper = |payload: &str| fake.apply(IpFamily::V4, payload).unwrap();
+        let nat = |chain: &str| good.table(Table::Nat).unwrap().rules(chain).to_vec();
+        let svc = good.table(Table::Nat).unwrap().chains.keys().find(|c| c.starts_with("SWITCHYARD-SVC-")).unwrap();
+        let hook = backend_iptables::render::hooks().into_iter().find(|h| h.chain == "PREROUTING").unwrap();
+
+        // Nothing changed: nothing repaired, nothing written.
+        fake.clear_payloads();
+        assert!(periodic().repairs.is_empty());
+        assert!(fake.payloads().is_empty(), "{:?}", fake.payloads());
+
+        let jumps: Vec<String> = good
+            .table(Table::Nat)
+            .unwrap()
+            .chains
+            .iter()
+            .flat_map(|(c, ch)| {
+                ch.rules.iter().filter(|r| r.ends_with(&format!("-j {svc}"))).map(move |r| format!("-D {c} {r}\n"))
+            })
+            .collect();
+        let cases: Vec<(String, Vec<(&str, u64)>)> = vec![
+            (format!("*nat\n-D PREROUTING {}\nCOMMIT\n", hook.rule), vec![("hook jump", 1)]),
+            (format!("*nat\n-F {svc}\nCOMMIT\n"), vec![("rule", nat(svc).len() as u64)]),
+            (
+                format!("*nat\n{}-F {svc}\n-X {svc}\nCOMMIT\n", jumps.concat()),
+                vec![("chain", 1), ("rule", jumps.len() as u64)],
+            ),
+            (
+                {
+                    let r = nat(svc).into_iter().find(|r| r.contains("--to-destination 10.180.1.4:8080")).unwrap();
+                    format!("*nat\n-D {svc} {r}\n-I {svc} 1 {}\nCOMMIT\n", r.replace("10.180.1.4", "10.180.1.99"))
+                },
+                vec![("rule", 1)],
+            ),
+            (
+                "*nat\n:SOMEONE - [0:0]\n:SWITCHYARD-NOT-OURS - [0:0]\n-A SOMEONE -j SWITCHYARD-SERVICES\nCOMMIT\n"
+                    .into(),
+                vec![("stray jump", 1), ("stray chain", 1)],
+            ),
+        ];
+        for (payload, want) in cases {
+            tamper(&payload);
+            assert_ne!(fake.ruleset(IpFamily::V4), good);
+            let out = periodic();
+            assert!(out.full);
+            assert_eq!(out.repairs, repairs(&want), "after {payload}");
+            let mut got = fake.ruleset(IpFamily::V4);
+            // The foreign chain stays (minus its jump into ours).
+            got.tables.get_mut(&Table::Nat).unwrap().chains.remove("SOMEONE");
+            assert_eq!(got, good, "after {payload}");
+        }
+
+        // A partial sync after the repairs writes what a fresh full sync writes.
+        apply_slice(
+            &mut t,
+            SliceBuilder::new("ns1", "web-1", "web")
+                .port("http", 8080, "TCP")
+                .endpoint(endpoint("10.180.1.2").node("node-2")),
+        );
+        let snapshot = t.snapshot();
+        let out = dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).unwrap();
+        assert!(!out.full && out.repairs.is_empty());
+        let mut got = fake.ruleset(IpFamily::V4);
+        got.tables.get_mut(&Table::Nat).unwrap().chains.remove("SOMEONE");
+        assert_eq!(got, fresh(FamilySet::V4, snapshot).ruleset(IpFamily::V4));
+    }
+}
+
+/// With nf_tables' generation as the cheap witness, a periodic sync reads the
+/// tables only when someone committed since our last commit; without one
+/// (legacy) it reads them every time.
+#[test]
+fn the_generation_spares_the_read_until_someone_commits() {
+    let (services, slices) = small_catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let snapshot = t.snapshot();
+    for (fake, reads_every_time) in [(FakeIptables::new(), false), (FakeIptables::legacy(), true)] {
+        let fake = Arc::new(fake);
+        let dp = IptablesDataplane::with_executor(settings(FamilySet::V4), fake.clone());
+        dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap();
+        let periodic = || {
+            let before = fake.saves();
+            let out = dp.sync_blocking(&request(snapshot.clone(), &[], true)).unwrap();
+            (out, fake.saves() - before)
+        };
+        let (out, reads) = periodic();
+        assert!(out.repairs.is_empty());
+        assert_eq!(reads, if reads_every_time { 2 } else { 0 }, "nat and filter, or nothing");
+        // Our own partial syncs keep the generation trusted.
+        apply_slice(
+            &mut t,
+            SliceBuilder::new("ns1", "web-1", "web")
+                .port("http", 8080, "TCP")
+                .endpoint(endpoint("10.180.1.2").node("node-2")),
+        );
+        dp.sync_blocking(&request(t.snapshot(), &["ns1/web"], false)).unwrap();
+        dp.sync_blocking(&request(snapshot.clone(), &["ns1/web"], false)).unwrap();
+        let (_, reads) = periodic();
+        assert_eq!(reads, if reads_every_time { 2 } else { 0 });
+        // Anyone's commit, even one far from our chains, makes the next one read.
+        fake.apply(IpFamily::V4, "*filter\n:SOMEONE - [0:0]\nCOMMIT\n").unwrap();
+        let (out, reads) = periodic();
+        assert!(out.repairs.is_empty());
+        assert_eq!(reads, 2);
+        let (_, reads) = periodic();
+        assert_eq!(reads, if reads_every_time { 2 } else { 0 });
+        // A tampered chain is found as soon as it happens.
+        fake.flush_table(IpFamily::V4, Table::Filter);
+        let (out, reads) = periodic();
+        assert_eq!(reads, 2);
+        assert!(out.repairs.contains_key("hook jump") && out.repairs.contains_key("rule"), "{:?}", out.repairs);
+    }
+}

@@ -1,4 +1,5 @@
-//! `cleanup()`: removes our virtual servers, switchyard0 and the helper rules.
+//! `cleanup()`: removes our virtual servers, switchyard0 and the helper rules,
+//! and puts back the sysctls we changed.
 //!
 //! Works from a fresh process: ownership is read from the kernel (VIPs on
 //! switchyard0, node addresses with a port in the NodePort range). Run it on
@@ -30,5 +31,7 @@ pub fn cleanup_blocking(node_port_range: (u16, u16)) -> Result<(), IpvsError> {
     }
     link::with_handle(async |h| link::delete_dummy(&h).await)?;
     rules::cleanup(&NetNamespace::current(), &IpFamily::ALL)?;
+    // The sysctls we changed go back to the values found before.
+    crate::sysctl::restore()?;
     Ok(())
 }

@@ -149,16 +149,49 @@ impl IpvsDataplane {
             state.client = Some(NetlinkIpvs::connect()?);
         }
         let families = family_list(self.families);
+        // Drift (objects of ours someone else deleted, changed or added) is
+        // measured against what this process last wrote: a full sync after a
+        // successful one compares the kernel with `previous`.
+        let mut repairs = Repairs::default();
+        let known = previous.is_some() && full;
+        // switchyard0 and the sysctls are never changed by the plans: after
+        // this process set them up once, any difference is drift, even when a
+        // failed sync left no previous state to compare the rest with.
+        let set_up_before = state.setup_done && full;
         if full {
-            sysctl::apply()?;
+            let changed = sysctl::apply()?;
+            if set_up_before {
+                Repairs::note(
+                    &mut repairs.sysctls,
+                    changed.len(),
+                    "sysctls reset by someone else; set again",
+                    &changed,
+                );
+            }
             if let Some(t) = &self.config.timeouts() {
                 state.client.as_mut().map(|c| c.execute(std::slice::from_ref(t))).transpose()?;
             }
             // switchyard0 and the node's addresses are read again on every full sync.
-            let (dummy, node_addresses) = link::with_handle(async |h| {
-                let index = link::ensure_dummy(&h).await?;
-                Ok((index, link::node_addresses(&h).await?))
+            let (dummy, dummy_repair, node_addresses) = link::with_handle(async |h| {
+                let (index, repair) = link::ensure_dummy(&h).await?;
+                Ok((index, repair, link::node_addresses(&h).await?))
             })?;
+            if set_up_before && dummy_repair.created {
+                Repairs::note(
+                    &mut repairs.interface,
+                    1,
+                    "switchyard0 was missing (deleted by someone else); created again",
+                    NONE,
+                );
+            }
+            if set_up_before && dummy_repair.set_up {
+                Repairs::note(
+                    &mut repairs.interface,
+                    1,
+                    "switchyard0 was down (set down by someone else); set up",
+                    NONE,
+                );
+            }
             state.dummy = dummy;
             state.node_addresses = node_addresses;
         }
@@ -170,17 +203,17 @@ impl IpvsDataplane {
             nodeport_addresses: &self.nodeport_addresses,
             primary_ips: &self.primary_ips,
         };
-        let (desired, change) = match previous {
+        let (desired, change, previous) = match previous {
             Some(mut desired) if !full => {
                 let change = desired.update_all(request.changed.iter(), &request.snapshot, &inputs);
-                (desired, Some(change))
+                (desired, Some(change), None)
             }
-            _ => {
+            previous => {
                 let (desired, conflicts) = reconcile::desired_with_conflicts(&request.snapshot, &inputs);
                 for c in &conflicts {
                     tracing::warn!(backend = MODE, "{c}");
                 }
-                (desired, None)
+                (desired, None, previous)
             }
         };
         let t_desired = started.elapsed();
@@ -205,12 +238,62 @@ impl IpvsDataplane {
                 // Read the sets back and write only the difference (no swap of
                 // 100k-member sets when nothing changed).
                 let have = rules::read_all_sets(&self.netns_here())?;
-                rules::apply_sets(
-                    &self.netns_here(),
-                    &rules::reconcile_sets_script(&have, &desired.sets(), &families),
-                )?;
-                rules::apply_rules(&self.netns_here(), &families, &self.masquerade)?;
-                (added, removed, BTreeSet::new())
+                let want = desired.sets();
+                rules::apply_sets(&self.netns_here(), &rules::reconcile_sets_script(&have, &want, &families))?;
+                let rules_repair = rules::reconcile_rules(&self.netns_here(), &families, &self.masquerade)?;
+                if let Some(previous) = previous.as_ref().filter(|_| known) {
+                    let before = previous.vips();
+                    // Ours that someone deleted (alone or with switchyard0),
+                    // and addresses someone added to switchyard0.
+                    let lost: Vec<String> =
+                        added.iter().filter(|ip| before.contains(ip)).map(|ip| ip.to_string()).collect();
+                    let foreign: Vec<String> =
+                        removed.iter().filter(|ip| !before.contains(ip)).map(|ip| ip.to_string()).collect();
+                    Repairs::note(
+                        &mut repairs.addresses,
+                        lost.len(),
+                        "switchyard0 addresses were missing; added again",
+                        &lost,
+                    );
+                    Repairs::note(
+                        &mut repairs.addresses,
+                        foreign.len(),
+                        "addresses on switchyard0 that we did not add; deleted",
+                        &foreign,
+                    );
+                    let (sets, members) = rules::set_drift(&have, &want, &previous.sets(), &families);
+                    Repairs::note(
+                        &mut repairs.sets,
+                        sets.len(),
+                        "IP sets were missing (destroyed by someone else); created again",
+                        &sets,
+                    );
+                    Repairs::note(
+                        &mut repairs.set_members,
+                        members,
+                        "IP set members differed from what we wrote; put right",
+                        NONE,
+                    );
+                    Repairs::note(
+                        &mut repairs.chains,
+                        rules_repair.chains,
+                        "helper chains were missing; created again",
+                        NONE,
+                    );
+                    Repairs::note(
+                        &mut repairs.rules,
+                        rules_repair.rules,
+                        "helper chain rules were changed by someone else; rewritten",
+                        NONE,
+                    );
+                    Repairs::note(
+                        &mut repairs.jumps,
+                        rules_repair.jumps,
+                        "jumps into our helper chains were missing; inserted again",
+                        NONE,
+                    );
+                }
+                (added.len(), removed.len(), BTreeSet::new())
             }
         };
         let t_rules = started.elapsed();
@@ -231,7 +314,29 @@ impl IpvsDataplane {
         let keys = change.as_ref().map(|c| c.keys.clone());
         let State { client, draining, .. } = &mut *state;
         let client = client.as_mut().ok_or(ClientError::Unavailable)?;
-        let stats = reconcile::reconcile(client, &desired, keys.as_ref(), &owner, draining, grace, Instant::now())?;
+        let previous = previous.as_ref().filter(|_| known);
+        let stats = reconcile::reconcile_with(
+            client,
+            &desired,
+            previous,
+            keys.as_ref(),
+            &owner,
+            draining,
+            grace,
+            Instant::now(),
+        )?;
+        Repairs::note(
+            &mut repairs.services,
+            stats.repaired_services,
+            "virtual servers of ours were deleted, changed or added by someone else; put right",
+            NONE,
+        );
+        Repairs::note(
+            &mut repairs.dests,
+            stats.repaired_dests,
+            "real servers of ours were deleted, changed or added by someone else; put right",
+            NONE,
+        );
         let t_ipvs = started.elapsed();
         let dests: usize = desired.services.values().map(|s| s.dests.len()).sum();
         let objects = BTreeMap::from([
@@ -258,13 +363,62 @@ impl IpvsDataplane {
             ms_ipvs = (t_ipvs - t_rules).as_millis() as u64,
             "ipvs sync done"
         );
-        Ok(SyncOutcome { full, objects, ..Default::default() })
+        let mut outcome = SyncOutcome { full, objects, ..Default::default() };
+        repairs.record(&mut outcome);
+        Ok(outcome)
     }
 
     /// The namespace for commands started from a thread already inside the
     /// node namespace: a child inherits the namespaces of the thread that forks it.
     fn netns_here(&self) -> NetNamespace {
         NetNamespace::current()
+    }
+}
+
+/// No object names to log.
+const NONE: &[&str] = &[];
+
+/// Drift a full sync found and put right, by kind (`SyncOutcome::repairs`).
+#[derive(Debug, Default)]
+struct Repairs {
+    interface: usize,
+    addresses: usize,
+    services: usize,
+    dests: usize,
+    sets: usize,
+    set_members: usize,
+    chains: usize,
+    rules: usize,
+    jumps: usize,
+    sysctls: usize,
+}
+
+impl Repairs {
+    /// Adds `n` to `counter` and logs `what` (with up to eight of `names`).
+    fn note(counter: &mut usize, n: usize, what: &str, names: &[impl AsRef<str>]) {
+        if n == 0 {
+            return;
+        }
+        *counter += n;
+        let shown: Vec<&str> = names.iter().take(8).map(AsRef::as_ref).collect();
+        tracing::warn!(backend = MODE, count = n, objects = ?shown, "{what}");
+    }
+
+    fn record(&self, outcome: &mut SyncOutcome) {
+        for (kind, n) in [
+            ("interface", self.interface),
+            ("address", self.addresses),
+            ("virtual server", self.services),
+            ("real server", self.dests),
+            ("ipset", self.sets),
+            ("ipset member", self.set_members),
+            ("chain", self.chains),
+            ("rule", self.rules),
+            ("hook jump", self.jumps),
+            ("sysctl", self.sysctls),
+        ] {
+            outcome.repaired(kind, n as u64);
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkDummy};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::{Handle, LinkDummy, LinkUnspec};
 
 /// The interface name, fixed so that a fresh process finds and owns it.
 pub const DUMMY: &str = "switchyard0";
@@ -56,9 +56,14 @@ pub fn with_handle<T>(f: impl AsyncFnOnce(Handle) -> Result<T, LinkError>) -> Re
 
 /// `ip link show switchyard0`: its index, if it exists.
 pub async fn dummy_index(handle: &Handle) -> Result<Option<u32>, LinkError> {
+    Ok(dummy_link(handle).await?.map(|(index, _)| index))
+}
+
+/// `ip link show switchyard0`: its index and whether it is up, if it exists.
+pub async fn dummy_link(handle: &Handle) -> Result<Option<(u32, bool)>, LinkError> {
     let mut links = handle.link().get().match_name(DUMMY.to_string()).execute();
     match links.try_next().await {
-        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(Some(link)) => Ok(Some((link.header.index, link.header.flags.contains(LinkFlags::Up)))),
         Ok(None) => Ok(None),
         // ENODEV: no such link.
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
@@ -66,10 +71,32 @@ pub async fn dummy_index(handle: &Handle) -> Result<Option<u32>, LinkError> {
     }
 }
 
-/// `ip link add switchyard0 type dummy && ip link set switchyard0 up`; the index.
-pub async fn ensure_dummy(handle: &Handle) -> Result<u32, LinkError> {
-    if let Some(index) = dummy_index(handle).await? {
-        return Ok(index);
+/// What [`ensure_dummy`] had to repair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DummyRepair {
+    /// switchyard0 did not exist (`ip link del switchyard0`, or a first run).
+    pub created: bool,
+    /// switchyard0 was down: its addresses were not local any more.
+    pub set_up: bool,
+}
+
+/// `ip link add switchyard0 type dummy && ip link set switchyard0 up`: the
+/// index, and what had to be done.
+pub async fn ensure_dummy(handle: &Handle) -> Result<(u32, DummyRepair), LinkError> {
+    match dummy_link(handle).await? {
+        Some((index, true)) => return Ok((index, DummyRepair::default())),
+        Some((index, false)) => {
+            // A down link takes its addresses' local routes with it: every
+            // VIP stops being local and IPVS never sees the traffic.
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("ip link set {DUMMY} up")))?;
+            return Ok((index, DummyRepair { created: false, set_up: true }));
+        }
+        None => {}
     }
     // Up so that IPv6 addresses are usable; with /32 and /128 prefixes no
     // subnet route appears, and NOARP keeps the link silent.
@@ -79,10 +106,11 @@ pub async fn ensure_dummy(handle: &Handle) -> Result<u32, LinkError> {
         .execute()
         .await
         .map_err(nl(format!("ip link add {DUMMY} type dummy")))?;
-    dummy_index(handle).await?.ok_or_else(|| LinkError::Io {
+    let index = dummy_index(handle).await?.ok_or_else(|| LinkError::Io {
         operation: format!("ip link add {DUMMY}"),
         source: std::io::Error::other("link missing right after creation"),
-    })
+    })?;
+    Ok((index, DummyRepair { created: true, set_up: false }))
 }
 
 /// `ip link del switchyard0` (its addresses go with it). No link is fine.
@@ -162,7 +190,7 @@ pub async fn sync_addresses(
     handle: &Handle,
     index: u32,
     wanted: &BTreeSet<IpAddr>,
-) -> Result<(usize, usize), LinkError> {
+) -> Result<(Vec<IpAddr>, Vec<IpAddr>), LinkError> {
     let current: BTreeSet<IpAddr> = addresses(handle, Some(index)).await?.into_iter().map(|(_, ip)| ip).collect();
     // The kernel's own IPv6 link-local address of the dummy is not ours to remove.
     let stale: Vec<IpAddr> = current
@@ -172,7 +200,7 @@ pub async fn sync_addresses(
         .collect();
     let missing: Vec<IpAddr> = wanted.difference(&current).copied().collect();
     change_addresses(handle, index, &missing, &stale).await?;
-    Ok((missing.len(), stale.len()))
+    Ok((missing, stale))
 }
 
 /// `ip addr add` each of `missing` and `ip addr del` each of `stale` on switchyard0, pipelined.

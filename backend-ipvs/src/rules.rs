@@ -15,7 +15,9 @@
 //! only sets (`add`/`del`), full syncs rebuild each set and swap it in.
 //!
 //! backend-iptables' rule writer is not used (yet): these few static rules
-//! are spelled out here; see the README.
+//! are spelled out here, in the form `iptables-save` prints them, so that a
+//! full sync compares them with the kernel's (backend-iptables' parser and
+//! rule comparison) and rewrites them only when someone changed them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -23,6 +25,10 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::Stdio;
 
+use backend_iptables::drift::{differing_rules, same_rule};
+use backend_iptables::parse::Ruleset;
+use backend_iptables::render::{ChainBody, DesiredChain};
+use backend_iptables::restore::Table;
 use ipnet::IpNet;
 use proxy_core::{IpFamily, MasqueradeConfig, NetNamespace, Protocol};
 
@@ -266,6 +272,28 @@ pub fn diff_sets_script(old: &Sets, new: &Sets) -> String {
     s
 }
 
+/// What differed between the kernel's sets (`have`) and what we wrote last
+/// (`previous`), where the plans did not change it since (`want`): sets
+/// missing altogether (names), and members missing or added by someone else.
+pub fn set_drift(have: &Sets, want: &Sets, previous: &Sets, families: &[IpFamily]) -> (Vec<String>, usize) {
+    let empty = BTreeSet::new();
+    let mut missing_sets = Vec::new();
+    let mut members = 0;
+    for family in families {
+        for kind in SetKind::ALL {
+            let key = (kind, *family);
+            let Some(found) = have.get(&key) else {
+                missing_sets.push(kind.name(*family));
+                continue;
+            };
+            let (want, before) = (want.get(&key).unwrap_or(&empty), previous.get(&key).unwrap_or(&empty));
+            members += want.difference(found).filter(|m| before.contains(*m)).count();
+            members += found.difference(want).filter(|m| !before.contains(*m)).count();
+        }
+    }
+    (missing_sets, members)
+}
+
 pub fn apply_sets(netns: &NetNamespace, script: &str) -> Result<(), RulesError> {
     if script.is_empty() {
         return Ok(());
@@ -320,7 +348,9 @@ pub fn rules_script(family: IpFamily, masq: &MasqueradeConfig) -> String {
             set(SetKind::ClusterIp)
         );
         for cidr in cidrs {
-            let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER {c} \"pod source\" -s {cidr} -j RETURN");
+            // Generic options first, as iptables-save prints them: full syncs
+            // compare the kernel's text with this one.
+            let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER -s {cidr} {c} \"pod source\" -j RETURN");
         }
         let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER {c} \"not a pod: masquerade\" -j SWITCHYARD-IPVS-MARK-MASQ");
     }
@@ -371,24 +401,96 @@ pub fn rules_script(family: IpFamily, masq: &MasqueradeConfig) -> String {
     s
 }
 
-/// Writes our chains and makes sure each built-in chain jumps to them once
-/// (`iptables -C` then `-I`), for every family.
-pub fn apply_rules(netns: &NetNamespace, families: &[IpFamily], masq: &MasqueradeConfig) -> Result<(), RulesError> {
+/// What [`reconcile_rules`] found changed behind our back and put right.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RulesRepair {
+    /// Our chains that were missing.
+    pub chains: usize,
+    /// Rules of our chains that were missing, changed or added.
+    pub rules: usize,
+    /// Jumps from built-in chains into ours that were missing.
+    pub jumps: usize,
+}
+
+fn hook_rule(target: &str) -> String {
+    format!("-m comment --comment \"switchyard ipvs\" -j {target}")
+}
+
+/// `iptables-save -t nat` and `-t filter` of one family.
+fn read_tables(netns: &NetNamespace, family: IpFamily) -> Result<Ruleset, RulesError> {
+    let save = format!("{}-save", iptables(family));
+    let mut rs = Ruleset::default();
+    for table in ["nat", "filter"] {
+        let out = run(netns, &save, &["-t", table], "")?;
+        let parsed = Ruleset::parse_save(&out).map_err(|e| RulesError::Failed {
+            command: format!("{save} -t {table}"),
+            status: "unreadable output".into(),
+            stderr: e.to_string(),
+        })?;
+        rs.tables.extend(parsed.tables);
+    }
+    Ok(rs)
+}
+
+/// Makes our chains and the jumps into them exactly what [`rules_script`]
+/// says, for every family, writing only when something differs: reads the
+/// nat and filter tables back (`iptables-save`), rewrites our chains if any
+/// rule differs (`iptables-restore --noflush`), inserts missing jumps at the
+/// top (`iptables -I`). Returns what differed.
+pub fn reconcile_rules(
+    netns: &NetNamespace,
+    families: &[IpFamily],
+    masq: &MasqueradeConfig,
+) -> Result<RulesRepair, RulesError> {
+    let mut repair = RulesRepair::default();
     for family in families {
-        let restore = format!("{}-restore", iptables(*family));
-        run(netns, &restore, &["--noflush", "-w"], &rules_script(*family, masq))?;
+        let script = rules_script(*family, masq);
+        let want = Ruleset::parse_save(&script).map_err(|e| RulesError::Failed {
+            command: "rules_script".into(),
+            status: "unreadable".into(),
+            stderr: e.to_string(),
+        })?;
+        let have = read_tables(netns, *family)?;
+        let mut rewrite = false;
+        for (table, t) in &want.tables {
+            for (name, chain) in &t.chains {
+                let desired = DesiredChain {
+                    table: *table,
+                    name: std::borrow::Cow::Borrowed(name.as_str()),
+                    hash: 0,
+                    body: ChainBody::Service(&chain.rules),
+                };
+                match have.table(*table).and_then(|t| t.chain(name)) {
+                    None => {
+                        repair.chains += 1;
+                        rewrite = true;
+                    }
+                    Some(found) => {
+                        let n = differing_rules(&found.rules, &desired);
+                        repair.rules += n;
+                        rewrite |= n > 0;
+                    }
+                }
+            }
+        }
+        if rewrite {
+            let restore = format!("{}-restore", iptables(*family));
+            run(netns, &restore, &["--noflush", "-w"], &script)?;
+        }
         for (table, chain, target) in JUMPS {
-            let rule = ["-m", "comment", "--comment", "switchyard ipvs", "-j", target];
-            let mut check = vec!["-w", "-t", table, "-C", chain];
-            check.extend(rule);
-            if run(netns, iptables(*family), &check, "").is_err() {
+            let hook = hook_rule(target);
+            let present = Table::parse(table)
+                .and_then(|t| have.table(t))
+                .is_some_and(|t| t.rules(chain).iter().any(|r| same_rule(r, &hook)));
+            if !present {
                 let mut insert = vec!["-w", "-t", table, "-I", chain, "1"];
-                insert.extend(rule);
+                insert.extend(["-m", "comment", "--comment", "switchyard ipvs", "-j", target]);
                 run(netns, iptables(*family), &insert, "")?;
+                repair.jumps += 1;
             }
         }
     }
-    Ok(())
+    Ok(repair)
 }
 
 /// Removes our jumps, chains and sets (`iptables -D`, `-F`, `-X`; `ipset destroy`).
@@ -516,7 +618,7 @@ mod tests {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()],
         };
         let v4 = rules_script(IpFamily::V4, &cidr);
-        assert!(v4.contains("-s 10.244.0.0/16 -j RETURN") && !v4.contains("fd00::/64"));
+        assert!(v4.contains("-s 10.244.0.0/16 -m comment") && !v4.contains("fd00::/64"));
         assert!(rules_script(IpFamily::V6, &cidr).contains("SWITCHYARD-CLUSTER-IP6"));
     }
 }

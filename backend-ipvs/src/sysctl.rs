@@ -1,37 +1,52 @@
 //! The sysctls IPVS needs, written in the node namespace only.
 //!
 //! `/proc/sys/net` resolves to the namespace of the thread that opens the
-//! file, so these must run on a thread inside the node namespace.
+//! file, so these must run on a thread inside the node namespace. The value
+//! found before each change is recorded ([`backend_iptables::sysctl`], owner
+//! `ipvs`) and written back by cleanup, if the sysctl still holds ours.
+
+use backend_iptables::sysctl::Sysctls;
 
 use crate::IpvsError;
+
+/// The owner name of our sysctl records.
+const OWNER: &str = "ipvs";
 
 /// (name, value) as kube-proxy's ipvs mode sets them (`proxier.go`).
 pub const SYSCTLS: &[(&str, &str)] = &[
     // Let iptables' NAT see IPVS connections: needed for MASQUERADE.
-    ("net/ipv4/vs/conntrack", "1"),
+    ("net.ipv4.vs.conntrack", "1"),
     // Expire connections to a deleted real server on their next packet,
     // so that clients reconnect instead of hanging.
-    ("net/ipv4/vs/expire_nodest_conn", "1"),
+    ("net.ipv4.vs.expire_nodest_conn", "1"),
     // Expire persistence templates of a quiescent (weight 0) real server.
-    ("net/ipv4/vs/expire_quiescent_template", "1"),
+    ("net.ipv4.vs.expire_quiescent_template", "1"),
 ];
 
-fn write(name: &str, value: &str) -> Result<(), IpvsError> {
-    let path = format!("/proc/sys/{name}");
-    std::fs::write(&path, value).map_err(|source| IpvsError::Sysctl { name: name.replace('/', "."), source })
+fn set(name: &str, value: &str) -> Result<bool, IpvsError> {
+    Sysctls::new(OWNER).set(name, value).map_err(|e| IpvsError::Sysctl { name: e.name, source: e.source })
 }
 
 /// Writes [`SYSCTLS`]; on kernels before 5.9, also `conn_reuse_mode=0`
 /// (with conntrack=1 the default mode delayed reused connections by a second;
 /// fixed in 5.9 by commit f0a5e4d7a594, after which kube-proxy leaves it alone).
-pub fn apply() -> Result<(), IpvsError> {
+/// Returns the sysctls whose value it changed.
+pub fn apply() -> Result<Vec<&'static str>, IpvsError> {
+    let mut changed = Vec::new();
     for (name, value) in SYSCTLS {
-        write(name, value)?;
+        if set(name, value)? {
+            changed.push(*name);
+        }
     }
-    if kernel_before(5, 9) {
-        write("net/ipv4/vs/conn_reuse_mode", "0")?;
+    if kernel_before(5, 9) && set("net.ipv4.vs.conn_reuse_mode", "0")? {
+        changed.push("net.ipv4.vs.conn_reuse_mode");
     }
-    Ok(())
+    Ok(changed)
+}
+
+/// Writes back the values found before [`apply`] changed them (cleanup).
+pub fn restore() -> Result<Vec<String>, IpvsError> {
+    Sysctls::new(OWNER).restore().map_err(|e| IpvsError::Sysctl { name: e.name, source: e.source })
 }
 
 /// Whether the running kernel is older than `major.minor`.

@@ -11,6 +11,7 @@
     reason = "an integration test: a panic is a failure, a skip prints its reason"
 )]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -345,4 +346,165 @@ fn connect_after_endpoint_returns(
         })
         .unwrap()
         .expect("connect after the endpoint returned")
+}
+
+/// The helper rules (needs iptables and ipset, not IPVS: runs on the host
+/// too): what `rules_script` writes reads back from the kernel as written, so
+/// a full sync rewrites nothing; a flushed helper chain, a deleted jump and a
+/// flushed set are found and put right.
+#[test]
+fn helper_rules_and_sets_are_compared_and_repaired() {
+    use backend_ipvs::rules::{self, Member, RulesRepair, SetKind, Sets};
+    use proxy_core::{IpFamily, MasqueradeConfig};
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let ns = Netns::new();
+    let here = ns.handle();
+    let families = [IpFamily::V4, IpFamily::V6];
+    let masq = MasqueradeConfig {
+        all: false,
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00:10::/64".parse().unwrap()],
+    };
+    let mut want = Sets::new();
+    let members: BTreeSet<Member> =
+        (1..=3).map(|i| Member::ip_port(format!("10.96.0.{i}").parse().unwrap(), Protocol::Tcp, 80)).collect();
+    want.insert((SetKind::ClusterIp, IpFamily::V4), members.clone());
+    rules::apply_sets(&here, &rules::reconcile_sets_script(&Sets::new(), &want, &families)).unwrap();
+    let first = rules::reconcile_rules(&here, &families, &masq).unwrap();
+    assert_eq!((first.chains, first.jumps), (10, 8), "a first sync writes everything: {first:?}");
+    let written = ns.exec("iptables-save");
+    // Nothing changed: nothing differs, nothing is written.
+    assert_eq!(rules::reconcile_rules(&here, &families, &masq).unwrap(), RulesRepair::default());
+
+    // Someone flushes a helper chain and deletes our jump from nat PREROUTING.
+    let postrouting = written.lines().filter(|l| l.starts_with("-A SWITCHYARD-IPVS-POSTROUTING ")).count();
+    ns.exec("iptables -t nat -F SWITCHYARD-IPVS-POSTROUTING");
+    ns.exec("iptables -t nat -D PREROUTING -m comment --comment 'switchyard ipvs' -j SWITCHYARD-IPVS-SERVICES");
+    let repair = rules::reconcile_rules(&here, &families, &masq).unwrap();
+    assert_eq!(repair, RulesRepair { chains: 0, rules: postrouting, jumps: 1 });
+    assert_eq!(table_lines(&ns.exec("iptables-save"), "nat"), table_lines(&written, "nat"));
+
+    // Someone flushes a set: the members that were ours are missing.
+    ns.exec("ipset flush SWITCHYARD-CLUSTER-IP");
+    let have = rules::read_all_sets(&here).unwrap();
+    let (missing_sets, lost) = rules::set_drift(&have, &want, &want, &families);
+    assert!(missing_sets.is_empty());
+    assert_eq!(lost, 3);
+    rules::apply_sets(&here, &rules::reconcile_sets_script(&have, &want, &families)).unwrap();
+    assert_eq!(rules::read_all_sets(&here).unwrap()[&(SetKind::ClusterIp, IpFamily::V4)], members);
+    rules::cleanup(&here, &families).unwrap();
+}
+
+/// One table of an iptables-save output, without its comment lines.
+fn table_lines(save: &str, table: &str) -> Vec<String> {
+    let mut keep = false;
+    let mut out = Vec::new();
+    for line in save.lines().filter(|l| !l.starts_with('#')) {
+        if line.starts_with('*') {
+            keep = line == format!("*{table}");
+        }
+        if keep {
+            out.push(line.to_string());
+        }
+    }
+    out
+}
+
+/// Issue 18 for IPVS: every full sync takes the kernel as witness. Whatever
+/// someone else deletes or changes (switchyard0 deleted or set down, one of
+/// our virtual or real servers deleted, a set flushed, a helper chain
+/// flushed, a jump deleted, a sysctl reset) is put right by the next full
+/// sync and reported in `repairs` by kind; cleanup from a fresh process puts
+/// the sysctls back.
+#[test]
+fn full_sync_repairs_what_someone_else_broke() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let ns = Netns::new();
+    if !ipvs_available(&ns) {
+        return;
+    }
+    ns.exec("ip link add eth0 type dummy");
+    ns.exec("ip addr add 192.168.1.10/24 dev eth0");
+    ns.exec("ip link set eth0 up");
+    let sysctl = |name: &str| ns.exec(&format!("cat /proc/sys/net/ipv4/vs/{name}")).trim().to_string();
+    let before = sysctl("expire_nodest_conn");
+    let ctx = BackendContext::new("node-a", ns.handle());
+    let rt = rt();
+    let dp = rt.block_on(backend_ipvs::factory().build(&ctx)).unwrap();
+    let (services, slices) = web_objects(&["10.244.1.5", "10.244.1.6"]);
+    let snap = snapshot(services, slices);
+    rt.block_on(dp.sync(request(snap.clone(), true, &[]))).unwrap();
+    assert_eq!(sysctl("expire_nodest_conn"), "1");
+    let full_sync = || {
+        let out = rt.block_on(dp.sync(request(snap.clone(), true, &[]))).unwrap();
+        let diff = snap.expected_state().diff(&rt.block_on(dp.inspect()).unwrap());
+        assert!(diff.is_empty(), "after the repair: {diff:#?}");
+        out.repairs.into_iter().collect::<Vec<(String, u64)>>()
+    };
+    let kinds = |pairs: &[(&str, u64)]| pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect::<Vec<_>>();
+    assert_eq!(full_sync(), kinds(&[]), "nothing changed, nothing repaired");
+
+    // `ip link del switchyard0`: the interface and its VIPs (ClusterIPs, the externalIP) come back.
+    let vips = ns.exec("ip -o addr show dev switchyard0").lines().filter(|l| l.contains(" inet ")).count();
+    assert_eq!(vips, 3);
+    ns.exec("ip link del switchyard0");
+    assert_eq!(full_sync(), kinds(&[("address", vips as u64), ("interface", 1)]));
+    // `ip link set switchyard0 down`.
+    ns.exec("ip link set switchyard0 down");
+    assert_eq!(full_sync(), kinds(&[("interface", 1)]));
+    assert!(ns.exec("ip link show switchyard0").contains(",UP"));
+    // `ipvsadm -D -t 10.96.0.10:80` and `ipvsadm -d -t 10.96.0.10:53 -r 10.244.1.5:5353` (UDP).
+    let tcp = ServiceKey { protocol: Protocol::Tcp, addr: "10.96.0.10".parse().unwrap(), port: 80 };
+    let udp = ServiceKey { protocol: Protocol::Udp, addr: "10.96.0.10".parse().unwrap(), port: 53 };
+    ns.handle()
+        .run(move || {
+            NetlinkIpvs::connect()
+                .unwrap()
+                .execute(&[
+                    backend_ipvs::message::Request::DelService(tcp),
+                    backend_ipvs::message::Request::DelDest(udp, "10.244.1.5".parse().unwrap(), 5353),
+                ])
+                .unwrap()
+        })
+        .unwrap();
+    assert_eq!(full_sync(), kinds(&[("real server", 1), ("virtual server", 1)]));
+    // `ipset flush SWITCHYARD-CLUSTER-IP` (web's 2 ports, np's ClusterIP).
+    let members = ns
+        .exec("ipset list SWITCHYARD-CLUSTER-IP")
+        .lines()
+        .skip_while(|l| !l.starts_with("Members:"))
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(members, 3);
+    ns.exec("ipset flush SWITCHYARD-CLUSTER-IP");
+    assert_eq!(full_sync(), kinds(&[("ipset member", members as u64)]));
+    // A helper chain flushed, a jump deleted.
+    let rules =
+        ns.exec("iptables-save -t nat").lines().filter(|l| l.starts_with("-A SWITCHYARD-IPVS-POSTROUTING ")).count();
+    ns.exec("iptables -t nat -F SWITCHYARD-IPVS-POSTROUTING");
+    ns.exec("iptables -t filter -D INPUT -m comment --comment 'switchyard ipvs' -j SWITCHYARD-IPVS-FILTER");
+    assert_eq!(full_sync(), kinds(&[("hook jump", 1), ("rule", rules as u64)]));
+    // A sysctl reset.
+    ns.exec("sh -c 'echo 0 > /proc/sys/net/ipv4/vs/expire_nodest_conn'");
+    assert_eq!(full_sync(), kinds(&[("sysctl", 1)]));
+    assert_eq!(full_sync(), kinds(&[]), "all put right");
+
+    // A partial sync still works after the repairs.
+    let (services, slices) = web_objects(&["10.244.1.5"]);
+    let snap2 = snapshot(services, slices);
+    let out = rt.block_on(dp.sync(request(snap2.clone(), false, &[ServiceName::new("default", "web")]))).unwrap();
+    assert!(out.repairs.is_empty());
+    let diff = snap2.expected_state().diff(&rt.block_on(dp.inspect()).unwrap());
+    assert!(diff.is_empty(), "after the partial sync: {diff:#?}");
+
+    // Cleanup from a fresh process writes back the values found before.
+    let fresh = rt.block_on(backend_ipvs::factory().build(&ctx)).unwrap();
+    rt.block_on(fresh.cleanup()).unwrap();
+    assert_eq!(sysctl("expire_nodest_conn"), before);
 }

@@ -93,3 +93,77 @@ async fn iptables_mode_in_a_namespace() {
     let (_, rules) = ns.exec(&["iptables-save"]);
     assert!(!rules.contains("SWITCHYARD"), "--cleanup removed everything:\n{rules}");
 }
+
+/// Issue 18, finding 8, through the binary: someone deletes our jump from nat
+/// PREROUTING (the canary survives); within a sync period the rule is back
+/// and `switchyard_drift_repairs_total` counts the repair. Finding 9:
+/// `route_localnet`, set for localhost node ports, is back to what it was
+/// (0 in a new namespace) after `--cleanup`.
+#[tokio::test]
+async fn iptables_mode_repairs_tampering_within_the_sync_period() {
+    if !can_use_netns("iptables_mode_repairs_tampering_within_the_sync_period") {
+        return;
+    }
+    let ns = NetnsHandle::create();
+    let route_localnet = || ns.exec(&["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]).1.trim().to_string();
+    assert_eq!(route_localnet(), "0");
+    let dir = tempfile::tempdir().unwrap();
+    let m = write(dir.path(), "m.yaml", &format!("{WEB}---{NODE_A}"));
+    let src = format!("--source=file:{}", m.display());
+    let args = [
+        "--proxy-mode=iptables",
+        "--hostname-override=node-a",
+        "--cluster-cidr=10.244.0.0/16",
+        src.as_str(),
+        "--min-sync-period=50ms",
+        "--sync-period=2s",
+    ];
+    let mut d = Daemon::start_in_netns(&ns.name, &switchyard_bin(), dir.path(), &args);
+    eventually("ready", || {
+        let (ns, addr) = (&ns, d.metrics);
+        async move { matches!(ns.http("GET", addr, "/readyz").await, Ok((200, _, _))) }
+    })
+    .await;
+    let hook = "-A PREROUTING -m comment --comment \"switchyard service portals\" -j SWITCHYARD-SERVICES";
+    let (_, rules) = ns.exec(&["iptables-save", "-t", "nat"]);
+    assert!(rules.contains(hook), "{rules}");
+    assert_eq!(route_localnet(), "1", "localhost node ports need route_localnet");
+
+    let (ok, _) = ns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-D",
+        "PREROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "switchyard service portals",
+        "-j",
+        "SWITCHYARD-SERVICES",
+    ]);
+    assert!(ok);
+    assert!(!ns.exec(&["iptables-save", "-t", "nat"]).1.contains(hook));
+    let counted = "switchyard_drift_repairs_total{backend=\"iptables\",kind=\"hook jump\"} 1";
+    eventually("the deleted PREROUTING jump is back and counted", || {
+        let (ns, addr) = (&ns, d.metrics);
+        async move {
+            let (_, rules) = ns.exec(&["iptables-save", "-t", "nat"]);
+            let metrics = match ns.http("GET", addr, "/metrics").await {
+                Ok((200, _, body)) => body,
+                _ => return false,
+            };
+            rules.contains(hook) && metrics.contains(counted)
+        }
+    })
+    .await;
+
+    assert_eq!(d.terminate().await, Some(0), "{}", d.log_text());
+    assert!(d.log_text().contains("hook"), "the repair is logged, naming the hook:\n{}", d.log_text());
+    let bin = switchyard_bin();
+    let (code, _, err) =
+        run(std::path::Path::new("ip"), &["netns", "exec", &ns.name, bin.to_str().unwrap(), "--cleanup"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!ns.exec(&["iptables-save"]).1.contains("SWITCHYARD"));
+    assert_eq!(route_localnet(), "0", "--cleanup restores route_localnet");
+}

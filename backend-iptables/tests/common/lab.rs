@@ -180,6 +180,14 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The backend's sysctl records of the node namespace (see
+        // backend_iptables::sysctl) go with it: its cookie is never reused.
+        if let Ok(Ok(key)) = self.ns("node").run(backend_iptables::sysctl::netns_key) {
+            for owner in ["iptables", "ipvs"] {
+                let path = std::path::Path::new(backend_iptables::sysctl::RUN_DIR).join(format!("{owner}-{key}.json"));
+                let _ = std::fs::remove_file(path);
+            }
+        }
         for name in self.created.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }

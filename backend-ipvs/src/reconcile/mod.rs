@@ -367,6 +367,12 @@ pub struct Stats {
     pub dests_added: usize,
     pub dests_drained: usize,
     pub dests_deleted: usize,
+    /// Virtual servers of ours someone else deleted, changed or added, put
+    /// right (only counted against a `previous` desired state).
+    pub repaired_services: usize,
+    /// Real servers of ours someone else deleted or changed, or added to our
+    /// virtual servers, put right.
+    pub repaired_dests: usize,
 }
 
 /// Reconciles the virtual servers in `keys` (plus every draining one):
@@ -375,6 +381,23 @@ pub struct Stats {
 pub fn reconcile(
     ipvs: &mut dyn Ipvs,
     desired: &Desired,
+    keys: Option<&BTreeSet<ServiceKey>>,
+    owner: &Ownership,
+    draining: &mut Draining,
+    grace: Duration,
+    now: Instant,
+) -> Result<Stats, ClientError> {
+    reconcile_with(ipvs, desired, None, keys, owner, draining, grace, now)
+}
+
+/// [`reconcile`], also counting as repairs (drift) what differs from
+/// `previous`, the desired state of the last successful sync, in virtual
+/// servers and real servers the plans did not change since.
+#[allow(clippy::too_many_arguments, reason = "reconcile's inputs plus the state the drift is measured against")]
+pub fn reconcile_with(
+    ipvs: &mut dyn Ipvs,
+    desired: &Desired,
+    previous: Option<&Desired>,
     keys: Option<&BTreeSet<ServiceKey>>,
     owner: &Ownership,
     draining: &mut Draining,
@@ -395,11 +418,21 @@ pub fn reconcile(
     draining
         .since
         .retain(|(k, _), _| !todo.contains(k) || (current.contains_key(k) && desired.services.contains_key(k)));
+    // Drift is measured where the plans did not change the virtual server.
+    let unchanged = |key: &ServiceKey, want: Option<&DesiredService>| {
+        previous.is_some_and(|p| p.services.get(key).map(|d| (&d.vs, &d.dests)) == want.map(|w| (&w.vs, &w.dests)))
+    };
+    let draining_before: BTreeSet<(ServiceKey, SocketAddr)> = draining.since.keys().copied().collect();
     for key in &todo {
-        match (desired.services.get(key), current.get(key)) {
+        let want = desired.services.get(key);
+        let drift = unchanged(key, want);
+        match (want, current.get(key)) {
             (Some(want), None) => {
                 ops.push(Request::NewService(want.vs.clone()));
                 stats.services_added += 1;
+                if drift {
+                    stats.repaired_services += 1;
+                }
                 for d in &want.dests {
                     ops.push(Request::NewDest(*key, RealServer::nat(d.ip(), d.port(), WEIGHT)));
                     stats.dests_added += 1;
@@ -408,16 +441,26 @@ pub fn reconcile(
             (Some(want), Some(have)) => {
                 if *have != want.vs {
                     ops.push(Request::SetService(want.vs.clone()));
+                    if drift {
+                        stats.repaired_services += 1;
+                    }
                 }
                 let dests = match all_dests.as_mut().and_then(|all| all.remove(key)) {
                     Some(d) => d,
                     None => ipvs.dests(key)?,
                 };
+                if drift {
+                    stats.repaired_dests += dest_drift(key, want, &dests, &draining_before);
+                }
                 dest_ops(key, want, &dests, draining, grace, now, &mut ops, &mut stats);
             }
             (None, Some(_)) if owner.owns(key) => {
                 ops.push(Request::DelService(*key));
                 stats.services_deleted += 1;
+                // Ours by address but never written by this process: someone added it.
+                if drift {
+                    stats.repaired_services += 1;
+                }
             }
             _ => {}
         }
@@ -425,6 +468,31 @@ pub fn reconcile(
     stats.requests = ops.len();
     ipvs.execute(&ops)?;
     Ok(stats)
+}
+
+/// Real servers of a virtual server the plans did not change that differ
+/// from what we wrote: missing, with another weight or forwarding method,
+/// or added by someone (not one of ours draining).
+fn dest_drift(
+    key: &ServiceKey,
+    want: &DesiredService,
+    have: &[RealServer],
+    draining: &BTreeSet<(ServiceKey, SocketAddr)>,
+) -> usize {
+    let have_by_addr: BTreeMap<SocketAddr, &RealServer> = have.iter().map(|r| (r.socket_addr(), r)).collect();
+    let wrong = want
+        .dests
+        .iter()
+        .filter(|d| match have_by_addr.get(d) {
+            None => true,
+            Some(rs) => rs.weight != WEIGHT || rs.fwd_method != crate::message::CONN_F_MASQ,
+        })
+        .count();
+    let added = have
+        .iter()
+        .filter(|rs| !want.dests.contains(&rs.socket_addr()) && !draining.contains(&(*key, rs.socket_addr())))
+        .count();
+    wrong + added
 }
 
 #[allow(clippy::too_many_arguments, reason = "one step of reconcile, kept apart for readability")]

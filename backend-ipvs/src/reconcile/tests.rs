@@ -322,3 +322,60 @@ fn incremental_updates_equal_a_fresh_build() {
     assert!(script.contains("del SWITCHYARD-LOOPBACK 10.244.1.5,tcp:8080,10.244.1.5"), "{script}");
     assert!(!script.contains("SWITCHYARD-VIPS 192.0.2.1"), "{script}");
 }
+
+/// Issue 18: a full sync repairs what someone else did to our virtual
+/// servers (`ipvsadm -D`, `-d`, `-e`, `-A` on our VIP) and counts it as drift
+/// against the previous desired state; changes of the plans are not drift.
+#[test]
+fn drift_against_the_previous_state_is_counted() {
+    let (svc, slice) = web(&["10.244.1.5", "10.244.1.6"]);
+    let d = desired(&snapshot(vec![svc], vec![slice]), &inputs());
+    let mut ipvs = FakeIpvs::new();
+    let mut draining = Draining::default();
+    let now = Instant::now();
+    let grace = Duration::from_secs(15);
+    full(&mut ipvs, &d, &mut draining, now);
+    let k = key("10.96.0.10", 80, Protocol::Tcp);
+    let mut witness = |ipvs: &mut FakeIpvs, previous: &Desired, d: &Desired| {
+        let s = reconcile_with(ipvs, d, Some(previous), None, &owner(d), &mut draining, grace, now).unwrap();
+        (s.repaired_services, s.repaired_dests)
+    };
+    // Nothing changed.
+    assert_eq!(witness(&mut ipvs, &d, &d), (0, 0));
+    // `ipvsadm -D -t 10.96.0.10:80`: the virtual server comes back with its real servers.
+    ipvs.execute(&[Request::DelService(k)]).unwrap();
+    assert_eq!(witness(&mut ipvs, &d, &d), (1, 0));
+    assert_eq!(ipvs.services[&k].1.len(), 2);
+    // `ipvsadm -d` of one real server, `ipvsadm -e -w 5` of the other.
+    ipvs.execute(&[
+        Request::DelDest(k, "10.244.1.5".parse().unwrap(), 8080),
+        Request::SetDest(k, RealServer::nat("10.244.1.6".parse().unwrap(), 8080, 5)),
+    ])
+    .unwrap();
+    assert_eq!(witness(&mut ipvs, &d, &d), (0, 2));
+    // A real server someone added to our virtual server, and a scheduler change.
+    let mut vs = ipvs.services[&k].0.clone();
+    vs.scheduler = "wlc".into();
+    ipvs.execute(&[
+        Request::NewDest(k, RealServer::nat("10.244.9.9".parse().unwrap(), 8080, 1)),
+        Request::SetService(vs),
+    ])
+    .unwrap();
+    assert_eq!(witness(&mut ipvs, &d, &d), (1, 1));
+    // A virtual server someone created on our VIP.
+    let foreign = key("10.96.0.10", 81, Protocol::Tcp);
+    let mut other = ipvs.services[&k].0.clone();
+    other.key = foreign;
+    ipvs.execute(&[Request::NewService(other)]).unwrap();
+    assert_eq!(witness(&mut ipvs, &d, &d), (1, 0));
+    assert!(!ipvs.services.contains_key(&foreign));
+    assert_eq!(witness(&mut ipvs, &d, &d), (0, 0));
+    // A plan change is not drift: an endpoint leaves, the Service's port changes.
+    let (svc, slice) = web(&["10.244.1.5"]);
+    let d2 = desired(&snapshot(vec![svc], vec![slice]), &inputs());
+    assert_eq!(witness(&mut ipvs, &d, &d2), (0, 0));
+    let svc = ServiceBuilder::new("default", "web", "10.96.0.10").port("http", 8080, "TCP").build();
+    let (_, slice) = web(&["10.244.1.5"]);
+    let d3 = desired(&snapshot(vec![svc], vec![slice]), &inputs());
+    assert_eq!(witness(&mut ipvs, &d2, &d3), (0, 0));
+}
