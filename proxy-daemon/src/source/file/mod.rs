@@ -232,19 +232,15 @@ impl FileSource {
         let mut events = Vec::new();
         match st.delivered_at {
             None if errors.is_empty() => {
-                let all = Manifests::from_objects(st.disk.catalog.objects());
                 st.disk.catalog.take_changes();
-                events = all.events();
-                if let Some(node) = &self.node {
-                    events.retain(|e| !matches!(e, ProxyEvent::Node(ResourceEvent::InitApply(n)) if n.metadata.name.as_deref() != Some(node)));
-                }
+                events = relist(st.disk.catalog.objects(), self.node.as_deref());
                 st.delivered_at = Some(SystemTime::now());
                 info!(
                     path = %self.path.display(),
                     files = st.disk.listed,
-                    services = all.services.len(),
-                    endpoint_slices = all.slices.len(),
-                    nodes = all.nodes.len(),
+                    services = st.disk.catalog.count(Kind::Service),
+                    endpoint_slices = st.disk.catalog.count(Kind::EndpointSlice),
+                    nodes = st.disk.catalog.count(Kind::Node),
                     "loaded manifests; delivering the initial state"
                 );
             }
@@ -407,6 +403,28 @@ impl FileSource {
             }
         }
     }
+}
+
+/// The initial list of every resource (`Init`, `InitApply`…, `InitDone`),
+/// each object cloned once; only `node` of the Nodes, when given.
+fn relist(objects: Vec<(ObjectKey, Arc<Object>)>, node: Option<&str>) -> Vec<ProxyEvent> {
+    let mut services = vec![ProxyEvent::Service(ResourceEvent::Init)];
+    let mut slices = vec![ProxyEvent::EndpointSlice(ResourceEvent::Init)];
+    let mut nodes = vec![ProxyEvent::Node(ResourceEvent::Init)];
+    for (key, obj) in objects {
+        match &*obj {
+            Object::Service(s) => services.push(ProxyEvent::Service(ResourceEvent::InitApply(s.clone()))),
+            Object::EndpointSlice(s) => slices.push(ProxyEvent::EndpointSlice(ResourceEvent::InitApply(s.clone()))),
+            Object::Node(n) if node.is_none_or(|want| want == key.name) => {
+                nodes.push(ProxyEvent::Node(ResourceEvent::InitApply(n.clone())));
+            }
+            Object::Node(_) => {}
+        }
+    }
+    services.push(ProxyEvent::Service(ResourceEvent::InitDone));
+    slices.push(ProxyEvent::EndpointSlice(ResourceEvent::InitDone));
+    nodes.push(ProxyEvent::Node(ResourceEvent::InitDone));
+    services.into_iter().chain(slices).chain(nodes).collect()
 }
 
 /// What the run loop needs from a sweep.
