@@ -478,3 +478,42 @@ fn a_path_that_is_one_file_works_and_its_deletion_keeps_everything() {
     assert!(f.take_events().is_empty());
     assert_eq!(f.services(), vec!["default/a"]);
 }
+
+#[tokio::test]
+async fn a_directory_made_again_is_watched_again() {
+    let root = tempfile::tempdir().unwrap();
+    // An hour between polls: the vanishing, the return and the change after
+    // it are all seen through inotify (the parent is watched while the path
+    // is gone, and the new directory once it is back).
+    let f = Fixture::at(root, Some("m"), |s| s.with_poll_interval(Duration::from_secs(3600)));
+    let dir = f.dir.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), svc("a", "10.96.0.1")).unwrap();
+    let running = f.run();
+    common::eventually("the first sweep", || {
+        let s = f.services();
+        async move { s == vec!["default/a"] }
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    common::eventually("the vanished path is reported", || {
+        let n = f.gauge.get();
+        async move { n == 1 }
+    })
+    .await;
+    assert_eq!(f.services(), vec!["default/a"], "kept");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), svc("a", "10.96.0.1")).unwrap();
+    common::eventually("back", || {
+        let n = f.gauge.get();
+        async move { n == 0 }
+    })
+    .await;
+    std::fs::write(dir.join("b.yaml"), svc("b", "10.96.0.2")).unwrap();
+    common::eventually("b.yaml", || {
+        let s = f.services();
+        async move { s.len() == 2 }
+    })
+    .await;
+    running.stop().await;
+}

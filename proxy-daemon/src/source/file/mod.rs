@@ -367,11 +367,12 @@ impl FileSource {
                 let _ = r.send(report.clone());
             }
             let was_polling = watcher.polling_reason().is_some();
-            let added = watcher.follow(&info.watch_dirs);
+            let dirs = info.watch_dirs;
+            let added = watcher.follow(&dirs);
             if !was_polling && let Some(why) = watcher.polling_reason() {
                 warn!(reason = why, interval = ?self.poll_interval, "polling the manifests");
             }
-            let mut wait = if watcher.covers(&info.watch_dirs) && !info.path_error {
+            let mut wait = if watcher.covers(&dirs) && !info.path_error {
                 self.poll_interval * SAFETY_SWEEP_POLLS
             } else {
                 self.poll_interval

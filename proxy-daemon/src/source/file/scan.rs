@@ -248,6 +248,15 @@ impl Disk {
     /// directories symlinked files lead to.
     pub fn watch_dirs(&self) -> BTreeSet<PathBuf> {
         let mut dirs = BTreeSet::new();
+        if self.path_error.is_some() {
+            // The path is gone: watch where it would come back. Its own
+            // watches are dropped, as a directory made again under the same
+            // name needs a new one.
+            if let Some(parent) = self.root.parent().filter(|p| p.is_dir()) {
+                dirs.insert(parent.to_path_buf());
+            }
+            return dirs;
+        }
         if self.root_is_dir {
             dirs.insert(self.root.clone());
         } else if let Some(parent) = self.root.parent() {
