@@ -296,8 +296,11 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         PreparedSource::File(path) => {
             let (tx, rx) = mpsc::channel(4);
             reload_tx = Some(tx);
-            let gauge = Some(daemon_metrics.manifest_errors.clone());
-            let src = FileSource::with_error_gauge(path, cfg.file_poll_interval, sink.clone(), gauge);
+            let src = FileSource::new(path, cfg.file_poll_interval, sink.clone())
+                .with_error_gauge(daemon_metrics.manifest_errors.clone())
+                .with_status(health.clone())
+                .for_node(&node);
+            let src = Arc::new(src);
             let stop = stop_rx.clone();
             tasks.spawn(async move { src.run(rx, wait_for(stop)).await });
         }

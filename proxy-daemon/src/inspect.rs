@@ -28,14 +28,25 @@ use crate::source::file;
 pub struct InspectReport {
     pub mode: String,
     pub programmed: ProgrammedState,
-    /// `None` with `--no-diff`.
+    /// `None` with `--no-diff`, or when the desired state cannot be known.
     pub differences: Option<Vec<StateDifference>>,
+    /// Why the desired state cannot be known: the manifests' problems. The
+    /// daemon programs nothing from such manifests either, so a diff
+    /// against what they hold would list differences that are not there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub manifest_problems: Vec<String>,
 }
 
 impl InspectReport {
     pub fn matches(&self) -> bool {
-        self.differences.as_ref().is_none_or(Vec::is_empty)
+        self.manifest_problems.is_empty() && self.differences.as_ref().is_none_or(Vec::is_empty)
     }
+}
+
+/// The desired state, or why it cannot be known.
+enum Desired {
+    State(ProgrammedState),
+    Incomplete(Vec<String>),
 }
 
 /// Reads the kernel and, unless told not to, the desired state.
@@ -61,16 +72,18 @@ pub async fn inspect(args: &InspectArgs, cfg: &Config, registry: &Registry) -> R
     let dp = factory.build(&ctx).await.map_err(unavailable)?;
     let programmed =
         dp.inspect().await.map_err(|e| DaemonError::Runtime(format!("reading the kernel: {}", ErrorChain(&e))))?;
-    let differences = match source.filter(|_| !args.no_diff) {
-        None => None,
+    let (differences, manifest_problems) = match source.filter(|_| !args.no_diff) {
+        None => (None, Vec::new()),
         Some(source) => {
             let timeout = parse_duration(&args.source_timeout)
                 .map_err(|e| DaemonError::Config(format!("--source-timeout: {e}")))?;
-            let desired = desired_state(cfg, source, &node, ctx.families, timeout).await?;
-            Some(desired.diff(&programmed))
+            match desired_state(cfg, source, &node, ctx.families, timeout).await? {
+                Desired::State(desired) => (Some(desired.diff(&programmed)), Vec::new()),
+                Desired::Incomplete(problems) => (None, problems),
+            }
         }
     };
-    Ok(InspectReport { mode: cfg.mode.clone(), programmed, differences })
+    Ok(InspectReport { mode: cfg.mode.clone(), programmed, differences, manifest_problems })
 }
 
 async fn desired_state(
@@ -79,7 +92,7 @@ async fn desired_state(
     node: &str,
     families: proxy_core::FamilySet,
     timeout: Duration,
-) -> Result<ProgrammedState, DaemonError> {
+) -> Result<Desired, DaemonError> {
     let planner = PlannerConfig {
         node_name: node.into(),
         families,
@@ -99,8 +112,8 @@ async fn desired_state(
     match source {
         PreparedSource::File(path) => {
             let (manifests, errors) = file::read_once(&path);
-            for e in errors {
-                tracing::warn!(error = %e, "malformed manifest");
+            if !errors.is_empty() {
+                return Ok(Desired::Incomplete(errors.iter().map(ToString::to_string).collect()));
             }
             for ev in manifests.events() {
                 sink(ev);
@@ -127,7 +140,7 @@ async fn desired_state(
         }
     }
     let snapshot = tracker.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
-    Ok(snapshot.expected_state())
+    Ok(Desired::State(snapshot.expected_state()))
 }
 
 fn endpoints_text(p: &ProgrammedFrontend) -> String {
@@ -165,6 +178,16 @@ pub fn render(report: &InspectReport, format: OutputFormat) -> String {
                 let _ = writeln!(out, "{a:w0$}  {b:w1$}  {c}");
             }
             let _ = writeln!(out, "\n{} frontends programmed by {}.", report.programmed.frontends.len(), report.mode);
+            if !report.manifest_problems.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "The desired state is unknown: the manifests have {} problems (the daemon programs nothing from them either):",
+                    report.manifest_problems.len()
+                );
+                for p in &report.manifest_problems {
+                    let _ = writeln!(out, "  - {p}");
+                }
+            }
             match &report.differences {
                 None => {}
                 Some(d) if d.is_empty() => out.push_str("The kernel matches the desired state.\n"),

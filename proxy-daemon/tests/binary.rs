@@ -305,3 +305,47 @@ async fn invalid_fields_are_skipped_and_named_failed_syncs_retry() {
     assert!(metrics.contains("switchyard_sync_failures_total{backend=\"memory\"} 2"), "{metrics}");
     assert_eq!(d.terminate().await, Some(0));
 }
+
+/// The count of a histogram in OpenMetrics text (`NAME_count N`).
+fn histogram_count(metrics: &str, name: &str) -> u64 {
+    let prefix = format!("{name}_count ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_endpoint_change_in_a_file_is_a_network_programming_sample() {
+    // Issue 18, finding 9: the histogram stayed empty with the file source
+    // (manifests carry no trigger time; the file's mtime is one).
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(&manifests, "web.yaml", WEB);
+    write(&manifests, "node.yaml", NODE_A);
+    let src = format!("--source=file:{}", manifests.display());
+    let mut d = Daemon::start(&memory_bin(), dir.path(), &["--proxy-mode=memory", &src, FAST[0], FAST[1]]);
+    d.wait_ready().await;
+    let name = "kubeproxy_network_programming_duration_seconds";
+    assert_eq!(histogram_count(&d.get("/metrics").await.1, name), 0, "the initial list is no sample");
+
+    write(&manifests, "web.yaml", &WEB.replace("10.0.1.1", "10.0.1.2"));
+    d.barrier().await;
+    let (_, metrics) = d.get("/metrics").await;
+    assert_eq!(histogram_count(&metrics, name), 1, "{metrics}");
+    // A Service change alone is no endpoint change: no sample.
+    write(&manifests, "web.yaml", &WEB.replace("10.0.1.1", "10.0.1.2").replace("port: 80,", "port: 81,"));
+    d.barrier().await;
+    assert_eq!(histogram_count(&d.get("/metrics").await.1, name), 1);
+    assert_eq!(d.terminate().await, Some(0));
+}
+
+#[test]
+fn inspect_refuses_to_diff_against_broken_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write(dir.path(), "m.yaml", &format!("{WEB}---{NODE_A}---\nkind: [\n"));
+    let src = format!("--source=file:{}", m.display());
+    let (code, out, err) = run(&memory_bin(), &["inspect", "--proxy-mode=memory", &src, FAST[1]], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.contains("The desired state is unknown: the manifests have 1 problems"), "{out}");
+    assert!(out.contains(&format!("{}, document 4: not valid YAML", m.display())), "{out}");
+    assert!(!out.contains("Missing"), "no diff against an incomplete view: {out}");
+}

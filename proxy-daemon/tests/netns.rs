@@ -167,3 +167,74 @@ async fn iptables_mode_repairs_tampering_within_the_sync_period() {
     assert!(!ns.exec(&["iptables-save"]).1.contains("SWITCHYARD"));
     assert_eq!(route_localnet(), "0", "--cleanup restores route_localnet");
 }
+
+/// Issue 18, finding 1: a restart on a malformed manifest used to sync 0
+/// Services (wiping every rule) and report ready. Now the daemon delivers
+/// nothing until the manifests are whole: the kernel keeps what it holds,
+/// `/readyz` names the problem, and the fix is programmed.
+#[tokio::test]
+async fn a_restart_on_a_malformed_manifest_keeps_the_rules() {
+    if !can_use_netns("a_restart_on_a_malformed_manifest_keeps_the_rules") {
+        return;
+    }
+    let ns = NetnsHandle::create();
+    let dir = tempfile::tempdir().unwrap();
+    let good = format!("{WEB}---{NODE_A}");
+    let m = write(dir.path(), "m.yaml", &good);
+    let src = format!("--source=file:{}", m.display());
+    // A sync attempt every 200 ms, each logged at -v 4 while the initial
+    // lists are incomplete: the test watches attempts go by, no sleeping.
+    let args = [
+        "--proxy-mode=iptables",
+        "--hostname-override=node-a",
+        "--cluster-cidr=10.244.0.0/16",
+        src.as_str(),
+        "--min-sync-period=50ms",
+        "--sync-period=200ms",
+        "-v",
+        "4",
+    ];
+    let programmed = |rules: &str| rules.contains("10.96.0.10/32");
+    let ready = |d: &Daemon| {
+        let (ns, addr) = (&ns, d.metrics);
+        async move { matches!(ns.http("GET", addr, "/readyz").await, Ok((200, _, _))) }
+    };
+
+    let mut d = Daemon::start_in_netns(&ns.name, &switchyard_bin(), dir.path(), &args);
+    eventually("ready", || ready(&d)).await;
+    let (_, rules) = ns.exec(&["iptables-save"]);
+    assert!(programmed(&rules), "the Service is programmed:\n{rules}");
+    assert_eq!(d.terminate().await, Some(0), "{}", d.log_text());
+
+    // Corrupted while the daemon was down: a broken second document.
+    write(dir.path(), "m.yaml", &format!("{WEB}---\nkind: [\n---{NODE_A}"));
+    let d = Daemon::start_in_netns(&ns.name, &switchyard_bin(), dir.path(), &args);
+    eventually("five sync attempts held back", || {
+        let log = d.log_text();
+        async move { log.matches("initial lists incomplete; not syncing yet").count() >= 5 }
+    })
+    .await;
+    let (_, rules) = ns.exec(&["iptables-save"]);
+    assert!(programmed(&rules), "the rules stay in place:\n{rules}\nlog:\n{}", d.log_text());
+    let (code, _, body) = ns.http("GET", d.metrics, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&format!("file: {}, document 3: not valid YAML", m.display())), "{body}");
+    let (_, _, metrics) = ns.http("GET", d.metrics, "/metrics").await.unwrap();
+    assert!(metrics.contains("switchyard_ready 0"), "{metrics}");
+    assert!(metrics.contains("switchyard_manifest_errors 1"), "{metrics}");
+    assert!(d.log_text().contains("nothing is programmed until they are fixed"), "{}", d.log_text());
+
+    // Fixed: ready, and programmed.
+    write(dir.path(), "m.yaml", &good);
+    eventually("ready after the fix", || ready(&d)).await;
+    let (_, rules) = ns.exec(&["iptables-save"]);
+    assert!(programmed(&rules), "{rules}");
+    let (_, _, metrics) = ns.http("GET", d.metrics, "/metrics").await.unwrap();
+    assert!(metrics.contains("switchyard_manifest_errors 0"), "{metrics}");
+    let mut d = d;
+    assert_eq!(d.terminate().await, Some(0), "{}", d.log_text());
+    let bin = switchyard_bin();
+    let (code, _, err) =
+        run(std::path::Path::new("ip"), &["netns", "exec", &ns.name, bin.to_str().unwrap(), "--cleanup"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+}
