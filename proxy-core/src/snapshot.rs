@@ -100,6 +100,6 @@ impl Snapshot {
                 );
             }
         }
-        ProgrammedState { frontends }
+        ProgrammedState { frontends, unattached: Vec::new() }
     }
 }
