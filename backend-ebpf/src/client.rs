@@ -580,8 +580,9 @@ pub fn unpin_all(cfg: &EbpfConfig) -> Result<(), EbpfError> {
 /// new, empty instance: nothing else on the machine sees these pins. An
 /// existing one (a previous run's, which left it for the next run so that
 /// routing continued meanwhile) is reused, never stacked over. It records
-/// the namespace it serves (`netns-ino-<inode>`, a directory in it), so that
-/// [`collect_dead_private_bpffs`] knows when it has outlived it.
+/// the namespace it serves (`netns-<inode>-<cookie>`, a directory in it),
+/// so that [`collect_dead_private_bpffs`] knows when it has outlived it.
+/// Runs on a thread inside that namespace.
 pub fn mount_private_bpffs(mount: &Path) -> Result<(), EbpfError> {
     fs::create_dir_all(mount).map_err(|e| EbpfError::io(format!("create {}", mount.display()), e))?;
     if !is_bpffs(mount) {
@@ -590,12 +591,12 @@ pub fn mount_private_bpffs(mount: &Path) -> Result<(), EbpfError> {
         tracing::info!(mount = %mount.display(), "mounted a private bpffs (/sys/fs/bpf is not a bpffs here)");
     }
     if let Some(ino) = netns_inode("/proc/thread-self/ns/net") {
-        let _ = fs::create_dir(mount.join(format!("{NETNS_MARKER}{ino}")));
+        let _ = fs::create_dir(mount.join(format!("{NETNS_MARKER}{ino}-{}", netns_cookie())));
     }
     Ok(())
 }
 
-const NETNS_MARKER: &str = "netns-ino-";
+const NETNS_MARKER: &str = "netns-";
 
 fn netns_inode(path: impl AsRef<Path>) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -634,13 +635,14 @@ pub fn unmount_private_bpffs(mount: &Path) -> Result<(), EbpfError> {
 /// `--cleanup` leave theirs mounted on purpose (routing continues while
 /// the daemon is down), but once the namespace is deleted nothing will use
 /// them again, and their maps hold kernel memory. A namespace counts as
-/// alive while `/run/netns/<name>` exists, any mount of it exists (nsfs,
-/// `ip netns` and bind mounts), or any thread is in it. Returns what was
-/// unmounted.
+/// alive while `/run/netns/<name>` exists, or a mount of it (nsfs: `ip
+/// netns`, bind mounts) or a thread in it has the recorded inode and, the
+/// kernel reusing inode numbers of freed namespaces, the recorded netns
+/// cookie (never reused). Returns what was unmounted.
 pub fn collect_dead_private_bpffs(keep: Option<&Path>) -> Vec<PathBuf> {
     let base = Path::new(crate::config::PRIVATE_BPFFS_DIR);
     let Ok(entries) = fs::read_dir(base) else { return Vec::new() };
-    let mut alive: Option<BTreeSet<u64>> = None;
+    let mut live: Option<BTreeMap<u64, PathBuf>> = None;
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let mount = entry.path();
@@ -651,22 +653,24 @@ pub fn collect_dead_private_bpffs(keep: Option<&Path>) -> Vec<PathBuf> {
         if Path::new("/run/netns").join(&name).exists() {
             continue;
         }
+        // (inode, cookie; 0 = unknown) of the namespace it served.
         let marker = fs::read_dir(&mount).ok().and_then(|d| {
-            d.flatten().find_map(|e| e.file_name().to_str()?.strip_prefix(NETNS_MARKER)?.parse::<u64>().ok())
+            d.flatten().find_map(|e| {
+                let name = e.file_name();
+                let (ino, cookie) = name.to_str()?.strip_prefix(NETNS_MARKER)?.split_once('-')?;
+                Some((ino.parse::<u64>().ok()?, cookie.parse::<u64>().ok()?))
+            })
         });
-        let Some(ino) = marker.or_else(|| name.strip_prefix("ino-").and_then(|n| n.parse().ok())) else {
-            // Neither a name that still exists nor an inode to look for:
-            // an older version's mount of a deleted named namespace.
-            if let Err(e) = unmount_private_bpffs(&mount) {
-                tracing::warn!(mount = %mount.display(), error = %e, "removing a stale private bpffs failed");
+        let owner = marker.or_else(|| name.strip_prefix("ino-").and_then(|n| n.parse().ok()).map(|ino| (ino, 0)));
+        if let Some((ino, cookie)) = owner {
+            let live = live.get_or_insert_with(live_netns_paths);
+            // Unreadable (the thread just went away): alive, to be safe.
+            if live.get(&ino).is_some_and(|path| cookie == 0 || netns_cookie_of(path).is_none_or(|c| c == cookie)) {
                 continue;
             }
-            removed.push(mount);
-            continue;
-        };
-        if alive.get_or_insert_with(live_netns_inodes).contains(&ino) {
-            continue;
         }
+        // Else neither a name that still exists nor a namespace that is
+        // alive (or an older version's mount of a deleted named namespace).
         match unmount_private_bpffs(&mount) {
             Ok(()) => removed.push(mount),
             Err(e) => tracing::warn!(mount = %mount.display(), error = %e, "removing a stale private bpffs failed"),
@@ -678,16 +682,18 @@ pub fn collect_dead_private_bpffs(keep: Option<&Path>) -> Vec<PathBuf> {
     removed
 }
 
-/// Inodes of every network namespace that is mounted (nsfs) or has a thread in it.
-fn live_netns_inodes() -> BTreeSet<u64> {
-    let mut out = BTreeSet::new();
+/// A path to every network namespace that is mounted (nsfs) or has a
+/// thread in it, by inode.
+fn live_netns_paths() -> BTreeMap<u64, PathBuf> {
+    let mut out = BTreeMap::new();
     if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
         for line in info.lines() {
-            // "… 0:4 net:[4026532433] /run/netns/x …"
-            if let Some(rest) = line.split_whitespace().nth(3).and_then(|root| root.strip_prefix("net:["))
-                && let Some(ino) = rest.strip_suffix(']').and_then(|n| n.parse().ok())
+            // "46 45 0:4 net:[4026532433] /run/netns/x rw … - nsfs nsfs rw"
+            let mut fields = line.split_whitespace();
+            let (Some(root), Some(point)) = (fields.nth(3), fields.next()) else { continue };
+            if let Some(ino) = root.strip_prefix("net:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok())
             {
-                out.insert(ino);
+                out.entry(ino).or_insert_with(|| PathBuf::from(point));
             }
         }
     }
@@ -698,11 +704,29 @@ fn live_netns_inodes() -> BTreeSet<u64> {
             }
             let Ok(tasks) = fs::read_dir(p.path().join("task")) else { continue };
             for t in tasks.flatten() {
-                out.extend(netns_inode(t.path().join("ns/net")));
+                let path = t.path().join("ns/net");
+                if let Some(ino) = netns_inode(&path) {
+                    out.entry(ino).or_insert(path);
+                }
             }
         }
     }
     out
+}
+
+/// The netns cookie of the namespace at `path`, read on a short-lived
+/// thread that enters it.
+fn netns_cookie_of(path: &Path) -> Option<u64> {
+    let f = fs::File::open(path).ok()?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            Some(netns_cookie()).filter(|c| *c != 0)
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
 }
 
 /// Whether `path` is on a bpffs.

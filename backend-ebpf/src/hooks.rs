@@ -102,10 +102,9 @@ impl Hooks {
             }
             match client::attach_tc(ebpf, cfg, ifname, tcx) {
                 Ok(held) => {
-                    let mut links = [None, None];
-                    for (slot, link) in links.iter_mut().zip(held.into_iter().map(Some).chain([None, None])) {
-                        *slot = link;
-                    }
+                    // TCX: one link per hook, in TC_PROGRAMS order; none for clsact filters.
+                    let mut held = held.into_iter();
+                    let links = [held.next(), held.next()];
                     self.attached.insert(ifname.clone(), Attachment { ifindex: *index, links });
                     pass.new_interfaces.push(ifname.clone());
                 }
@@ -196,7 +195,7 @@ impl Hooks {
         }
     }
 
-    /// Moves repairs into the pending set (a background pass).
+    /// Adds a pass's repairs to those the next successful sync reports.
     pub fn defer(&mut self, pass: &Pass) {
         for (kind, n) in &pass.repairs {
             *self.pending.entry(kind.clone()).or_insert(0) += n;

@@ -351,10 +351,8 @@ impl SyncJob {
         } else if !pass.failures.is_empty() {
             set_health(&self.health, pass.health());
         }
-        let mut repairs = std::mem::take(&mut loaded.hooks.pending);
-        for (kind, n) in pass.repairs {
-            *repairs.entry(kind).or_insert(0) += n;
-        }
+        // Reported by the first sync that succeeds (they are logged already).
+        loaded.hooks.defer(&pass);
         if let Ok(mut m) = self.monitor.lock()
             && m.is_none()
         {
@@ -417,6 +415,7 @@ impl SyncJob {
             udp_flows_flushed = stats.udp_flushed,
             "eBPF maps synced"
         );
+        let repairs = std::mem::take(&mut loaded.hooks.pending);
         Ok(SyncOutcome { full, objects, repairs })
     }
 
