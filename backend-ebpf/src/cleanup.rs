@@ -9,6 +9,10 @@ use crate::config::EbpfConfig;
 /// (detaching TCX and cgroup programs) and maps, and removes the pin
 /// directory. Succeeds when there is nothing to remove.
 ///
+/// Also unmounts the private bpffs of namespaces that no longer exist
+/// (runs that ended without cleanup leave theirs; see
+/// [`client::collect_dead_private_bpffs`]).
+///
 /// CLI equivalent: `tc filter del dev IF ingress prio 0x5359 handle 1 bpf`
 /// per interface, then `rm -r /sys/fs/bpf/switchyard` (and `umount` of a
 /// private bpffs the backend mounted for a test namespace).
@@ -25,5 +29,6 @@ pub fn cleanup(cfg: &EbpfConfig) -> Result<(), EbpfError> {
     if let Some(mount) = &cfg.private_bpffs {
         client::unmount_private_bpffs(mount)?;
     }
+    client::collect_dead_private_bpffs(None);
     Ok(())
 }

@@ -15,9 +15,10 @@
 //! which outlives the process by itself and is found again by priority and
 //! handle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::MapInfo;
@@ -29,7 +30,7 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::EbpfError;
 use crate::config::EbpfConfig;
-use crate::layout;
+use crate::{layout, netlink, sys};
 
 /// The compiled programs (see build.rs).
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchyard.bpf.o"));
@@ -50,6 +51,73 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     "swy_getpeername4",
     "swy_getpeername6",
 ];
+
+/// The cgroup attach type of a socket hook (its `SEC("cgroup/…")`).
+pub fn sock_attach_type(name: &str) -> u32 {
+    use sys::attach_type::*;
+    match name {
+        "swy_connect4" => CGROUP_INET4_CONNECT,
+        "swy_connect6" => CGROUP_INET6_CONNECT,
+        "swy_sendmsg4" => CGROUP_UDP4_SENDMSG,
+        "swy_sendmsg6" => CGROUP_UDP6_SENDMSG,
+        "swy_recvmsg4" => CGROUP_UDP4_RECVMSG,
+        "swy_recvmsg6" => CGROUP_UDP6_RECVMSG,
+        "swy_getpeername4" => CGROUP_INET4_GETPEERNAME,
+        _ => CGROUP_INET6_GETPEERNAME,
+    }
+}
+
+/// How a hook is named in logs, health reasons and `inspect`.
+pub fn tc_hook_name(hook: TcAttachType, ifname: &str) -> String {
+    let dir = if hook == TcAttachType::Egress { "egress" } else { "ingress" };
+    format!("tc {dir} on {ifname}")
+}
+
+pub fn cgroup_hook_name(program: &str, cgroup: &Path) -> String {
+    format!("cgroup {} on {}", program.trim_start_matches("swy_"), cgroup.display())
+}
+
+/// A link this process keeps open, and where it should be pinned. The
+/// descriptor keeps the program attached whatever happens to the pin
+/// (removed by hand, its bpffs unmounted); the pin keeps it attached
+/// after this process ends, so that routing continues across restarts.
+#[derive(Debug)]
+pub struct HeldLink {
+    pub fd: OwnedFd,
+    pub id: u32,
+    pub pin: PathBuf,
+}
+
+impl HeldLink {
+    /// Takes a descriptor of our own for `link` (aya's cannot be borrowed,
+    /// and its `pin` closes it on failure, which would detach the link),
+    /// then pins it at `pin` unless `pinned` says it is there already. A
+    /// failed pin is logged and left to the next check: the link stays
+    /// attached through our descriptor.
+    fn take(link: FdLink, pin: &Path, pinned: bool) -> Result<HeldLink, EbpfError> {
+        let pin_err =
+            |e: Box<dyn std::error::Error + Send + Sync>| EbpfError::Pin { path: pin.to_path_buf(), source: e };
+        let id = link.info().map_err(|e| pin_err(Box::new(e)))?.id();
+        let fd = sys::link_fd_by_id(id).map_err(|e| pin_err(Box::new(e)))?;
+        drop(link);
+        let held = HeldLink { fd, id, pin: pin.to_path_buf() };
+        if !pinned && let Err(e) = held.pin_at(pin) {
+            tracing::warn!(pin = %pin.display(), error = %e, "pinning a link failed; it stays attached while this process runs");
+        }
+        Ok(held)
+    }
+
+    /// `bpftool link pin id N PATH`.
+    pub fn pin_at(&self, path: &Path) -> io::Result<()> {
+        sys::obj_pin(self.fd.as_fd(), path)
+    }
+
+    /// Whether the pin still names this link (a pin replaced by another
+    /// link counts as missing).
+    pub fn pinned(&self) -> bool {
+        sys::obj_get(&self.pin).and_then(|fd| sys::link_id(fd.as_fd())).is_ok_and(|id| id == self.id)
+    }
+}
 
 /// Priority and handle of our clsact filter on kernels without TCX.
 pub const NL_PRIORITY: u16 = 0x5359;
@@ -111,6 +179,7 @@ pub fn drop_incompatible_pins(cfg: &EbpfConfig) -> Vec<String> {
 /// existing pins) and every program into the kernel.
 pub fn load(cfg: &EbpfConfig) -> Result<Ebpf, EbpfError> {
     if let Some(mount) = &cfg.private_bpffs {
+        collect_dead_private_bpffs(Some(mount));
         mount_private_bpffs(mount)?;
     }
     for dir in [cfg.maps_dir(), cfg.links_dir()] {
@@ -166,24 +235,39 @@ fn tc_pin(cfg: &EbpfConfig, prefix: &str, ifname: &str) -> PathBuf {
 
 /// Attaches (or atomically replaces) the TC programs on `ifname`: ingress
 /// (NAT, reverse NAT, reject) and egress (reverse NAT of the node's own replies).
+/// Returns the links held open (TCX; none for netlink filters, which stay
+/// until deleted).
 ///
 /// TCX: the pinned link is updated in place (`bpf_link_update`), or created
 /// and pinned. Netlink: our filter (prio/handle fixed) is replaced, or added
 /// after `tc qdisc add dev IF clsact`.
-pub fn attach_tc(ebpf: &mut Ebpf, cfg: &EbpfConfig, ifname: &str, tcx: bool) -> Result<(), EbpfError> {
+pub fn attach_tc(ebpf: &mut Ebpf, cfg: &EbpfConfig, ifname: &str, tcx: bool) -> Result<Vec<HeldLink>, EbpfError> {
+    let mut held = Vec::new();
+    for (i, _) in TC_PROGRAMS.iter().enumerate() {
+        held.extend(attach_tc_hook(ebpf, cfg, ifname, i, tcx)?);
+    }
+    Ok(held)
+}
+
+/// Attaches one of [`TC_PROGRAMS`] (by index) to `ifname`; see [`attach_tc`].
+pub fn attach_tc_hook(
+    ebpf: &mut Ebpf,
+    cfg: &EbpfConfig,
+    ifname: &str,
+    index: usize,
+    tcx: bool,
+) -> Result<Option<HeldLink>, EbpfError> {
+    let (name, hook, prefix) = TC_PROGRAMS[index];
     if !tcx {
         // clsact may already be there (ours or someone else's): EEXIST is fine.
         let _ = aya::programs::tc::qdisc_add_clsact(ifname);
     }
-    for (name, hook, prefix) in TC_PROGRAMS {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(EbpfError::MissingProgram(name))?
-            .try_into()
-            .map_err(|e| EbpfError::program(name, e))?;
-        attach_one(prog, cfg, ifname, hook, prefix, tcx)?;
-    }
-    Ok(())
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|e| EbpfError::program(name, e))?;
+    attach_one(prog, cfg, ifname, hook, prefix, tcx)
 }
 
 fn attach_one(
@@ -193,8 +277,8 @@ fn attach_one(
     hook: TcAttachType,
     prefix: &str,
     tcx: bool,
-) -> Result<(), EbpfError> {
-    let err = |e| EbpfError::attach(ifname, e);
+) -> Result<Option<HeldLink>, EbpfError> {
+    let err = |e| EbpfError::attach(&tc_hook_name(hook, ifname), e);
     if tcx {
         let pin = tc_pin(cfg, prefix, ifname);
         if let Ok(old) = PinnedLink::from_pin(&pin) {
@@ -202,19 +286,19 @@ fn attach_one(
             if let Ok(link) = link
                 && let Ok(id) = prog.attach_to_link(link)
             {
-                // Still pinned: dropping our handle leaves it attached.
-                let _ = prog.take_link(id).map(FdLink::try_from);
-                return Ok(());
+                let link = prog.take_link(id).map_err(err)?;
+                let fd =
+                    FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: pin.clone(), source: Box::new(e) })?;
+                return HeldLink::take(fd, &pin, true).map(Some);
             }
-            // Defunct (its interface went away) or not a TCX link: replace it.
+            // Defunct (detached, or its interface went away) or not a TCX link: replace it.
             let _ = fs::remove_file(&pin);
         }
         let id =
             prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default())).map_err(err)?;
         let link = prog.take_link(id).map_err(err)?;
         let fd = FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: pin.clone(), source: Box::new(e) })?;
-        fd.pin(&pin).map_err(|e| EbpfError::Pin { path: pin.clone(), source: Box::new(e) })?;
-        return Ok(());
+        return HeldLink::take(fd, &pin, false).map(Some);
     }
     let handle = TcHandle::new(0, NL_HANDLE);
     if let Ok(existing) = SchedClassifierLink::attached(ifname, hook, NL_PRIORITY, handle, None)
@@ -224,7 +308,7 @@ fn attach_one(
             // A netlink filter stays until deleted; the handle must not detach it on drop.
             std::mem::forget(link);
         }
-        return Ok(());
+        return Ok(None);
     }
     let id = prog
         .attach_with_options(
@@ -235,11 +319,12 @@ fn attach_one(
         .map_err(err)?;
     let link = prog.take_link(id).map_err(err)?;
     std::mem::forget(link);
-    Ok(())
+    Ok(None)
 }
 
 /// Detaches the TC programs from `ifname` (both kinds): `rm <pins>`,
-/// `tc filter del dev IF ingress|egress prio 0x5359 handle 1 bpf`.
+/// `tc filter del dev IF ingress|egress prio 0x5359 handle 1 bpf`. A link
+/// this process still holds stays attached until its [`HeldLink`] is dropped.
 pub fn detach_tc(cfg: &EbpfConfig, ifname: &str) {
     for (name, hook, prefix) in TC_PROGRAMS {
         let _ = fs::remove_file(tc_pin(cfg, prefix, ifname));
@@ -250,47 +335,183 @@ pub fn detach_tc(cfg: &EbpfConfig, ifname: &str) {
 /// Pinned TC links whose interface no longer exists in this namespace.
 pub fn stale_tc_pins(cfg: &EbpfConfig, present: &BTreeMap<String, u32>) -> Vec<String> {
     let Ok(entries) = fs::read_dir(cfg.links_dir()) else { return Vec::new() };
-    entries
+    let stale: BTreeSet<String> = entries
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             TC_PROGRAMS.iter().find_map(|(_, _, prefix)| name.strip_prefix(prefix).map(str::to_string))
         })
         .filter(|ifname| !present.contains_key(ifname))
-        .collect()
+        .collect();
+    stale.into_iter().collect()
 }
 
 fn cg_pin(cfg: &EbpfConfig, name: &str) -> PathBuf {
     cfg.links_dir().join(format!("cg-{name}"))
 }
 
+fn open_cgroup(cgroup: &Path) -> Result<fs::File, EbpfError> {
+    fs::File::open(cgroup).map_err(|e| EbpfError::io(format!("open cgroup {}", cgroup.display()), e))
+}
+
 /// Attaches every socket hook to the cgroup (as bpf_links, so other
 /// programs there keep running) and pins the links; the previous links (a
 /// previous run's programs) are detached after the new ones are in place.
-pub fn attach_cgroup(ebpf: &mut Ebpf, cfg: &EbpfConfig, cgroup: &Path) -> Result<(), EbpfError> {
-    let dir = fs::File::open(cgroup).map_err(|e| EbpfError::io(format!("open cgroup {}", cgroup.display()), e))?;
+pub fn attach_cgroup(
+    ebpf: &mut Ebpf,
+    cfg: &EbpfConfig,
+    cgroup: &Path,
+) -> Result<BTreeMap<&'static str, HeldLink>, EbpfError> {
+    let dir = open_cgroup(cgroup)?;
+    let mut held = BTreeMap::new();
     for name in SOCK_PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(EbpfError::MissingProgram(name))?
-            .try_into()
-            .map_err(|e| EbpfError::program(name, e))?;
-        let err = |e| EbpfError::attach(&cgroup.display().to_string(), e);
-        // A bpf_link attachment (aya uses one on >= 5.7) must pass flags 0
-        // ("Single") and always coexists with other programs on the cgroup.
-        let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
-        let link = prog.take_link(id).map_err(err)?;
-        let fd = FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: cg_pin(cfg, name), source: Box::new(e) })?;
-        let pin = cg_pin(cfg, name);
-        // bpffs refuses names with a dot.
-        let tmp = cfg.links_dir().join(format!("cg-{name}-new"));
-        let _ = fs::remove_file(&tmp);
-        fd.pin(&tmp).map_err(|e| EbpfError::Pin { path: tmp.clone(), source: Box::new(e) })?;
-        // Removing the old pin drops the last reference to the old link: detached.
+        held.insert(name, attach_cgroup_hook(ebpf, cfg, &dir, cgroup, name)?);
+    }
+    Ok(held)
+}
+
+/// Attaches one socket hook; see [`attach_cgroup`].
+pub fn attach_cgroup_hook(
+    ebpf: &mut Ebpf,
+    cfg: &EbpfConfig,
+    dir: &fs::File,
+    cgroup: &Path,
+    name: &'static str,
+) -> Result<HeldLink, EbpfError> {
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|e| EbpfError::program(name, e))?;
+    let err = |e| EbpfError::attach(&cgroup_hook_name(name, cgroup), e);
+    // A bpf_link attachment (aya uses one on >= 5.7) must pass flags 0
+    // ("Single") and always coexists with other programs on the cgroup.
+    let id = prog.attach(dir, CgroupAttachMode::Single).map_err(err)?;
+    let link = prog.take_link(id).map_err(err)?;
+    let pin = cg_pin(cfg, name);
+    let fd = FdLink::try_from(link).map_err(|e| EbpfError::Pin { path: pin.clone(), source: Box::new(e) })?;
+    // Pinned under a temporary name first (bpffs refuses names with a dot),
+    // then moved over the old pin: removing that drops the last reference
+    // to a previous run's link, which detaches it only now.
+    let tmp = cfg.links_dir().join(format!("cg-{name}-new"));
+    let _ = fs::remove_file(&tmp);
+    let mut held = HeldLink::take(fd, &tmp, false)?;
+    if tmp.exists() {
         let _ = fs::remove_file(&pin);
         fs::rename(&tmp, &pin).map_err(|e| EbpfError::io(format!("rename {}", tmp.display()), e))?;
     }
-    Ok(())
+    held.pin = pin;
+    Ok(held)
+}
+
+/// The ids of our loaded programs, by C function name.
+pub fn program_ids(ebpf: &Ebpf) -> BTreeMap<&'static str, u32> {
+    let mut ids = BTreeMap::new();
+    for name in TC_PROGRAMS.iter().map(|(n, _, _)| *n).chain(SOCK_PROGRAMS) {
+        if let Some(info) = ebpf.program(name).and_then(|p| p.info().ok()) {
+            ids.insert(name, info.id());
+        }
+    }
+    ids
+}
+
+/// Program ids attached to a TC hook of `ifindex`: the TCX list (>= 6.6,
+/// `bpftool net show dev IF`), or our clsact filter's program (prio
+/// 0x5359, handle 1; `tc filter show dev IF ingress`).
+pub fn tc_attached_ids(ifindex: u32, hook: TcAttachType, tcx: bool) -> io::Result<Vec<u32>> {
+    if tcx {
+        let attach =
+            if hook == TcAttachType::Egress { sys::attach_type::TCX_EGRESS } else { sys::attach_type::TCX_INGRESS };
+        return sys::prog_query(ifindex, attach);
+    }
+    Ok(netlink::bpf_filters(ifindex, hook)?
+        .into_iter()
+        .filter(|f| f.priority == NL_PRIORITY && f.handle == u32::from(NL_HANDLE))
+        .filter_map(|f| f.prog_id)
+        .collect())
+}
+
+/// Program ids attached to `cgroup` for a socket hook's attach type
+/// (`bpftool cgroup show PATH`).
+pub fn cgroup_attached_ids(dir: &fs::File, program: &str) -> io::Result<Vec<u32>> {
+    sys::prog_query(dir.as_raw_fd() as u32, sock_attach_type(program))
+}
+
+/// Re-pins every map `ebpf` holds whose pin is gone (removed by hand, or
+/// its bpffs unmounted: a private one is mounted again). Returns how many.
+pub fn repin_maps(ebpf: &Ebpf, cfg: &EbpfConfig) -> Result<u64, EbpfError> {
+    if crate::maps::MAP_NAMES.iter().all(|m| cfg.maps_dir().join(m).exists()) {
+        return Ok(0);
+    }
+    if let Some(mount) = &cfg.private_bpffs {
+        mount_private_bpffs(mount)?;
+    }
+    for dir in [cfg.maps_dir(), cfg.links_dir()] {
+        fs::create_dir_all(&dir).map_err(|e| EbpfError::io(format!("create {}", dir.display()), e))?;
+    }
+    let mut n = 0;
+    for name in crate::maps::MAP_NAMES {
+        let path = cfg.maps_dir().join(name);
+        if path.exists() {
+            continue;
+        }
+        let Some(map) = ebpf.map(name) else { continue };
+        map.pin(&path).map_err(|e| EbpfError::Pin { path: path.clone(), source: Box::new(e) })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The ids of every map pinned under `<pinPath>/maps`.
+fn pinned_map_ids(cfg: &EbpfConfig) -> BTreeSet<u32> {
+    crate::maps::MAP_NAMES
+        .iter()
+        .filter_map(|m| MapInfo::from_pin(cfg.maps_dir().join(m)).ok())
+        .map(|info| info.id())
+        .collect()
+}
+
+/// Programs loaded in the kernel that use our pinned maps: ours, whichever
+/// process loaded them (`bpftool prog show` filtered by map ids). What a
+/// fresh process (`switchyard inspect`) compares attachments with.
+pub fn our_program_ids(cfg: &EbpfConfig) -> BTreeSet<u32> {
+    let maps = pinned_map_ids(cfg);
+    if maps.is_empty() {
+        return BTreeSet::new();
+    }
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("swy_")))
+        .filter(|p| p.map_ids().ok().flatten().is_some_and(|ids| ids.iter().any(|id| maps.contains(id))))
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Hooks where our programs should run and the kernel shows none of
+/// `ours`: every TC hook of every interface [`interfaces`] selects, and the
+/// socket hooks of `cgroupPath` when set. Read from the kernel only.
+pub fn unattached_hooks(cfg: &EbpfConfig, ours: &BTreeSet<u32>, tcx: bool) -> Result<Vec<String>, EbpfError> {
+    let mut out = Vec::new();
+    for (ifname, index) in interfaces(cfg)? {
+        for (_, hook, _) in TC_PROGRAMS {
+            match tc_attached_ids(index, hook, tcx) {
+                Ok(ids) if ids.iter().any(|id| ours.contains(id)) => {}
+                // Gone since the listing: not a hook any more.
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                _ => out.push(tc_hook_name(hook, &ifname)),
+            }
+        }
+    }
+    if let Some(cg) = &cfg.cgroup_path {
+        let dir = open_cgroup(cg).ok();
+        for name in SOCK_PROGRAMS {
+            let ok = dir.as_ref().and_then(|d| cgroup_attached_ids(d, name).ok());
+            if !ok.is_some_and(|ids| ids.iter().any(|id| ours.contains(id))) {
+                out.push(cgroup_hook_name(name, cg));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The network namespace cookie of the calling thread (`SO_NETNS_COOKIE`,
@@ -356,22 +577,40 @@ pub fn unpin_all(cfg: &EbpfConfig) -> Result<(), EbpfError> {
 
 /// Mounts a bpffs instance of our own at `mount` unless one is there
 /// (`mkdir -p MOUNT && mount -t bpf bpf MOUNT`). Each mount of bpffs is a
-/// new, empty instance: nothing else on the machine sees these pins.
+/// new, empty instance: nothing else on the machine sees these pins. An
+/// existing one (a previous run's, which left it for the next run so that
+/// routing continued meanwhile) is reused, never stacked over. It records
+/// the namespace it serves (`netns-<inode>-<cookie>`, a directory in it),
+/// so that [`collect_dead_private_bpffs`] knows when it has outlived it.
+/// Runs on a thread inside that namespace.
 pub fn mount_private_bpffs(mount: &Path) -> Result<(), EbpfError> {
     fs::create_dir_all(mount).map_err(|e| EbpfError::io(format!("create {}", mount.display()), e))?;
-    if is_bpffs(mount) {
-        return Ok(());
+    if !is_bpffs(mount) {
+        nix::mount::mount(Some("bpf"), mount, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| EbpfError::io(format!("mount -t bpf bpf {}", mount.display()), io::Error::from(e)))?;
+        tracing::info!(mount = %mount.display(), "mounted a private bpffs (/sys/fs/bpf is not a bpffs here)");
     }
-    nix::mount::mount(Some("bpf"), mount, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| EbpfError::io(format!("mount -t bpf bpf {}", mount.display()), io::Error::from(e)))?;
-    tracing::info!(mount = %mount.display(), "mounted a private bpffs (/sys/fs/bpf is not a bpffs here)");
+    if let Some(ino) = netns_inode("/proc/thread-self/ns/net") {
+        let _ = fs::create_dir(mount.join(format!("{NETNS_MARKER}{ino}-{}", netns_cookie())));
+    }
     Ok(())
 }
 
+const NETNS_MARKER: &str = "netns-";
+
+fn netns_inode(path: impl AsRef<Path>) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
 /// Unmounts and removes a bpffs [`mount_private_bpffs`] created
-/// (`umount MOUNT && rmdir MOUNT`), and its parent directories when empty.
+/// (`umount MOUNT && rmdir MOUNT`; every mount stacked there, should an
+/// older version have stacked some), and its parent directories when empty.
 pub fn unmount_private_bpffs(mount: &Path) -> Result<(), EbpfError> {
-    if is_bpffs(mount) {
+    for _ in 0..16 {
+        if !is_bpffs(mount) {
+            break;
+        }
         nix::mount::umount(mount)
             .map_err(|e| EbpfError::io(format!("umount {}", mount.display()), io::Error::from(e)))?;
     }
@@ -389,6 +628,105 @@ pub fn unmount_private_bpffs(mount: &Path) -> Result<(), EbpfError> {
         }
     }
     Ok(())
+}
+
+/// Unmounts the private bpffs instances (under `/run/switchyard/bpffs/`)
+/// whose network namespace no longer exists: runs that ended without
+/// `--cleanup` leave theirs mounted on purpose (routing continues while
+/// the daemon is down), but once the namespace is deleted nothing will use
+/// them again, and their maps hold kernel memory. A namespace counts as
+/// alive while `/run/netns/<name>` exists, or a mount of it (nsfs: `ip
+/// netns`, bind mounts) or a thread in it has the recorded inode and, the
+/// kernel reusing inode numbers of freed namespaces, the recorded netns
+/// cookie (never reused). Returns what was unmounted.
+pub fn collect_dead_private_bpffs(keep: Option<&Path>) -> Vec<PathBuf> {
+    let base = Path::new(crate::config::PRIVATE_BPFFS_DIR);
+    let Ok(entries) = fs::read_dir(base) else { return Vec::new() };
+    let mut live: Option<BTreeMap<u64, PathBuf>> = None;
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let mount = entry.path();
+        if Some(mount.as_path()) == keep || !is_bpffs(&mount) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if Path::new("/run/netns").join(&name).exists() {
+            continue;
+        }
+        // (inode, cookie; 0 = unknown) of the namespace it served.
+        let marker = fs::read_dir(&mount).ok().and_then(|d| {
+            d.flatten().find_map(|e| {
+                let name = e.file_name();
+                let (ino, cookie) = name.to_str()?.strip_prefix(NETNS_MARKER)?.split_once('-')?;
+                Some((ino.parse::<u64>().ok()?, cookie.parse::<u64>().ok()?))
+            })
+        });
+        let owner = marker.or_else(|| name.strip_prefix("ino-").and_then(|n| n.parse().ok()).map(|ino| (ino, 0)));
+        if let Some((ino, cookie)) = owner {
+            let live = live.get_or_insert_with(live_netns_paths);
+            // Unreadable (the thread just went away): alive, to be safe.
+            if live.get(&ino).is_some_and(|path| cookie == 0 || netns_cookie_of(path).is_none_or(|c| c == cookie)) {
+                continue;
+            }
+        }
+        // Else neither a name that still exists nor a namespace that is
+        // alive (or an older version's mount of a deleted named namespace).
+        match unmount_private_bpffs(&mount) {
+            Ok(()) => removed.push(mount),
+            Err(e) => tracing::warn!(mount = %mount.display(), error = %e, "removing a stale private bpffs failed"),
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!(mounts = ?removed, "removed private bpffs mounts whose network namespace is gone");
+    }
+    removed
+}
+
+/// A path to every network namespace that is mounted (nsfs) or has a
+/// thread in it, by inode.
+fn live_netns_paths() -> BTreeMap<u64, PathBuf> {
+    let mut out = BTreeMap::new();
+    if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+        for line in info.lines() {
+            // "46 45 0:4 net:[4026532433] /run/netns/x rw … - nsfs nsfs rw"
+            let mut fields = line.split_whitespace();
+            let (Some(root), Some(point)) = (fields.nth(3), fields.next()) else { continue };
+            if let Some(ino) = root.strip_prefix("net:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok())
+            {
+                out.entry(ino).or_insert_with(|| PathBuf::from(point));
+            }
+        }
+    }
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            if !p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(tasks) = fs::read_dir(p.path().join("task")) else { continue };
+            for t in tasks.flatten() {
+                let path = t.path().join("ns/net");
+                if let Some(ino) = netns_inode(&path) {
+                    out.entry(ino).or_insert(path);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The netns cookie of the namespace at `path`, read on a short-lived
+/// thread that enters it.
+fn netns_cookie_of(path: &Path) -> Option<u64> {
+    let f = fs::File::open(path).ok()?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            Some(netns_cookie()).filter(|c| *c != 0)
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
 }
 
 /// Whether `path` is on a bpffs.

@@ -30,12 +30,15 @@ pub struct EbpfConfig {
     /// bpffs directory for maps and links; one per node (a unique one per test).
     pub pin_path: PathBuf,
     /// cgroup v2 directory for the socket hooks. None: no socket load
-    /// balancing (host-network clients are not served). `cgroup` is accepted
-    /// too (the conformance runner's spelling).
+    /// balancing (host-network clients are not served; a warning at start
+    /// says so, see `NO_CGROUP_LIMITATION`). Never defaulted to the
+    /// machine's root cgroup. `cgroup` is accepted too (the conformance
+    /// runner's spelling).
     #[serde(alias = "cgroup")]
     pub cgroup_path: Option<PathBuf>,
     /// Interfaces that get the TC program; None: every interface but `lo`,
-    /// re-scanned at every sync so that new pod interfaces are covered.
+    /// re-read at every sync and on every rtnetlink link event, so that a new
+    /// pod interface gets the programs at once.
     pub interfaces: Option<Vec<String>>,
     pub maglev: bool,
     pub maglev_services: BTreeSet<String>,

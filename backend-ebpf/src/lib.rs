@@ -9,18 +9,25 @@
 //!
 //! Modules follow the other backends: [`render`] (plans → desired maps, per
 //! Service), [`maps`] (read, diff and write the pinned maps, stale UDP
-//! flush), [`client`] (load, attach, pin), [`worker`] (the thread inside the
-//! namespace), [`fake`] (a packet tracer over rendered maps), [`cleanup`]
-//! and [`supported`].
+//! flush), [`client`] (load, attach, pin), [`hooks`] (what is attached
+//! where, checked against the kernel and repaired), [`monitor`] (the
+//! background thread: link events and the detach check), [`worker`] (the
+//! thread inside the namespace), [`fake`] (a packet tracer over rendered
+//! maps), [`cleanup`] and [`supported`]; [`sys`] and [`netlink`] hold the
+//! few kernel calls no crate offers.
 
 pub mod cleanup;
 pub mod client;
 pub mod config;
 pub mod fake;
+pub mod hooks;
 pub mod layout;
 pub mod maps;
+pub mod monitor;
+pub mod netlink;
 pub mod render;
 pub mod supported;
+pub mod sys;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod worker;
@@ -35,14 +42,25 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use proxy_core::{
-    BackendContext, BackendFactory, Capabilities, Capability, Dataplane, DataplaneError, IpFamily, ProgrammedState,
-    SyncOutcome, SyncRequest,
+    BackendContext, BackendFactory, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, IpFamily,
+    ProgrammedState, SyncOutcome, SyncRequest,
 };
 
 pub use config::EbpfConfig;
 
 /// The `--proxy-mode` name.
 pub const MODE: &str = "ebpf";
+
+/// What the backend does not do without `cgroupPath` (logged once at start,
+/// printed by `switchyard inspect`). The socket hooks are what balance
+/// connections the node's own processes make; the TC programs see only
+/// packets that arrive on an interface, and a node process's packets to a
+/// ClusterIP or to a node port on the node's own address never do (they
+/// leave on a route, or stay on `lo`).
+pub const NO_CGROUP_LIMITATION: &str = "ebpf.cgroupPath is not set, so no socket hooks are attached: \
+     processes on the node (host-network pods, the kubelet) cannot reach ClusterIPs (their connections time out), \
+     nor node ports on the node's own addresses (refused); pods and outside clients are served. \
+     Set ebpf.cgroupPath to the node's cgroup v2 root (deploy/ mounts it at /run/switchyard/cgroupv2)";
 
 /// Errors of the eBPF backend, with the object they concern.
 #[derive(Debug, thiserror::Error)]
@@ -153,10 +171,37 @@ struct Loaded {
     ebpf: Option<aya::Ebpf>,
     maps: Option<maps::Maps>,
     state: ServiceState,
-    /// Interfaces (name → ifindex) with our TC program.
-    attached: BTreeMap<String, u32>,
+    /// Where the programs are attached, with the links held open.
+    hooks: hooks::Hooks,
     /// The node's addresses and the config last written to swy_node_addrs and swy_config.
     node: Option<(BTreeMap<layout::Addr, u32>, layout::Config)>,
+}
+
+/// One background pass (see [`monitor`]): interfaces after a link event,
+/// plus every hook in the kernel when `check`. None before the first load.
+fn background_pass(loaded: &mut Loaded, cfg: &EbpfConfig, tcx: bool, check: bool) -> Option<hooks::Pass> {
+    let ebpf = loaded.ebpf.as_mut()?;
+    let mut pass = hooks::Pass::default();
+    if let Err(e) = loaded.hooks.reconcile_interfaces(ebpf, cfg, tcx, &mut pass) {
+        tracing::warn!(backend = MODE, error = %proxy_core::ErrorChain(&e), "listing interfaces failed");
+    }
+    if check {
+        loaded.hooks.verify(ebpf, cfg, tcx, &mut pass);
+    }
+    loaded.hooks.defer(&pass);
+    Some(pass)
+}
+
+/// Sets the dataplane's health, logging changes (not every repeated check).
+fn set_health(cell: &Mutex<DataplaneHealth>, new: DataplaneHealth) {
+    let mut h = cell.lock().unwrap_or_else(|e| e.into_inner());
+    if *h != new {
+        match &new {
+            DataplaneHealth::Down { reason } => tracing::error!(backend = MODE, %reason, "eBPF datapath down"),
+            DataplaneHealth::Up => tracing::info!(backend = MODE, "eBPF datapath attached everywhere again"),
+        }
+        *h = new;
+    }
 }
 
 /// What the service maps hold, as the last syncs wrote it.
@@ -181,8 +226,20 @@ pub struct EbpfDataplane {
     cfg: EbpfConfig,
     loaded: Arc<Mutex<Loaded>>,
     metrics: EbpfMetrics,
+    /// Down while a hook is detached and re-attaching it failed.
+    health: Arc<Mutex<DataplaneHealth>>,
+    /// The background thread (started by the first sync).
+    monitor: Arc<Mutex<Option<monitor::Monitor>>>,
     /// Where kernel work runs (inside `ctx.netns`).
     worker: worker::NsWorker,
+}
+
+impl Drop for EbpfDataplane {
+    fn drop(&mut self) {
+        // Stop the monitor before the links it could re-attach are released:
+        // a next process (a restart) owns them from now on.
+        drop(self.monitor.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
 }
 
 impl std::fmt::Debug for EbpfDataplane {
@@ -192,11 +249,24 @@ impl std::fmt::Debug for EbpfDataplane {
 }
 
 impl EbpfDataplane {
-    /// Builds the dataplane; nothing in the kernel changes until the first sync.
+    /// Builds the dataplane; nothing in the kernel changes until the first
+    /// sync. Warns once about what the configuration leaves unserved.
     pub fn new(ctx: BackendContext, cfg: EbpfConfig) -> EbpfDataplane {
         let metrics = EbpfMetrics::register(&ctx);
         let worker = worker::NsWorker::new(ctx.netns.clone());
-        EbpfDataplane { ctx, cfg, loaded: Arc::default(), metrics, worker }
+        let dp = EbpfDataplane {
+            ctx,
+            cfg,
+            loaded: Arc::default(),
+            metrics,
+            health: Arc::default(),
+            monitor: Arc::default(),
+            worker,
+        };
+        for limitation in dp.limitations() {
+            tracing::warn!(backend = MODE, "{limitation}");
+        }
+        dp
     }
 
     pub fn config(&self) -> &EbpfConfig {
@@ -244,6 +314,8 @@ struct SyncJob {
     loaded: Arc<Mutex<Loaded>>,
     metrics: EbpfMetrics,
     opts: render::RenderOptions,
+    health: Arc<Mutex<DataplaneHealth>>,
+    monitor: Arc<Mutex<Option<monitor::Monitor>>>,
 }
 
 impl SyncJob {
@@ -253,14 +325,11 @@ impl SyncJob {
         let loaded = &mut *guard;
         let tcx = client::use_tcx();
         if loaded.ebpf.is_none() {
-            let mut ebpf = client::load(&self.cfg)?;
-            if let Some(cg) = &self.cfg.cgroup_path {
-                client::attach_cgroup(&mut ebpf, &self.cfg, cg)?;
-            }
+            let ebpf = client::load(&self.cfg)?;
             loaded.maps = Some(maps::Maps::open(&self.cfg.maps_dir())?);
+            loaded.hooks = hooks::Hooks { prog_ids: client::program_ids(&ebpf), ..Default::default() };
             loaded.ebpf = Some(ebpf);
             loaded.state = ServiceState::default();
-            loaded.attached.clear();
             loaded.node = None;
             tracing::info!(pin_path = %self.cfg.pin_path.display(), tcx, "eBPF programs loaded");
         }
@@ -268,18 +337,37 @@ impl SyncJob {
             return Err(EbpfError::MissingProgram(client::TC_PROGRAM));
         };
 
-        // Interfaces: attach to new ones (or ones recreated under the same name).
-        let present = client::interfaces(&self.cfg)?;
-        for (ifname, index) in &present {
-            if loaded.attached.get(ifname) != Some(index) {
-                client::attach_tc(ebpf, &self.cfg, ifname, tcx)?;
-                loaded.attached.insert(ifname.clone(), *index);
-            }
+        // Hooks: attach to new interfaces (or ones recreated under the same
+        // name); a full sync also checks every hook in the kernel and
+        // repairs what is detached or unpinned. A hook that cannot be
+        // attached does not fail the sync (the maps still serve every other
+        // hook): it makes the dataplane Down until it is attached.
+        let mut pass = hooks::Pass::default();
+        loaded.hooks.reconcile_interfaces(ebpf, &self.cfg, tcx, &mut pass)?;
+        let first = loaded.hooks.cgroup.is_empty() && self.cfg.cgroup_path.is_some();
+        if request.full || first {
+            loaded.hooks.verify(ebpf, &self.cfg, tcx, &mut pass);
+            set_health(&self.health, pass.health());
+        } else if !pass.failures.is_empty() {
+            set_health(&self.health, pass.health());
         }
-        if loaded.attached.len() != present.len() || request.full {
-            loaded.attached.retain(|name, _| present.contains_key(name));
-            for gone in client::stale_tc_pins(&self.cfg, &present) {
-                client::detach_tc(&self.cfg, &gone);
+        // Reported by the first sync that succeeds (they are logged already).
+        loaded.hooks.defer(&pass);
+        if let Ok(mut m) = self.monitor.lock()
+            && m.is_none()
+        {
+            let shared = monitor::Shared {
+                netns: self.ctx.netns.clone(),
+                cfg: self.cfg.clone(),
+                tcx,
+                loaded: self.loaded.clone(),
+                health: self.health.clone(),
+            };
+            match monitor::Monitor::start(shared) {
+                Ok(started) => *m = Some(started),
+                Err(e) => {
+                    tracing::warn!(backend = MODE, error = %e, "the eBPF monitor did not start; only syncs check the datapath")
+                }
             }
         }
 
@@ -309,7 +397,7 @@ impl SyncJob {
         objects.insert("frontends".to_string(), current.frontends.len() as u64);
         objects.insert("routes".to_string(), current.routes.len() as u64);
         objects.insert("backend slots".to_string(), slots as u64);
-        objects.insert("interfaces".to_string(), loaded.attached.len() as u64);
+        objects.insert("interfaces".to_string(), loaded.hooks.attached.len() as u64);
         for (name, n) in
             [("swy_svc", current.frontends.len()), ("swy_route", current.routes.len()), ("swy_backend", slots)]
         {
@@ -327,7 +415,8 @@ impl SyncJob {
             udp_flows_flushed = stats.udp_flushed,
             "eBPF maps synced"
         );
-        Ok(SyncOutcome { full, objects, ..Default::default() })
+        let repairs = std::mem::take(&mut loaded.hooks.pending);
+        Ok(SyncOutcome { full, objects, repairs })
     }
 
     /// Renders every Service and applies the difference: against the maps
@@ -506,6 +595,14 @@ impl Dataplane for EbpfDataplane {
         Capabilities::new(caps)
     }
 
+    fn limitations(&self) -> Vec<String> {
+        if self.cfg.cgroup_path.is_none() { vec![NO_CGROUP_LIMITATION.to_string()] } else { Vec::new() }
+    }
+
+    fn health(&self) -> DataplaneHealth {
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     async fn sync(&self, request: SyncRequest) -> Result<SyncOutcome, DataplaneError> {
         let job = SyncJob {
             ctx: self.ctx.clone(),
@@ -513,6 +610,8 @@ impl Dataplane for EbpfDataplane {
             loaded: self.loaded.clone(),
             metrics: self.metrics.clone(),
             opts: self.render_options(),
+            health: self.health.clone(),
+            monitor: self.monitor.clone(),
         };
         let span = tracing::info_span!("sync", backend = MODE, full = request.full, services = request.snapshot.len());
         let _enter = span.enter();
@@ -523,21 +622,35 @@ impl Dataplane for EbpfDataplane {
             .map_err(|e| e.into_dataplane("sync"))
     }
 
+    /// The pinned maps, and the hooks where the kernel shows none of our
+    /// programs (`ProgrammedState.unattached`): a fresh process (`switchyard
+    /// inspect`) finds our programs by the pinned maps they use. Runs on a
+    /// thread of its own in the namespace (not behind a sync).
     async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {
-        let dir = self.cfg.maps_dir();
-        tokio::task::spawn_blocking(move || -> Result<ProgrammedState, EbpfError> {
-            if !dir.join("swy_svc").exists() {
-                return Ok(ProgrammedState::default());
-            }
-            let maps = maps::Maps::open(&dir)?;
-            Ok(maps::Programmed::read(&maps)?.to_state())
+        let cfg = self.cfg.clone();
+        let netns = self.ctx.netns.clone();
+        tokio::task::spawn_blocking(move || {
+            netns.run(move || -> Result<ProgrammedState, EbpfError> {
+                if !cfg.maps_dir().join("swy_svc").exists() {
+                    return Ok(ProgrammedState::default());
+                }
+                let maps = maps::Maps::open(&cfg.maps_dir())?;
+                let mut state = maps::Programmed::read(&maps)?.to_state();
+                let ours = client::our_program_ids(&cfg);
+                state.unattached = client::unattached_hooks(&cfg, &ours, client::use_tcx())?;
+                Ok(state)
+            })
         })
         .await
         .map_err(|e| DataplaneError::failed(MODE, "inspect", e))?
+        .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
         .map_err(|e| e.into_dataplane("inspect"))
     }
 
     async fn cleanup(&self) -> Result<(), DataplaneError> {
+        // No re-attaching behind cleanup's back.
+        drop(self.monitor.lock().unwrap_or_else(|e| e.into_inner()).take());
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = DataplaneHealth::Up;
         let cfg = self.cfg.clone();
         let loaded = self.loaded.clone();
         self.worker

@@ -200,7 +200,7 @@ impl Programmed {
                 },
             );
         }
-        ProgrammedState { frontends }
+        ProgrammedState { frontends, unattached: Vec::new() }
     }
 
     /// What the maps hold once `desired` is applied (generations aside).

@@ -17,23 +17,37 @@ use proxy_core::NetNamespace;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A thread in `netns` running closures in order; started on first use,
-/// again if it ever went away, and stopped when dropped.
+/// again if it ever went away, and stopped (and joined) when dropped: a
+/// thread left in a namespace keeps it alive, and the next run decides by
+/// that whether a namespace's bpffs is garbage.
 #[derive(Debug)]
 pub struct NsWorker {
     netns: NetNamespace,
     tx: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for NsWorker {
+    fn drop(&mut self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Its queued jobs finish first; never join from the worker itself.
+        if let Some(h) = handle.filter(|h| h.thread().id() != std::thread::current().id()) {
+            let _ = h.join();
+        }
+    }
 }
 
 impl NsWorker {
     pub fn new(netns: NetNamespace) -> NsWorker {
-        NsWorker { netns, tx: Mutex::new(None) }
+        NsWorker { netns, tx: Mutex::new(None), thread: Mutex::new(None) }
     }
 
     fn start(&self) -> io::Result<Sender<Job>> {
         let (tx, rx) = channel::<Job>();
         let (ready_tx, ready_rx) = channel::<io::Result<()>>();
         let netns = self.netns.clone();
-        std::thread::Builder::new().name("swy-ebpf-netns".into()).spawn(move || {
+        let handle = std::thread::Builder::new().name("swy-ebpf-netns".into()).spawn(move || {
             let entered = match netns.path().map(std::fs::File::open) {
                 None => Ok(()),
                 Some(Ok(f)) => nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from),
@@ -48,6 +62,7 @@ impl NsWorker {
                 }
             }
         })?;
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         ready_rx.recv().map_err(|_| io::Error::other("namespace worker did not start"))??;
         Ok(tx)
     }

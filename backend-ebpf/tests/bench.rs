@@ -14,6 +14,11 @@
 //! sync of a one-endpoint change at 10,000 Services (a partial sync naming
 //! that Service, as the proxier sends it). One line per figure.
 //!
+//! `new_interface_attach_delay`: how long a new interface (a veth, as a
+//! CNI plugin creates for a pod) waits for the TC programs, with no sync:
+//! from before `ip link add` is started until the kernel lists our program
+//! on its ingress hook.
+//!
 //! Every measurement talks to its own server port: connections that met
 //! the server's TIME_WAIT sockets of an earlier measurement made before
 //! the backend was loaded would cost a SYN retransmit (no proxy can know
@@ -177,4 +182,56 @@ async fn clusterip_connections_and_updates() {
         }
         Err(e) => eprintln!("SKIPPED iptables column: {e}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly as root"]
+async fn new_interface_attach_delay() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED bench: {reason}");
+        return;
+    }
+    const N: usize = 31;
+    let lab = Lab::new();
+    let dp = dataplane(&lab);
+    dp.sync(request(world(), true)).await.expect("first sync");
+    let node = lab.ns("node");
+    let tcx = backend_ebpf::client::use_tcx();
+    let hook = aya::programs::TcAttachType::Ingress;
+    let (mut delays, mut ip_cmd) = lab
+        .netns("node")
+        .run(move || {
+            let index = |dev: &str| nix::net::if_::if_nametoindex(dev).ok();
+            let ours = backend_ebpf::client::tc_attached_ids(index("vp1").expect("vp1"), hook, tcx).expect("query");
+            let (mut delays, mut ip_cmd) = (Vec::new(), Vec::new());
+            for i in 0..N {
+                let (dev, peer) = (format!("vx{i}"), format!("vy{i}"));
+                let t0 = Instant::now();
+                sh(&["ip", "-n", &node, "link", "add", &dev, "type", "veth", "peer", "name", &peer]);
+                ip_cmd.push(t0.elapsed());
+                let deadline = t0 + patience();
+                loop {
+                    let ids = index(&dev).and_then(|i| backend_ebpf::client::tc_attached_ids(i, hook, tcx).ok());
+                    if ids.is_some_and(|ids| ids.iter().any(|id| ours.contains(id))) {
+                        delays.push(t0.elapsed());
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "{dev} was not attached within {:?}", patience());
+                    std::thread::yield_now();
+                }
+                sh(&["ip", "-n", &node, "link", "del", &dev]);
+            }
+            (delays, ip_cmd)
+        })
+        .expect("enter node namespace");
+    delays.sort();
+    ip_cmd.sort();
+    println!(
+        "new interface -> TC program attached, no sync ({N} veths): median {:?}, p90 {:?}, max {:?} \
+         (of which `ip link add` itself: median {:?})",
+        pct(&delays, 50),
+        pct(&delays, 90),
+        delays[N - 1],
+        pct(&ip_cmd, 50)
+    );
 }

@@ -133,12 +133,10 @@ async fn packets_follow_the_plans() {
     assert!(!lab.pin.exists(), "pins left at {}", lab.pin.display());
     // Unpinning releases a link from a kernel work queue (on a loaded
     // machine that can take a while): wait with the usual patience.
-    let patience = std::env::var("SWITCHYARD_TEST_PATIENCE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(patience);
-    let mut after = tcp_probe(&p2, "10.96.0.10:80");
-    while matches!(after, Seen::Reply(..)) && std::time::Instant::now() < deadline {
-        after = tcp_probe(&p2, "10.96.0.10:80");
-    }
-    assert!(!matches!(after, Seen::Reply(..)), "still translated after cleanup: {after:?}");
+    eventually("nothing translated after cleanup", || {
+        let after = tcp_probe(&p2, "10.96.0.10:80");
+        (!matches!(after, Seen::Reply(..)), after)
+    })
+    .await;
     dp.cleanup().await.expect("cleanup is idempotent");
 }

@@ -304,14 +304,24 @@ pub struct ProgrammedFrontend {
 pub struct ProgrammedState {
     #[serde(with = "frontend_map")]
     pub frontends: BTreeMap<Frontend, ProgrammedFrontend>,
+    /// Attachment points where the backend's datapath should be hooked and
+    /// the kernel shows it is not (`tc ingress on eth0`, `cgroup connect4
+    /// on /sys/fs/cgroup`): the frontends above are not reachable through
+    /// them, whatever the maps or rules say. Always empty for backends
+    /// whose rules are part of the stack itself (iptables, IPVS), and in
+    /// the desired state, so any entry is a difference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unattached: Vec<String>,
 }
 
-/// One difference between two [`ProgrammedState`]s.
+/// One difference between two [`ProgrammedState`]s. `Unattached`: the
+/// datapath is not hooked where it should be (see [`ProgrammedState::unattached`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateDifference {
     Missing { frontend: Frontend, expected: ProgrammedFrontend },
     Unexpected { frontend: Frontend, found: ProgrammedFrontend },
     Differs { frontend: Frontend, expected: ProgrammedFrontend, found: ProgrammedFrontend },
+    Unattached { hook: String },
 }
 
 impl fmt::Display for StateDifference {
@@ -333,6 +343,9 @@ impl fmt::Display for StateDifference {
                 found.empty_verdict,
                 found.affinity_timeout_seconds
             ),
+            StateDifference::Unattached { hook } => {
+                write!(f, "{hook}: the datapath is not attached there (nothing is translated through it)")
+            }
         }
     }
 }
@@ -358,6 +371,9 @@ impl ProgrammedState {
             if !self.frontends.contains_key(frontend) {
                 out.push(StateDifference::Unexpected { frontend: *frontend, found: got.clone() });
             }
+        }
+        for hook in found.unattached.iter().filter(|h| !self.unattached.contains(h)) {
+            out.push(StateDifference::Unattached { hook: hook.clone() });
         }
         out
     }

@@ -126,6 +126,6 @@ impl Snapshot {
                 );
             }
         }
-        ProgrammedState { frontends }
+        ProgrammedState { frontends, unattached: Vec::new() }
     }
 }

@@ -342,6 +342,17 @@ fn expected_state_lists_every_frontend() {
     let mut other = state.clone();
     other.frontends.values_mut().next().unwrap().endpoints.clear();
     assert_eq!(state.diff(&other).len(), 1);
+    // A datapath hooked nowhere differs from the plans, whatever its maps hold.
+    let mut detached = state.clone();
+    detached.unattached.push("tc ingress on eth0".into());
+    assert_eq!(
+        state.diff(&detached),
+        vec![proxy_core::StateDifference::Unattached { hook: "tc ingress on eth0".into() }]
+    );
+    let json = serde_json::to_value(&state).unwrap();
+    assert!(json.get("unattached").is_none(), "omitted when empty: {json}");
+    let back: proxy_core::ProgrammedState = serde_json::from_value(json).unwrap();
+    assert_eq!(back, state, "older readers and writers agree");
     let json = serde_json::to_string(&state).unwrap();
     let back: ProgrammedState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, state);

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proxy_core::{
-    ChangeTracker, DataplaneError, ErrorChain, PlannerConfig, ProgrammedFrontend, ProgrammedState, ProxyEvent,
-    Registry, StateDifference, TrackerConfig,
+    Capabilities, ChangeTracker, DataplaneError, ErrorChain, PlannerConfig, ProgrammedFrontend, ProgrammedState,
+    ProxyEvent, Registry, StateDifference, TrackerConfig,
 };
 use serde::Serialize;
 
@@ -27,6 +27,11 @@ use crate::source::file;
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
     pub mode: String,
+    /// What the dataplane implements as configured (as `/healthz` lists them).
+    pub capabilities: Capabilities,
+    /// What this configuration leaves unserved, in the backend's words
+    /// (ebpf without `cgroupPath`: node processes reach no ClusterIP).
+    pub limitations: Vec<String>,
     pub programmed: ProgrammedState,
     /// `None` with `--no-diff`, or when the desired state cannot be known.
     pub differences: Option<Vec<StateDifference>>,
@@ -83,7 +88,14 @@ pub async fn inspect(args: &InspectArgs, cfg: &Config, registry: &Registry) -> R
             }
         }
     };
-    Ok(InspectReport { mode: cfg.mode.clone(), programmed, differences, manifest_problems })
+    Ok(InspectReport {
+        mode: cfg.mode.clone(),
+        capabilities: dp.capabilities(),
+        limitations: dp.limitations(),
+        programmed,
+        differences,
+        manifest_problems,
+    })
 }
 
 async fn desired_state(
@@ -178,6 +190,18 @@ pub fn render(report: &InspectReport, format: OutputFormat) -> String {
                 let _ = writeln!(out, "{a:w0$}  {b:w1$}  {c}");
             }
             let _ = writeln!(out, "\n{} frontends programmed by {}.", report.programmed.frontends.len(), report.mode);
+            let names = |caps: &mut dyn Iterator<Item = proxy_core::Capability>| {
+                caps.map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+            };
+            let _ = writeln!(out, "Capabilities: {}.", names(&mut report.capabilities.0.iter().copied()));
+            let all = Capabilities::all();
+            let missing = report.capabilities.missing(&all.0);
+            if !missing.is_empty() {
+                let _ = writeln!(out, "Not implemented as configured: {}.", names(&mut missing.into_iter()));
+            }
+            for limitation in &report.limitations {
+                let _ = writeln!(out, "Limitation: {limitation}.");
+            }
             if !report.manifest_problems.is_empty() {
                 let _ = writeln!(
                     out,
@@ -200,5 +224,32 @@ pub fn render(report: &InspectReport, format: OutputFormat) -> String {
             }
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_core::Capability;
+
+    #[test]
+    fn the_table_names_capabilities_and_limitations() {
+        let report = InspectReport {
+            mode: "ebpf".into(),
+            capabilities: Capabilities::new([Capability::Tcp, Capability::ClusterIP]),
+            limitations: vec!["processes on the node cannot reach ClusterIPs".into()],
+            programmed: ProgrammedState::default(),
+            differences: Some(vec![StateDifference::Unattached { hook: "tc ingress on eth0".into() }]),
+            manifest_problems: Vec::new(),
+        };
+        let text = render(&report, OutputFormat::Table);
+        assert!(text.contains("Capabilities: Tcp, ClusterIP."), "{text}");
+        assert!(text.contains("Not implemented as configured: ") && text.contains("HostNetworkClients"), "{text}");
+        assert!(text.contains("Limitation: processes on the node cannot reach ClusterIPs."), "{text}");
+        assert!(text.contains("tc ingress on eth0: the datapath is not attached there"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&render(&report, OutputFormat::Json)).expect("json");
+        assert_eq!(json["limitations"][0], "processes on the node cannot reach ClusterIPs");
+        assert!(json["capabilities"].as_array().is_some_and(|c| c.len() == 2), "{json}");
+        assert!(!report.matches(), "a detached hook is a difference");
     }
 }

@@ -68,6 +68,8 @@ pub struct Lab {
     pub pin: PathBuf,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
+    /// Pods added after the start ([`Lab::add_pod`]).
+    extra: Vec<String>,
 }
 
 impl Lab {
@@ -89,7 +91,15 @@ impl Lab {
         std::fs::create_dir_all(&bpffs).expect("create bpffs dir");
         sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().expect("utf-8")]);
         let pin = bpffs.join("switchyard");
-        let lab = Lab { prefix, bpffs, cgroup, pin, stop: Arc::new(AtomicBool::new(false)), servers: Vec::new() };
+        let lab = Lab {
+            prefix,
+            bpffs,
+            cgroup,
+            pin,
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+            extra: Vec::new(),
+        };
         for ns in ["node", "p1", "p2", "ext"] {
             sh(&["ip", "netns", "add", &lab.ns(ns)]);
             sh(&["ip", "-n", &lab.ns(ns), "link", "set", "lo", "up"]);
@@ -111,6 +121,24 @@ impl Lab {
         sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         std::fs::create_dir(&lab.cgroup).expect("create test cgroup");
         lab
+    }
+
+    /// A pod created while the backend runs: namespace `<prefix>-<pod>`,
+    /// its `eth0` paired with `v<pod>` on the node, `10.244.<subnet>.5/24`
+    /// behind the node's `10.244.<subnet>.1` (`ip link add vPOD netns NODE
+    /// type veth peer name eth0 netns POD`, as a CNI plugin does).
+    pub fn add_pod(&mut self, pod: &str, subnet: u8) {
+        let (node, peer) = (self.ns("node"), self.ns(pod));
+        self.extra.push(pod.to_string());
+        sh(&["ip", "netns", "add", &peer]);
+        sh(&["ip", "-n", &peer, "link", "set", "lo", "up"]);
+        let dev = format!("v{pod}");
+        sh(&["ip", "link", "add", &dev, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns", &peer]);
+        sh(&["ip", "-n", &node, "addr", "add", &format!("10.244.{subnet}.1/24"), "dev", &dev]);
+        sh(&["ip", "-n", &node, "link", "set", &dev, "up"]);
+        sh(&["ip", "-n", &peer, "addr", "add", &format!("10.244.{subnet}.5/24"), "dev", "eth0"]);
+        sh(&["ip", "-n", &peer, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &peer, "route", "add", "default", "via", &format!("10.244.{subnet}.1")]);
     }
 
     /// An echo server in a pod: answers "<pod> <peer address>" over TCP 8080 and UDP 5353.
@@ -205,7 +233,8 @@ impl Drop for Lab {
         // node namespace: never touch the root namespace's interfaces.
         let cfg = EbpfConfig { pin_path: self.pin.clone(), ..EbpfConfig::default() };
         let _ = self.netns("node").run(move || backend_ebpf::cleanup::cleanup(&cfg));
-        for ns in ["node", "p1", "p2", "ext"] {
+        let extra = std::mem::take(&mut self.extra);
+        for ns in ["node", "p1", "p2", "ext"].into_iter().chain(extra.iter().map(String::as_str)) {
             let _ = Command::new("ip").args(["netns", "del", &self.ns(ns)]).status();
         }
         let _ = std::fs::remove_dir(&self.cgroup);
@@ -454,4 +483,106 @@ pub fn pods_hit(lab: &Lab, client: &str, to: &str, n: usize) -> std::collections
             other => panic!("{client} -> {to}: {other:?}"),
         })
         .collect()
+}
+
+/// How long convergence may take (`SWITCHYARD_TEST_PATIENCE_MS`, default 10 s).
+pub fn patience() -> Duration {
+    std::env::var("SWITCHYARD_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// Polls `check` until it returns true; panics naming `what` (and the last
+/// value seen) once the patience has run out.
+pub async fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, T)) -> T {
+    let deadline = std::time::Instant::now() + patience();
+    loop {
+        let (ok, seen) = check();
+        if ok {
+            return seen;
+        }
+        assert!(std::time::Instant::now() < deadline, "not within {:?}: {what} (last: {seen:?})", patience());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Raw bpf(2) for what a test does to the datapath from outside the backend
+/// (an operator's `bpftool link detach`, another tool's programs).
+pub mod outside {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::path::Path;
+
+    #[repr(C, align(8))]
+    struct Attr([u8; 128]);
+
+    fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+        // SAFETY: a zeroed bpf_attr of the size passed; pointers in it outlive the call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len() as libc::c_uint) };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    }
+
+    fn put(a: &mut Attr, off: usize, bytes: &[u8]) {
+        a.0[off..off + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// `bpftool link detach pinned PATH`, then `rm PATH`: the link stays an
+    /// object (the backend may hold it) but runs nowhere.
+    pub fn detach_pinned_link(pin: &Path) -> io::Result<()> {
+        let fd = backend_ebpf::sys::obj_get(pin)?;
+        let mut a = Attr([0; 128]);
+        put(&mut a, 0, &(fd.as_raw_fd() as u32).to_ne_bytes());
+        bpf(34 /* BPF_LINK_DETACH */, &mut a)?;
+        std::fs::remove_file(pin)
+    }
+
+    /// A TC program that only passes packets on (`return TCX_NEXT`),
+    /// attached as a TCX link at the end of `ifindex`'s ingress: someone
+    /// else's program. Must run inside the interface's namespace.
+    pub fn attach_other_tcx(ifindex: u32) -> io::Result<OwnedFd> {
+        // r0 = -1 (TCX_NEXT); exit
+        let insns: [u8; 16] = [0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0];
+        let license = b"GPL\0";
+        let mut a = Attr([0; 128]);
+        put(&mut a, 0, &3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+        put(&mut a, 4, &2u32.to_ne_bytes()); // insn_cnt
+        put(&mut a, 8, &(insns.as_ptr() as u64).to_ne_bytes());
+        put(&mut a, 16, &(license.as_ptr() as u64).to_ne_bytes());
+        let prog = bpf(5 /* BPF_PROG_LOAD */, &mut a)?;
+        // SAFETY: a descriptor the kernel just returned.
+        let prog = unsafe { OwnedFd::from_raw_fd(prog as i32) };
+        let mut a = Attr([0; 128]);
+        put(&mut a, 0, &(prog.as_raw_fd() as u32).to_ne_bytes());
+        put(&mut a, 4, &ifindex.to_ne_bytes());
+        put(&mut a, 8, &backend_ebpf::sys::attach_type::TCX_INGRESS.to_ne_bytes());
+        let link = bpf(28 /* BPF_LINK_CREATE */, &mut a)?;
+        // SAFETY: as above; the link holds the program.
+        Ok(unsafe { OwnedFd::from_raw_fd(link as i32) })
+    }
+}
+
+/// Detaches our TC programs from `ifname` in the lab's node from outside
+/// the backend, as an operator or another agent would: TCX links detached
+/// and unpinned, or (before TCX) the clsact filters deleted.
+pub fn detach_tc_from_outside(lab: &Lab, ifname: &str, hooks: &[&str]) {
+    let links = lab.pin.join("links");
+    let ifname = ifname.to_string();
+    let hooks: Vec<String> = hooks.iter().map(|h| h.to_string()).collect();
+    lab.netns("node")
+        .run(move || {
+            for (name, hook, prefix) in backend_ebpf::client::TC_PROGRAMS {
+                if !hooks.iter().any(|h| h == prefix) {
+                    continue;
+                }
+                if backend_ebpf::client::use_tcx() {
+                    let pin = links.join(format!("{prefix}{ifname}"));
+                    outside::detach_pinned_link(&pin).unwrap_or_else(|e| panic!("detach {}: {e}", pin.display()));
+                } else {
+                    aya::programs::tc::qdisc_detach_program(&ifname, hook, name)
+                        .unwrap_or_else(|e| panic!("tc filter del dev {ifname}: {e}"));
+                }
+            }
+        })
+        .expect("enter node namespace");
 }
