@@ -339,7 +339,7 @@ async fn run_in(lab: &Lab, cfg: &SandboxConfig, stop: impl std::future::Future<O
         lab.backend_context(FamilySet::V4, Lab::default_masquerade(), NodePortAddresses::All, serde_json::Value::Null);
     // The sandbox waits for each step with POST /debug/barrier: a debug
     // handler, off unless asked for.
-    let mut extra_args = vec!["--enable-debug-handlers".to_string()];
+    let mut extra_args = vec!["--enable-debug-handlers=true".to_string()];
     extra_args.extend(cfg.extra_args.iter().cloned());
     let spec = ExternalBinary { binary: cfg.switchyard_bin.clone(), mode: cfg.mode.clone(), extra_args };
     let args = spec.args(&ctx, &dir);

@@ -154,7 +154,7 @@ impl Daemon {
         };
         if debug_handlers {
             // The tests drive the daemon through /debug/barrier and read /debug/state.
-            cmd.arg("--enable-debug-handlers");
+            cmd.arg("--enable-debug-handlers=true");
         }
         cmd.arg(format!("--metrics-bind-address={metrics}"))
             .arg(format!("--healthz-bind-address={healthz}"))
