@@ -972,7 +972,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += n * scale;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // `from_secs_f64` panics past about 584 billion years (found by the
+    // `config` fuzz target's input `syncPeriod: 99999999999999999999999h`).
+    Duration::try_from_secs_f64(total).map_err(|_| format!("{s:?} is too long a duration"))
 }
 
 /// Formats a duration the way Go does for whole units (`30s`, `1m0s`, `500ms`).
@@ -1191,6 +1193,11 @@ mod tests {
         for bad in ["", "5", "s", "-1s", "1x", "1.2.3s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // Longer than a Duration holds: an error, not a panic (the config fuzz target).
+        let err = parse_duration("99999999999999999999999h").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        let err = load_yaml_str("syncPeriod: 99999999999999999999999h\n", &registry()).unwrap_err();
+        assert_eq!(err.problems[0].path, "syncPeriod");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
     }

@@ -153,17 +153,23 @@ pub fn run(args: &[String]) -> ExitCode {
         };
         println!("$ cargo fuzz run {target} --sanitizer none ... -- -max_total_time={seconds}");
         let start = Instant::now();
+        let mut libfuzzer = vec![
+            format!("-max_total_time={seconds}"),
+            "-timeout=10".to_string(),
+            "-rss_limit_mb=2048".to_string(),
+            "-print_final_stats=1".to_string(),
+        ];
+        // Keys and value shapes the mutator would take long to guess.
+        let dict = fuzz_dir.join("dict").join(format!("{target}.dict"));
+        if dict.is_file() {
+            libfuzzer.push(format!("-dict={}", dict.display()));
+        }
         let status = common("run")
             .arg(target)
             .arg(&scratch)
             .arg(&seeds)
-            .args([
-                "--",
-                &format!("-max_total_time={seconds}"),
-                "-timeout=10",
-                "-rss_limit_mb=2048",
-                "-print_final_stats=1",
-            ])
+            .arg("--")
+            .args(&libfuzzer)
             .stdout(Stdio::null())
             .stderr(log)
             .status();
