@@ -19,8 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Transport;
 use crate::error::Error;
-use crate::protocol::{self, DaemonMessage, LogLevel, PluginMessage};
-use crate::schema::{self, Direction};
+use crate::protocol::{self, DaemonMessage, LineError, LogLevel, PluginMessage};
 
 /// Longer lines are a protocol violation (a full state is many lines, never one huge one).
 pub const MAX_LINE_BYTES: usize = 64 << 20;
@@ -225,24 +224,17 @@ async fn read_loop(conn: std::sync::Weak<Connection>, mut closed: watch::Receive
 
 /// One line: parse, validate, deliver.
 fn handle_line(conn: &Connection, line_no: u64, raw: &[u8]) -> Result<(), Closed> {
-    let text = String::from_utf8_lossy(raw);
-    let text = text.trim_end_matches(['\n', '\r']);
-    if text.trim().is_empty() {
-        return Ok(()); // blank lines are allowed (keepalives, pretty printers)
-    }
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Closed::Violation {
-        message: format!("line {line_no}"),
-        reason: format!("not JSON ({e}): {}", excerpt(text)),
-    })?;
-    let type_name = value.get("type").and_then(|t| t.as_str()).unwrap_or("?").to_string();
-    let message = format!("line {line_no} (message {type_name:?})");
-    let violations = schema::validate(Direction::FromPlugin, &value);
-    if !violations.is_empty() {
-        let reasons: Vec<String> = violations.iter().map(ToString::to_string).collect();
-        return Err(Closed::Violation { message, reason: reasons.join("; ") });
-    }
-    let parsed: PluginMessage = serde_json::from_value(value)
-        .map_err(|e| Closed::Violation { message: message.clone(), reason: e.to_string() })?;
+    let parsed = match protocol::decode_plugin_line(raw) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(LineError::NotJson { reason }) => {
+            return Err(Closed::Violation { message: format!("line {line_no}"), reason });
+        }
+        Err(LineError::Invalid { type_name, reason }) => {
+            return Err(Closed::Violation { message: format!("line {line_no} (message {type_name:?})"), reason });
+        }
+    };
+    let message = format!("line {line_no} (message {:?})", parsed.type_name());
     match parsed {
         PluginMessage::Log(log) => {
             let plugin = conn.label();
@@ -269,14 +261,6 @@ fn handle_line(conn: &Connection, line_no: u64, raw: &[u8]) -> Result<(), Closed
             }
         }
     }
-}
-
-fn excerpt(text: &str) -> String {
-    let mut s: String = text.chars().take(80).collect();
-    if text.chars().count() > 80 {
-        s.push('…');
-    }
-    format!("{s:?}")
 }
 
 /// A started plugin process.

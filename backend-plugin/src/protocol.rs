@@ -650,6 +650,47 @@ pub fn encode<T: Serialize>(message: &T) -> Result<String, serde_json::Error> {
     Ok(line)
 }
 
+/// Why a line a plugin sent is not a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineError {
+    /// Not JSON at all; `reason` quotes the start of the line.
+    NotJson { reason: String },
+    /// JSON, but not a valid message: a schema violation or a shape serde refuses.
+    Invalid { type_name: String, reason: String },
+}
+
+/// Decodes one line from a plugin (with or without its newline; invalid
+/// UTF-8 is replaced, then refused by the parser or the schema): `None`
+/// for a blank line (keepalives, pretty printers). The line is checked
+/// against the schema before it is read as a [`PluginMessage`], so a
+/// plugin learns which field is wrong. Never panics, whatever the bytes:
+/// the `plugin_line` fuzz target holds it to that.
+pub fn decode_plugin_line(raw: &[u8]) -> Result<Option<PluginMessage>, LineError> {
+    let text = String::from_utf8_lossy(raw);
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| LineError::NotJson { reason: format!("not JSON ({e}): {}", excerpt(text)) })?;
+    let type_name = value.get("type").and_then(|t| t.as_str()).unwrap_or("?").to_string();
+    let violations = crate::schema::validate(crate::schema::Direction::FromPlugin, &value);
+    if !violations.is_empty() {
+        let reasons: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        return Err(LineError::Invalid { type_name, reason: reasons.join("; ") });
+    }
+    serde_json::from_value(value).map(Some).map_err(|e| LineError::Invalid { type_name, reason: e.to_string() })
+}
+
+/// The start of a line, quoted, for error messages.
+fn excerpt(text: &str) -> String {
+    let mut s: String = text.chars().take(80).collect();
+    if text.chars().count() > 80 {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -657,6 +698,27 @@ mod tests {
     use super::*;
     use crate::samples;
     use crate::schema::{self, Direction};
+
+    #[test]
+    fn decodes_a_line_or_says_why_not() {
+        assert_eq!(decode_plugin_line(b"  \r\n"), Ok(None), "blank lines are keepalives");
+        let ack = br#"{"type":"ack","id":7}"#;
+        assert!(matches!(decode_plugin_line(ack), Ok(Some(PluginMessage::Ack(a))) if a.id == 7));
+        match decode_plugin_line(b"{\"type\":\"ack\"") {
+            Err(LineError::NotJson { reason }) => assert!(reason.starts_with("not JSON"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        match decode_plugin_line(br#"{"type":"ack","id":"seven"}"#) {
+            Err(LineError::Invalid { type_name, reason }) => {
+                assert_eq!(type_name, "ack");
+                assert!(reason.contains("id"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Invalid UTF-8 is refused, not a panic.
+        assert!(decode_plugin_line(b"{\"type\":\"log\",\"level\":\"info\",\"message\":\"\xff\"}").is_ok());
+        assert!(decode_plugin_line(b"\xff\xfe").is_err());
+    }
 
     #[test]
     fn every_message_round_trips() {

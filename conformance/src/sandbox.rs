@@ -337,11 +337,11 @@ async fn run_in(lab: &Lab, cfg: &SandboxConfig, stop: impl std::future::Future<O
 
     let ctx =
         lab.backend_context(FamilySet::V4, Lab::default_masquerade(), NodePortAddresses::All, serde_json::Value::Null);
-    let spec = ExternalBinary {
-        binary: cfg.switchyard_bin.clone(),
-        mode: cfg.mode.clone(),
-        extra_args: cfg.extra_args.clone(),
-    };
+    // The sandbox waits for each step with POST /debug/barrier: a debug
+    // handler, off unless asked for.
+    let mut extra_args = vec!["--enable-debug-handlers=true".to_string()];
+    extra_args.extend(cfg.extra_args.iter().cloned());
+    let spec = ExternalBinary { binary: cfg.switchyard_bin.clone(), mode: cfg.mode.clone(), extra_args };
     let args = spec.args(&ctx, &dir);
     let log_path = dir.join("switchyard.log");
     let log = std::fs::File::create(&log_path).map_err(|e| lab_err("creating the daemon log", e))?;

@@ -529,23 +529,28 @@ impl ChangeTracker {
                 return;
             }
             ResourceEvent::InitDone => {
-                let seen = self.gates.2.relisting.take().is_some_and(|s| !s.is_empty());
                 self.gates.2.synced = true;
-                if seen {
-                    return;
+                match self.gates.2.relisting.take() {
+                    // A (re)list that named our Node: it is what the list said.
+                    Some(seen) if !seen.is_empty() => return,
+                    // A (re)list without our Node: it is gone.
+                    Some(_) => None,
+                    // An InitDone without Init ended no list: nothing is known
+                    // gone (as for Services and slices).
+                    None => return,
                 }
-                None
             }
             ResourceEvent::InitApply(node) | ResourceEvent::Apply(node) => {
-                if let Some(seen) = self.gates.2.relisting.as_mut() {
-                    seen.insert(());
-                }
                 match node_from_k8s(&node, &self.ctx) {
                     Ok(Conversion::Accepted { value, warnings }) => {
                         report.errors.extend(warnings);
                         if *value.name != *self.config.planner.node_name {
+                            // Not ours: neither an update nor a sign that ours is listed.
                             debug!(node = %value.name, "ignoring a Node other than ours");
                             return;
+                        }
+                        if let Some(seen) = self.gates.2.relisting.as_mut() {
+                            seen.insert(());
                         }
                         Some(Arc::new(value))
                     }
@@ -553,7 +558,16 @@ impl ChangeTracker {
                     Err(e) => return report.errors.push(e),
                 }
             }
-            ResourceEvent::Delete(_) => None,
+            ResourceEvent::Delete(node) => {
+                // Only our Node's deletion removes our topology (a source
+                // that lists every Node, such as a manifest directory, may
+                // delete others).
+                if node.metadata.name.as_deref() != Some(&*self.config.planner.node_name) {
+                    debug!(node = ?node.metadata.name, "ignoring the deletion of a Node other than ours");
+                    return;
+                }
+                None
+            }
         };
         if self.node == value {
             return;

@@ -402,3 +402,39 @@ fn health_check_index_follows_plans() {
     t.apply(ProxyEvent::Service(ResourceEvent::Delete(lb("Local", Some(32002)))));
     assert_eq!(ports(&mut t), Vec::<Option<u16>>::new(), "deleted");
 }
+
+/// Only our Node counts: another Node's deletion, or a relist that names
+/// only other Nodes, says nothing about ours until the list ends without
+/// it; a stray InitDone (no Init) ended no list and deletes nothing.
+/// Found by `tracker_props::valid_and_invalid_events_leave_the_state_the_valid_objects_describe`.
+#[test]
+fn only_our_node_and_only_a_real_relist_remove_our_node() {
+    let ours = node(NODE, "192.168.0.1", Some("a"));
+    let other = node("node-2", "192.168.0.2", Some("b"));
+    let mut t = tracker();
+    for ev in initial_list(vec![], vec![], Some(ours.clone())) {
+        t.apply(ev);
+    }
+    assert!(t.node().is_some());
+
+    // Another node's deletion (a manifest directory lists every Node).
+    let report = t.apply(ProxyEvent::Node(ResourceEvent::Delete(other.clone())));
+    assert!(!report.changed && t.node().is_some(), "deleting node-2 removed ours");
+
+    // A stray InitDone.
+    let report = t.apply(ProxyEvent::Node(ResourceEvent::InitDone));
+    assert!(!report.changed && t.node().is_some(), "an InitDone without Init removed our Node");
+
+    // A relist with only another Node: ours is gone when it ends.
+    t.apply(ProxyEvent::Node(ResourceEvent::Init));
+    t.apply(ProxyEvent::Node(ResourceEvent::InitApply(other)));
+    assert!(t.node().is_some(), "not before the list ends");
+    let report = t.apply(ProxyEvent::Node(ResourceEvent::InitDone));
+    assert!(report.changed && t.node().is_none(), "a relist without our Node kept it");
+
+    // Our own deletion still removes it.
+    t.apply(ProxyEvent::Node(ResourceEvent::Apply(ours.clone())));
+    assert!(t.node().is_some());
+    assert!(t.apply(ProxyEvent::Node(ResourceEvent::Delete(ours))).changed);
+    assert!(t.node().is_none());
+}

@@ -10,13 +10,26 @@
 //!
 //! Metrics (`--metrics-bind-address`, default `127.0.0.1:10249`): the above, plus
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
+//!
+//! and, only with `--enable-debug-handlers` (`enableDebugHandlers: true`),
+//! the debug handlers:
 //! - `GET /configz`: the effective configuration as JSON.
 //! - `PUT /debug/flags/v` with a number: kube-proxy's runtime verbosity change.
 //! - `GET`/`PUT /loglevel`: the tracing filter directive (`debug,kube=info`).
 //! - `POST /debug/barrier?timeout=10s`: re-reads the file source, then
 //!   answers 200 once everything accepted so far is programmed (504 on timeout).
 //! - `GET /debug/state`: desired state (as `inspect` prints it) and sync counters.
-
+//!
+//! Why off by default: the metrics port listens on the host network, where
+//! every process of the node (any hostNetwork pod) reaches it without
+//! credentials. `/debug/state` and `/configz` hand out the whole Service
+//! state and configuration, `/loglevel` and `/debug/flags/v` let anyone
+//! turn on trace logging (a disk and CPU cost), and `/debug/barrier` and
+//! `/debug/state` cost about 0.1 CPU-second each at 5,000 Services. Disabled,
+//! each answers 404 with a body naming the flag. Enabled, the heavy ones
+//! (`/debug/barrier`, `/debug/state`) run one at a time: a request that
+//! arrives while one runs gets 429 with `Retry-After`. kube-proxy serves
+//! `/configz` by default; we do not, for the same reasons.
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +38,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,7 +46,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use proxy_core::Proxier;
 use proxy_core::health::ProxyHealth;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::parse_duration;
 use crate::logging::LogHandle;
@@ -97,6 +110,23 @@ pub struct AdminState {
     pub config: Arc<serde_json::Value>,
     /// The file source's reload channel, when the source is files.
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// `--enable-debug-handlers`: serve the debug handlers at all.
+    pub debug_handlers: bool,
+    /// One permit: the heavy debug handlers run one at a time.
+    pub heavy: Arc<Semaphore>,
+}
+
+/// The debug handlers' paths (served only with `--enable-debug-handlers`).
+pub const DEBUG_PATHS: &[&str] = &["/configz", "/debug/state", "/debug/barrier", "/debug/flags/v", "/loglevel"];
+
+/// The flag that turns the debug handlers on (named in refusals and logs).
+pub const DEBUG_FLAG: &str = "--enable-debug-handlers";
+
+impl AdminState {
+    /// A permit for one heavy handler; concurrent heavy requests share it.
+    pub fn heavy_permits() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(1))
+    }
 }
 
 impl std::fmt::Debug for AdminState {
@@ -114,19 +144,54 @@ pub fn health_router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// The metrics server's routes.
+/// The metrics server's routes: metrics and health always, the debug
+/// handlers only when `state.debug_handlers` (else a 404 naming the flag).
 pub fn metrics_router(state: AdminState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/configz", get(configz))
-        .route("/debug/flags/v", put(set_verbosity))
-        .route("/loglevel", get(get_log_level).put(set_log_level))
-        .route("/debug/barrier", post(barrier))
-        .route("/debug/state", get(debug_state))
-        .with_state(state)
+        .route("/metrics", get(metrics));
+    let router = if state.debug_handlers {
+        router
+            .route("/configz", get(configz))
+            .route("/debug/flags/v", put(set_verbosity))
+            .route("/loglevel", get(get_log_level).put(set_log_level))
+            .route("/debug/barrier", post(barrier))
+            .route("/debug/state", get(debug_state))
+    } else {
+        DEBUG_PATHS.iter().fold(router, |r, path| r.route(path, any(debug_disabled)))
+    };
+    router.with_state(state)
+}
+
+/// What a debug handler answers while they are off.
+async fn debug_disabled(uri: axum::http::Uri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!(
+            "{} is a debug handler, off by default: start switchyard with {DEBUG_FLAG} \
+             (configuration key enableDebugHandlers: true) to serve it\n",
+            uri.path()
+        ),
+    )
+        .into_response()
+}
+
+/// The heavy handlers' gate: one at a time; `None` while another runs.
+fn heavy_permit(state: &AdminState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    state.heavy.clone().try_acquire_owned().ok()
+}
+
+/// What a heavy handler answers while another one runs.
+fn busy() -> Response {
+    let mut r = (
+        StatusCode::TOO_MANY_REQUESTS,
+        "another /debug/barrier or /debug/state request is running; retry when it is done\n",
+    )
+        .into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -241,6 +306,9 @@ struct BarrierQuery {
 }
 
 async fn barrier(State(state): State<AdminState>, Query(q): Query<BarrierQuery>) -> Response {
+    // Held until the answer: waiting for convergence is cheap, but the
+    // reload it starts re-reads every manifest.
+    let Some(_permit) = heavy_permit(&state) else { return busy() };
     let timeout = match q.timeout.as_deref().map(parse_duration).transpose() {
         Ok(t) => t.unwrap_or(Duration::from_secs(30)),
         Err(e) => return (StatusCode::BAD_REQUEST, format!("timeout: {e}\n")).into_response(),
@@ -285,6 +353,7 @@ async fn barrier(State(state): State<AdminState>, Query(q): Query<BarrierQuery>)
 }
 
 async fn debug_state(State(state): State<AdminState>) -> Response {
+    let Some(_permit) = heavy_permit(&state) else { return busy() };
     let desired = state.proxier.desired();
     let s = state.proxier.subscribe().borrow().clone();
     let body = serde_json::json!({
@@ -313,5 +382,137 @@ pub async fn serve(
 ) {
     if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use proxy_core::testing::RecordingDataplane;
+    use proxy_core::{ChangeTracker, PlannerConfig, SyncRunner, SyncRunnerConfig, SyncTrigger, TrackerConfig};
+
+    use super::*;
+
+    /// A proxier whose initial lists have not completed (none are fed
+    /// unless a test does): a barrier waits, holding the heavy permit.
+    fn state(debug_handlers: bool) -> (AdminState, SyncTrigger) {
+        let tracker = ChangeTracker::new(TrackerConfig::new(PlannerConfig::new("node-a")));
+        let health = ProxyHealth::new(Duration::from_secs(60));
+        let trigger = SyncTrigger::default();
+        let proxier = Proxier::new(tracker, Arc::new(RecordingDataplane::new()), health.clone(), None, trigger.clone());
+        let state = AdminState {
+            proxier: Arc::new(proxier),
+            health,
+            registry: Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
+            metrics: DaemonMetrics::default(),
+            log: LogHandle::detached(),
+            config: Arc::new(serde_json::json!({"mode": "recording"})),
+            reload: None,
+            debug_handlers,
+            heavy: AdminState::heavy_permits(),
+        };
+        (state, trigger)
+    }
+
+    async fn serve_router(router: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve(listener, router, std::future::pending()));
+        (addr, task)
+    }
+
+    /// One HTTP/1.0 exchange on a blocking thread: (status, body).
+    async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+        let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write!(s, "{method} {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+            let mut raw = String::new();
+            s.read_to_string(&mut raw).unwrap();
+            let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            (code, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        })
+        .await
+        .unwrap()
+    }
+
+    const REQUESTS: &[(&str, &str, &str)] = &[
+        ("GET", "/configz", ""),
+        ("GET", "/debug/state", ""),
+        ("POST", "/debug/barrier?timeout=10ms", ""),
+        ("PUT", "/debug/flags/v", "2"),
+        ("GET", "/loglevel", ""),
+        ("PUT", "/loglevel", "info"),
+    ];
+
+    #[tokio::test]
+    async fn debug_handlers_are_refused_by_default_and_name_the_flag() {
+        let (addr, task) = serve_router(metrics_router(state(false).0)).await;
+        for (method, path, body) in REQUESTS {
+            let (code, text) = http(addr, method, path, body).await;
+            assert_eq!(code, 404, "{method} {path}: {text}");
+            assert!(text.contains(DEBUG_FLAG) && text.contains("enableDebugHandlers"), "{method} {path}: {text}");
+        }
+        assert_eq!(http(addr, "GET", "/metrics", "").await.0, 200, "metrics stay");
+        assert_eq!(http(addr, "GET", "/livez", "").await.0, 200, "health stays");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn debug_handlers_are_served_with_the_opt_in() {
+        let (addr, task) = serve_router(metrics_router(state(true).0)).await;
+        for (method, path, body) in REQUESTS {
+            let (code, text) = http(addr, method, path, body).await;
+            // The barrier is served: it times out, as nothing syncs here.
+            let want = if path.starts_with("/debug/barrier") { 504 } else { 200 };
+            assert_eq!(code, want, "{method} {path}: {text}");
+        }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_heavy_request_is_refused() {
+        let (state, trigger) = state(true);
+        let proxier = state.proxier.clone();
+        let runner = SyncRunner::with_trigger(
+            SyncRunnerConfig { min_sync_period: Duration::ZERO, ..SyncRunnerConfig::default() },
+            trigger,
+        );
+        let sync_loop = tokio::spawn(proxier.clone().run(runner, std::future::pending()));
+        let (addr, task) = serve_router(metrics_router(state)).await;
+        // Holds the heavy permit until the proxier converges (never, until
+        // the initial lists are fed below).
+        let barrier = tokio::spawn(http(addr, "POST", "/debug/barrier?timeout=10m", ""));
+        // Until the barrier holds the permit, /debug/state is served (200):
+        // poll until it is refused, which must happen while the barrier runs.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, text) = http(addr, "GET", "/debug/state", "").await;
+            if code == 429 {
+                assert!(text.contains("retry"), "{text}");
+                break;
+            }
+            assert_eq!(code, 200, "{text}");
+            assert!(Instant::now() < deadline, "/debug/state was never refused while a barrier ran");
+            tokio::task::yield_now().await;
+        }
+        let (code, _) = http(addr, "POST", "/debug/barrier?timeout=10ms", "").await;
+        assert_eq!(code, 429, "a second barrier is refused too");
+        assert!(!barrier.is_finished(), "the first barrier is still running");
+        // Cheap handlers are not gated.
+        assert_eq!(http(addr, "GET", "/configz", "").await.0, 200);
+
+        // The lists complete, the first sync runs, the barrier answers, and
+        // its permit is free again.
+        for ev in proxy_core::testing::initial_list(Vec::new(), Vec::new(), None) {
+            proxier.handle(ev);
+        }
+        let (code, text) = barrier.await.unwrap();
+        assert_eq!(code, 200, "{text}");
+        assert_eq!(http(addr, "GET", "/debug/state", "").await.0, 200, "the permit is released");
+        task.abort();
+        sync_loop.abort();
     }
 }

@@ -108,6 +108,13 @@ pub struct Flags {
     #[arg(long = "metrics-bind-address", global = true, value_name = "ADDR:PORT")]
     pub metrics_bind_address: Option<String>,
 
+    /// Serve the debug handlers on the metrics port: /configz, /debug/state,
+    /// /loglevel, /debug/flags/v and /debug/barrier (off by default: any
+    /// process on the host network could otherwise read the whole state and
+    /// change the log level).
+    #[arg(long = "enable-debug-handlers", global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub enable_debug_handlers: Option<bool>,
+
     /// Treat failure to bind a server port as fatal.
     #[arg(long = "bind-address-hard-fail", global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub bind_address_hard_fail: Option<bool>,
@@ -164,6 +171,7 @@ impl Flags {
         set("healthzBindAddress", s(&self.healthz_bind_address));
         set("metricsBindAddress", s(&self.metrics_bind_address));
         set("bindAddressHardFail", self.bind_address_hard_fail.map(Value::Bool));
+        set("enableDebugHandlers", self.enable_debug_handlers.map(Value::Bool));
         set("logging.verbosity", self.verbosity.map(|v| Value::from(u64::from(v))));
         set("logging.format", s(&self.logging_format));
         set("netns", s(&self.netns));
@@ -217,6 +225,14 @@ mod tests {
         let cli = Cli::try_parse_from(["switchyard", "inspect", "-o", "json", "--source", "file:/x"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Inspect(InspectArgs { output: OutputFormat::Json, .. }))));
         assert_eq!(cli.flags.source.as_deref(), Some("file:/x"));
+    }
+
+    #[test]
+    fn enable_debug_handlers_flag() {
+        let cli = Cli::try_parse_from(["switchyard"]).unwrap();
+        assert!(!Value::Object(cli.flags.to_map()).as_object().unwrap().contains_key("enableDebugHandlers"));
+        let cli = Cli::try_parse_from(["switchyard", "--enable-debug-handlers"]).unwrap();
+        assert_eq!(Value::Object(cli.flags.to_map())["enableDebugHandlers"], true);
     }
 
     #[test]

@@ -136,6 +136,10 @@ pub struct Config {
     /// kube-proxy settings that were given but have no effect in switchyard.
     pub ignored: Vec<String>,
     pub file_poll_interval: Duration,
+    /// `--enable-debug-handlers` / `enableDebugHandlers`: serve `/configz`,
+    /// `/debug/state`, `/loglevel`, `/debug/flags/v` and `/debug/barrier` on
+    /// the metrics port. Off by default (see [`crate::admin`] for why).
+    pub enable_debug_handlers: bool,
 }
 
 impl Config {
@@ -170,6 +174,7 @@ impl Config {
             sections: BTreeMap::new(),
             ignored: Vec::new(),
             file_poll_interval: DEFAULT_FILE_POLL_INTERVAL,
+            enable_debug_handlers: false,
         }
     }
 }
@@ -316,6 +321,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ipFamilies",
     "netns",
     "filePollInterval",
+    "enableDebugHandlers",
 ];
 
 /// kube-proxy's own mode sections: accepted even when no such backend is registered.
@@ -330,6 +336,19 @@ pub fn load(layers: &Layers, registry: &Registry) -> Result<Config, ConfigError>
         }
         figment = figment.merge(Yaml::file_exact(path));
     }
+    load_layers(figment, layers, registry)
+}
+
+/// [`load`] with the configuration file's text instead of its path (and no
+/// environment, no flags): what the file layer alone gives. The fuzzer's
+/// entry point, and handy for tools that hold the text already.
+pub fn load_yaml_str(text: &str, registry: &Registry) -> Result<Config, ConfigError> {
+    let layers = Layers { file: None, env: Some(Vec::new()), flags: Map::new() };
+    load_layers(Figment::new().merge(Yaml::string(text)), &layers, registry)
+}
+
+/// Merges the environment and flags over `figment` (holding the file layer, if any) and validates.
+fn load_layers(mut figment: Figment, layers: &Layers, registry: &Registry) -> Result<Config, ConfigError> {
     let modes = registry.modes();
     let env_pairs: Vec<(String, String)> = match &layers.env {
         Some(pairs) => pairs.clone(),
@@ -604,6 +623,7 @@ pub fn read(
     if let Some(d) = r.take(&mut root, "", "filePollInterval", Reader::duration).filter(|d| !d.is_zero()) {
         cfg.file_poll_interval = d;
     }
+    cfg.enable_debug_handlers = r.take(&mut root, "", "enableDebugHandlers", Reader::bool).unwrap_or(false);
 
     // Backend sections: kube-proxy's, and every registered mode's.
     let modes = registry.modes();
@@ -952,7 +972,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += n * scale;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // `from_secs_f64` panics past about 584 billion years (found by the
+    // `config` fuzz target's input `syncPeriod: 99999999999999999999999h`).
+    Duration::try_from_secs_f64(total).map_err(|_| format!("{s:?} is too long a duration"))
 }
 
 /// Formats a duration the way Go does for whole units (`30s`, `1m0s`, `500ms`).
@@ -1119,6 +1141,19 @@ mod tests {
     }
 
     #[test]
+    fn debug_handlers_are_off_unless_asked_for() {
+        assert!(!load(&layers(None, &[], Value::Null), &registry()).unwrap().enable_debug_handlers);
+        let (_d, path) = file("enableDebugHandlers: true\n");
+        assert!(load(&layers(Some(path), &[], Value::Null), &registry()).unwrap().enable_debug_handlers);
+        let env = [("SWITCHYARD_ENABLE_DEBUG_HANDLERS", "true")];
+        assert!(load(&layers(None, &env, Value::Null), &registry()).unwrap().enable_debug_handlers);
+        let flags = serde_json::json!({"enableDebugHandlers": true});
+        assert!(load(&layers(None, &[], flags), &registry()).unwrap().enable_debug_handlers);
+        let err = load_yaml_str("enableDebugHandlers: sure\n", &registry()).unwrap_err();
+        assert_eq!(err.problems[0].path, "enableDebugHandlers");
+    }
+
+    #[test]
     fn unknown_mode_lists_known_ones() {
         let err = load(&layers(None, &[], serde_json::json!({"mode": "nope"})), &registry()).unwrap_err();
         assert!(err.to_string().contains("known modes: iptables, ipvs"), "{err}");
@@ -1158,6 +1193,11 @@ mod tests {
         for bad in ["", "5", "s", "-1s", "1x", "1.2.3s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // Longer than a Duration holds: an error, not a panic (the config fuzz target).
+        let err = parse_duration("99999999999999999999999h").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        let err = load_yaml_str("syncPeriod: 99999999999999999999999h\n", &registry()).unwrap_err();
+        assert_eq!(err.problems[0].path, "syncPeriod");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
     }

@@ -319,6 +319,8 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         log,
         config: Arc::new(serde_json::to_value(&cfg).unwrap_or_default()),
         reload: reload_tx,
+        debug_handlers: cfg.enable_debug_handlers,
+        heavy: AdminState::heavy_permits(),
     };
     if let Some(l) = health_listener {
         info!(address = %cfg.healthz_bind_address, "serving /healthz, /livez, /readyz");
@@ -326,7 +328,21 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         tasks.spawn(admin::serve(l, router, wait_for(stop_rx.clone())));
     }
     if let Some(l) = metrics_listener {
-        info!(address = %cfg.metrics_bind_address, "serving /metrics and admin endpoints");
+        if cfg.enable_debug_handlers {
+            let paths = admin::DEBUG_PATHS.join(", ");
+            if cfg.metrics_bind_address.ip().is_loopback() {
+                info!(address = %cfg.metrics_bind_address, debug_handlers = %paths, "serving /metrics and the debug handlers");
+            } else {
+                // Anyone who reaches that address can read the state and change the log level.
+                warn!(address = %cfg.metrics_bind_address, debug_handlers = %paths, "serving the debug handlers on a non-loopback address, without authentication");
+            }
+        } else {
+            info!(
+                address = %cfg.metrics_bind_address,
+                "serving /metrics (debug handlers off; {} turns them on)",
+                admin::DEBUG_FLAG
+            );
+        }
         let router = admin::metrics_router(admin_state.clone());
         tasks.spawn(admin::serve(l, router, wait_for(stop_rx.clone())));
     }

@@ -186,6 +186,57 @@ async fn file_source_admin_endpoints_and_clean_stop() {
     assert!(d.log_text().contains("stopped cleanly; programmed rules left in place"));
 }
 
+/// Finding 9 (second bullet): the debug handlers are off unless asked for,
+/// with a 404 naming the flag; `enableDebugHandlers: true` in the
+/// configuration file turns them on, like the flag.
+#[tokio::test]
+async fn debug_handlers_are_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("m");
+    std::fs::create_dir(&manifests).unwrap();
+    write(&manifests, "web.yaml", WEB);
+    write(&manifests, "node.yaml", NODE_A);
+    let src = format!("--source=file:{}", manifests.display());
+    let requests = [
+        ("GET", "/configz", ""),
+        ("GET", "/debug/state", ""),
+        ("POST", "/debug/barrier?timeout=10s", ""),
+        ("PUT", "/debug/flags/v", "4"),
+        ("GET", "/loglevel", ""),
+        ("PUT", "/loglevel", "debug"),
+    ];
+
+    let mut d = Daemon::start_without_debug_handlers(
+        &memory_bin(),
+        dir.path(),
+        &["--proxy-mode=memory", &src, FAST[0], FAST[1]],
+    );
+    d.wait_ready().await;
+    for (method, path, body) in requests {
+        let (code, _, text) = http_async(method, d.metrics, path, body).await.unwrap();
+        assert_eq!(code, 404, "{method} {path} must be refused by default: {text}");
+        assert!(text.contains("--enable-debug-handlers"), "{method} {path}: {text}");
+    }
+    assert_eq!(d.get("/metrics").await.0, 200, "metrics are served");
+    assert_eq!(d.get("/healthz").await.0, 200, "health is served on the metrics port too");
+    assert!(d.log_text().contains("debug handlers off"), "{}", d.log_text());
+    assert_eq!(d.terminate().await, Some(0));
+
+    let config = write(dir.path(), "config.yaml", "enableDebugHandlers: true\n");
+    let cfg = format!("--config={}", config.display());
+    let mut d = Daemon::start_without_debug_handlers(
+        &memory_bin(),
+        dir.path(),
+        &["--proxy-mode=memory", &src, &cfg, FAST[0], FAST[1]],
+    );
+    d.wait_ready().await;
+    for (method, path, body) in requests {
+        let (code, _, text) = http_async(method, d.metrics, path, body).await.unwrap();
+        assert_eq!(code, 200, "{method} {path} must be served with enableDebugHandlers: {text}");
+    }
+    assert_eq!(d.terminate().await, Some(0));
+}
+
 #[tokio::test]
 async fn json_logs() {
     let dir = tempfile::tempdir().unwrap();

@@ -85,7 +85,10 @@ fn run_in_vm(
     }
     let mut spec = vm::Spec {
         out_dir: Some(out.clone()),
-        timeout: Duration::from_secs(if quick { 1200 } else { 5400 }),
+        // A wide cap; the watchdog's quiet window catches a hung guest. A
+        // 10k-Service step can run minutes without a line, hence 10 min.
+        timeout: Duration::from_secs(if quick { 3600 } else { 5400 }),
+        quiet_timeout: Duration::from_secs(600).max(vm::Spec::default().quiet_timeout),
         // The daemon, the lab's namespaces and kube-proxy's payloads at 10k.
         memory_mib: Some(3072),
         ..vm::Spec::default()

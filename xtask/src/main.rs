@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod reference;
 mod test;
 mod vm;
@@ -15,7 +16,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
-         test [--skip TIER]...   run every test tier (lint, unit, apiserver, demo, conformance, vm)\n  \
+         test [--skip TIER]...   run every test tier (lint, unit, apiserver, fuzz, demo, conformance, vm, bench)\n  \
+         fuzz [--seconds N]      the fuzz targets of fuzz/, N seconds each (stable Rust, cargo-fuzz)\n  \
          demo [ARGS]             the sandbox mini-cluster with live traffic (ARGS: see --help)\n  \
          bench [--quick] [ARGS]  every backend side by side: tables, JSON, plots (bench/README.md)\n  \
          vm run|test|bench|fetch  Debian's 6.1 kernel in QEMU (`cargo xtask vm help`)\n  \
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     match cmd.as_str() {
         "test" => test::run(rest),
         "demo" => demo::run(rest),
+        "fuzz" => fuzz::run(rest),
         "bench" => bench::run(rest),
         "vm" => vm::main(rest.to_vec()),
         "reference" => reference::run(rest),

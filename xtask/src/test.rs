@@ -52,6 +52,11 @@ fn tiers() -> Vec<Tier> {
             ],
         },
         Tier {
+            name: "fuzz",
+            what: "the fuzz targets (manifests, configuration file, plugin protocol), a bounded time each (SWITCHYARD_FUZZ_SECONDS)",
+            commands: vec![cmd(&["cargo", "xtask", "fuzz"])],
+        },
+        Tier {
             name: "demo",
             what: "the README's demo (./x demo), checking what every step must show",
             commands: vec![

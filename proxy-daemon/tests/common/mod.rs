@@ -116,17 +116,30 @@ impl Daemon {
     }
 
     pub fn start_with_env(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        Self::start_inner(None, bin, dir, args, env)
+        Self::start_inner(None, bin, dir, args, env, true)
     }
 
     /// Starts the whole process inside a network namespace (`ip netns exec`,
     /// which execs, so the child's pid is the daemon's). Its admin ports are
     /// on that namespace's loopback: reach them with [`NetnsHandle::http`].
     pub fn start_in_netns(netns: &str, bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
-        Self::start_inner(Some(netns), bin, dir, args, &[])
+        Self::start_inner(Some(netns), bin, dir, args, &[], true)
     }
 
-    fn start_inner(netns: Option<&str>, bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    /// Starts `bin` as an operator would: without `--enable-debug-handlers`
+    /// (every other constructor opts in, for [`Daemon::barrier`] and `/debug/state`).
+    pub fn start_without_debug_handlers(bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
+        Self::start_inner(None, bin, dir, args, &[], false)
+    }
+
+    fn start_inner(
+        netns: Option<&str>,
+        bin: &Path,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        debug_handlers: bool,
+    ) -> Daemon {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let healthz: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = dir.join(format!("daemon-{}.log", metrics.port()));
@@ -139,6 +152,10 @@ impl Daemon {
             }
             None => Command::new(bin),
         };
+        if debug_handlers {
+            // The tests drive the daemon through /debug/barrier and read /debug/state.
+            cmd.arg("--enable-debug-handlers=true");
+        }
         cmd.arg(format!("--metrics-bind-address={metrics}"))
             .arg(format!("--healthz-bind-address={healthz}"))
             .args(args)

@@ -7,7 +7,9 @@ use std::process::{Command, ExitCode, Stdio};
 use super::{Spec, parse_common, shell_quote};
 
 pub fn main(args: &[String]) -> ExitCode {
+    // A sync at 10k Services under TCG may print nothing for minutes.
     let mut spec = Spec::default();
+    spec.quiet_timeout = spec.quiet_timeout.max(std::time::Duration::from_secs(600));
     let rest = match parse_common(args, &mut spec) {
         Ok(r) => r,
         Err(e) => {

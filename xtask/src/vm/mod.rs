@@ -193,7 +193,10 @@ pub struct Spec {
     pub command: String,
     /// Host directory mounted (9p) at `/out` in the guest, for reports.
     pub out_dir: Option<PathBuf>,
+    /// The overall cap (wide: the quiet window is what catches a hung guest).
     pub timeout: Duration,
+    /// The VM is killed after this long without a line of output.
+    pub quiet_timeout: Duration,
     pub memory_mib: Option<u64>,
     pub cpus: u32,
     pub accel: Accel,
@@ -208,7 +211,8 @@ impl Default for Spec {
             env: Vec::new(),
             command: String::new(),
             out_dir: None,
-            timeout: Duration::from_secs(1200),
+            timeout: qemu::default_timeout(),
+            quiet_timeout: qemu::default_quiet_timeout(),
             memory_mib: None,
             cpus: 2,
             accel: std::env::var("SWITCHYARD_VM_ACCEL").ok().and_then(|a| Accel::parse(&a)).unwrap_or(Accel::Auto),
@@ -334,6 +338,7 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
         cpus: spec.cpus,
         out_dir: spec.out_dir.as_deref(),
         timeout: spec.timeout,
+        quiet_timeout: spec.quiet_timeout,
         accel: spec.accel,
         echo: spec.echo,
     });
@@ -432,7 +437,9 @@ run options:
   --modules A,B          extra kernel modules to load at boot
   --env K=V              environment of the guest command
   --out DIR              host directory shared at /out in the guest (9p)
-  --timeout SECS         whole-run limit (default 1200)
+  --quiet-timeout SECS   kill the VM after SECS without console output
+                         (default 300, or SWITCHYARD_VM_QUIET_TIMEOUT)
+  --timeout SECS         overall cap (default 3600, or SWITCHYARD_VM_TIMEOUT)
   --memory MIB, --cpus N
   --accel auto|kvm|tcg   default auto: KVM with a short boot deadline, then TCG
                          (also SWITCHYARD_VM_ACCEL)
@@ -480,6 +487,10 @@ pub fn parse_common(args: &[String], spec: &mut Spec) -> std::result::Result<Vec
             "--out" => spec.out_dir = Some(PathBuf::from(value("--out")?)),
             "--timeout" => {
                 spec.timeout = Duration::from_secs(value("--timeout")?.parse().map_err(|e| format!("--timeout: {e}"))?)
+            }
+            "--quiet-timeout" => {
+                spec.quiet_timeout =
+                    Duration::from_secs(value("--quiet-timeout")?.parse().map_err(|e| format!("--quiet-timeout: {e}"))?)
             }
             "--memory" => spec.memory_mib = Some(value("--memory")?.parse().map_err(|e| format!("--memory: {e}"))?),
             "--cpus" => spec.cpus = value("--cpus")?.parse().map_err(|e| format!("--cpus: {e}"))?,

@@ -234,8 +234,12 @@ pub fn main(args: &[String]) -> ExitCode {
             }
             None => String::new(),
         };
+        // Progress lines for the host's watchdog (and the reader): one per
+        // binary here, one per test from libtest (`--test-threads=1` prints
+        // each name as it starts, and "has been running for over 60
+        // seconds" for a slow one), one per scenario from the suite.
         script.push_str(&format!(
-            "echo '=== {name}'\n( {cd}{guest} --test-threads=1 {filter_arg} ) || {{ fail=1; echo 'vm test: {name} FAILED'; }}\n",
+            "echo \"=== {name} (uptime $(cut -d' ' -f1 /proc/uptime))\"\n( {cd}{guest} --test-threads=1 {filter_arg} ) || {{ fail=1; echo 'vm test: {name} FAILED'; }}\n",
             name = t.name
         ));
     }
@@ -259,7 +263,7 @@ pub fn main(args: &[String]) -> ExitCode {
                 let list: Vec<String> = run.iter().map(|b| format!("--backend {}", shell_quote(b))).collect();
                 let extra: Vec<String> = conformance_args.iter().map(|a| shell_quote(a)).collect();
                 script.push_str(&format!(
-                    "echo '=== conformance'\n/work/switchyard-conformance {} --scenarios /work/scenarios --json /out/conformance.json --markdown /out/conformance.md {} || {{ fail=1; echo 'vm test: conformance FAILED'; }}\n",
+                    "echo \"=== conformance (uptime $(cut -d' ' -f1 /proc/uptime))\"\n/work/switchyard-conformance {} --scenarios /work/scenarios --json /out/conformance.json --markdown /out/conformance.md {} || {{ fail=1; echo 'vm test: conformance FAILED'; }}\n",
                     list.join(" "),
                     extra.join(" ")
                 ));

@@ -472,6 +472,23 @@ fn stamp_trigger_time(slice: &mut EndpointSlice, mtime: Option<SystemTime>, sinc
     }
 }
 
+/// Parses one file's text, as the source does (the fuzz target's entry):
+/// its good objects, and its problems (an empty file is one).
+pub fn parse_file(path: &Path, text: &str) -> (Manifests, Vec<ManifestError>) {
+    let parsed = parse::parse(path, text.as_bytes());
+    let mut errors = parsed.errors;
+    if parsed.documents == 0 {
+        errors.push(ManifestError {
+            file: path.to_path_buf(),
+            document: None,
+            object: None,
+            message: parse::EMPTY_FILE.into(),
+        });
+    }
+    let objects = parsed.objects.into_iter().map(|(k, held)| (k, held.object)).collect();
+    (Manifests::from_objects(objects), errors)
+}
+
 /// Reads the manifests once (for `inspect` and start-up): the objects as
 /// the daemon's first load would deliver them, and every problem (with
 /// problems, the daemon delivers nothing).
