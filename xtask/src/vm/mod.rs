@@ -246,6 +246,10 @@ fn init_script(spec: &Spec, modules: &[String]) -> String {
 /bin/busybox --install -s /bb
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/bb
 export HOME=/root TMPDIR=/tmp SWITCHYARD_VM=1
+# The guest is emulated (TCG) and the host may be loaded: convergence bounds
+# are stretched threefold (`--env SWITCHYARD_TEST_PATIENCE_MS=...` overrides).
+# Patience only bounds a failure; a passing test waits no longer for it.
+export SWITCHYARD_TEST_PATIENCE_MS=30000
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
