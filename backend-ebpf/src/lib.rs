@@ -250,11 +250,13 @@ impl std::fmt::Debug for EbpfDataplane {
 
 impl EbpfDataplane {
     /// Builds the dataplane; nothing in the kernel changes until the first
-    /// sync. Warns once about what the configuration leaves unserved.
+    /// sync. What the configuration leaves unserved is in `limitations()`,
+    /// which the daemon logs for the mode it runs (not here: other modes'
+    /// cleanup builds this backend too, and must not warn about it).
     pub fn new(ctx: BackendContext, cfg: EbpfConfig) -> EbpfDataplane {
         let metrics = EbpfMetrics::register(&ctx);
         let worker = worker::NsWorker::new(ctx.netns.clone());
-        let dp = EbpfDataplane {
+        EbpfDataplane {
             ctx,
             cfg,
             loaded: Arc::default(),
@@ -262,11 +264,7 @@ impl EbpfDataplane {
             health: Arc::default(),
             monitor: Arc::default(),
             worker,
-        };
-        for limitation in dp.limitations() {
-            tracing::warn!(backend = MODE, "{limitation}");
         }
-        dp
     }
 
     pub fn config(&self) -> &EbpfConfig {

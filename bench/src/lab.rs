@@ -31,6 +31,9 @@ use proxy_core::NetNamespace;
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 10);
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const POD_PORT: u16 = 8080;
+/// The pod listener's accept queue: more than one connect series (2,200
+/// connections back to back), so a slow server thread never drops a SYN.
+pub const LISTEN_BACKLOG: i32 = 4096;
 /// Endpoint addresses the pod answers on: `.10`-`.19` serve the first
 /// Service, `.20`/`.21` alternate as the last Service's single endpoint.
 pub fn pod_endpoint(i: u8) -> Ipv4Addr {
@@ -255,6 +258,8 @@ impl Lab {
             let _ = quiet("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.icmp_msgs_per_sec=1000000"]);
             let _ = quiet("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.icmp_msgs_burst=1000000"]);
         }
+        let somaxconn = format!("net.core.somaxconn={LISTEN_BACKLOG}");
+        let _ = quiet("ip", &["netns", "exec", &self.ns_name("pod"), "sysctl", "-qw", &somaxconn]);
         Ok(())
     }
 
@@ -277,6 +282,19 @@ impl Lab {
                     return;
                 }
             };
+            // std listens with a backlog of 128. The connect probe opens
+            // 2,200 connections back to back, and a server thread that a
+            // loaded CPU delays for a moment overflowed that queue: the
+            // kernel dropped the SYN, and the client waited a second for
+            // its retransmit (measured: every SYN retransmit in the data-plane
+            // rows was one of these `ListenOverflows`, the pod IP row's too).
+            // Calling listen(2) again only raises the backlog, capped by the
+            // pod namespace's `net.core.somaxconn` (set in `create`).
+            // SAFETY: a valid listening socket fd.
+            if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+                let _ = tx.send(Err(format!("listen: {}", std::io::Error::last_os_error())));
+                return;
+            }
             pin_to(cpu);
             let _ = tx.send(Ok(()));
             while !stop.load(Ordering::Relaxed) {

@@ -12,7 +12,7 @@ use crate::kubeproxy;
 use crate::lab::{self, Lab, NODE_IP, POD_PORT, sa};
 use crate::objects::{self, NODE_PORT, SERVICE_PORT, Svc};
 use crate::probe;
-use crate::report::{Churn, Footprint, Kind, Row};
+use crate::report::{Churn, Footprint, Kind, Losses, Row};
 use crate::stats::Samples;
 
 /// How much to measure (the `--quick` and full presets, plus flags).
@@ -109,14 +109,45 @@ fn record<T>(row: &mut Row, what: &str, r: Result<T, String>) -> Option<T> {
     }
 }
 
+/// TCP's loss counters of the lab: SYN retransmits of both clients, the
+/// pod listener's drops.
+fn losses_now(lab: &Lab) -> Result<Losses, String> {
+    let mut l = Losses::default();
+    for host in ["client", "ext"] {
+        let v = lab::in_ns(&lab.netns(host), None, || probe::tcp_ext_counters(&["TCPSynRetrans"]))??;
+        l.syn_retransmits += v[0];
+    }
+    let v = lab::in_ns(&lab.netns("pod"), None, || probe::tcp_ext_counters(&["ListenOverflows", "ListenDrops"]))??;
+    l.listen_overflows = v[0];
+    l.listen_drops = v[1];
+    Ok(l)
+}
+
+/// Runs the data-plane measurements in `f` and records in the row how many
+/// SYNs TCP had to send again meanwhile (the goal is none).
+fn counting_losses(row: &mut Row, lab: &Lab, f: impl FnOnce(&mut Row)) {
+    let before = record(row, "TCP counters", losses_now(lab));
+    f(row);
+    let after = record(row, "TCP counters", losses_now(lab));
+    if let (Some(b), Some(a)) = (before, after) {
+        row.losses = Some(Losses {
+            syn_retransmits: a.syn_retransmits.saturating_sub(b.syn_retransmits),
+            listen_overflows: a.listen_overflows.saturating_sub(b.listen_overflows),
+            listen_drops: a.listen_drops.saturating_sub(b.listen_drops),
+        });
+    }
+}
+
 /// The data-plane columns for a lab whose kernel serves `svcs`.
 fn data_plane(row: &mut Row, lab: &Lab, svcs: &[Svc], s: &Settings) {
     let (f, l) = (first(svcs), last(svcs));
-    row.connect_first = record(row, "connect (first Service)", connect(lab, f, s));
-    row.connect_last = record(row, "connect (last Service)", connect(lab, l, s));
-    row.rate_first = record(row, "rate (first Service)", rate(lab, f, s));
-    row.rate_last = record(row, "rate (last Service)", rate(lab, l, s));
-    row.nodeport_gbps = record(row, "NodePort throughput", throughput(lab, sa(NODE_IP, NODE_PORT), s));
+    counting_losses(row, lab, |row| {
+        row.connect_first = record(row, "connect (first Service)", connect(lab, f, s));
+        row.connect_last = record(row, "connect (last Service)", connect(lab, l, s));
+        row.rate_first = record(row, "rate (first Service)", rate(lab, f, s));
+        row.rate_last = record(row, "rate (last Service)", rate(lab, l, s));
+        row.nodeport_gbps = record(row, "NodePort throughput", throughput(lab, sa(NODE_IP, NODE_PORT), s));
+    });
 }
 
 /// A request loop in the client namespace, started now, answering when a
@@ -153,11 +184,13 @@ pub fn direct(n: usize, s: &Settings) -> Row {
         }
     };
     let to = sa(lab::pod_endpoint(0), POD_PORT);
-    row.connect_first = record(&mut row, "connect", connect(&lab, to, s));
-    row.connect_last = row.connect_first.clone();
-    row.rate_first = record(&mut row, "rate", rate(&lab, to, s));
-    row.rate_last = row.rate_first;
-    row.nodeport_gbps = record(&mut row, "throughput", throughput(&lab, to, s));
+    counting_losses(&mut row, &lab, |row| {
+        row.connect_first = record(row, "connect", connect(&lab, to, s));
+        row.connect_last = row.connect_first.clone();
+        row.rate_first = record(row, "rate", rate(&lab, to, s));
+        row.rate_last = row.rate_first;
+        row.nodeport_gbps = record(row, "throughput", throughput(&lab, to, s));
+    });
     row
 }
 

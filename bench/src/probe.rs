@@ -105,3 +105,33 @@ pub fn throughput(to: SocketAddr, secs: f64) -> Result<f64, String> {
     let _ = s.read_to_end(&mut rest);
     Ok(sent as f64 * 8.0 / t.elapsed().as_secs_f64() / 1e9)
 }
+
+/// The named `TcpExt:` counters of the calling thread's network namespace
+/// (`/proc/thread-self/net/netstat`: `/proc/net` would show the process's
+/// main thread's namespace, not this one's).
+pub fn tcp_ext_counters(names: &[&str]) -> Result<Vec<u64>, String> {
+    let path = "/proc/thread-self/net/netstat";
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    parse_tcp_ext(&text, names).ok_or_else(|| format!("{path}: no TcpExt counters {names:?}"))
+}
+
+/// The values of `names` from netstat's pair of `TcpExt:` lines (a header
+/// line of names, then a line of values).
+fn parse_tcp_ext(text: &str, names: &[&str]) -> Option<Vec<u64>> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    names.iter().map(|n| header.iter().position(|h| h == n).and_then(|i| values.get(i)?.parse().ok())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tcp_ext_values_are_read_by_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPSynRetrans\n\
+                    TcpExt: 0 7 9 3\n\
+                    IpExt: InNoRoutes\nIpExt: 1\n";
+        assert_eq!(super::parse_tcp_ext(text, &["TCPSynRetrans", "ListenDrops"]), Some(vec![3, 9]));
+        assert_eq!(super::parse_tcp_ext(text, &["NoSuchCounter"]), None);
+    }
+}

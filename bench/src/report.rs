@@ -40,6 +40,20 @@ pub struct Footprint {
     pub cpu_load_s: f64,
 }
 
+/// TCP's own counters over the data-plane measurements: whether any
+/// connection waited for a retransmitted SYN, and where it was lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Losses {
+    /// Client: SYNs sent again (`TcpExt: TCPSynRetrans`), each a connection
+    /// that waited at least a second.
+    pub syn_retransmits: u64,
+    /// Pod: SYNs dropped because the listener's accept queue was full
+    /// (`TcpExt: ListenOverflows`): the harness, not the dataplane.
+    pub listen_overflows: u64,
+    /// Pod: every SYN the listener dropped (`TcpExt: ListenDrops`).
+    pub listen_drops: u64,
+}
+
 /// One backend at one number of Services.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -68,6 +82,8 @@ pub struct Row {
     pub rate_last: Option<f64>,
     /// One long TCP flow through the NodePort (direct: to the pod IP), Gbit/s.
     pub nodeport_gbps: Option<f64>,
+    /// Over the connect, rate and long-flow measurements.
+    pub losses: Option<Losses>,
     pub errors: Vec<String>,
 }
 
@@ -90,6 +106,7 @@ impl Row {
             rate_first: None,
             rate_last: None,
             nodeport_gbps: None,
+            losses: None,
             errors: Vec::new(),
         }
     }
@@ -226,8 +243,8 @@ impl Run {
             );
         }
         o.push_str("\n#### Data plane\n\n");
-        o.push_str("| backend | Services | connect p50 / p99, first Service | connect p50 / p99, last Service | last vs 1 Service (p50) | conn/s first | conn/s last | last vs 1 Service (rate) | NodePort long flow |\n");
-        o.push_str("|---|---|---|---|---|---|---|---|---|\n");
+        o.push_str("| backend | Services | connect p50 / p99, first Service | connect p50 / p99, last Service | last vs 1 Service (p50) | conn/s first | conn/s last | last vs 1 Service (rate) | NodePort long flow | SYN retransmits (listen drops) |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.rows {
             let base = self.base(r);
             let delta = match (base.and_then(|b| b.connect_last.as_ref()), r.connect_last.as_ref()) {
@@ -243,7 +260,7 @@ impl Run {
             let services = if r.kind == Kind::Direct { "– (pod IP)".to_string() } else { thousands(r.services) };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.backend,
                 services,
                 p50p99(&r.connect_first),
@@ -253,6 +270,7 @@ impl Run {
                 opt(r.rate_last, |v| format!("{v:.0}")),
                 ratio,
                 opt(r.nodeport_gbps, |v| format!("{v:.2} Gbit/s")),
+                r.losses.map_or("–".into(), |l| format!("{} ({})", l.syn_retransmits, l.listen_drops)),
             );
         }
         let errors: Vec<String> = self
@@ -353,6 +371,16 @@ impl Run {
                 |x| x <= 64.0,
                 |x| format!("{x:.1} MiB"),
             ));
+            let measured: Vec<Losses> =
+                self.rows.iter().filter(|r| r.backend == name).filter_map(|r| r.losses).collect();
+            let v = (!measured.is_empty()).then(|| measured.iter().map(|l| l.syn_retransmits).sum::<u64>() as f64);
+            out.push(Goal::check(
+                "no connection waits for a SYN retransmit (every size)".into(),
+                name,
+                v,
+                |x| x == 0.0,
+                |x| format!("{x:.0} retransmitted"),
+            ));
         }
         out
     }
@@ -452,5 +480,22 @@ mod tests {
         assert_eq!(rss.verdict, "**missed**");
         let lat = goals.iter().find(|g| g.goal.contains("connect p50")).expect("goal");
         assert_eq!(lat.verdict, "not measured in this run");
+        let syn = goals.iter().find(|g| g.goal.contains("SYN retransmit")).expect("goal");
+        assert_eq!(syn.verdict, "not measured in this run", "no row counted losses");
+    }
+
+    #[test]
+    fn a_retransmitted_syn_in_any_row_misses_the_goal_and_shows_in_the_table() {
+        let mut a = Row::new("switchyard ebpf", Kind::Switchyard, 1, 10);
+        a.losses = Some(Losses::default());
+        let mut b = Row::new("switchyard ebpf", Kind::Switchyard, 10_000, 10);
+        b.losses = Some(Losses { syn_retransmits: 3, listen_overflows: 2, listen_drops: 2 });
+        let r = run(vec![a.clone()]);
+        let syn = r.goals().into_iter().find(|g| g.goal.contains("SYN retransmit")).expect("goal");
+        assert_eq!(syn.verdict, "met");
+        let r = run(vec![a, b]);
+        let syn = r.goals().into_iter().find(|g| g.goal.contains("SYN retransmit")).expect("goal");
+        assert_eq!((syn.verdict.as_str(), syn.measured.as_str()), ("**missed**", "3 retransmitted"));
+        assert!(r.markdown().contains("| 3 (2) |"), "{}", r.markdown());
     }
 }

@@ -73,6 +73,10 @@ async fn iptables_mode_in_a_namespace() {
     .await;
     let (ok, rules) = ns.exec(&["iptables-save"]);
     assert!(ok && rules.contains("SWITCHYARD"), "rules programmed in the namespace:\n{rules}");
+    // Removing the other modes' leftovers builds them; their limitations
+    // (eBPF without a cgroup) are not this node's and are not logged.
+    let log = d.log_text();
+    assert!(!log.contains("cgroupPath"), "an iptables node warned about the eBPF mode's configuration:\n{log}");
 
     let mut inspect: Vec<&str> = vec!["netns", "exec", &ns.name];
     let bin = switchyard_bin();
