@@ -17,6 +17,7 @@ mod measure;
 mod objects;
 mod plot;
 mod probe;
+mod real;
 mod report;
 mod stats;
 
@@ -29,7 +30,7 @@ use report::{Machine, Run, Unavailable};
 
 const USAGE: &str = "usage: switchyard-bench [--quick] [--switchyard-bin PATH] [--out DIR] [--readme README.md]
     [--sizes 1,1000,10000,30000] [--modes iptables,ebpf] [--no-references] [--section MODE=JSON]
-    [--min-sync-period 1ms] [--iptables-restore iptables-nft-restore] [--no-plots] [--build LABEL] [--command TEXT]";
+    [--min-sync-period 1ms] [--iptables-restore iptables-nft-restore] [--no-plots] [--real] [--build LABEL] [--command TEXT]";
 
 /// Modes the project ships; one that is not registered in this build is
 /// listed as not measured, with the reason.
@@ -52,6 +53,8 @@ struct Args {
     build: String,
     command: Option<String>,
     plots: bool,
+    /// Rows against a real API server: upstream kube-proxy and switchyard (`--real`).
+    real: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
         build: "unknown".into(),
         command: None,
         plots: true,
+        real: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.into_iter();
@@ -78,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => a.quick = true,
             "--no-references" => a.references = false,
             "--no-plots" => a.plots = false,
+            "--real" => a.real = true,
             "--switchyard-bin" => a.binary = Some(PathBuf::from(value()?)),
             "--out" => a.out = PathBuf::from(value()?),
             "--readme" => a.readme = Some(PathBuf::from(value()?)),
@@ -396,6 +401,16 @@ fn main() -> ExitCode {
             let r = measure::switchyard(mode, section.as_ref(), &binary, n, &s);
             log_row(&r, t);
             rows.push(r);
+        }
+        if args.real {
+            for proxy in
+                [real::Proxy::KubeProxy("iptables"), real::Proxy::KubeProxy("nftables"), real::Proxy::Switchyard]
+            {
+                let t = Instant::now();
+                let r = real::row(proxy, &binary, n, &s);
+                log_row(&r, t);
+                rows.push(r);
+            }
         }
     }
     machine.load_after = read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ");

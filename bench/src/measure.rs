@@ -53,7 +53,7 @@ impl Settings {
     }
 }
 
-fn us_since(t0: SystemTime, t: SystemTime) -> f64 {
+pub(crate) fn us_since(t0: SystemTime, t: SystemTime) -> f64 {
     match t.duration_since(t0) {
         Ok(d) => d.as_secs_f64() * 1e6,
         Err(e) => -e.duration().as_secs_f64() * 1e6,
@@ -64,7 +64,7 @@ fn first(svcs: &[Svc]) -> SocketAddr {
     sa(svcs[0].cluster_ip, SERVICE_PORT)
 }
 
-fn last(svcs: &[Svc]) -> SocketAddr {
+pub(crate) fn last(svcs: &[Svc]) -> SocketAddr {
     sa(svcs[svcs.len() - 1].cluster_ip, SERVICE_PORT)
 }
 
@@ -139,7 +139,7 @@ fn counting_losses(row: &mut Row, lab: &Lab, f: impl FnOnce(&mut Row)) {
 }
 
 /// The data-plane columns for a lab whose kernel serves `svcs`.
-fn data_plane(row: &mut Row, lab: &Lab, svcs: &[Svc], s: &Settings) {
+pub(crate) fn data_plane(row: &mut Row, lab: &Lab, svcs: &[Svc], s: &Settings) {
     let (f, l) = (first(svcs), last(svcs));
     counting_losses(row, lab, |row| {
         row.connect_first = record(row, "connect (first Service)", connect(lab, f, s));
@@ -152,7 +152,7 @@ fn data_plane(row: &mut Row, lab: &Lab, svcs: &[Svc], s: &Settings) {
 
 /// A request loop in the client namespace, started now, answering when a
 /// connection to `to` lands on `expect` (any endpoint when `None`).
-fn watch_for(
+pub(crate) fn watch_for(
     lab: &Lab,
     to: SocketAddr,
     expect: Option<IpAddr>,

@@ -16,6 +16,8 @@ pub enum Kind {
     Reference,
     /// The switchyard daemon with one proxy mode.
     Switchyard,
+    /// Against a real API server (`--real`): upstream kube-proxy, or switchyard.
+    Real,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -177,7 +177,11 @@ impl Authority {
 pub struct ControlPlane {
     dir: PathBuf,
     etcd: Child,
-    apiserver: Child,
+    /// `None` while stopped ([`ControlPlane::stop_apiserver`]).
+    apiserver: Option<Child>,
+    /// How it was started, to start it again on the same port and storage.
+    apiserver_program: PathBuf,
+    apiserver_args: Vec<std::ffi::OsString>,
     etcd_url: String,
     server: String,
     authority: Authority,
@@ -336,24 +340,12 @@ impl ControlPlane {
             .arg(format!("--cert-dir={}", dir.join("certs").display()))
             .arg("--profiling=false")
             .args(&config.extra_apiserver_args);
+        let apiserver_args: Vec<std::ffi::OsString> = apiserver.get_args().map(ToOwned::to_owned).collect();
         let apiserver_log = dir.join("kube-apiserver.log");
         let apiserver_child = guard.apiserver.insert(spawn(apiserver, &apiserver_log, "kube-apiserver")?);
 
         let admin = client_from(&admin_kubeconfig).await?;
-        let probe = admin.clone();
-        wait_ready("kube-apiserver", apiserver_child, &apiserver_log, || {
-            let client = probe.clone();
-            async move {
-                let req = http::Request::get("/readyz?verbose").body(Vec::new()).map_err(|e| e.to_string())?;
-                match client.request_text(req).await {
-                    Ok(_) => Ok(()),
-                    // The failing checks: their set shrinking is progress.
-                    Err(kube::Error::Api(status)) => Err(failing_checks(&status.message)),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
-        .await?;
+        wait_apiserver_ready(&admin, apiserver_child, &apiserver_log).await?;
         info!(%server, dir = %dir.display(), "control plane ready");
 
         let (Some(etcd), Some(apiserver)) = (guard.etcd.take(), guard.apiserver.take()) else {
@@ -364,7 +356,9 @@ impl ControlPlane {
         Ok(ControlPlane {
             dir,
             etcd,
-            apiserver,
+            apiserver: Some(apiserver),
+            apiserver_program: bins.kube_apiserver(),
+            apiserver_args,
             etcd_url,
             server,
             authority,
@@ -480,6 +474,97 @@ impl ControlPlane {
         Ok(label)
     }
 
+    /// Kills kube-apiserver (SIGKILL, by pid): clients see connections
+    /// refused until [`start_apiserver`](Self::start_apiserver). etcd keeps running.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut child) = self.apiserver.take() {
+            kill(&mut child);
+            info!(server = %self.server, "kube-apiserver stopped");
+        }
+    }
+
+    /// Starts kube-apiserver again with the same flags (port, certificates,
+    /// etcd) and waits until it is ready. Its log is appended to.
+    /// Like [`start`](Self::start), call it from a thread that outlives the process.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        if self.apiserver.is_some() {
+            return Ok(());
+        }
+        let log = self.dir.join("kube-apiserver.log");
+        let mut cmd = Command::new(&self.apiserver_program);
+        cmd.args(&self.apiserver_args);
+        let child = self.apiserver.insert(spawn_appending(cmd, &log, "kube-apiserver")?);
+        wait_apiserver_ready(&self.admin, child, &log).await?;
+        info!(server = %self.server, "kube-apiserver started again");
+        Ok(())
+    }
+
+    /// Stops and starts kube-apiserver ([`stop_apiserver`](Self::stop_apiserver),
+    /// [`start_apiserver`](Self::start_apiserver)).
+    pub async fn restart_apiserver(&mut self) -> Result<()> {
+        self.stop_apiserver();
+        self.start_apiserver().await
+    }
+
+    /// etcd's current revision (every write through the API, or into etcd, moves it).
+    pub async fn etcd_revision(&self) -> Result<i64> {
+        let answer = self.etcd_call("/v3/kv/range", &serde_json::json!({"key": b64("/"), "limit": 1})).await?;
+        revision_of(&answer).ok_or_else(|| etcd_error(format!("no revision in {answer}")))
+    }
+
+    /// Writes one value straight into etcd, under the API server's key
+    /// (`/registry/services/specs/NS/NAME`): an object the API would refuse,
+    /// or a change made behind a stopped API server. Storage is JSON
+    /// (`--storage-media-type=application/json`), so `value` is the object as JSON.
+    pub async fn etcd_put(&self, key: &str, value: &serde_json::Value) -> Result<i64> {
+        let body = serde_json::json!({"key": b64(key), "value": b64(&value.to_string())});
+        let answer = self.etcd_call("/v3/kv/put", &body).await?;
+        revision_of(&answer).ok_or_else(|| etcd_error(format!("no revision in {answer}")))
+    }
+
+    /// [`etcd_put`](Self::etcd_put) for many objects, in transactions of 100
+    /// puts (etcd's `--max-txn-ops` default is 128): ten thousand Services
+    /// in about a hundred requests instead of one each.
+    pub async fn etcd_put_many(&self, entries: &[(String, serde_json::Value)]) -> Result<i64> {
+        let mut revision = 0;
+        for chunk in entries.chunks(100) {
+            let ops: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|(k, v)| serde_json::json!({"requestPut": {"key": b64(k), "value": b64(&v.to_string())}}))
+                .collect();
+            let answer = self.etcd_call("/v3/kv/txn", &serde_json::json!({"success": ops})).await?;
+            revision = revision_of(&answer).ok_or_else(|| etcd_error(format!("no revision in {answer}")))?;
+        }
+        Ok(revision)
+    }
+
+    /// Deletes one key straight from etcd; returns how many keys went.
+    pub async fn etcd_delete(&self, key: &str) -> Result<u64> {
+        let answer = self.etcd_call("/v3/kv/deleterange", &serde_json::json!({"key": b64(key)})).await?;
+        Ok(answer.get("deleted").and_then(|d| d.as_str().and_then(|s| s.parse().ok()).or(d.as_u64())).unwrap_or(0))
+    }
+
+    /// Compacts etcd's history up to its current revision: a watch that
+    /// resumes from an older resourceVersion then gets `410 Gone`.
+    pub async fn etcd_compact(&self) -> Result<i64> {
+        let revision = self.etcd_revision().await?;
+        self.etcd_call("/v3/kv/compaction", &serde_json::json!({"revision": revision, "physical": true})).await?;
+        info!(revision, "etcd compacted");
+        Ok(revision)
+    }
+
+    /// A call to etcd's JSON gateway (`/v3/...`, plain HTTP on the bind address).
+    async fn etcd_call(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        let addr = self.etcd_url.trim_start_matches("http://").to_string();
+        let (code, text) = plain_request(&addr, "POST", path, Some(&body.to_string()))
+            .await
+            .map_err(|e| etcd_error(format!("POST {path}: {e}")))?;
+        if code != 200 {
+            return Err(etcd_error(format!("POST {path}: {code} {}", text.trim())));
+        }
+        serde_json::from_str(&text).map_err(|e| etcd_error(format!("POST {path}: {e}: {text}")))
+    }
+
     /// The last lines of both logs (for a failing test's message).
     pub fn log_tails(&self) -> String {
         format!(
@@ -493,11 +578,45 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // The API server first, so it does not log etcd's disappearance.
-        for child in [&mut self.apiserver, &mut self.etcd] {
+        if let Some(child) = self.apiserver.as_mut() {
             kill(child);
         }
+        kill(&mut self.etcd);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn etcd_error(message: String) -> ConformanceError {
+    ConformanceError::ControlPlane { component: "etcd", message }
+}
+
+/// etcd's JSON gateway takes keys and values as base64.
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// `header.revision` of a gateway answer (int64 fields are JSON strings there).
+fn revision_of(answer: &serde_json::Value) -> Option<i64> {
+    let r = answer.pointer("/header/revision")?;
+    r.as_str().and_then(|s| s.parse().ok()).or_else(|| r.as_i64())
+}
+
+/// Waits until kube-apiserver's `/readyz` answers ok (see [`wait_ready`]).
+async fn wait_apiserver_ready(admin: &kube::Client, child: &mut Child, log: &Path) -> Result<()> {
+    wait_ready("kube-apiserver", child, log, || {
+        let client = admin.clone();
+        async move {
+            let req = http::Request::get("/readyz?verbose").body(Vec::new()).map_err(|e| e.to_string())?;
+            match client.request_text(req).await {
+                Ok(_) => Ok(()),
+                // The failing checks: their set shrinking is progress.
+                Err(kube::Error::Api(status)) => Err(failing_checks(&status.message)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
 }
 
 /// Kills what a failed start left running and removes its directory.
@@ -541,8 +660,21 @@ fn free_port(bind: IpAddr) -> Result<u16> {
         .map_err(io_err(format!("finding a free port on {bind}")))
 }
 
-fn spawn(mut cmd: Command, log: &Path, component: &'static str) -> Result<Child> {
+fn spawn(cmd: Command, log: &Path, component: &'static str) -> Result<Child> {
     let out = std::fs::File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
+    spawn_to(cmd, out, log, component)
+}
+
+fn spawn_appending(cmd: Command, log: &Path, component: &'static str) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .map_err(io_err(format!("opening {}", log.display())))?;
+    spawn_to(cmd, out, log, component)
+}
+
+fn spawn_to(mut cmd: Command, out: std::fs::File, log: &Path, component: &'static str) -> Result<Child> {
     let err = out.try_clone().map_err(io_err(format!("opening {}", log.display())))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the new process;
@@ -606,19 +738,26 @@ fn failing_checks(body: &str) -> String {
 
 /// A plain HTTP/1.1 GET (etcd's health endpoint; no TLS on the lab's loopback).
 async fn plain_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    plain_request(addr, "GET", path, None).await
+}
+
+/// A plain HTTP/1.1 request to etcd (its health endpoint and JSON gateway).
+async fn plain_request(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out"))??;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, body.to_string()))
+    // etcd's gateway answers large results chunked.
+    Ok(crate::relay::parse_response(&raw))
 }
 
 fn tail(path: &Path) -> String {

@@ -20,7 +20,10 @@ use proxy_core::Registry;
 use tracing::{error, info};
 
 use crate::agent::{AGENT_SUBCOMMAND, AgentArgs};
-use crate::driver::{DriverFactory, ExternalBinary, InProcess};
+use crate::apiserver::ReferenceBinaries;
+use crate::apisource::ApiLab;
+use crate::driver::{DriverFactory, ExternalBinary, InProcess, ObjectSource};
+use crate::kubeproxy::KubeProxyBinary;
 use crate::lab::{Lab, LabConfig};
 use crate::runner::{self, SuiteConfig};
 use crate::scenario::Scenario;
@@ -39,10 +42,22 @@ pub struct Args {
     /// A backend to run in-process, by its proxy-mode name (repeatable).
     #[arg(long = "backend", value_name = "MODE")]
     pub backends: Vec<String>,
-    /// A backend to run through the `switchyard` binary as a black box,
-    /// with the file source (repeatable).
+    /// A backend to run as a black box inside node1 (repeatable): a mode of
+    /// the `switchyard` binary, or upstream kube-proxy as `kube-proxy-iptables`,
+    /// `kube-proxy-nftables` or `kube-proxy-ipvs` (against the lab's API server).
     #[arg(long = "binary-backend", value_name = "MODE")]
     pub binary_backends: Vec<String>,
+    /// Where binary backends of switchyard read the scenario objects: a
+    /// manifest file (`file`), or the lab's real API server (`apiserver`:
+    /// upstream etcd and kube-apiserver from `./x reference`).
+    #[arg(long, value_name = "SOURCE", default_value = "file", value_parser = ["file", "apiserver"])]
+    pub source: String,
+    /// The kube-proxy binary for `kube-proxy-*` backends (default: the `./x reference` build).
+    #[arg(long, value_name = "PATH")]
+    pub kube_proxy_bin: Option<PathBuf>,
+    /// Extra arguments for kube-proxy (repeatable).
+    #[arg(long = "kube-proxy-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub kube_proxy_args: Vec<String>,
     /// The `switchyard` binary for --binary-backend.
     #[arg(long, value_name = "PATH", default_value = "switchyard")]
     pub switchyard_bin: PathBuf,
@@ -195,14 +210,15 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
             }
         }
     }
-    for mode in &args.binary_backends {
-        backends.push(Arc::new(ExternalBinary {
-            binary: args.switchyard_bin.clone(),
-            mode: mode.clone(),
-            extra_args: args.switchyard_args.clone(),
-        }));
+    for name in &args.binary_backends {
+        if name.starts_with(crate::kubeproxy::LABEL_PREFIX) && KubeProxyBinary::mode_of(name).is_none() {
+            error!(backend = %name, "unknown kube-proxy backend: kube-proxy-iptables, kube-proxy-nftables or kube-proxy-ipvs");
+            return ExitCode::from(EXIT_USAGE);
+        }
     }
-    if backends.is_empty() {
+    let needs_api =
+        args.source == "apiserver" || args.binary_backends.iter().any(|b| KubeProxyBinary::mode_of(b).is_some());
+    if backends.is_empty() && args.binary_backends.is_empty() {
         error!(known = ?registry.modes(), "no backend selected: pass --backend MODE or --binary-backend MODE");
         return ExitCode::from(EXIT_USAGE);
     }
@@ -224,8 +240,18 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let config = SuiteConfig { backends, sections, strict_inspect: args.strict_inspect };
-    info!(scenarios = scenarios.len(), dir = %dir.display(), ?config, "running");
+    let bins = if needs_api {
+        match ReferenceBinaries::locate() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                error!(error = %e, "the API server source and kube-proxy backends need the reference binaries");
+                return ExitCode::from(EXIT_SETUP);
+            }
+        }
+    } else {
+        None
+    };
+    info!(scenarios = scenarios.len(), dir = %dir.display(), source = %args.source, "running");
 
     // Handlers first: from here on SIGINT/SIGTERM no longer kill the process
     // outright, they drop the suite future below.
@@ -241,7 +267,26 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
     let suite = async {
         let lab_config = LabConfig::current_exe(runner::echo_ports(&scenarios))?;
         let lab = Lab::create(lab_config).await?;
+        // The control plane after the lab (its relay listens in node1), dropped before it.
+        let api = match &bins {
+            Some(bins) => match ApiLab::start(&lab, bins).await {
+                Ok(api) => Some(Arc::new(api)),
+                Err(e) => {
+                    lab.teardown().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let config = SuiteConfig {
+            backends: binary_backends(&args, &backends, api.as_ref(), &bins, lab.info().ipv6),
+            sections,
+            strict_inspect: args.strict_inspect,
+        };
+        info!(?config, "backends");
         let report = runner::run_suite(&lab, &scenarios, &config).await;
+        drop(config);
+        drop(api);
         lab.teardown().await;
         Ok::<_, crate::ConformanceError>(report)
     };
@@ -275,6 +320,41 @@ async fn run(args: Args, registry: Registry) -> ExitCode {
         code = ExitCode::from(EXIT_SETUP);
     }
     code
+}
+
+/// The in-process backends, then the binary ones in the order given: switchyard
+/// with the chosen source, or upstream kube-proxy against the API server.
+fn binary_backends(
+    args: &Args,
+    in_process: &[Arc<dyn DriverFactory>],
+    api: Option<&Arc<ApiLab>>,
+    bins: &Option<ReferenceBinaries>,
+    ipv6: bool,
+) -> Vec<Arc<dyn DriverFactory>> {
+    let mut all = in_process.to_vec();
+    for name in &args.binary_backends {
+        if let (Some(mode), Some(api)) = (KubeProxyBinary::mode_of(name), api) {
+            let binary = args
+                .kube_proxy_bin
+                .clone()
+                .or_else(|| bins.as_ref().map(ReferenceBinaries::kube_proxy))
+                .unwrap_or_else(|| PathBuf::from("kube-proxy"));
+            all.push(Arc::new(KubeProxyBinary {
+                binary,
+                mode: mode.to_string(),
+                api: api.clone(),
+                ipv6,
+                extra_args: args.kube_proxy_args.clone(),
+            }));
+            continue;
+        }
+        let mut spec = ExternalBinary::new(args.switchyard_bin.clone(), name.clone(), args.switchyard_args.clone());
+        if let (true, Some(api)) = (args.source == "apiserver", api) {
+            spec.source = ObjectSource::ApiServer(api.clone());
+        }
+        all.push(Arc::new(spec));
+    }
+    all
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future completes on either.

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::apisource::{ApiLab, without_api_service};
 use crate::error::{ConformanceError, Result};
 use crate::scenario::ObjectStore;
 
@@ -288,8 +289,29 @@ impl Driver for InProcessDriver {
     }
 }
 
+/// Where a black-box proxy reads the scenario's objects from.
+#[derive(Clone, Debug, Default)]
+pub enum ObjectSource {
+    /// A manifest file, rewritten atomically on every update (`--source file:PATH`).
+    #[default]
+    File,
+    /// The lab's real API server: objects written through the API, the proxy
+    /// started with `--kubeconfig` (see [`crate::apisource`]).
+    ApiServer(Arc<ApiLab>),
+}
+
+impl ObjectSource {
+    /// `file` or `apiserver`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ObjectSource::File => "file",
+            ObjectSource::ApiServer(_) => "apiserver",
+        }
+    }
+}
+
 /// How to run the `switchyard` binary as a black box.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ExternalBinary {
     /// The `switchyard` binary.
     pub binary: PathBuf,
@@ -297,14 +319,22 @@ pub struct ExternalBinary {
     pub mode: String,
     /// Extra arguments, after the generated ones.
     pub extra_args: Vec<String>,
+    /// Where the objects come from.
+    pub source: ObjectSource,
 }
 
 impl ExternalBinary {
-    /// The command line for a context and manifest file, in kube-proxy's flag
+    /// A black box reading a manifest file.
+    pub fn new(binary: PathBuf, mode: impl Into<String>, extra_args: Vec<String>) -> Self {
+        ExternalBinary { binary, mode: mode.into(), extra_args, source: ObjectSource::File }
+    }
+
+    /// The command line for a context and a source, in kube-proxy's flag
     /// names (`--proxy-mode`, `--hostname-override`, `--cluster-cidr`,
-    /// `--masquerade-all`, `--nodeport-addresses`) plus `--source file:PATH`.
-    pub fn args(&self, ctx: &BackendContext, manifest: &Path) -> Vec<String> {
-        let mut args = vec!["--source".to_string(), format!("file:{}", manifest.display())];
+    /// `--masquerade-all`, `--nodeport-addresses`) plus the source: `--source
+    /// file:PATH` for a manifest, `--kubeconfig PATH` for the API server.
+    pub fn args(&self, ctx: &BackendContext, source: &SourceArg) -> Vec<String> {
+        let mut args = source.args();
         args.extend(self.context_args(ctx));
         // Follow updates quickly (kube-proxy's default is 1s).
         args.extend(["--min-sync-period".to_string(), "50ms".to_string()]);
@@ -344,9 +374,14 @@ impl ExternalBinary {
 }
 
 impl DriverFactory for ExternalBinary {
+    /// `MODE@BINARY`, and `+apiserver` when the objects come through the API server.
     fn label(&self) -> String {
+        let suffix = match self.source {
+            ObjectSource::File => "",
+            ObjectSource::ApiServer(_) => "+apiserver",
+        };
         format!(
-            "{}@{}",
+            "{}@{}{suffix}",
             self.mode,
             self.binary.file_name().map_or_else(|| "switchyard".into(), |n| n.to_string_lossy().to_string())
         )
@@ -367,6 +402,22 @@ impl DriverFactory for ExternalBinary {
                 Err(format!("no switchyard binary at {}", self.binary.display()))
             }
         })
+    }
+}
+
+/// The source flags of one run: a manifest path or a kubeconfig.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceArg {
+    File(PathBuf),
+    Kubeconfig(PathBuf),
+}
+
+impl SourceArg {
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            SourceArg::File(p) => vec!["--source".into(), format!("file:{}", p.display())],
+            SourceArg::Kubeconfig(p) => vec!["--kubeconfig".into(), p.display().to_string()],
+        }
     }
 }
 
@@ -439,10 +490,34 @@ impl ExternalDriver {
         self.config_path().map(|p| vec!["--config".to_string(), p.display().to_string()]).unwrap_or_default()
     }
 
+    /// Puts the objects where the proxy reads them: the manifest file, or the API server.
+    async fn publish(&mut self, objects: &ObjectStore) -> Result<SourceArg> {
+        match &self.spec.source {
+            ObjectSource::File => self.write_manifest(objects).map(SourceArg::File),
+            ObjectSource::ApiServer(api) => {
+                let api = api.clone();
+                self.manifest()?; // the run directory (the section's config file)
+                api.objects().replace_all(objects).await?;
+                Ok(SourceArg::Kubeconfig(api.switchyard_kubeconfig().await?))
+            }
+        }
+    }
+
+    /// The source flags for `inspect` (without writing anything).
+    fn source_arg(&self) -> Result<SourceArg> {
+        match &self.spec.source {
+            ObjectSource::File => {
+                let dir = self.dir.as_ref().ok_or_else(|| self.err("not started"))?;
+                Ok(SourceArg::File(dir.join("objects.yaml")))
+            }
+            ObjectSource::ApiServer(api) => Ok(SourceArg::Kubeconfig(api.switchyard_kubeconfig_path().to_path_buf())),
+        }
+    }
+
     async fn spawn(&mut self, objects: &ObjectStore) -> Result<Converged> {
         let start = Instant::now();
-        let manifest = self.write_manifest(objects)?;
-        let mut args = self.spec.args(&self.ctx, &manifest);
+        let source = self.publish(objects).await?;
+        let mut args = self.spec.args(&self.ctx, &source);
         args.extend(self.config_args());
         debug!(binary = %self.spec.binary.display(), ?args, "starting switchyard");
         let child = self
@@ -511,29 +586,29 @@ impl Driver for ExternalDriver {
 
     async fn apply(
         &mut self,
-        _events: Vec<ProxyEvent>,
+        events: Vec<ProxyEvent>,
         objects: &ObjectStore,
         expected: &ProgrammedState,
         bound: Duration,
     ) -> Result<Converged> {
         let start = Instant::now();
-        self.write_manifest(objects)?;
+        match &self.spec.source {
+            ObjectSource::File => {
+                self.write_manifest(objects)?;
+            }
+            ObjectSource::ApiServer(api) => {
+                api.objects().push(&events).await?;
+            }
+        }
         self.settle(start, expected, bound).await
     }
 
     /// `switchyard inspect -o json` in node1: the kernel as the binary reads it.
     async fn inspect(&self) -> Result<Option<ProgrammedState>> {
         // With the source (not --no-diff) so the binary learns the Node (families, primary IPs) as the daemon does.
-        let manifest = self.dir.as_ref().map(|d| d.join("objects.yaml")).ok_or_else(|| self.err("not started"))?;
-        let mut args = vec![
-            "inspect".to_string(),
-            "-o".into(),
-            "json".into(),
-            "--source".into(),
-            format!("file:{}", manifest.display()),
-            "--source-timeout".into(),
-            "5s".into(),
-        ];
+        let mut args = vec!["inspect".to_string(), "-o".into(), "json".into()];
+        args.extend(self.source_arg()?.args());
+        args.extend(["--source-timeout".into(), "5s".into()]);
         args.extend(self.spec.context_args(&self.ctx));
         args.extend(self.config_args());
         let out = self
@@ -553,7 +628,11 @@ impl Driver for ExternalDriver {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        parse_inspect(&out.stdout).map(Some).map_err(|e| self.err(e))
+        let state = parse_inspect(&out.stdout).map_err(|e| self.err(e))?;
+        Ok(Some(match self.spec.source {
+            ObjectSource::File => state,
+            ObjectSource::ApiServer(_) => without_api_service(state),
+        }))
     }
 
     async fn restart(
@@ -586,6 +665,9 @@ impl Driver for ExternalDriver {
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let ObjectSource::ApiServer(api) = &self.spec.source {
+            api.objects().clear().await?;
+        }
         if status.success() { Ok(()) } else { Err(self.err(format!("--cleanup exited with {status}"))) }
     }
 }
@@ -604,12 +686,8 @@ mod tests {
 
     #[test]
     fn external_command_line_uses_kube_proxy_flags() {
-        let spec = ExternalBinary {
-            binary: "/usr/bin/switchyard".into(),
-            mode: "iptables".into(),
-            extra_args: vec!["-v".into()],
-        };
-        let args = spec.args(&ctx(), Path::new("/tmp/x/objects.yaml"));
+        let spec = ExternalBinary::new("/usr/bin/switchyard".into(), "iptables", vec!["-v".into()]);
+        let args = spec.args(&ctx(), &SourceArg::File("/tmp/x/objects.yaml".into()));
         assert_eq!(
             args,
             [
@@ -657,7 +735,7 @@ mod tests {
         )
         .expect("script");
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        let spec = ExternalBinary { binary: script.clone(), mode: "iptables".into(), extra_args: vec![] };
+        let spec = ExternalBinary::new(script.clone(), "iptables", vec![]);
         assert_eq!(spec.probe(&ctx()).await, Ok(()));
         let mut driver = spec.driver(ctx());
         let scenario = crate::scenario::Scenario::parse(

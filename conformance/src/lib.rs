@@ -12,20 +12,25 @@
 //!   (in-process through a [`proxy_core::Registry`], or an external
 //!   `switchyard` binary) and produces a [`report`].
 //! - [`apiserver`] runs upstream etcd and kube-apiserver (built by
-//!   `./x reference`) as a real control plane for tests.
+//!   `./x reference`) as a real control plane for tests; [`apisource`]
+//!   makes it the scenarios' object source (`--source apiserver`), reached
+//!   from node1 through a [`relay`].
 //! - [`cli`] is the `switchyard-conformance` binary; a plugin author's own
 //!   binary is `cli::main_with_registry(my_registry)`.
 
 pub mod addresses;
 pub mod agent;
 pub mod apiserver;
+pub mod apisource;
 pub mod cli;
 pub mod driver;
 pub mod error;
 pub mod expect;
+pub mod kubeproxy;
 pub mod lab;
 pub mod oracle;
 pub mod patience;
+pub mod relay;
 pub mod report;
 pub mod runner;
 pub mod sandbox;

@@ -14,8 +14,19 @@ use crate::expect::Observed;
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     Pass,
-    Fail { reason: String },
-    Unsupported { reason: String },
+    Fail {
+        reason: String,
+    },
+    Unsupported {
+        reason: String,
+    },
+    /// Upstream kube-proxy failed where the scenario says it differs from
+    /// switchyard on purpose (`upstreamDiffers`, explained in
+    /// docs/semantics.md): `documented` is the scenario's reason, `reason` the failure.
+    Differs {
+        documented: String,
+        reason: String,
+    },
 }
 
 impl Status {
@@ -24,6 +35,7 @@ impl Status {
             Status::Pass => "pass",
             Status::Fail { .. } => "FAIL",
             Status::Unsupported { .. } => "unsupported",
+            Status::Differs { .. } => "differs",
         }
     }
 }
@@ -90,6 +102,19 @@ pub struct Tally {
     pub pass: usize,
     pub fail: usize,
     pub unsupported: usize,
+    /// Documented differences of upstream kube-proxy ([`Status::Differs`]).
+    pub differs: usize,
+}
+
+impl Tally {
+    /// `52 passed, 0 failed, 1 unsupported` (and `, 1 differs as documented` when any does).
+    pub fn summary(&self) -> String {
+        let mut s = format!("{} passed, {} failed, {} unsupported", self.pass, self.fail, self.unsupported);
+        if self.differs > 0 {
+            s.push_str(&format!(", {} differ as documented", self.differs));
+        }
+        s
+    }
 }
 
 impl Report {
@@ -109,6 +134,7 @@ impl Report {
                 Status::Pass => t.pass += 1,
                 Status::Fail { .. } => t.fail += 1,
                 Status::Unsupported { .. } => t.unsupported += 1,
+                Status::Differs { .. } => t.differs += 1,
             }
         }
         t
@@ -145,7 +171,7 @@ impl Report {
         }
         for b in &self.backends {
             let t = self.tally(b);
-            let _ = writeln!(out, "{b}: {} passed, {} failed, {} unsupported", t.pass, t.fail, t.unsupported);
+            let _ = writeln!(out, "{b}: {}", t.summary());
         }
         for r in &self.results {
             match &r.status {
@@ -165,6 +191,10 @@ impl Report {
                 }
                 Status::Unsupported { reason } => {
                     let _ = writeln!(out, "unsupported {} on {}: {reason}", r.scenario, r.backend);
+                }
+                Status::Differs { documented, reason } => {
+                    let _ =
+                        writeln!(out, "differs {} on {} (documented: {documented}): {reason}", r.scenario, r.backend);
                 }
                 Status::Pass => {}
             }
@@ -208,6 +238,7 @@ impl Report {
                     Some(Status::Unsupported { reason }) => {
                         format!("⚪ unsupported: {}", one_line(reason).replace('|', "/"))
                     }
+                    Some(Status::Differs { .. }) => "🔶 differs (documented)".into(),
                 };
                 let _ = write!(out, " {cell} |");
             }
@@ -216,7 +247,21 @@ impl Report {
         out.push('\n');
         for b in &self.backends {
             let t = self.tally(b);
-            let _ = writeln!(out, "- **{b}**: {} passed, {} failed, {} unsupported", t.pass, t.fail, t.unsupported);
+            let _ = writeln!(out, "- **{b}**: {}", t.summary());
+        }
+        let documented: Vec<(&ScenarioResult, &String)> = self
+            .results
+            .iter()
+            .filter_map(|r| match &r.status {
+                Status::Differs { documented, .. } => Some((r, documented)),
+                _ => None,
+            })
+            .collect();
+        if !documented.is_empty() {
+            out.push_str("\n## Documented differences of upstream kube-proxy\n\n");
+        }
+        for (r, why) in documented {
+            let _ = writeln!(out, "- `{}` on {}: {}", r.scenario, r.backend, one_line(why));
         }
         let failures: Vec<&ScenarioResult> =
             self.results.iter().filter(|r| matches!(r.status, Status::Fail { .. })).collect();
@@ -378,7 +423,7 @@ mod tests {
         let report =
             Report::new(vec!["iptables".into()], vec![failing, result("s2", "iptables", Status::Pass, &["a1"])], 5000);
         assert!(report.failed());
-        assert_eq!(report.tally("iptables"), Tally { pass: 1, fail: 1, unsupported: 0 });
+        assert_eq!(report.tally("iptables"), Tally { pass: 1, fail: 1, unsupported: 0, differs: 0 });
         let table = report.table();
         assert!(table.contains("FAIL s1 on iptables") && table.contains("outside"), "{table}");
         let md = report.markdown();

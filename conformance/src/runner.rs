@@ -84,6 +84,7 @@ pub async fn run_suite(lab: &Lab, scenarios: &[Scenario], config: &SuiteConfig) 
                 Err(reason) => unsupported(scenario, &label, format!("backend unavailable: {reason}")),
                 Ok(()) => run_scenario(lab, scenario, backend.as_ref(), &section).await,
             };
+            let result = upstream_verdict(scenario, result);
             info!(scenario = %scenario.name, backend = %label, status = result.status.short(), ms = result.duration_ms, "scenario done");
             results.push(result);
             if let Err(e) = lab.reset().await {
@@ -102,6 +103,27 @@ pub async fn run_suite(lab: &Lab, scenarios: &[Scenario], config: &SuiteConfig) 
     }
     let labels = config.backends.iter().map(|b| b.label()).collect();
     Report::new(labels, results, start.elapsed().as_millis() as u64)
+}
+
+/// For upstream kube-proxy on a scenario marked `upstreamDiffers`: the
+/// expected failure is a documented difference, a pass means the note is stale.
+fn upstream_verdict(scenario: &Scenario, mut result: ScenarioResult) -> ScenarioResult {
+    let (Some(documented), true) =
+        (&scenario.upstream_differs, result.backend.starts_with(crate::kubeproxy::LABEL_PREFIX))
+    else {
+        return result;
+    };
+    result.status = match std::mem::replace(&mut result.status, Status::Pass) {
+        Status::Fail { reason } => Status::Differs { documented: documented.clone(), reason },
+        Status::Pass => Status::Fail {
+            reason: format!(
+                "upstream kube-proxy passed, but the scenario says it differs ({documented}): \
+                 remove upstreamDiffers and its entry in docs/semantics.md"
+            ),
+        },
+        other => other,
+    };
+    result
 }
 
 fn unsupported(scenario: &Scenario, backend: &str, reason: String) -> ScenarioResult {
@@ -930,6 +952,34 @@ pub fn setup_error(e: ConformanceError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_documented_upstream_difference_is_reported_as_such_and_a_stale_one_fails() {
+        let path = crate::builtin_scenarios_dir().join("loadbalancer-source-ranges-from-node.yaml");
+        let scenario = Scenario::load(&path).expect("scenario loads");
+        assert!(scenario.upstream_differs.as_deref().is_some_and(|r| r.contains("docs/semantics.md")));
+        let result = |backend: &str, status: Status| ScenarioResult {
+            backend: backend.into(),
+            status,
+            ..unsupported(&scenario, backend, String::new())
+        };
+        let failed = || Status::Fail { reason: "step probe #0: 20 of 20 attempts got no answer".into() };
+        match upstream_verdict(&scenario, result("kube-proxy-iptables", failed())).status {
+            Status::Differs { documented, reason } => {
+                assert_eq!(Some(documented), scenario.upstream_differs.clone());
+                assert!(reason.contains("no answer"), "{reason}");
+            }
+            other => panic!("not a documented difference: {other:?}"),
+        }
+        let stale = upstream_verdict(&scenario, result("kube-proxy-nftables", Status::Pass)).status;
+        assert!(matches!(&stale, Status::Fail { reason } if reason.contains("remove upstreamDiffers")), "{stale:?}");
+        // switchyard's own columns are judged as always.
+        assert_eq!(upstream_verdict(&scenario, result("iptables", failed())).status, failed());
+        assert_eq!(
+            upstream_verdict(&scenario, result("iptables@switchyard+apiserver", Status::Pass)).status,
+            Status::Pass
+        );
+    }
 
     #[test]
     fn every_builtin_scenario_agrees_with_the_core() {

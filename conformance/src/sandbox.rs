@@ -341,8 +341,8 @@ async fn run_in(lab: &Lab, cfg: &SandboxConfig, stop: impl std::future::Future<O
     // handler, off unless asked for.
     let mut extra_args = vec!["--enable-debug-handlers=true".to_string()];
     extra_args.extend(cfg.extra_args.iter().cloned());
-    let spec = ExternalBinary { binary: cfg.switchyard_bin.clone(), mode: cfg.mode.clone(), extra_args };
-    let args = spec.args(&ctx, &dir);
+    let spec = ExternalBinary::new(cfg.switchyard_bin.clone(), cfg.mode.clone(), extra_args);
+    let args = spec.args(&ctx, &crate::driver::SourceArg::File(dir.clone()));
     let log_path = dir.join("switchyard.log");
     let log = std::fs::File::create(&log_path).map_err(|e| lab_err("creating the daemon log", e))?;
     println!("running: {} {}", cfg.switchyard_bin.display(), args.join(" "));

@@ -386,6 +386,12 @@ pub struct ScenarioFile {
     pub config: ScenarioConfig,
     pub objects: Vec<Value>,
     pub steps: Vec<StepSpec>,
+    /// Upstream kube-proxy behaves differently here on purpose: why, and
+    /// where docs/semantics.md explains it. A `kube-proxy-*` backend failing
+    /// the scenario is then reported as "differs"; passing it fails (the
+    /// note is stale).
+    #[serde(default)]
+    pub upstream_differs: Option<String>,
 }
 
 /// A parsed, validated scenario.
@@ -398,6 +404,8 @@ pub struct Scenario {
     pub config: ScenarioConfig,
     pub objects: ObjectStore,
     pub steps: Vec<StepEntry>,
+    /// See [`ScenarioFile::upstream_differs`].
+    pub upstream_differs: Option<String>,
 }
 
 /// The kinds of object a scenario may hold.
@@ -577,6 +585,7 @@ impl Scenario {
             config: file.config,
             objects,
             steps,
+            upstream_differs: file.upstream_differs,
         })
     }
 

@@ -277,3 +277,380 @@ endpoints:
     let (_, rules) = ns.exec(&["iptables-save"]);
     assert!(rules.contains("10.96.0.11/32") && rules.contains("10.0.2.1:8080"), "{rules}\n{last}");
 }
+
+// ---- Robustness against a real API server: restarts, expired watches,
+// ---- large paginated lists, long outages.
+
+/// etcd keys of objects as kube-apiserver stores them (`--etcd-prefix=/registry`).
+fn service_key(ns: &str, name: &str) -> String {
+    format!("/registry/services/specs/{ns}/{name}")
+}
+
+/// The daemon's /healthz: its code and JSON body.
+async fn health(d: &Daemon) -> (u16, serde_json::Value) {
+    let (code, body) = d.get("/healthz").await;
+    (code, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// The iptables daemon of these tests in `ns`, reading `kubeconfig`.
+fn iptables_daemon(dir: &Path, kubeconfig: &Path, ns: &NetnsHandle) -> Daemon {
+    let args = [
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--hostname-override=node1".into(),
+        format!("--netns={}", ns.name),
+        "--proxy-mode=iptables".into(),
+        "--cluster-cidr=10.244.0.0/16".into(),
+        "--min-sync-period=50ms".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start(&switchyard_bin(), dir, &args)
+}
+
+/// Whether `ns`'s rules name `ip` (a Service with endpoints in nat, one
+/// without in filter, where it is rejected).
+fn programmed(ns: &NetnsHandle, ip: &str) -> bool {
+    let (_, rules) = ns.exec(&["iptables-save"]);
+    rules.contains(&format!("{ip}/32"))
+}
+
+/// Waits until a gauge reads `want`, for as long as it keeps moving: fails
+/// after the patience passes without any change (a loaded machine lists
+/// 10,000 objects slowly, but steadily).
+async fn wait_gauge_progress(d: &Daemon, name: &str, want: i64, what: &str) {
+    let mut last = None;
+    let mut deadline = Instant::now() + patience();
+    loop {
+        let now = gauge(d, name).await;
+        if now == Some(want) {
+            return;
+        }
+        if now != last {
+            last = now;
+            deadline = Instant::now() + patience();
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no progress for {:?}: {what} ({name} at {last:?}, want {want})\nlog:\n{}",
+                patience(),
+                d.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Requests the API server counted for a verb and resource (its `/metrics`).
+async fn apiserver_requests(cp: &ControlPlane, verb: &str, resource: &str) -> f64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = cp.admin_client().request_text(req).await.unwrap();
+    let (v, r) = (format!("verb=\"{verb}\""), format!("resource=\"{resource}\""));
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(&v) && l.contains(&r))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The API server is killed and started again while the daemon runs: the
+/// rules stay in the kernel and /healthz stays 200 during the gap (the watch
+/// failure is reported in `sourceProblems`), the daemon reconnects by itself,
+/// relists, and converges on what changed while it could not watch (a
+/// Service deleted straight from etcd behind the stopped API server); the
+/// watches work again afterwards.
+#[tokio::test]
+#[ignore = "needs etcd and kube-apiserver from `./x reference`; run by `./x test` (tier apiserver)"]
+async fn an_apiserver_restart_keeps_the_rules_and_converges_by_relisting() {
+    if !can_use_netns("an_apiserver_restart_keeps_the_rules_and_converges_by_relisting") {
+        panic!("this test needs root and `ip netns`; ./x test runs it as root");
+    }
+    let (mut cp, kubeconfig) = control_plane(|_| {}).await;
+    let ns = NetnsHandle::create();
+    let dir = tempfile::tempdir().unwrap();
+    let d = iptables_daemon(dir.path(), &kubeconfig, &ns);
+    d.wait_ready().await;
+    eventually("web is programmed", || async { programmed(&ns, "10.96.0.10") }).await;
+
+    cp.stop_apiserver();
+    eventually("the daemon notices the API server is gone", || async {
+        let (_, h) = health(&d).await;
+        h["sourceProblems"].as_object().is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    let (code, h) = health(&d).await;
+    assert_eq!(code, 200, "an unreachable API server is not a broken proxy (kube-proxy's /healthz neither): {h}");
+    assert!(programmed(&ns, "10.96.0.10"), "the rules stay while the API server is away");
+
+    // A change the daemon can only learn by relisting: web deleted behind the API server's back.
+    assert_eq!(cp.etcd_delete(&service_key("default", "web")).await.unwrap(), 1);
+    cp.start_apiserver().await.unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tails()));
+
+    eventually("web's rules go once the daemon has relisted", || async { !programmed(&ns, "10.96.0.10") }).await;
+    eventually("the source problems clear", || async {
+        let (code, h) = health(&d).await;
+        code == 200 && h["sourceProblems"] == serde_json::json!({})
+    })
+    .await;
+    // The watches run again: a Service created now arrives without a restart.
+    cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n").await.unwrap();
+    cp.apply_yaml(LATE).await.unwrap();
+    eventually("a Service created after the restart is programmed", || async { programmed(&ns, "10.96.0.11") }).await;
+    let log = d.log_text();
+    assert!(log.contains("watch recovered"), "{log}");
+}
+
+/// A watch that resumes from a compacted revision gets `410 Gone`: the
+/// daemon relists (deleting what vanished meanwhile) instead of retrying
+/// the same resourceVersion forever. The watch cache is off
+/// (`--watch-cache=false`), so watches are etcd's own and the compaction is
+/// what expires them.
+#[tokio::test]
+#[ignore = "needs etcd and kube-apiserver from `./x reference`; run by `./x test` (tier apiserver)"]
+async fn a_watch_expired_by_etcd_compaction_is_relisted() {
+    let bins = ReferenceBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    let config = ControlPlaneConfig {
+        extra_apiserver_args: vec!["--watch-cache=false".into()],
+        ..ControlPlaneConfig::default()
+    };
+    let mut cp = ControlPlane::start(&bins, &config).await.unwrap_or_else(|e| panic!("{e}"));
+    cp.apply_yaml(RBAC).await.unwrap();
+    cp.apply_yaml(NODE1).await.unwrap();
+    cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n").await.unwrap();
+    cp.apply_yaml(LATE).await.unwrap();
+    let kubeconfig = cp.service_account_kubeconfig("kube-system", "switchyard").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = memory(dir.path(), &kubeconfig);
+    d.wait_ready().await;
+    wait_gauge(&d, "switchyard_services", 3, "kubernetes, web and late").await;
+
+    // The daemon's watches were opened at revision r. Behind a stopped API
+    // server: late goes, and history up to now is compacted, so r is gone.
+    cp.stop_apiserver();
+    assert_eq!(cp.etcd_delete(&service_key("prod", "late")).await.unwrap(), 1);
+    // Enough revisions that the compaction lies past every watch's resourceVersion.
+    cp.etcd_put("/registry/switchyard-test/bump", &serde_json::json!({"n": 1})).await.unwrap();
+    cp.etcd_compact().await.unwrap();
+    cp.start_apiserver().await.unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tails()));
+
+    wait_gauge(&d, "switchyard_services", 2, "late is gone after the relist").await;
+    eventually("the daemon said why it relisted", || async {
+        let log = d.log_text();
+        log.contains("(410 ") && log.lines().any(|l| l.contains("relisting") && l.contains("resource=Service"))
+    })
+    .await;
+    eventually("healthy, no source problem", || async {
+        let (code, h) = health(&d).await;
+        code == 200 && h["sourceProblems"] == serde_json::json!({})
+    })
+    .await;
+}
+
+/// 10,000 Services (written straight into etcd, in transactions: creating
+/// them through the API takes minutes on two cores) arrive in the initial
+/// list in pages (kube-runtime asks for 500 at a time): the API server
+/// counts the LIST requests, and the daemon holds all of them.
+#[tokio::test]
+#[ignore = "needs etcd and kube-apiserver from `./x reference`; run by `./x test` (tier apiserver)"]
+async fn an_initial_list_of_10000_services_arrives_in_pages() {
+    const N: usize = 10_000;
+    let (cp, kubeconfig) = control_plane(|_| {}).await;
+    cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: bulk}\n").await.unwrap();
+    let services: Vec<(String, serde_json::Value)> = (0..N)
+        .map(|i| {
+            let name = format!("s-{i:05}");
+            // 10.100.0.0/16, inside the service CIDR (10.96.0.0/12), clear of web's 10.96.0.10.
+            let ip = format!("10.100.{}.{}", i / 250, i % 250 + 1);
+            let svc = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": name,
+                    "namespace": "bulk",
+                    "uid": format!("00000000-0000-4000-8000-{i:012}"),
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                },
+                "spec": {
+                    "type": "ClusterIP",
+                    "clusterIP": ip,
+                    "clusterIPs": [ip],
+                    "ipFamilies": ["IPv4"],
+                    "ipFamilyPolicy": "SingleStack",
+                    "sessionAffinity": "None",
+                    "internalTrafficPolicy": "Cluster",
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+                },
+                "status": {"loadBalancer": {}},
+            });
+            (service_key("bulk", &name), svc)
+        })
+        .collect();
+    cp.etcd_put_many(&services).await.unwrap();
+    let listed = eventually_count(&cp, N as i64 + 2).await;
+
+    let lists_before = apiserver_requests(&cp, "LIST", "services").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = memory(dir.path(), &kubeconfig);
+    wait_gauge_progress(&d, "switchyard_services", listed, "every listed Service in the desired state").await;
+    let lists = apiserver_requests(&cp, "LIST", "services").await - lists_before;
+    assert!(lists >= (N / 500) as f64, "the initial list came in {lists} LIST requests, not in pages of 500");
+    d.wait_ready().await;
+    assert_eq!(health(&d).await.0, 200);
+}
+
+/// Waits until the API server serves `want` Services (its watch cache
+/// catches up with etcd asynchronously); returns the count.
+async fn eventually_count(cp: &ControlPlane, want: i64) -> i64 {
+    let mut last = 0;
+    let mut deadline = Instant::now() + patience();
+    loop {
+        let n = api_services(cp).await;
+        if n == want {
+            return n;
+        }
+        if n != last {
+            last = n;
+            deadline = Instant::now() + patience();
+        }
+        assert!(Instant::now() < deadline, "the API server serves {n} Services, not {want}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Upstream kube-proxy (the `./x reference` build) in a namespace of its
+/// own, iptables mode, reading the same API server through a relay (the
+/// namespace cannot reach the root namespace's loopback): the reference for
+/// what /healthz says during an outage. Killed by pid on drop.
+struct KubeProxy {
+    child: std::process::Child,
+    ns: NetnsHandle,
+    _relay: conformance::relay::Relay,
+    log: PathBuf,
+}
+
+impl KubeProxy {
+    async fn start(cp: &ControlPlane, dir: &Path) -> KubeProxy {
+        let bins = ReferenceBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+        let ns = NetnsHandle::create();
+        let target = cp.server().trim_start_matches("https://").parse().unwrap();
+        let relay = conformance::relay::Relay::start(&ns.ns(), target).await.unwrap();
+        let kubeconfig = conformance::apisource::with_server(
+            cp.kube_proxy_kubeconfig(),
+            &format!("https://{}", relay.addr()),
+            &dir.join("kube-proxy.kubeconfig"),
+        )
+        .unwrap();
+        let mut ctx = proxy_core::BackendContext::new("node1", ns.ns());
+        ctx.masquerade.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+        let config = conformance::kubeproxy::configuration("iptables", &ctx, &kubeconfig);
+        let config_path = dir.join("kube-proxy.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let log = dir.join("kube-proxy.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bins.kube_proxy())
+            .arg(format!("--config={}", config_path.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn kube-proxy");
+        KubeProxy { child, ns, _relay: relay, log }
+    }
+
+    async fn healthz(&self) -> u16 {
+        conformance::relay::http_get_in(&self.ns.ns(), conformance::kubeproxy::HEALTHZ, "/healthz")
+            .await
+            .map_or(0, |(code, _)| code)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A 60-second API server outage, switchyard and upstream kube-proxy side by
+/// side: every few seconds both answer /healthz, and with the same code (200:
+/// an unreachable API server leaves nothing queued and unapplied, which is
+/// all kube-proxy's /healthz judges); neither loses a rule; afterwards both
+/// program a Service created through the API again.
+#[tokio::test]
+#[ignore = "needs etcd, kube-apiserver and kube-proxy from `./x reference`; run by `./x test` (tier apiserver)"]
+async fn a_60_second_outage_loses_nothing_and_healthz_answers_as_kube_proxys() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    if !can_use_netns("a_60_second_outage_loses_nothing_and_healthz_answers_as_kube_proxys") {
+        panic!("this test needs root and `ip netns`; ./x test runs it as root");
+    }
+    let (mut cp, kubeconfig) = control_plane(|_| {}).await;
+    // The node's address, as a kubelet reports it (kube-proxy takes its node IP from there).
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cp.admin_client());
+    let status = serde_json::json!({"status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.1"}]}});
+    nodes.patch_status("node1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status)).await.unwrap();
+    let ns = NetnsHandle::create();
+    let dir = tempfile::tempdir().unwrap();
+    let d = iptables_daemon(dir.path(), &kubeconfig, &ns);
+    let kp = KubeProxy::start(&cp, dir.path()).await;
+    d.wait_ready().await;
+    eventually("switchyard programs web", || async { programmed(&ns, "10.96.0.10") }).await;
+    let deadline = Instant::now() + patience();
+    while !(programmed(&kp.ns, "10.96.0.10") && kp.healthz().await == 200) {
+        assert!(
+            Instant::now() < deadline,
+            "kube-proxy did not program web (healthz {})\n{}",
+            kp.healthz().await,
+            kp.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    cp.stop_apiserver();
+    let start = Instant::now();
+    let mut samples = 0;
+    // The outage's length is the point of the test, not a wait for convergence.
+    while start.elapsed() < OUTAGE {
+        let (ours, theirs) = (health(&d).await, kp.healthz().await);
+        assert_eq!(
+            (ours.0, theirs),
+            (200, 200),
+            "/healthz {:?} into the outage: switchyard {} (kube-proxy {theirs})\nswitchyard log:\n{}\nkube-proxy log:\n{}",
+            start.elapsed(),
+            ours.1,
+            d.log_text(),
+            kp.log_text()
+        );
+        assert!(programmed(&ns, "10.96.0.10"), "switchyard lost web's rules {:?} into the outage", start.elapsed());
+        assert!(programmed(&kp.ns, "10.96.0.10"), "kube-proxy lost web's rules {:?} into the outage", start.elapsed());
+        samples += 1;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert!(samples >= 10, "only {samples} samples in {OUTAGE:?}");
+    let (_, h) = health(&d).await;
+    assert!(h["sourceProblems"].as_object().is_some_and(|p| !p.is_empty()), "the outage is reported: {h}");
+
+    cp.start_apiserver().await.unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tails()));
+    cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n").await.unwrap();
+    cp.apply_yaml(LATE).await.unwrap();
+    // Both watches back off while the API server is away (up to 30 s for switchyard).
+    let deadline = Instant::now() + patience() + Duration::from_secs(30);
+    loop {
+        if programmed(&ns, "10.96.0.11") && programmed(&kp.ns, "10.96.0.11") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not both programmed the Service created after the outage (switchyard {}, kube-proxy {})\n{}\n{}",
+            programmed(&ns, "10.96.0.11"),
+            programmed(&kp.ns, "10.96.0.11"),
+            d.log_text(),
+            kp.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(programmed(&ns, "10.96.0.10") && programmed(&kp.ns, "10.96.0.10"), "web survived");
+    assert_eq!(health(&d).await.0, 200);
+}

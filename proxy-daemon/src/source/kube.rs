@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::utils::{Backoff, StreamBackoff};
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use proxy_core::health::ProxyHealth;
@@ -213,13 +213,19 @@ async fn watch<K>(
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
     let source = format!("api server {kind}");
-    let stream = StreamBackoff::new(watcher::watcher(api, config), RetryBackoff::new(backoff.0, backoff.1));
-    let mut stream = std::pin::pin!(stream);
+    // The retry delay is ours, not kube-runtime's `StreamBackoff`: an expired
+    // watch must relist at once (below), which a backoff that sees only "an
+    // error" cannot tell apart.
+    let mut delays = RetryBackoff::new(backoff.0, backoff.1);
+    let mut stream = std::pin::pin!(watcher::watcher(api, config));
     let mut failing = false;
     let mut relists = 0u64;
+    let mut expired_in_a_row = 0u32;
     while let Some(item) = stream.next().await {
         match item {
             Ok(ev) => {
+                delays.reset();
+                expired_in_a_row = 0;
                 if failing {
                     info!(resource = %kind, "watch recovered");
                     failing = false;
@@ -242,6 +248,16 @@ async fn watch<K>(
                 };
                 sink(wrap(ev));
             }
+            // 410 Gone: the resourceVersion fell out of the API server's
+            // window (etcd compaction, a restarted API server's fresh watch
+            // cache). The watcher has already dropped it and relists on the
+            // next poll; waiting first (up to 30 s after an outage) would only
+            // delay convergence, as client-go's reflector does not. Twice in a
+            // row without a successful event is no longer routine: back off.
+            Err(e) if is_expired(&e) && expired_in_a_row == 0 => {
+                expired_in_a_row += 1;
+                info!(resource = %kind, error = %describe_watch_error(&e), "watch expired; relisting now");
+            }
             Err(e) => {
                 let error = describe_watch_error(&e);
                 // Each retry is delayed by the backoff, so this stays readable.
@@ -254,9 +270,20 @@ async fn watch<K>(
                     h.set_source_problem(&source, Some(error));
                 }
                 failing = true;
+                if let Some(delay) = delays.next() {
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     }
+}
+
+/// Whether the API server ended the watch because its resourceVersion is
+/// too old (an `ERROR` event with code 410, as kube-apiserver sends it). Only
+/// this form: it is the one after which kube-runtime's watcher forgets the
+/// resourceVersion and relists (other errors keep it and retry the watch).
+fn is_expired(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// A watcher error in one line that says what was refused and why, e.g.
@@ -308,7 +335,7 @@ fn chain_once(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Exponential retry delays, doubling from `first` to `longest`; reset by
-/// the watcher after a success.
+/// a successful event.
 #[derive(Debug, Clone)]
 struct RetryBackoff {
     first: Duration,
@@ -377,6 +404,16 @@ mod tests {
             describe_watch_error(&e),
             "the API server ended the watch: too old resource version: 1 (5) (410 Expired)"
         );
+    }
+
+    #[test]
+    fn only_an_expired_watch_event_relists_at_once() {
+        let gone = kube::core::Status::failure("too old resource version: 1 (5)", "Expired").with_code(410);
+        assert!(is_expired(&watcher::Error::WatchError(Box::new(gone.clone()))));
+        // kube-runtime keeps the resourceVersion after these: retrying at once would spin.
+        assert!(!is_expired(&watcher::Error::WatchStartFailed(kube::Error::Api(Box::new(gone)))));
+        let other = kube::core::Status::failure("internal error", "InternalError").with_code(500);
+        assert!(!is_expired(&watcher::Error::WatchError(Box::new(other))));
     }
 
     #[test]
