@@ -647,7 +647,9 @@ pub fn dump_request(m: u8, family: u8, table: &str, set: Option<&str>, seq: u32)
 /// `GETTABLE` of one table (not a dump): ENOENT when it does not exist.
 pub fn get_table_request(family: u8, table: &str, seq: u32) -> Vec<u8> {
     let mut w = Writer::new(seq);
-    w.begin(msg_type(msg::GETTABLE), wire::NLM_F_REQUEST | wire::NLM_F_ACK, family, 0);
+    // No ACK: the reply (or an error) is the answer; an ACK left unread
+    // would be taken for the end of the next dump.
+    w.begin(msg_type(msg::GETTABLE), wire::NLM_F_REQUEST, family, 0);
     w.attr_str(attr::TABLE_NAME, table);
     w.end();
     w.into_bytes()

@@ -133,12 +133,13 @@ impl Conn {
 
     /// Sends a dump request and collects every reply message's bytes.
     pub fn dump(&mut self, request: &[u8]) -> Result<Vec<Vec<u8>>, NlError> {
+        let seq = Messages::new(request).next().map(|m| m.seq).ok_or(NlError::Malformed)?;
         self.sock.send(request, 0)?;
         let mut out = Vec::new();
         loop {
             let (data, _) = self.sock.recv_from_full()?;
             let mut done = false;
-            for m in Messages::new(&data) {
+            for m in Messages::new(&data).filter(|m| m.seq == seq) {
                 if m.msg_type == wire::NLMSG_DONE {
                     done = true;
                 } else if let Some((code, _)) = m.error() {
@@ -157,15 +158,18 @@ impl Conn {
 
     /// A request answered by one message or an error (`GETTABLE`, `GETGEN`).
     pub fn request(&mut self, request: &[u8]) -> Result<Vec<u8>, NlError> {
+        let seq = Messages::new(request).next().map(|m| m.seq).ok_or(NlError::Malformed)?;
         self.sock.send(request, 0)?;
-        let (data, _) = self.sock.recv_from_full()?;
-        if let Some(m) = Messages::new(&data).next()
-            && let Some((code, _)) = m.error()
-            && code != 0
-        {
-            return Err(NlError::Io(io::Error::from_raw_os_error(-code)));
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let Some(m) = Messages::new(&data).find(|m| m.seq == seq) else { continue };
+            if let Some((code, _)) = m.error()
+                && code != 0
+            {
+                return Err(NlError::Io(io::Error::from_raw_os_error(-code)));
+            }
+            return Ok(data);
         }
-        Ok(data)
     }
 
     /// The namespace's ruleset generation (moves with every commit, by anyone).
