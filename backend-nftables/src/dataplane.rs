@@ -155,6 +155,8 @@ struct State {
     /// The generation right after our last commit.
     trusted_generation: Option<u32>,
     pending_conntrack: BTreeMap<IpFamily, Vec<StaleFlows>>,
+    /// Repairs made on nf_tables events since the last sync, reported with it.
+    pending_repairs: BTreeMap<String, u64>,
 }
 
 /// switchyard's nftables dataplane.
@@ -193,7 +195,32 @@ impl NftablesDataplane {
             conntrack: true,
         };
         let kernel = Arc::new(SystemKernel { netns: ctx.netns.clone() });
-        Ok(NftablesDataplane::new(settings, kernel))
+        let dp = NftablesDataplane::new(settings, kernel);
+        dp.watch();
+        Ok(dp)
+    }
+
+    /// Starts the event-driven repair: a thread subscribed to nf_tables
+    /// events in the backend's namespace, which rewrites our table as soon
+    /// as someone else changes it (instead of at the next periodic sync).
+    /// It ends when the dataplane is dropped.
+    pub fn watch(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let netns = self.inner.settings.netns.clone();
+        let spawned = std::thread::Builder::new().name("nft-monitor".into()).spawn(move || {
+            let alive = || weak.strong_count() > 0;
+            let on_change = |change: crate::monitor::Change| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.repair(&change);
+                }
+            };
+            if let Err(e) = crate::monitor::run(&netns, &alive, &on_change) {
+                warn!(error = %e, "nf_tables event monitor stopped; changes by others are repaired at the next periodic sync");
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "nf_tables event monitor not started");
+        }
     }
 
     pub fn kernel(&self) -> &Arc<dyn Kernel> {
@@ -214,10 +241,50 @@ impl NftablesDataplane {
 }
 
 impl Inner {
+    /// Rewrites our table after someone else changed it (see [`crate::monitor`]).
+    fn repair(&self, change: &crate::monitor::Change) {
+        let started = std::time::Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if change.generation.is_some() && change.generation == state.trusted_generation {
+            return; // our own commit
+        }
+        if state.families.values().all(|fs| fs.skeleton.is_none()) {
+            return; // nothing written (yet, or cleaned up)
+        }
+        let kinds = &change.kinds;
+        let mut seq = 1;
+        for (family, fs) in &state.families {
+            let Some(skel) = &fs.skeleton else { continue };
+            let mut b = Batch::new(render::nfproto(*family), seq);
+            write_full(&mut b, fs, skel);
+            seq = seq.wrapping_add(b.messages() as u32 + 2);
+            if let Err(e) = self.kernel.apply(&Transaction::from_batch(b)) {
+                warn!(error = %proxy_core::ErrorChain(&e), "repair of our nf_tables table failed; the next sync rewrites it");
+                state.needs_full = true;
+                return;
+            }
+        }
+        state.trusted_generation = self.kernel.generation().ok();
+        for (k, n) in kinds {
+            *state.pending_repairs.entry(k.clone()).or_insert(0) += n;
+        }
+        warn!(
+            process = change.process.as_deref().unwrap_or("unknown"),
+            pid = change.pid.unwrap_or(0),
+            generation = change.generation.unwrap_or(0),
+            changes = ?change.what,
+            repair_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "someone else changed our nf_tables table; rewritten at once"
+        );
+    }
+
     fn sync_blocking(&self, request: &SyncRequest) -> Result<SyncOutcome, Error> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = &request.snapshot;
         let mut outcome = SyncOutcome::default();
+        for (kind, n) in std::mem::take(&mut state.pending_repairs) {
+            outcome.repaired(kind, n);
+        }
         // A full request takes the kernel as witness: when the generation is
         // still the one after our own last commit, nobody changed anything
         // and the request is computed as differences; otherwise our table is
@@ -625,13 +692,17 @@ impl Dataplane for NftablesDataplane {
 
     async fn cleanup(&self) -> Result<(), DataplaneError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || crate::cleanup::cleanup(&*inner.kernel))
-            .await
-            .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))?
-            .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))?;
-        let mut s = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        *s = State { needs_full: true, ..State::default() };
-        Ok(())
+        tokio::task::spawn_blocking(move || {
+            // Held across the deletion so the event monitor, which takes it
+            // too, sees the state already reset and repairs nothing.
+            let mut s = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            crate::cleanup::cleanup(&*inner.kernel)?;
+            *s = State { needs_full: true, ..State::default() };
+            Ok::<(), Error>(())
+        })
+        .await
+        .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))?
+        .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))
     }
 
     fn limitations(&self) -> Vec<String> {

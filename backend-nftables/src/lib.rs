@@ -23,6 +23,7 @@ pub mod dataplane;
 pub mod decide;
 pub mod error;
 pub mod inspect;
+pub mod monitor;
 pub mod netlink;
 pub mod render;
 pub mod supported;

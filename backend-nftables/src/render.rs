@@ -367,23 +367,33 @@ pub fn skeleton(cfg: &RenderConfig, behaviours: &BTreeSet<Behaviour>) -> Skeleto
     let a = cfg.alen();
     let r = regs(cfg.family);
     let mark = cfg.masquerade_mark;
-    let spec = |name: &str, flags: u32, key_len: u32, data: Option<SetData>| SetSpec {
+    use nft::types::{INET_PROTOCOL as PROTO, INET_SERVICE as PORT, MARK};
+    let addr = if cfg.family == IpFamily::V4 { nft::types::IPADDR } else { nft::types::IP6ADDR };
+    let spec = |name: &str, flags: u32, key: &[u32], key_len: u32, data: Option<SetData>| SetSpec {
         name: name.to_string(),
         flags,
+        key_type: nft::concat(key),
         key_len,
         data,
         timeout_ms: None,
     };
+    let endpoint = SetData::Value(nft::concat(&[addr, PORT, MARK]), a + 8);
     let sets = vec![
-        spec(sets::FRONTENDS, 0, 4 + a + 8, Some(SetData::Value(12))),
-        spec(sets::ENDPOINTS, 0, 8, Some(SetData::Value(a + 8))),
-        spec(sets::MEMBERS, 0, a + 8, None),
-        spec(sets::AFFINITY, set_flags::TIMEOUT | set_flags::EVAL, 4 + a, Some(SetData::Value(a + 8))),
-        spec(sets::HAIRPIN, 0, 2 * a, None),
-        spec(sets::CLUSTER_IPS, 0, a, None),
-        spec(sets::FIREWALL, 0, a + 8, Some(SetData::Verdict)),
-        spec(sets::BEHAVIOURS, 0, 8, Some(SetData::Verdict)),
-        spec(sets::FILTER_BEHAVIOURS, 0, 4, Some(SetData::Verdict)),
+        spec(
+            sets::FRONTENDS,
+            0,
+            &[MARK, addr, PROTO, PORT],
+            4 + a + 8,
+            Some(SetData::Value(nft::concat(&[MARK, MARK, MARK]), 12)),
+        ),
+        spec(sets::ENDPOINTS, 0, &[MARK, MARK], 8, Some(endpoint)),
+        spec(sets::MEMBERS, 0, &[addr, PORT, MARK], a + 8, None),
+        spec(sets::AFFINITY, set_flags::TIMEOUT | set_flags::EVAL, &[MARK, addr], 4 + a, Some(endpoint)),
+        spec(sets::HAIRPIN, 0, &[addr, addr], 2 * a, None),
+        spec(sets::CLUSTER_IPS, 0, &[addr], a, None),
+        spec(sets::FIREWALL, 0, &[addr, PROTO, PORT], a + 8, Some(SetData::Verdict)),
+        spec(sets::BEHAVIOURS, 0, &[MARK, MARK], 8, Some(SetData::Verdict)),
+        spec(sets::FILTER_BEHAVIOURS, 0, &[MARK], 4, Some(SetData::Verdict)),
     ];
     let hook = |num, priority, kind| Some(Hook { num, priority, kind });
     let mut chains = Vec::new();

@@ -107,8 +107,6 @@ pub mod set_flags {
 
 /// `NFT_DATA_VERDICT`: the data type of a verdict map.
 pub const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
-/// nft's `integer` data type, for keys and data the nft CLI should print as numbers.
-pub const TYPE_INTEGER: u32 = 4;
 
 /// Netfilter hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,6 +387,10 @@ pub struct Hook {
 pub struct SetSpec {
     pub name: String,
     pub flags: u32,
+    /// nft's datatype of the key (see [`concat`]): only for the `nft` CLI,
+    /// which must be able to print the table (it asserts on a lookup whose
+    /// key spans registers unless the set's type is a concatenation).
+    pub key_type: u32,
     pub key_len: u32,
     /// `None` for a set, `Some(NFT_DATA_VERDICT)` for a verdict map, else
     /// the data length of a map with [`TYPE_INTEGER`] data.
@@ -400,7 +402,22 @@ pub struct SetSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetData {
     Verdict,
-    Value(u32),
+    /// Data of (nft datatype, length).
+    Value(u32, u32),
+}
+
+/// nft's datatypes (`enum datatypes` in nftables' datatype.h).
+pub mod types {
+    pub const IPADDR: u32 = 7;
+    pub const IP6ADDR: u32 = 8;
+    pub const INET_PROTOCOL: u32 = 12;
+    pub const INET_SERVICE: u32 = 13;
+    pub const MARK: u32 = 19;
+}
+
+/// nft's id of a concatenation of datatypes: 6 bits per part, first part highest.
+pub fn concat(parts: &[u32]) -> u32 {
+    parts.iter().fold(0, |acc, t| (acc << 6) | t)
 }
 
 /// What a set element maps to.
@@ -561,15 +578,15 @@ impl Batch {
             flags |= set_flags::MAP;
         }
         self.w.attr_be32(attr::SET_FLAGS, flags);
-        self.w.attr_be32(attr::SET_KEY_TYPE, TYPE_INTEGER);
+        self.w.attr_be32(attr::SET_KEY_TYPE, spec.key_type);
         self.w.attr_be32(attr::SET_KEY_LEN, spec.key_len);
         match spec.data {
             Some(SetData::Verdict) => {
                 self.w.attr_be32(attr::SET_DATA_TYPE, NFT_DATA_VERDICT);
                 self.w.attr_be32(attr::SET_DATA_LEN, 16);
             }
-            Some(SetData::Value(len)) => {
-                self.w.attr_be32(attr::SET_DATA_TYPE, TYPE_INTEGER);
+            Some(SetData::Value(t, len)) => {
+                self.w.attr_be32(attr::SET_DATA_TYPE, t);
                 self.w.attr_be32(attr::SET_DATA_LEN, len);
             }
             None => {}

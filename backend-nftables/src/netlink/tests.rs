@@ -242,8 +242,12 @@ fn sets_and_chains_decode_independently() {
         &SetSpec {
             name: "affinity".into(),
             flags: nft::set_flags::TIMEOUT | nft::set_flags::EVAL,
+            key_type: nft::concat(&[nft::types::MARK, nft::types::IP6ADDR]),
             key_len: 20,
-            data: Some(SetData::Value(24)),
+            data: Some(SetData::Value(
+                nft::concat(&[nft::types::IP6ADDR, nft::types::INET_SERVICE, nft::types::MARK]),
+                24,
+            )),
             timeout_ms: None,
         },
         3,
@@ -258,6 +262,7 @@ fn sets_and_chains_decode_independently() {
     let NfTablesMessage::NewSet(s) = &msgs[0] else { panic!("{msgs:?}") };
     assert!(s.attributes.contains(&SetAttribute::KeyLen(20)), "{s:?}");
     assert!(s.attributes.contains(&SetAttribute::DataLen(24)), "{s:?}");
+    assert!(s.attributes.contains(&SetAttribute::KeyType((19 << 6) | 8)), "{s:?}");
     assert!(matches!(msgs[1], NfTablesMessage::NewChain(_)));
     assert!(matches!(msgs[2], NfTablesMessage::DeleteRule(_)));
     assert!(matches!(msgs[3], NfTablesMessage::DeleteChain(_)));
