@@ -29,14 +29,14 @@ fn patience() -> Duration {
 }
 
 /// Polls `check` until it holds; panics naming `what` when the patience runs out.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {
+fn eventually(rt: &tokio::runtime::Runtime, what: &str, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     loop {
         if check() {
             return start.elapsed();
         }
         assert!(start.elapsed() < patience(), "not within {:?}: {what}", patience());
-        std::thread::sleep(Duration::from_millis(5));
+        rt.block_on(tokio::time::sleep(Duration::from_millis(5)));
     }
 }
 
@@ -264,7 +264,7 @@ fn tampering_is_repaired_on_the_event() {
     ] {
         let before = Instant::now();
         tamper();
-        let took = eventually(what, || {
+        let took = eventually(&rt, what, || {
             inspect_matches(&rt, &dp, &snapshot).is_ok() && {
                 let dump = SystemKernel { netns: ns.ns() }.table(IpFamily::V4).unwrap();
                 dump.chains.iter().any(|(c, n)| c == "svc-external" && *n > 0)

@@ -204,7 +204,8 @@ fn every_expression_round_trips() {
     let m = Messages::new(&bytes).nth(1).unwrap();
     let attrs = m.attrs();
     let list = attrs.get(nft::attr::RULE_EXPRESSIONS).unwrap();
-    let got: Vec<(String, Vec<(u16, Vec<u8>)>)> = list
+    type Decoded = Vec<(String, Vec<(u16, Vec<u8>)>)>;
+    let got: Decoded = list
         .nested()
         .map(|el| {
             let a = el.nested();
