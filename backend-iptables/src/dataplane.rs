@@ -521,7 +521,7 @@ fn udp_frontends(p: &ServicePortPlan) -> Vec<FrontendMatch> {
 }
 
 /// Conntrack work for one Service moving from `old` to `new` (either may be absent).
-fn stale_udp(
+pub fn stale_udp(
     family: IpFamily,
     old: Option<&ServicePlan>,
     new: Option<&ServicePlan>,

@@ -48,9 +48,13 @@ use proxy_core::Registry;
 /// The suite's binary runs `--backend NAME` for any mode registered here.
 pub fn default_registry() -> Registry {
     let mut registry = Registry::new();
-    for factory in
-        [backend_iptables::factory(), backend_ipvs::factory(), backend_ebpf::factory(), backend_plugin::factory()]
-    {
+    for factory in [
+        backend_iptables::factory(),
+        backend_ipvs::factory(),
+        backend_ebpf::factory(),
+        backend_nftables::factory(),
+        backend_plugin::factory(),
+    ] {
         // Built-in mode names are distinct; a duplicate would be a programming error caught by tests.
         if let Err(e) = registry.register(factory) {
             tracing::error!(error = %e, "built-in backend not registered");

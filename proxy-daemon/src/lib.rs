@@ -87,9 +87,13 @@ pub fn build_info() -> (&'static str, &'static str) {
 /// third-party crate uses. Each backend's `factory()` is added here as it lands.
 pub fn default_registry() -> Registry {
     let mut registry = Registry::new();
-    for factory in
-        [backend_iptables::factory(), backend_ipvs::factory(), backend_ebpf::factory(), backend_plugin::factory()]
-    {
+    for factory in [
+        backend_iptables::factory(),
+        backend_ipvs::factory(),
+        backend_ebpf::factory(),
+        backend_nftables::factory(),
+        backend_plugin::factory(),
+    ] {
         // Built-in mode names are distinct constants; a duplicate is a bug caught by the tests.
         if let Err(e) = registry.register(factory) {
             tracing::error!(error = %e, "built-in backend registered twice");

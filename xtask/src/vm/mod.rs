@@ -91,6 +91,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nft_numgen",
     "nft_hash",
     "nft_fib_inet",
+    "nft_fib_ipv4",
+    "nft_fib_ipv6",
     "nft_limit",
     // ipset
     "ip_set",

@@ -17,9 +17,9 @@ use super::{Spec, parse_common, shell_quote};
 /// the suite in-process against iptables and fixture backends (about 9 of the
 /// VM's 29 minutes), which the suite run below does for every backend anyway;
 /// `-p conformance` still runs them on 6.1.
-const DEFAULT_PACKAGES: &[&str] = &["backend-ipvs", "backend-iptables", "backend-ebpf"];
+const DEFAULT_PACKAGES: &[&str] = &["backend-ipvs", "backend-iptables", "backend-ebpf", "backend-nftables"];
 /// Backends the conformance suite is run against in the VM.
-const DEFAULT_BACKENDS: &[&str] = &["iptables", "ipvs", "ebpf"];
+const DEFAULT_BACKENDS: &[&str] = &["iptables", "ipvs", "ebpf", "nftables"];
 
 fn usage() -> ExitCode {
     eprintln!(

@@ -1,0 +1,275 @@
+//! Sync times at scale: full sync (one transaction), one endpoint changed
+//! (a partial sync), a periodic full request with nothing changed, and the
+//! userspace share of each (render and encode, with a kernel that accepts
+//! everything without looking).
+//!
+//! ```text
+//! cargo bench -p backend-nftables --bench nftables -- [--sizes 1000,10000] [--endpoints 10] [--changes 50]
+//! ```
+//! Needs root for the kernel figures: runs in a throwaway namespace
+//! (`swy-nftb-<pid>-<n>`), deleted at the end. Not a test: it prints
+//! figures and asserts nothing about time.
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+#![allow(clippy::unwrap_used, reason = "a benchmark with broken setup should stop")]
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend_nftables::client::{Kernel, SystemKernel, TableDump, Transaction};
+use backend_nftables::netlink::Elem;
+use backend_nftables::{Error, NftablesDataplane, Settings};
+use proxy_core::{
+    Dataplane, Endpoint, EndpointInfo, IpFamily, MasqueradeConfig, NetNamespace, PlannerConfig, Protocol, Route,
+    ServiceInfo, ServiceName, ServicePlan, ServicePortInfo, ServicePortName, ServicePortPlan, ServiceType,
+    SessionAffinity, Snapshot, SyncRequest, TrafficPolicy,
+};
+
+/// xorshift: deterministic addresses without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn masquerade() -> MasqueradeConfig {
+    MasqueradeConfig { all: false, cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()] }
+}
+
+/// The ClusterIPs of `n` Services: random, distinct, in 10.96.0.0/12.
+fn cluster_ips(n: usize) -> Vec<IpAddr> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut used = BTreeSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let ip = Ipv4Addr::from(0x0a60_0000 | (rng.next() as u32 & 0x000f_ffff));
+        if used.insert(ip) {
+            out.push(IpAddr::from(ip));
+        }
+    }
+    out
+}
+
+/// The Service latency is measured against: the highest ClusterIP, the
+/// last frontend of the last leaf (the longest walk through the tree).
+fn probe_index(n: usize) -> usize {
+    let ips = cluster_ips(n);
+    (0..n).max_by_key(|i| ips[*i]).unwrap_or(0)
+}
+
+/// `n` ClusterIP Services with `eps` endpoints each (random pod addresses);
+/// the probe Service has one endpoint, the lab's pod1 (10.180.0.10:8080).
+fn plans(n: usize, eps: usize, generation: u64) -> Vec<ServicePlan> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let ips = cluster_ips(n);
+    let probe = probe_index(n);
+    (0..n)
+        .map(|i| {
+            let cip = ips[i];
+            let name = ServiceName::new("bench", &format!("svc-{i}"));
+            let info = Arc::new(ServiceInfo {
+                name: name.clone(),
+                service_type: ServiceType::ClusterIP,
+                cluster_ips: vec![cip],
+                ports: vec![ServicePortInfo {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    node_port: None,
+                }],
+                external_ips: vec![],
+                load_balancer_ingress: vec![],
+                load_balancer_source_ranges: vec![],
+                session_affinity: SessionAffinity::None,
+                external_traffic_policy: TrafficPolicy::Cluster,
+                internal_traffic_policy: TrafficPolicy::Cluster,
+                health_check_node_port: None,
+                traffic_distribution: None,
+            });
+            let endpoints: Vec<Endpoint> = (0..eps)
+                .map(|e| {
+                    let address: IpAddr = if i == probe {
+                        Ipv4Addr::new(10, 180, 0, 10).into()
+                    } else {
+                        let mut ip = Ipv4Addr::from(0x0a80_0000 | (rng.next() as u32 & 0x003f_ffff));
+                        if e == 0 && i == 1 {
+                            ip = Ipv4Addr::from(0x0a80_0000 | (generation as u32 & 0xffff));
+                        }
+                        ip.into()
+                    };
+                    Endpoint {
+                        info: Arc::new(EndpointInfo {
+                            address,
+                            ready: true,
+                            serving: true,
+                            terminating: false,
+                            node_name: Some(if e % 50 == 0 { "node-1" } else { "node-2" }.into()),
+                            zone: None,
+                            hints: None,
+                        }),
+                        port: 8080,
+                        is_local: e % 50 == 0,
+                    }
+                })
+                .collect::<Vec<_>>();
+            let endpoints = if i == probe { endpoints.into_iter().take(1).collect() } else { endpoints };
+            let route = Route::Forward(endpoints.into());
+            ServicePlan {
+                service: info,
+                ports: vec![ServicePortPlan {
+                    name: ServicePortName { service: name, port: "http".into(), protocol: Protocol::Tcp },
+                    family: IpFamily::V4,
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    cluster_ip: Some(cip),
+                    node_port: None,
+                    external_ips: vec![],
+                    load_balancer_ips: vec![],
+                    source_ranges: vec![],
+                    affinity_timeout_seconds: None,
+                    health_check_node_port: None,
+                    internal: route.clone(),
+                    external: route.clone(),
+                    external_from_cluster: route,
+                    external_policy_local: false,
+                    local_ready_endpoints: 0,
+                    has_endpoints: true,
+                }],
+            }
+        })
+        .collect()
+}
+
+fn snapshot(n: usize, eps: usize, generation: u64) -> Arc<Snapshot> {
+    let mut cfg = PlannerConfig::new("node-1");
+    cfg.masquerade = masquerade();
+    Arc::new(Snapshot::from_plans(cfg, None, plans(n, eps, generation)))
+}
+
+fn request(snapshot: Arc<Snapshot>, changed: &[&str], full: bool) -> SyncRequest {
+    let changed = changed.iter().map(|n| ServiceName::new("bench", n)).collect();
+    SyncRequest { snapshot, changed: Arc::new(changed), full }
+}
+
+/// Accepts every transaction without sending it; counts bytes.
+#[derive(Debug, Default)]
+struct NullKernel(std::sync::Mutex<(usize, usize)>);
+
+impl Kernel for NullKernel {
+    fn apply(&self, tx: &Transaction) -> Result<(), Error> {
+        let mut s = self.0.lock().unwrap();
+        s.0 += tx.bytes.len();
+        s.1 += tx.messages;
+        Ok(())
+    }
+    fn elements(&self, _: IpFamily, _: &str) -> Result<Vec<Elem>, Error> {
+        Ok(Vec::new())
+    }
+    fn table(&self, _: IpFamily) -> Result<TableDump, Error> {
+        Ok(TableDump::default())
+    }
+    fn generation(&self) -> Result<u32, Error> {
+        Ok(1)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Netns(String);
+impl Netns {
+    fn new(n: usize) -> Netns {
+        let name = format!("swy-nftb-{}-{n}", std::process::id());
+        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+        Netns(name)
+    }
+}
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
+fn figures(n: usize, eps: usize, changes: usize, kernel: Arc<dyn Kernel>, label: &str) {
+    let rt = rt();
+    let dp = NftablesDataplane::new(Settings { conntrack: false, ..Settings::new(NetNamespace::current()) }, kernel);
+    let snap = snapshot(n, eps, 0);
+    let t = Instant::now();
+    rt.block_on(dp.sync(request(snap.clone(), &[], true))).unwrap();
+    let full = t.elapsed();
+    drop(snap);
+    let mut partial = Vec::new();
+    for g in 1..=changes {
+        let s = snapshot(n, eps, g as u64);
+        let t = Instant::now();
+        // `s` stays alive: in the daemon the core holds the snapshot, so
+        // dropping it is not part of a sync.
+        rt.block_on(dp.sync(request(s.clone(), &["svc-1"], false))).unwrap();
+        partial.push(t.elapsed());
+        drop(s);
+    }
+    let last = snapshot(n, eps, changes as u64);
+    let mut periodic = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        rt.block_on(dp.sync(request(last.clone(), &[], true))).unwrap();
+        periodic.push(t.elapsed());
+    }
+    println!(
+        "| {n} x {eps} | {label} | {} | {} | {} | {} |",
+        ms(full),
+        ms(pct(partial.clone(), 0.5)),
+        ms(pct(partial, 0.99)),
+        ms(pct(periodic, 0.5)),
+    );
+}
+
+fn main() {
+    let mut sizes = vec![1000, 10_000];
+    let mut endpoints = 10;
+    let mut changes = 50;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--sizes" => sizes = it.next().unwrap().split(',').map(|s| s.parse().unwrap()).collect(),
+            "--endpoints" => endpoints = it.next().unwrap().parse().unwrap(),
+            "--changes" => changes = it.next().unwrap().parse().unwrap(),
+            _ => {}
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    println!(
+        "| Services x endpoints | kernel | full sync | one endpoint changed p50 | p99 | periodic full, nothing changed |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, n) in sizes.iter().enumerate() {
+        let null = Arc::new(NullKernel::default());
+        figures(*n, endpoints, changes, null.clone(), "none (render + encode only)");
+        if root {
+            let ns = Netns::new(i);
+            figures(*n, endpoints, changes, Arc::new(SystemKernel { netns: NetNamespace::named(&ns.0) }), "6.18");
+        } else {
+            println!("(kernel figures skipped: not root)");
+        }
+        let (bytes, msgs) = *null.0.lock().unwrap();
+        println!("(bytes sent over all runs without a kernel: {bytes}, messages {msgs})");
+    }
+}

@@ -1,0 +1,405 @@
+//! Against the real kernel, in throwaway network namespaces (root only;
+//! skips loudly otherwise). The Service catalog and the namespace lab are
+//! backend-iptables' test fixtures (one address plan for every backend).
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+#[path = "../../backend-iptables/tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backend_nftables::client::{Kernel, SystemKernel, TableDump, Transaction};
+use backend_nftables::netlink::Elem;
+use backend_nftables::netlink::nft::Batch;
+use backend_nftables::render::{self, RenderConfig, TABLE};
+use backend_nftables::{Error, NftablesDataplane, Settings};
+use common::lab::{Lab, is_root};
+use common::{catalog, catalog_v6, masquerade, planner, request, tracker};
+use proxy_core::{Dataplane, FamilySet, IpFamily, NetNamespace, ProgrammedState, Snapshot};
+
+/// How long convergence may take (`SWITCHYARD_TEST_PATIENCE_MS`, default 10 s).
+fn patience() -> Duration {
+    std::env::var("SWITCHYARD_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// Polls `check` until it holds; panics naming `what` when the patience runs out.
+fn eventually(rt: &tokio::runtime::Runtime, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < patience(), "not within {:?}: {what}", patience());
+        rt.block_on(tokio::time::sleep(Duration::from_millis(5)));
+    }
+}
+
+/// A network namespace for one test, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("swy-nft-{}-{tag}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "ip netns add {name}");
+        Netns(name)
+    }
+
+    fn ns(&self) -> NetNamespace {
+        NetNamespace::named(&self.0)
+    }
+
+    fn nft(&self, args: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft"])
+            .args(args.split_whitespace())
+            .output()
+            .expect("nft");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("SKIPPED: needs root (network namespaces, nf_tables)");
+            return;
+        }
+    };
+}
+
+/// The real kernel, recording what each transaction contained.
+#[derive(Debug)]
+struct Recording {
+    inner: SystemKernel,
+    log: Mutex<Vec<Vec<String>>>,
+}
+
+impl Kernel for Recording {
+    fn apply(&self, tx: &Transaction) -> Result<(), Error> {
+        self.log.lock().unwrap().push(tx.what.iter().map(|w| w.1.clone()).collect());
+        self.inner.apply(tx)
+    }
+    fn elements(&self, family: IpFamily, set: &str) -> Result<Vec<Elem>, Error> {
+        self.inner.elements(family, set)
+    }
+    fn table(&self, family: IpFamily) -> Result<TableDump, Error> {
+        self.inner.table(family)
+    }
+    fn generation(&self) -> Result<u32, Error> {
+        self.inner.generation()
+    }
+}
+
+fn settings(ns: &Netns, families: FamilySet) -> Settings {
+    let mut s = Settings::new(ns.ns());
+    s.families = families;
+    s.node_ips = vec![common::NODE_IP.parse().unwrap(), common::NODE_IP6.parse().unwrap()];
+    s
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn inspect_matches(rt: &tokio::runtime::Runtime, dp: &NftablesDataplane, snapshot: &Snapshot) -> Result<(), String> {
+    let found: ProgrammedState = rt.block_on(dp.inspect()).map_err(|e| e.to_string())?;
+    let diff = snapshot.expected_state().diff(&found);
+    if diff.is_empty() { Ok(()) } else { Err(diff.iter().map(|d| format!("{d}\n")).collect()) }
+}
+
+#[test]
+fn skeleton_loads_in_both_families() {
+    require_root!();
+    let ns = Netns::new("skel");
+    let kernel = Arc::new(SystemKernel { netns: ns.ns() });
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let mut cfg = RenderConfig::new(family);
+        cfg.masquerade.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/64".parse().unwrap()];
+        let b = |class, node_port, action, masquerade, count, timeout| render::Behaviour {
+            class,
+            node_port,
+            action,
+            masquerade,
+            count,
+            timeout,
+        };
+        let behaviours = [
+            b(render::CLASS_POD, false, render::ACTION_FORWARD, false, 3, 0),
+            b(render::CLASS_NODE, true, render::ACTION_FORWARD, true, 1, 10800),
+            b(render::CLASS_EXTERNAL, false, render::ACTION_REJECT, false, 0, 0),
+            b(render::CLASS_EXTERNAL, true, render::ACTION_DROP, false, 0, 0),
+        ];
+        let skel = render::skeleton(&cfg, &behaviours.into());
+        let mut b = Batch::new(render::nfproto(family), 1);
+        b.add_table(TABLE);
+        for (i, s) in skel.sets.iter().enumerate() {
+            b.add_set(TABLE, s, i as u32 + 1);
+        }
+        for c in &skel.chains {
+            b.add_chain(TABLE, &c.name, c.hook);
+        }
+        for (set, e) in &skel.elements {
+            b.elements(TABLE, set, &[e], false);
+        }
+        for c in &skel.chains {
+            for r in &c.rules {
+                b.add_rule(TABLE, &c.name, r, None);
+            }
+        }
+        let r = kernel.apply(&Transaction::from_batch(b));
+        assert!(
+            r.is_ok(),
+            "{family:?}: {:?}\n{}",
+            r.map_err(|e| proxy_core::ErrorChain(&e).to_string()),
+            ns.nft("list ruleset")
+        );
+        let dump = kernel.table(family).unwrap();
+        assert!(dump.exists);
+        assert_eq!(dump.chains.len(), skel.chains.len());
+    }
+}
+
+/// Every behaviour of the catalog, IPv4 and dual-stack: what `inspect()`
+/// reads back from the kernel is what the core expects.
+#[test]
+fn catalog_reads_back_as_expected() {
+    require_root!();
+    let rt = rt();
+    for (tag, families) in [("v4", FamilySet::V4), ("dual", FamilySet::DUAL)] {
+        let ns = Netns::new(&format!("cat-{tag}"));
+        let (mut services, mut slices) = catalog();
+        if families == FamilySet::DUAL {
+            let (s6, sl6) = catalog_v6();
+            services.extend(s6);
+            slices.extend(sl6);
+        }
+        let mut t = tracker(planner(families, masquerade()), services, slices);
+        let snapshot = t.snapshot();
+        let dp = NftablesDataplane::new(settings(&ns, families), Arc::new(SystemKernel { netns: ns.ns() }));
+        rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
+        assert_eq!(inspect_matches(&rt, &dp, &snapshot), Ok(()), "{tag}\n{}", ns.nft("list ruleset"));
+        assert!(!snapshot.expected_state().frontends.is_empty());
+    }
+}
+
+/// A partial sync for one changed endpoint sends only set elements (no
+/// rule, no chain, no verdict), and leaves the kernel as a full sync would.
+#[test]
+fn endpoint_change_is_elements_only() {
+    require_root!();
+    let rt = rt();
+    let ns = Netns::new("partial");
+    let (services, slices) = catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let kernel = Arc::new(Recording { inner: SystemKernel { netns: ns.ns() }, log: Mutex::new(Vec::new()) });
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), kernel.clone());
+    rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
+    // basic: one local, one remote endpoint → replace the remote one.
+    common::apply_slice(
+        &mut t,
+        proxy_core::testing::SliceBuilder::new("ns1", "basic-1", "basic")
+            .port("http", 8080, "TCP")
+            .endpoint(proxy_core::testing::endpoint("10.180.0.1").node(common::NODE))
+            .endpoint(proxy_core::testing::endpoint("10.180.1.7").node("node-2")),
+    );
+    kernel.log.lock().unwrap().clear();
+    let snapshot = t.snapshot();
+    rt.block_on(dp.sync(request(snapshot.clone(), &["ns1/basic"], false))).unwrap();
+    let log = kernel.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1, "one transaction: {log:?}");
+    assert!(log[0].iter().all(|m| m.contains("elements of set")), "{log:?}");
+    assert!(log[0].iter().any(|m| m.contains("endpoints")), "{log:?}");
+    assert_eq!(inspect_matches(&rt, &dp, &snapshot), Ok(()));
+}
+
+/// Deletes one element of `set` (of `frontends`: one for outside sources,
+/// which `inspect()` reads) with our own netlink code, as another program would.
+fn delete_one_element(ns: &Netns, set: &str) {
+    let kernel = SystemKernel { netns: ns.ns() };
+    let elems = kernel.elements(IpFamily::V4, set).unwrap();
+    let e = elems
+        .iter()
+        .find(|e| set != render::sets::FRONTENDS || e.key[..4] == render::CLASS_EXTERNAL.to_ne_bytes())
+        .expect("an element to delete")
+        .clone();
+    let mut b = Batch::new(render::nfproto(IpFamily::V4), 1);
+    b.elements(TABLE, set, &[&e], true);
+    kernel.apply(&Transaction::from_batch(b)).unwrap();
+}
+
+/// Someone else deletes our table, flushes the ruleset, flushes one of our
+/// chains or deletes an element: the event monitor rewrites the table at
+/// once (no sync involved), and the next sync reports the repair.
+#[test]
+fn tampering_is_repaired_on_the_event() {
+    require_root!();
+    let rt = rt();
+    let ns = Netns::new("events");
+    let (services, slices) = catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let snapshot = t.snapshot();
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), Arc::new(SystemKernel { netns: ns.ns() }));
+    dp.watch();
+    rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
+    // The monitor subscribes in its own thread: wait until it reacts at all.
+    let mut times = Vec::new();
+    for (what, tamper) in [
+        ("nft delete table", Box::new(|| drop(ns.nft("delete table ip switchyard"))) as Box<dyn Fn()>),
+        ("nft flush ruleset", Box::new(|| drop(ns.nft("flush ruleset")))),
+        ("nft flush chain", Box::new(|| drop(ns.nft("flush chain ip switchyard svc-external")))),
+        ("element deleted", Box::new(|| delete_one_element(&ns, render::sets::ENDPOINTS))),
+    ] {
+        let before = Instant::now();
+        tamper();
+        let took = eventually(&rt, what, || {
+            inspect_matches(&rt, &dp, &snapshot).is_ok() && {
+                let dump = SystemKernel { netns: ns.ns() }.table(IpFamily::V4).unwrap();
+                dump.chains.iter().any(|(c, n)| c == "svc-external" && *n > 0)
+            }
+        });
+        times.push((what, took, before.elapsed()));
+    }
+    eprintln!("repair times (tamper to restored, polled): {times:?}");
+    let outcome = rt.block_on(dp.sync(request(snapshot.clone(), &[], false))).unwrap();
+    assert!(outcome.repairs.get("table").copied().unwrap_or(0) >= 2, "{:?}", outcome.repairs);
+    assert!(outcome.repairs.contains_key("rule"), "{:?}", outcome.repairs);
+    assert!(outcome.repairs.contains_key("element"), "{:?}", outcome.repairs);
+}
+
+/// Without the monitor, a full request takes the kernel as witness: what
+/// someone else changed is found, rewritten and reported.
+#[test]
+fn full_request_repairs_and_reports_drift() {
+    require_root!();
+    let rt = rt();
+    let ns = Netns::new("witness");
+    let (services, slices) = catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let snapshot = t.snapshot();
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), Arc::new(SystemKernel { netns: ns.ns() }));
+    rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
+    let quiet = rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
+    assert!(quiet.repairs.is_empty(), "no drift, nothing repaired: {:?}", quiet.repairs);
+    delete_one_element(&ns, render::sets::FRONTENDS);
+    assert!(inspect_matches(&rt, &dp, &snapshot).is_err(), "the element is gone");
+    let out = rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
+    assert_eq!(out.repairs.get("element"), Some(&1), "{:?}", out.repairs);
+    assert_eq!(inspect_matches(&rt, &dp, &snapshot), Ok(()));
+    ns.nft("flush chain ip switchyard svc-pod");
+    let out = rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
+    assert!(out.repairs.contains_key("rule"), "{:?}", out.repairs);
+    let dump = SystemKernel { netns: ns.ns() }.table(IpFamily::V4).unwrap();
+    assert!(dump.chains.iter().any(|(c, n)| c == "svc-pod" && *n > 0), "rules restored: {dump:?}");
+}
+
+/// Cleanup removes our tables (both families) and nothing else, also from
+/// a fresh process (a new dataplane value), and succeeds when there is nothing.
+#[test]
+fn cleanup_removes_only_ours() {
+    require_root!();
+    let rt = rt();
+    let ns = Netns::new("cleanup");
+    let other = |ns: &Netns| -> bool {
+        ns.ns()
+            .run(|| {
+                let mut c = backend_nftables::netlink::Conn::open().unwrap();
+                c.request(&backend_nftables::netlink::nft::get_table_request(2, "other", 99)).is_ok()
+            })
+            .unwrap()
+    };
+    ns.nft("add table ip other");
+    assert!(other(&ns));
+    let (services, slices) = catalog();
+    let mut t = tracker(planner(FamilySet::DUAL, masquerade()), services, slices);
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel { netns: ns.ns() }));
+    rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
+    let ours = |f| SystemKernel { netns: ns.ns() }.table(f).unwrap().exists;
+    assert!(ours(IpFamily::V4) && ours(IpFamily::V6));
+    let fresh = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel { netns: ns.ns() }));
+    rt.block_on(fresh.cleanup()).unwrap();
+    assert!(!ours(IpFamily::V4) && !ours(IpFamily::V6), "our tables are gone");
+    assert!(other(&ns), "someone else's table stays");
+    rt.block_on(fresh.cleanup()).unwrap();
+    assert!(rt.block_on(fresh.inspect()).unwrap().frontends.is_empty());
+}
+
+/// Real packets: a ClusterIP reaches its pod through the rules, from a
+/// client outside the node (masqueraded) and from the node itself.
+#[test]
+fn traffic_flows_through_the_table() {
+    require_root!();
+    let rt = rt();
+    let lab = Lab::new();
+    lab.echo("pod1", &[8080], &[]);
+    let svc = proxy_core::testing::ServiceBuilder::new("ns", "web", "172.30.0.10").port("http", 80, "TCP");
+    let slice = proxy_core::testing::SliceBuilder::new("ns", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .endpoint(proxy_core::testing::endpoint("10.180.0.10").node(common::NODE));
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), vec![svc], vec![slice]);
+    let mut s = Settings::new(lab.ns("node"));
+    s.node_ips = vec![common::NODE_IP.parse().unwrap()];
+    let dp = NftablesDataplane::new(s, Arc::new(SystemKernel { netns: lab.ns("node") }));
+    rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
+    let to = "172.30.0.10:80".parse().unwrap();
+    let got = lab.tcp("client", to).unwrap();
+    assert_eq!(got.trim(), "pod1 10.180.0.1", "outside traffic to a ClusterIP is masqueraded");
+    let got = lab.tcp("node", to).unwrap();
+    assert!(got.starts_with("pod1 "), "{got}");
+    let refused = lab.tcp("client", "172.30.0.10:81".parse().unwrap());
+    assert!(refused.is_err(), "an unknown port of a ClusterIP is dropped: {refused:?}");
+}
+
+/// nft 1.0.6 (bookworm) cannot print rules whose second lookup's key is
+/// the first lookup's concatenated data: it asserts in
+/// `netlink_parse_concat_expr`. A known limitation (see the README); this
+/// lists the rules it fails on.
+#[test]
+#[ignore = "diagnostic: which rules the nft CLI cannot print"]
+fn nft_cli_lists_every_chain() {
+    require_root!();
+    let ns = Netns::new("cli");
+    let kernel = SystemKernel { netns: ns.ns() };
+    let cfg = RenderConfig::new(IpFamily::V4);
+    let b = render::Behaviour {
+        class: render::CLASS_POD,
+        node_port: false,
+        action: render::ACTION_FORWARD,
+        masquerade: true,
+        count: 3,
+        timeout: 10,
+    };
+    let skel = render::skeleton(&cfg, &[b].into());
+    for c in &skel.chains {
+        for (i, r) in c.rules.iter().enumerate() {
+            let mut bt = Batch::new(render::nfproto(IpFamily::V4), 1);
+            bt.add_table(TABLE);
+            bt.del_table(TABLE);
+            bt.add_table(TABLE);
+            for (j, s) in skel.sets.iter().enumerate() {
+                bt.add_set(TABLE, s, j as u32 + 1);
+            }
+            for c2 in &skel.chains {
+                bt.add_chain(TABLE, &c2.name, c2.hook);
+            }
+            bt.add_rule(TABLE, &c.name, r, None);
+            kernel.apply(&Transaction::from_batch(bt)).unwrap();
+            let out = ns.nft("list ruleset");
+            if out.contains("Assertion") {
+                eprintln!("CRASH {} #{i}: {:?}", c.name, r.iter().map(|e| e.name()).collect::<Vec<_>>());
+            }
+        }
+    }
+}
