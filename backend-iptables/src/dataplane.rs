@@ -505,10 +505,7 @@ impl IptablesDataplane {
 
 /// Endpoints a UDP port plan reaches by any route.
 fn udp_endpoints(p: &ServicePortPlan) -> BTreeSet<SocketAddr> {
-    [&p.internal, &p.external, &p.external_from_cluster]
-        .iter()
-        .flat_map(|r| r.endpoints().iter().map(|e| e.addr()))
-        .collect()
+    p.routes().flat_map(|(_, r)| r.endpoints().iter().map(|e| e.addr())).collect()
 }
 
 fn udp_frontends(p: &ServicePortPlan) -> Vec<FrontendMatch> {

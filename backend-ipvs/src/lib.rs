@@ -202,6 +202,7 @@ impl IpvsDataplane {
             node_addresses: &node_addresses,
             nodeport_addresses: &self.nodeport_addresses,
             primary_ips: &self.primary_ips,
+            masquerade: request.snapshot.masquerade(),
         };
         let (desired, change, previous) = match previous {
             Some(mut desired) if !full => {

@@ -35,6 +35,9 @@ use proxy_core::{IpFamily, MasqueradeConfig, NetNamespace, Protocol};
 /// The masquerade mark bit (kube-proxy's default `--iptables-masquerade-bit` 14).
 pub const MASQ_MARK: &str = "0x4000/0x4000";
 
+/// Sets earlier versions made and this one does not (cleanup removes them).
+const LEGACY_SETS: [&str; 1] = ["SWITCHYARD-LOCAL-POLICY"];
+
 /// The IP sets we own; the names carry our prefix and the family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SetKind {
@@ -44,8 +47,12 @@ pub enum SetKind {
     ExternalIp,
     LoadBalancer,
     NodePort,
-    /// External frontends with externalTrafficPolicy Local (no masquerade for non-node sources).
-    LocalPolicy,
+    /// Frontends whose flow table masquerades every class of source.
+    MasqAll,
+    /// Frontends whose flow table masquerades every class but pods.
+    MasqNotPod,
+    /// Frontends whose flow table masquerades only the node's own traffic.
+    MasqNode,
     /// Frontends whose verdict is Drop.
     Drop,
     /// Load-balancer frontends with loadBalancerSourceRanges.
@@ -57,13 +64,15 @@ pub enum SetKind {
 }
 
 impl SetKind {
-    pub const ALL: [SetKind; 10] = [
+    pub const ALL: [SetKind; 12] = [
         SetKind::Vips,
         SetKind::ClusterIp,
         SetKind::ExternalIp,
         SetKind::LoadBalancer,
         SetKind::NodePort,
-        SetKind::LocalPolicy,
+        SetKind::MasqAll,
+        SetKind::MasqNotPod,
+        SetKind::MasqNode,
         SetKind::Drop,
         SetKind::LbFirewall,
         SetKind::LbSource,
@@ -77,7 +86,9 @@ impl SetKind {
             SetKind::ExternalIp => "SWITCHYARD-EXTERNAL-IP",
             SetKind::LoadBalancer => "SWITCHYARD-LB-IP",
             SetKind::NodePort => "SWITCHYARD-NODE-PORT",
-            SetKind::LocalPolicy => "SWITCHYARD-LOCAL-POLICY",
+            SetKind::MasqAll => "SWITCHYARD-MASQ-ALL",
+            SetKind::MasqNotPod => "SWITCHYARD-MASQ-NOT-POD",
+            SetKind::MasqNode => "SWITCHYARD-MASQ-NODE",
             SetKind::Drop => "SWITCHYARD-DROP",
             SetKind::LbFirewall => "SWITCHYARD-LB-FW",
             SetKind::LbSource => "SWITCHYARD-LB-SRC",
@@ -329,44 +340,34 @@ pub fn rules_script(family: IpFamily, masq: &MasqueradeConfig) -> String {
         let _ = writeln!(s, ":{c} - [0:0]");
     }
     let c = "-m comment --comment";
-    // ClusterIP: masquerade everything (--masquerade-all) or sources outside the cluster CIDRs.
-    let cidrs: Vec<&IpNet> = masq
+    // Masquerade as each frontend's flow table says: the frontend is in the
+    // set of its cells' masquerade shape (reconcile::add_port_plan).
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-SERVICES {c} \"masquerade every source\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-MARK-MASQ",
+        set(SetKind::MasqAll)
+    );
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-SERVICES {c} \"masquerade all but pods\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-CLUSTER",
+        set(SetKind::MasqNotPod)
+    );
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-SERVICES {c} \"masquerade the node\" -m set --match-set {} dst,dst -m addrtype --src-type LOCAL -j SWITCHYARD-IPVS-MARK-MASQ",
+        set(SetKind::MasqNode)
+    );
+    // Pods are the sources in a cluster CIDR of this family (Snapshot::classify_source).
+    for cidr in masq
         .cluster_cidrs
         .iter()
         .filter(|n| matches!((n, family), (IpNet::V4(_), IpFamily::V4) | (IpNet::V6(_), IpFamily::V6)))
-        .collect();
-    if masq.all {
-        let _ = writeln!(
-            s,
-            "-A SWITCHYARD-IPVS-SERVICES {c} \"ClusterIP, masquerade-all\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-MARK-MASQ",
-            set(SetKind::ClusterIp)
-        );
-    } else if !cidrs.is_empty() {
-        let _ = writeln!(
-            s,
-            "-A SWITCHYARD-IPVS-SERVICES {c} \"ClusterIP\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-CLUSTER",
-            set(SetKind::ClusterIp)
-        );
-        for cidr in cidrs {
-            // Generic options first, as iptables-save prints them: full syncs
-            // compare the kernel's text with this one.
-            let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER -s {cidr} {c} \"pod source\" -j RETURN");
-        }
-        let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER {c} \"not a pod: masquerade\" -j SWITCHYARD-IPVS-MARK-MASQ");
+    {
+        // Generic options first, as iptables-save prints them: full syncs
+        // compare the kernel's text with this one.
+        let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER -s {cidr} {c} \"pod source\" -j RETURN");
     }
-    // External frontends: Local policy keeps non-node sources; otherwise masquerade.
-    let _ = writeln!(
-        s,
-        "-A SWITCHYARD-IPVS-SERVICES {c} \"externalTrafficPolicy Local\" -m set --match-set {} dst,dst -m addrtype ! --src-type LOCAL -j RETURN",
-        set(SetKind::LocalPolicy)
-    );
-    for k in [SetKind::ExternalIp, SetKind::LoadBalancer, SetKind::NodePort] {
-        let _ = writeln!(
-            s,
-            "-A SWITCHYARD-IPVS-SERVICES {c} \"external frontend\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-MARK-MASQ",
-            set(k)
-        );
-    }
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER {c} \"not a pod: masquerade\" -j SWITCHYARD-IPVS-MARK-MASQ");
     let _ = writeln!(s, "-A SWITCHYARD-IPVS-MARK-MASQ -j MARK --set-xmark {MASQ_MARK}");
     let _ = writeln!(
         s,
@@ -516,8 +517,11 @@ pub fn cleanup(netns: &NetNamespace, families: &[IpFamily]) -> Result<(), RulesE
                 let _ = run(netns, ipt, &["-w", "-t", table, "-X", c], "");
             }
         }
-        for kind in SetKind::ALL {
-            let name = kind.name(*family);
+        let legacy = LEGACY_SETS.iter().map(|base| match family {
+            IpFamily::V4 => base.to_string(),
+            IpFamily::V6 => format!("{base}6"),
+        });
+        for name in SetKind::ALL.iter().map(|kind| kind.name(*family)).chain(legacy) {
             if run(netns, "ipset", &["list", "-n", &name], "").is_ok() {
                 run(netns, "ipset", &["destroy", &name], "")?;
             }
@@ -607,18 +611,22 @@ mod tests {
         assert!(!script.contains("add SWITCHYARD-CLUSTER-IP"));
     }
 
+    /// The rules match the three masquerade sets; which frontend is in
+    /// which is the flow table's decision. Pods are the family's CIDRs.
     #[test]
-    fn rules_follow_masquerade_config() {
-        let none = rules_script(IpFamily::V4, &MasqueradeConfig::default());
-        assert!(!none.contains("SWITCHYARD-CLUSTER-IP dst,dst"));
-        let all = rules_script(IpFamily::V4, &MasqueradeConfig { all: true, cluster_cidrs: vec![] });
-        assert!(all.contains("masquerade-all"));
+    fn rules_match_the_masquerade_sets() {
         let cidr = MasqueradeConfig {
             all: false,
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()],
         };
         let v4 = rules_script(IpFamily::V4, &cidr);
+        for set in ["SWITCHYARD-MASQ-ALL dst,dst", "SWITCHYARD-MASQ-NOT-POD dst,dst", "SWITCHYARD-MASQ-NODE dst,dst"] {
+            assert!(v4.contains(set), "{set} in {v4}");
+        }
         assert!(v4.contains("-s 10.244.0.0/16 -m comment") && !v4.contains("fd00::/64"));
-        assert!(rules_script(IpFamily::V6, &cidr).contains("SWITCHYARD-CLUSTER-IP6"));
+        assert!(rules_script(IpFamily::V6, &cidr).contains("SWITCHYARD-MASQ-ALL6"));
+        // No pod CIDR: "all but pods" is everyone.
+        let none = rules_script(IpFamily::V4, &MasqueradeConfig::default());
+        assert!(!none.contains("pod source"));
     }
 }

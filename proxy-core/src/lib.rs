@@ -22,8 +22,10 @@
 // Libraries log through tracing; only binaries print.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod contest;
 pub mod convert;
 pub mod dataplane;
+pub mod flows;
 pub mod health;
 pub mod metrics;
 pub mod model;
@@ -40,6 +42,7 @@ pub mod tracker;
 pub use dataplane::{
     BoxError, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, SyncOutcome, SyncRequest,
 };
+pub use flows::{ClassFlow, FlowTable, FrontendFlows, MasqueradeSet, RouteId};
 pub use model::*;
 pub use netns::NetNamespace;
 pub use plan::*;
