@@ -36,6 +36,7 @@ pub mod proxier;
 pub mod registry;
 pub mod runner;
 pub mod snapshot;
+pub mod stale;
 pub mod testing;
 pub mod tracker;
 

@@ -166,3 +166,29 @@ fn tables_are_the_planners_decisions() {
     assert_eq!(lb.pod.route, RouteId::Cluster);
     assert_eq!(lb.masquerade_set(), MasqueradeSet { pod: false, node: true, external: false });
 }
+
+/// The core names the stale UDP flows after a change: a port that lost an
+/// endpoint, for each of its frontends, with the endpoints still allowed.
+#[test]
+fn stale_udp_flows_are_the_cores_answer() {
+    use proxy_core::stale::{FrontendMatch, stale_udp};
+    let svc = ServiceBuilder::new("ns", "dns", "10.96.0.10").port("dns", 53, "UDP").build();
+    let with = |ips: &[&str]| {
+        let slice = ips
+            .iter()
+            .fold(SliceBuilder::new("ns", "dns-1", "dns").port("dns", 53, "UDP"), |s, ip| s.endpoint(endpoint(ip)))
+            .build();
+        let mut t = synced(vec![svc.clone()], vec![slice]);
+        t.snapshot().service(&name("dns")).unwrap().clone()
+    };
+    let (two, one) = (with(&["10.0.0.1", "10.0.0.2"]), with(&["10.0.0.1"]));
+    let stale = stale_udp(IpFamily::V4, Some(&two), Some(&one), false);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!(stale[0].frontend, FrontendMatch::Address("10.96.0.10:53".parse().unwrap()));
+    assert!(stale[0].matches("10.96.0.10:53".parse().unwrap(), "10.0.0.2:53".parse().unwrap()));
+    assert!(!stale[0].matches("10.96.0.10:53".parse().unwrap(), "10.0.0.1:53".parse().unwrap()));
+    // Gaining an endpoint strands nothing, unless it is the first one.
+    assert!(stale_udp(IpFamily::V4, Some(&one), Some(&two), false).is_empty());
+    let none = with(&[]);
+    assert_eq!(stale_udp(IpFamily::V4, Some(&none), Some(&one), false).len(), 1);
+}
