@@ -15,10 +15,10 @@ int main(void)
 	SIZE(swy_addr);
 	SIZE(swy_svc_key); OFF(swy_svc_key, addr); OFF(swy_svc_key, port); OFF(swy_svc_key, proto); OFF(swy_svc_key, scope);
 	SIZE(swy_svc_val); OFF(swy_svc_val, route); OFF(swy_svc_val, id); OFF(swy_svc_val, affinity_timeout);
-	OFF(swy_svc_val, kind); OFF(swy_svc_val, masq); OFF(swy_svc_val, flags);
+	OFF(swy_svc_val, kind); OFF(swy_svc_val, masq); OFF(swy_svc_val, flags); OFF(swy_svc_val, ranges);
 	SIZE(swy_route_val); OFF(swy_route_val, generation); OFF(swy_route_val, count); OFF(swy_route_val, verdict); OFF(swy_route_val, flags);
 	SIZE(swy_backend_key); OFF(swy_backend_key, route); OFF(swy_backend_key, generation); OFF(swy_backend_key, slot);
-	SIZE(swy_backend); OFF(swy_backend, addr); OFF(swy_backend, port);
+	SIZE(swy_backend); OFF(swy_backend, addr); OFF(swy_backend, port); OFF(swy_backend, flags);
 	SIZE(swy_maglev_key); OFF(swy_maglev_key, route); OFF(swy_maglev_key, generation);
 	SIZE(swy_maglev_val);
 	SIZE(swy_ct_key); OFF(swy_ct_key, src); OFF(swy_ct_key, dst); OFF(swy_ct_key, sport); OFF(swy_ct_key, dport); OFF(swy_ct_key, proto);
@@ -37,7 +37,7 @@ int main(void)
 #define K(c) printf("    (\"%s\", %llu),\n", #c, (unsigned long long)(c))
 	K(SWY_CLASS_EXTERNAL); K(SWY_CLASS_POD); K(SWY_CLASS_NODE); K(SWY_SCOPE_ADDR); K(SWY_SCOPE_NODEPORT);
 	K(SWY_KIND_CLUSTER_IP); K(SWY_KIND_EXTERNAL_IP); K(SWY_KIND_LOAD_BALANCER); K(SWY_KIND_NODE_PORT);
-	K(SWY_SVC_SOURCE_RANGES); K(SWY_FORWARD); K(SWY_REJECT); K(SWY_DROP); K(SWY_ROUTE_MAGLEV); K(SWY_MAGLEV_M);
+	K(SWY_BACKEND_HAIRPIN); K(SWY_FORWARD); K(SWY_REJECT); K(SWY_DROP); K(SWY_ROUTE_MAGLEV); K(SWY_MAGLEV_M);
 	K(SWY_NODE_ADDR); K(SWY_NODE_NODEPORT); K(SWY_STATS); K(SWY_CT_CLOSING); K(SWY_CT_SNAT); K(SWY_CT_EGRESS);
 	K(SWY_CT_FORWARD); K(SWY_CT_REVERSE); K(SWY_SOCK_FORWARD); K(SWY_SOCK_REVERSE); K(SWY_SOCK_MASQ);
 	printf("];\n");

@@ -802,7 +802,7 @@ int swy_tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	int class = source_class(&p.t.src);
-	if ((svc->flags & SWY_SVC_SOURCE_RANGES) && class != SWY_CLASS_NODE) {
+	if ((svc->ranges >> class) & 1) {
 		struct swy_srcrange_key sk = {.prefixlen = 64 + 128, .addr = p.t.src};
 		__builtin_memcpy(sk.id, &svc->id, 8);
 		if (!bpf_map_lookup_elem(&swy_srcrange, &sk)) {
@@ -832,12 +832,13 @@ int swy_tc_ingress(struct __sk_buff *skb)
 	struct swy_ct_key rk = {.src = be.addr, .dst = p.t.src, .sport = be.port, .dport = p.t.sport,
 				.proto = p.t.proto};
 
-	/* Masquerade as the plan says, and always for hairpin (a pod reaching
-	 * itself). Never towards the node itself (a host-network endpoint):
+	/* Masquerade as the flow table says, and for hairpin (an endpoint of
+	 * the table's hairpin set reaching itself). Never towards the node itself (a host-network endpoint):
 	 * its reply to a node address would stay on lo, where no TC program
 	 * can undo the NAT; the reply to the client is reverse-NATed at egress. */
 	int snat = 0;
-	if (!is_node_addr(&be.addr) && (((svc->masq >> class) & 1) || addr_eq(&be.addr, &p.t.src))) {
+	if (!is_node_addr(&be.addr) && (((svc->masq >> class) & 1) ||
+					   ((be.flags & SWY_BACKEND_HAIRPIN) && addr_eq(&be.addr, &p.t.src)))) {
 		struct swy_addr masq = p.v6 ? cfg->snat6 : cfg->snat4;
 		if (!addr_zero(&masq)) {
 			rk.dst = masq;

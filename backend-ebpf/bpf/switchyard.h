@@ -29,8 +29,8 @@
 #define SWY_KIND_LOAD_BALANCER 2
 #define SWY_KIND_NODE_PORT 3
 
-/* swy_svc_val.flags */
-#define SWY_SVC_SOURCE_RANGES 1 /* check swy_srcrange for non-node sources */
+/* swy_backend.flags */
+#define SWY_BACKEND_HAIRPIN 1 /* in the port's hairpin set: masquerade when it reaches itself */
 
 /* swy_route_val.verdict */
 #define SWY_FORWARD 0
@@ -98,7 +98,7 @@ struct swy_svc_val {
 	__u8 kind;
 	__u8 masq; /* bit per source class: SNAT to the node */
 	__u8 flags;
-	__u8 pad;
+	__u8 ranges; /* bit per source class: check swy_srcrange (the core's flow table) */
 };
 
 /* swy_route: one endpoint set; flipped atomically by rewriting this value. */
@@ -120,7 +120,7 @@ struct swy_backend_key {
 struct swy_backend {
 	struct swy_addr addr;
 	__u16 port;
-	__u16 pad;
+	__u16 flags; /* SWY_BACKEND_* */
 };
 
 struct swy_maglev_key {

@@ -86,7 +86,7 @@ impl FakeDatapath {
         let (src, dst) = (Addr::from(src), Addr::from(dst));
         let Some(val) = self.frontend(dst, port, proto.number()) else { return Traced::Pass };
         let class = self.class(src);
-        if val.flags & layout::SVC_SOURCE_RANGES != 0 && class != layout::CLASS_NODE && !self.source_allowed(val, src) {
+        if (val.ranges >> class) & 1 == 1 && !self.source_allowed(val, src) {
             return Traced::Drop;
         }
         let Some(route) = self.desired.routes.get(&val.route[class]) else { return Traced::Drop };

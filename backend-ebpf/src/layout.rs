@@ -19,7 +19,8 @@ pub const KIND_EXTERNAL_IP: u8 = 1;
 pub const KIND_LOAD_BALANCER: u8 = 2;
 pub const KIND_NODE_PORT: u8 = 3;
 
-pub const SVC_SOURCE_RANGES: u8 = 1;
+/// `Backend::flags`: in the port's hairpin set.
+pub const BACKEND_HAIRPIN: u16 = 1;
 
 pub const FORWARD: u8 = 0;
 pub const REJECT: u8 = 1;
@@ -130,7 +131,8 @@ pub struct SvcVal {
     pub kind: u8,
     pub masq: u8,
     pub flags: u8,
-    pub pad: u8,
+    /// Bit per source class: loadBalancerSourceRanges apply.
+    pub ranges: u8,
 }
 
 #[repr(C)]
@@ -158,7 +160,8 @@ pub struct Backend {
     pub addr: Addr,
     /// Network byte order.
     pub port: u16,
-    pub pad: u16,
+    /// `BACKEND_*`.
+    pub flags: u16,
 }
 
 #[repr(C)]
@@ -249,7 +252,8 @@ pub struct SockVal {
     pub addr: Addr,
     pub port: u16,
     pub flags: u8,
-    pub pad: u8,
+    /// Bit per source class: loadBalancerSourceRanges apply.
+    pub ranges: u8,
 }
 
 #[repr(C)]
@@ -314,6 +318,7 @@ mod tests {
             off!("swy_svc_val", SvcVal, kind),
             off!("swy_svc_val", SvcVal, masq),
             off!("swy_svc_val", SvcVal, flags),
+            off!("swy_svc_val", SvcVal, ranges),
             size!("swy_route_val", RouteVal),
             off!("swy_route_val", RouteVal, generation),
             off!("swy_route_val", RouteVal, count),
@@ -326,6 +331,7 @@ mod tests {
             size!("swy_backend", Backend),
             off!("swy_backend", Backend, addr),
             off!("swy_backend", Backend, port),
+            off!("swy_backend", Backend, flags),
             size!("swy_maglev_key", MaglevKey),
             off!("swy_maglev_key", MaglevKey, route),
             off!("swy_maglev_key", MaglevKey, generation),
@@ -399,7 +405,7 @@ mod tests {
             ("SWY_KIND_EXTERNAL_IP", KIND_EXTERNAL_IP.into()),
             ("SWY_KIND_LOAD_BALANCER", KIND_LOAD_BALANCER.into()),
             ("SWY_KIND_NODE_PORT", KIND_NODE_PORT.into()),
-            ("SWY_SVC_SOURCE_RANGES", SVC_SOURCE_RANGES.into()),
+            ("SWY_BACKEND_HAIRPIN", BACKEND_HAIRPIN.into()),
             ("SWY_FORWARD", FORWARD.into()),
             ("SWY_REJECT", REJECT.into()),
             ("SWY_DROP", DROP.into()),

@@ -188,7 +188,12 @@ impl Programmed {
             let ext = val.route[layout::CLASS_EXTERNAL];
             let pod = val.route[layout::CLASS_POD];
             let (eps, verdict) = endpoints(&ext);
-            let cluster_endpoints = (kind != FrontendKind::ClusterIP && pod != ext).then(|| endpoints(&pod).0);
+            // Reported when pods reach something else than outside traffic
+            // (as `Snapshot::expected_state`): the routes are named, so two
+            // ids may hold the same set.
+            let (pod_eps, pod_verdict) = endpoints(&pod);
+            let differs = pod_eps != eps || pod_verdict != verdict;
+            let cluster_endpoints = (kind != FrontendKind::ClusterIP && differs).then_some(pod_eps);
             frontends.insert(
                 frontend,
                 ProgrammedFrontend {

@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proxy_core::{
-    FrontendKind, IpFamily, MasqueradeConfig, Route, ServiceName, ServicePlan, ServicePortPlan, Snapshot, SourceClass,
+    FlowTable, FrontendKind, IpFamily, MasqueradeConfig, Route, ServiceName, ServicePlan, ServicePortPlan, Snapshot,
+    SourceClass,
 };
 
 use crate::layout::{self, Addr, Backend, SrcRangeData, SvcKey, SvcVal};
@@ -139,12 +140,19 @@ const CLASSES: [(usize, SourceClass); 3] = [
     (layout::CLASS_NODE, SourceClass::Node),
 ];
 
-fn route_spec(route: &Route, maglev: bool) -> RouteSpec {
+fn route_spec(route: &Route, maglev: bool, table: &FlowTable) -> RouteSpec {
     match route {
         Route::Forward(eps) => RouteSpec {
             verdict: layout::FORWARD,
             flags: if maglev { layout::ROUTE_MAGLEV } else { 0 },
-            backends: eps.iter().map(|e| Backend { addr: Addr::from(e.ip()), port: e.port.to_be(), pad: 0 }).collect(),
+            backends: eps
+                .iter()
+                .map(|e| Backend {
+                    addr: Addr::from(e.ip()),
+                    port: e.port.to_be(),
+                    flags: if table.is_hairpin(&e.addr()) { layout::BACKEND_HAIRPIN } else { 0 },
+                })
+                .collect(),
         },
         Route::Reject => RouteSpec { verdict: layout::REJECT, flags: 0, backends: Vec::new() },
         Route::Drop => RouteSpec { verdict: layout::DROP, flags: 0, backends: Vec::new() },
@@ -160,6 +168,8 @@ pub fn render(snapshot: &Snapshot, opts: &RenderOptions) -> Desired {
     }
     for service in snapshot.services() {
         let mut part = render_service(service, masq, opts);
+        // The planner serves a contested frontend from one Service only
+        // (`proxy_core::contest`); a clash here is a bug, reported, never decided.
         if out.merge(&part) {
             part.skipped.push(format!("a frontend of Service {} is also claimed by another Service", service.name()));
         }
@@ -181,23 +191,19 @@ pub fn render_service(service: &ServicePlan, masq: &MasqueradeConfig, opts: &Ren
 
 fn render_port(plan: &ServicePortPlan, masq: &MasqueradeConfig, opts: &RenderOptions, out: &mut Desired) {
     let maglev = opts.maglev_all || opts.maglev_services.contains(&plan.name.service.to_string());
-    // Distinct sets get distinct ids; equal sets share one.
-    let sets = [(&plan.internal, "internal"), (&plan.external, "external"), (&plan.external_from_cluster, "cluster")];
-    let id_of = |route: &Route| -> u64 {
-        let (_, tag) = sets.iter().find(|(r, _)| *r == route).copied().unwrap_or((route, "other"));
-        route_id(plan, tag)
-    };
+    // The core's decisions for this port, rendered verbatim: routes by name,
+    // masquerade and source ranges per class of source, the hairpin set.
+    let table = plan.flow_table(masq);
     let unspecified = match plan.family {
         IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpFamily::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
     // SCTP's CRC32c covers the ports and cannot be fixed incrementally:
     // the datapath translates SCTP addresses only.
-    let sctp_port_change = plan.protocol == proxy_core::Protocol::Sctp
-        && [&plan.internal, &plan.external, &plan.external_from_cluster]
-            .iter()
-            .any(|r| r.endpoints().iter().any(|e| e.port != plan.port));
-    for frontend in plan.frontends() {
+    let sctp_port_change =
+        plan.protocol == proxy_core::Protocol::Sctp && table.endpoints().any(|e| e.port != plan.port);
+    for f in &table.frontends {
+        let frontend = f.frontend;
         if frontend.protocol == proxy_core::Protocol::Sctp
             && (sctp_port_change || frontend.kind == FrontendKind::NodePort)
         {
@@ -219,23 +225,22 @@ fn render_port(plan: &ServicePortPlan, masq: &MasqueradeConfig, opts: &RenderOpt
             affinity_timeout: plan.affinity_timeout_seconds.unwrap_or(0),
             ..SvcVal::default()
         };
-        // A source the ranges allow, so that `flow` answers the masquerade
-        // question rather than the source-range one.
-        let probe = plan.source_ranges.first().map_or(unspecified, |r| r.network());
         for (idx, class) in CLASSES {
-            let route = plan.route_for(frontend.kind, class);
-            let id = id_of(route);
+            let cell = f.class(class);
+            let id = route_id(plan, cell.route.as_str());
             val.route[idx] = id;
-            out.routes.entry(id).or_insert_with(|| route_spec(route, maglev));
-            if plan.flow(frontend.kind, probe, class, masq).masquerade {
+            out.routes.entry(id).or_insert_with(|| route_spec(table.route(cell.route), maglev, &table));
+            if cell.masquerade {
                 val.masq |= 1 << idx;
             }
+            if cell.source_ranges {
+                val.ranges |= 1 << idx;
+            }
         }
-        if frontend.kind == FrontendKind::LoadBalancer && !plan.source_ranges.is_empty() {
-            val.flags |= layout::SVC_SOURCE_RANGES;
+        if val.ranges != 0 {
             val.id = frontend_id(&key);
             let id = crate::layout::id_words(val.id);
-            for net in &plan.source_ranges {
+            for net in &table.source_ranges {
                 out.source_ranges
                     .insert((64 + mapped_prefix(net), SrcRangeData { id, addr: Addr::from(net.network()) }));
             }
@@ -295,7 +300,7 @@ mod tests {
 
     #[test]
     fn maglev_spreads_evenly_and_moves_little() {
-        let be = |i: u8| Backend { addr: Addr::from(Ipv4Addr::new(10, 0, 0, i)), port: 80u16.to_be(), pad: 0 };
+        let be = |i: u8| Backend { addr: Addr::from(Ipv4Addr::new(10, 0, 0, i)), port: 80u16.to_be(), flags: 0 };
         let three: Vec<Backend> = (1..=3).map(be).collect();
         let t3 = maglev_table(&three);
         for i in 0..3 {

@@ -92,6 +92,7 @@ fn plans(n: usize, eps: usize, generation: u64) -> Vec<ServicePlan> {
                 internal_traffic_policy: TrafficPolicy::Cluster,
                 health_check_node_port: None,
                 traffic_distribution: None,
+                created: None,
             });
             let endpoints: Vec<Endpoint> = (0..eps)
                 .map(|e| {
@@ -135,12 +136,13 @@ fn plans(n: usize, eps: usize, generation: u64) -> Vec<ServicePlan> {
                     source_ranges: vec![],
                     affinity_timeout_seconds: None,
                     health_check_node_port: None,
-                    internal: route.clone(),
-                    external: route.clone(),
-                    external_from_cluster: route,
+                    cluster: route,
+                    local: None,
+                    internal_policy_local: false,
                     external_policy_local: false,
                     local_ready_endpoints: 0,
                     has_endpoints: true,
+                    contested: vec![],
                 }],
             }
         })

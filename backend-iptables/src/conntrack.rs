@@ -1,18 +1,14 @@
 //! Removing stale UDP conntrack entries over netlink.
 //!
-//! UDP has no connection teardown: after an endpoint goes away, a client
-//! that keeps sending from the same socket matches its old conntrack entry
-//! and keeps being DNATed to the dead endpoint (or, for a Service that had
-//! no endpoints, is never DNATed at all). Like kube-proxy we delete the
-//! entries whose original destination is a frontend of the changed Service
-//! port and whose reply source (where DNAT sent them) is no longer one of
-//! its endpoints. CLI equivalent, per flow:
+//! Which flows are stale is the core's answer ([`proxy_core::stale`]); this
+//! module deletes them from the kernel's conntrack table, for every backend
+//! that relies on it (iptables; IPVS through the same crate). CLI
+//! equivalent, per flow:
 //! `conntrack -D -p udp --orig-src S --orig-dst D --sport SP --dport DP`.
 //!
 //! Netlink sockets belong to the namespace of the thread that opens them,
 //! so all of it runs through [`NetNamespace::run`].
 
-use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
@@ -25,21 +21,7 @@ use tracing::debug;
 
 use crate::error::Error;
 
-/// Which traffic a stale-entry rule is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FrontendMatch {
-    /// Sent to this address and port (ClusterIP, externalIP, LB IP).
-    Address(SocketAddr),
-    /// Sent to this port on any address (node ports; matched by port as kube-proxy does).
-    NodePort(u16),
-}
-
-/// UDP flows to `frontend` whose reply source is not in `allowed` are stale.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StaleFlows {
-    pub frontend: FrontendMatch,
-    pub allowed: BTreeSet<SocketAddr>,
-}
+pub use proxy_core::stale::{FrontendMatch, StaleFlows};
 
 /// The parts of a conntrack entry we look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,16 +33,9 @@ pub struct Flow {
     pub reply_src: SocketAddr,
 }
 
-/// Whether `flow` is stale under any of `rules`.
+/// Whether `flow` is stale under any of `rules` (the core's [`StaleFlows`]).
 pub fn is_stale(flow: &Flow, rules: &[StaleFlows]) -> bool {
-    flow.protocol == 17
-        && rules.iter().any(|r| {
-            let hits = match r.frontend {
-                FrontendMatch::Address(a) => a == flow.orig_dst,
-                FrontendMatch::NodePort(p) => p == flow.orig_dst.port(),
-            };
-            hits && !r.allowed.contains(&flow.reply_src)
-        })
+    flow.protocol == 17 && rules.iter().any(|r| r.matches(flow.orig_dst, flow.reply_src))
 }
 
 fn nf_family(family: IpFamily) -> NetfilterProtoFamily {
@@ -242,6 +217,8 @@ pub fn clear_stale_udp(netns: &NetNamespace, family: IpFamily, rules: Vec<StaleF
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn flow(dst: &str, reply: &str) -> Flow {

@@ -1,21 +1,20 @@
 //! [`IptablesDataplane`]: the [`Dataplane`] that programs iptables.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use proxy_core::{
-    BackendContext, Capabilities, Capability, Dataplane, DataplaneError, FamilySet, FrontendKind, IpFamily,
-    MasqueradeConfig, NetNamespace, NodePortAddresses, ProgrammedState, Protocol, ServiceName, ServicePlan,
-    ServicePortPlan, Snapshot, SyncOutcome, SyncRequest,
+    BackendContext, Capabilities, Capability, Dataplane, DataplaneError, FamilySet, IpFamily, MasqueradeConfig,
+    NetNamespace, NodePortAddresses, ProgrammedState, ServiceName, Snapshot, SyncOutcome, SyncRequest,
 };
 use tracing::{debug, info, info_span, warn};
 
 use crate::cleanup;
 use crate::config::IptablesConfig;
-use crate::conntrack::{self, FrontendMatch, StaleFlows};
+use crate::conntrack;
 use crate::drift::Drift;
 use crate::error::Error;
 use crate::exec::{Executor, SystemExecutor, Variant};
@@ -25,6 +24,7 @@ use crate::render::{self, RenderConfig, ServiceRules};
 use crate::supported;
 use crate::sync::{self, Rewrite, Written};
 use crate::sysctl::{SysctlError, Sysctls};
+use proxy_core::stale::{StaleFlows, stale_udp};
 
 /// The `--proxy-mode` name.
 pub const MODE: &str = "iptables";
@@ -501,60 +501,6 @@ impl IptablesDataplane {
         *state = State::default();
         Ok(())
     }
-}
-
-/// Endpoints a UDP port plan reaches by any route.
-fn udp_endpoints(p: &ServicePortPlan) -> BTreeSet<SocketAddr> {
-    [&p.internal, &p.external, &p.external_from_cluster]
-        .iter()
-        .flat_map(|r| r.endpoints().iter().map(|e| e.addr()))
-        .collect()
-}
-
-fn udp_frontends(p: &ServicePortPlan) -> Vec<FrontendMatch> {
-    p.frontends()
-        .map(|f| match (f.kind, f.ip) {
-            (FrontendKind::NodePort, _) | (_, None) => FrontendMatch::NodePort(f.port),
-            (_, Some(ip)) => FrontendMatch::Address(SocketAddr::new(ip, f.port)),
-        })
-        .collect()
-}
-
-/// Conntrack work for one Service moving from `old` to `new` (either may be absent).
-pub fn stale_udp(
-    family: IpFamily,
-    old: Option<&ServicePlan>,
-    new: Option<&ServicePlan>,
-    everything: bool,
-) -> Vec<StaleFlows> {
-    let udp = |plan: Option<&ServicePlan>| -> BTreeMap<String, ServicePortPlan> {
-        plan.map(|p| {
-            p.ports
-                .iter()
-                .filter(|pp| pp.family == family && pp.protocol == Protocol::Udp)
-                .map(|pp| (pp.name.port.to_string(), pp.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let (old, new) = (udp(old), udp(new));
-    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    let mut out = Vec::new();
-    for name in names {
-        let (o, n) = (old.get(name), new.get(name));
-        let old_eps = o.map(udp_endpoints).unwrap_or_default();
-        let new_eps = n.map(udp_endpoints).unwrap_or_default();
-        let lost = old_eps.difference(&new_eps).next().is_some();
-        let gained_first = o.is_some() && old_eps.is_empty() && !new_eps.is_empty();
-        if !(lost || gained_first || (everything && n.is_some())) {
-            continue;
-        }
-        let mut frontends: BTreeSet<FrontendMatch> = BTreeSet::new();
-        frontends.extend(o.map(udp_frontends).unwrap_or_default());
-        frontends.extend(n.map(udp_frontends).unwrap_or_default());
-        out.extend(frontends.into_iter().map(|frontend| StaleFlows { frontend, allowed: new_eps.clone() }));
-    }
-    out
 }
 
 /// Re-renders the Services that need it; returns the conntrack work.

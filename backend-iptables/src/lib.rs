@@ -43,7 +43,7 @@ pub mod trace;
 pub mod tree;
 
 pub use config::IptablesConfig;
-pub use dataplane::{IptablesDataplane, MODE, Settings, stale_udp};
+pub use dataplane::{IptablesDataplane, MODE, Settings};
 pub use error::Error;
 pub use exec::{Executor, SystemExecutor, Variant};
 pub use restore::{RestorePayload, Rule, Table, TableSection};

@@ -24,8 +24,9 @@
 //! endpoint no longer has the frontend as destination, so filter rules keyed
 //! on frontends only ever see traffic that was not forwarded.
 //!
-//! Backends never re-decide Service semantics: every choice here follows
-//! [`ServicePortPlan::route_for`] and [`ServicePortPlan::flow`].
+//! Backends never re-decide Service semantics: every choice here is a cell
+//! of the port's [`FlowTable`] (route by name, masquerade per class of
+//! source, source ranges, the hairpin set), rendered as it is.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,8 +36,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use proxy_core::{
-    Endpoint, FrontendKind, IpFamily, MasqueradeConfig, NodePortAddresses, Protocol, Route, ServiceName, ServicePlan,
-    ServicePortPlan,
+    ClassFlow, Endpoint, FlowTable, FrontendFlows, FrontendKind, IpFamily, MasqueradeConfig, NodePortAddresses,
+    Protocol, Route, RouteId, ServiceName, ServicePlan, ServicePortPlan,
 };
 
 use crate::names::{self, hashed};
@@ -343,22 +344,24 @@ impl PortCtx<'_> {
         r.dport(self.proto, port)
     }
 
-    /// The filter verdict for traffic to a frontend of `kind` that nat did not forward.
-    fn verdict(&self, kind: FrontendKind) -> Option<Verdict> {
-        let p = self.p;
-        let routes: Vec<&Route> = if kind == FrontendKind::ClusterIP {
-            vec![&p.internal]
-        } else if p.external_policy_local {
-            vec![&p.external, &p.external_from_cluster]
-        } else {
-            vec![&p.external]
-        };
+    /// The filter verdict for traffic to `f` that nat did not forward: the
+    /// routes its cells name, REJECT if one of them rejects, else DROP.
+    fn verdict(&self, table: &FlowTable, f: &FrontendFlows) -> Option<Verdict> {
+        let routes: Vec<&Route> = f.classes().iter().map(|(_, c)| table.route(c.route)).collect();
         if routes.iter().all(|r| is_forward(r)) {
             None
         } else if routes.iter().any(|r| matches!(r, Route::Reject)) {
             Some(Verdict::Reject)
         } else {
             Some(Verdict::Drop)
+        }
+    }
+
+    /// The chain of a forwarding route ([`RouteId::Cluster`]: SVC, [`RouteId::Local`]: SVL).
+    fn route_chain(&self, id: RouteId) -> String {
+        match id {
+            RouteId::Cluster => self.name("SVC"),
+            RouteId::Local => self.name("SVL"),
         }
     }
 
@@ -396,6 +399,9 @@ pub fn render_service(plan: &Arc<ServicePlan>, cfg: &RenderConfig) -> ServiceRul
 }
 
 fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) {
+    // The core's decisions for this port, rendered verbatim: which route and
+    // whether to masquerade per frontend and class of source, the hairpin set.
+    let table = p.flow_table(&cfg.masquerade);
     let svc = p.name.to_string();
     let ns = &*p.name.service.namespace;
     let name = &*p.name.service.name;
@@ -407,109 +413,142 @@ fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) 
         svc,
     };
     let proto = ctx.proto;
-    let local = p.external_policy_local;
-    let has_external = !p.external_ips.is_empty() || !p.load_balancer_ips.is_empty() || p.node_port.is_some();
-    let ext_forwards = is_forward(&p.external) || (local && is_forward(&p.external_from_cluster));
 
-    // Route chains for external frontends: the cluster-wide route (SVC) and,
-    // with externalTrafficPolicy Local, the local one (SVL) when it differs.
-    let mut route_chains: Vec<(&Route, String)> = Vec::new();
-    if has_external && ext_forwards {
-        if local {
-            if is_forward(&p.external_from_cluster) {
-                route_chains.push((&p.external_from_cluster, ctx.name("SVC")));
+    // Route chains (SVC for the cluster route, SVL for the local one): one per
+    // forwarding route an external frontend names. A ClusterIP jumps into
+    // the chain of its route when there is one, else carries its DNAT rules.
+    let mut route_chains: BTreeMap<RouteId, String> = BTreeMap::new();
+    for f in table.frontends.iter().filter(|f| f.frontend.kind.is_external() || f.single_route().is_none()) {
+        for (_, cell) in f.classes() {
+            if is_forward(table.route(cell.route)) {
+                route_chains.entry(cell.route).or_insert_with(|| ctx.route_chain(cell.route));
             }
-            if is_forward(&p.external) && p.external != p.external_from_cluster {
-                route_chains.push((&p.external, ctx.name("SVL")));
-            }
-        } else {
-            route_chains.push((&p.external, ctx.name("SVC")));
         }
     }
-    let chain_of = |r: &Route| route_chains.iter().find(|(route, _)| *route == r).map(|(_, n)| n.clone());
-    for (route, chain) in &route_chains {
-        let rules = ctx.selection(route.endpoints(), &|| Rule::new().protocol(proto));
-        let mut rules = rules;
+    for (id, chain) in &route_chains {
+        let mut rules = ctx.selection(table.route(*id).endpoints(), &|| Rule::new().protocol(proto));
         if let Some(first) = rules.first_mut() {
             // Name the Service on the chain's first rule, for people reading iptables-save.
             *first = with_comment(first, &escape_comment(&ctx.svc));
         }
         out.chains.push(OwnChain { table: Table::Nat, name: chain.clone(), hash: hash_rules(&rules), rules });
     }
+    let chain_of = |id: RouteId| route_chains.get(&id).cloned();
 
-    // Hairpin: a local endpoint reaching itself through the Service.
-    let mut local_ips = BTreeSet::new();
-    for r in [&p.internal, &p.external, &p.external_from_cluster] {
-        local_ips.extend(r.endpoints().iter().filter(|e| hairpin_candidate(e)).map(|e| e.ip()));
-    }
-    for ip in local_ips {
+    // Hairpin: an endpoint of the core's hairpin set reaching itself.
+    let hairpin: BTreeSet<IpAddr> = table.hairpin.iter().map(|a| a.ip()).collect();
+    for ip in hairpin {
         let rule = cfg.mark_masq(Rule::new().source(net(ip)).destination(net(ip))).render();
         out.entries[TreeId::Hairpin.index()].push(Entry::new(tree::ip_key(ip), vec![rule]));
     }
 
-    // ClusterIP.
-    if let Some(cip) = p.cluster_ip {
-        let comment = frontend_comment(&ctx.svc, FrontendKind::ClusterIP);
-        let key = tree::ip_key(cip);
-        if is_forward(&p.internal) {
-            let mut rules = Vec::new();
-            let base = || ctx.frontend_rule(cip, p.port, None);
-            let cidrs: Vec<&IpNet> = cfg.cluster_cidrs().collect();
-            if cfg.masquerade.all || (cfg.masquerade.detects_local() && cidrs.is_empty()) {
-                rules.push(cfg.mark_masq(base()).render());
-            } else if cfg.masquerade.detects_local() && cidrs.len() == 1 {
-                rules.push(cfg.mark_masq(base().not_source(cidrs[0])).render());
-            } else if cfg.masquerade.detects_local() {
-                rules.push(base().jump(names::NONPOD_MASQ).render());
-            }
-            match chain_of(&p.internal) {
-                Some(chain) => rules.push(base().jump(&chain).render()),
-                None => rules.extend(ctx.selection(p.internal.endpoints(), &base)),
-            }
-            rules[0] = with_comment(&rules[0], &comment);
-            out.entries[TreeId::NatServices.index()].push(Entry::new(key, rules));
-        }
-        if let Some(v) = ctx.verdict(FrontendKind::ClusterIP) {
-            let rule = ctx.verdict_rule(ctx.frontend_rule(cip, p.port, Some(&comment)), v);
-            out.entries[TreeId::FilterServices.index()].push(Entry::new(key, vec![rule]));
-        }
-    }
+    // External frontends with the same cells share one EXT chain (and one FW
+    // chain in front of it for source ranges). Every external kind follows
+    // externalTrafficPolicy, so there is one group in practice.
+    let mut groups: Vec<[(RouteId, bool); 3]> = Vec::new();
+    let mut group_of = |f: &FrontendFlows| -> usize {
+        let key = cells_key(f);
+        groups.iter().position(|g| *g == key).unwrap_or_else(|| {
+            groups.push(key);
+            groups.len() - 1
+        })
+    };
+    let numbered = |kind: &str, i: usize| if i == 0 { ctx.name(kind) } else { ctx.name(&format!("{kind}{i}")) };
+    let mut ext_made = BTreeSet::new();
+    let mut fw_made = BTreeSet::new();
+    let mut fwr_needed = false;
 
-    if !has_external {
-        return;
-    }
-    let ext_chain = ctx.name("EXT");
-    let fw_chain = ctx.name("FW");
-    let has_ranges = !p.source_ranges.is_empty() && !p.load_balancer_ips.is_empty();
-    if ext_forwards {
-        out.chains.push(ext_chain_rules(&ctx, &ext_chain, &chain_of));
-        if has_ranges {
+    for f in &table.frontends {
+        let kind = f.frontend.kind;
+        let comment = frontend_comment(&ctx.svc, kind);
+        let forwards = f.classes().iter().any(|(_, c)| is_forward(table.route(c.route)));
+        let verdict = ctx.verdict(&table, f);
+        if kind == FrontendKind::ClusterIP {
+            let Some(cip) = f.frontend.ip else { continue };
+            let key = tree::ip_key(cip);
+            if forwards {
+                let base = || ctx.frontend_rule(cip, p.port, None);
+                let mut rules = Vec::new();
+                match f.single_route() {
+                    Some(id) => {
+                        rules.extend(masquerade_rules(&ctx, f, &base, out));
+                        match chain_of(id) {
+                            Some(chain) => rules.push(base().jump(&chain).render()),
+                            None => rules.extend(ctx.selection(table.route(id).endpoints(), &base)),
+                        }
+                    }
+                    None => {
+                        // Classes of source reaching different routes (no
+                        // traffic policy does this to a ClusterIP today).
+                        let chain = ctx.name("CIP");
+                        let body = class_rules(&ctx, f, &chain_of);
+                        out.chains.push(OwnChain {
+                            table: Table::Nat,
+                            name: chain.clone(),
+                            hash: hash_rules(&body),
+                            rules: body,
+                        });
+                        rules.push(base().jump(&chain).render());
+                    }
+                }
+                rules[0] = with_comment(&rules[0], &comment);
+                out.entries[TreeId::NatServices.index()].push(Entry::new(key, rules));
+            }
+            if let Some(v) = verdict {
+                let rule = ctx.verdict_rule(ctx.frontend_rule(cip, p.port, Some(&comment)), v);
+                out.entries[TreeId::FilterServices.index()].push(Entry::new(key, vec![rule]));
+            }
+            continue;
+        }
+
+        let group = group_of(f);
+        let ext_chain = numbered("EXT", group);
+        if forwards && ext_made.insert(group) {
+            let mut rules = class_rules(&ctx, f, &chain_of);
+            rules[0] = with_comment(&rules[0], &escape_comment(&format!("{} external destinations", ctx.svc)));
+            out.chains.push(OwnChain { table: Table::Nat, name: ext_chain.clone(), hash: hash_rules(&rules), rules });
+        }
+        let ranged = f.classes().iter().any(|(_, c)| c.source_ranges) && !table.source_ranges.is_empty();
+        let fw_chain = numbered("FW", group);
+        if ranged && forwards && fw_made.insert(group) {
             let mut rules = Vec::new();
-            for range in &p.source_ranges {
+            for range in &table.source_ranges {
                 rules.push(Rule::new().source(range).jump(&ext_chain).render());
             }
-            rules.push(Rule::new().matcher("addrtype", "--src-type LOCAL").jump(&ext_chain).render());
+            // Classes the ranges do not filter (the node itself).
+            if !f.pod.source_ranges {
+                for cidr in cfg.cluster_cidrs() {
+                    rules.push(Rule::new().source(cidr).jump(&ext_chain).render());
+                }
+            }
+            if !f.node.source_ranges {
+                rules.push(Rule::new().matcher("addrtype", "--src-type LOCAL").jump(&ext_chain).render());
+            }
             rules[0] = with_comment(&rules[0], &escape_comment(&format!("{} loadbalancer source ranges", ctx.svc)));
             out.chains.push(OwnChain { table: Table::Nat, name: fw_chain.clone(), hash: hash_rules(&rules), rules });
         }
-    }
 
-    let address_frontends = p
-        .external_ips
-        .iter()
-        .map(|ip| (FrontendKind::ExternalIP, *ip))
-        .chain(p.load_balancer_ips.iter().map(|ip| (FrontendKind::LoadBalancer, *ip)));
-    let mut fwr_needed = false;
-    for (kind, ip) in address_frontends {
-        let comment = frontend_comment(&ctx.svc, kind);
+        if kind == FrontendKind::NodePort {
+            let np = f.frontend.port;
+            let key = tree::port_key(p.protocol, np);
+            if forwards {
+                let rule = ctx.nodeport_rule(np, Some(&comment)).jump(&ext_chain).render();
+                out.entries[TreeId::NatNodePorts.index()].push(Entry::new(key, vec![rule]));
+            }
+            if let Some(v) = verdict {
+                let rule = ctx.verdict_rule(ctx.nodeport_rule(np, Some(&comment)), v);
+                out.entries[TreeId::FilterNodePorts.index()].push(Entry::new(key, vec![rule]));
+            }
+            continue;
+        }
+
+        let Some(ip) = f.frontend.ip else { continue };
         let key = tree::ip_key(ip);
-        let ranged = kind == FrontendKind::LoadBalancer && has_ranges;
-        if ext_forwards {
+        if forwards {
             let target = if ranged { &fw_chain } else { &ext_chain };
             let rule = ctx.frontend_rule(ip, p.port, Some(&comment)).jump(target).render();
             out.entries[TreeId::NatServices.index()].push(Entry::new(key, vec![rule]));
         }
-        let verdict = ctx.verdict(kind);
         let filter_rule = if ranged {
             // Whatever nat did not DNAT is dropped, except allowed sources of
             // a Service without endpoints, which get the usual REJECT.
@@ -528,7 +567,7 @@ fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) 
     }
     if fwr_needed {
         let mut rules = Vec::new();
-        for range in &p.source_ranges {
+        for range in &table.source_ranges {
             rules.push(cfg.reject(Rule::new().source(range).protocol(proto), p.protocol).render());
         }
         rules
@@ -537,63 +576,106 @@ fn render_port(p: &ServicePortPlan, cfg: &RenderConfig, out: &mut ServiceRules) 
         rules[0] = with_comment(&rules[0], &escape_comment(&format!("{} loadbalancer source ranges", ctx.svc)));
         out.chains.push(OwnChain { table: Table::Filter, name: ctx.name("FWR"), hash: hash_rules(&rules), rules });
     }
-
-    if let Some(np) = p.node_port {
-        let comment = frontend_comment(&ctx.svc, FrontendKind::NodePort);
-        let key = tree::port_key(p.protocol, np);
-        if ext_forwards {
-            let rule = ctx.nodeport_rule(np, Some(&comment)).jump(&ext_chain).render();
-            out.entries[TreeId::NatNodePorts.index()].push(Entry::new(key, vec![rule]));
-        }
-        if let Some(v) = ctx.verdict(FrontendKind::NodePort) {
-            let rule = ctx.verdict_rule(ctx.nodeport_rule(np, Some(&comment)), v);
-            out.entries[TreeId::FilterNodePorts.index()].push(Entry::new(key, vec![rule]));
-        }
-    }
 }
 
-/// Endpoints that can be the source of hairpin traffic through this node:
-/// local ones, and ones without a node name (we cannot tell where they run).
-/// A pod on another node reaching a Service is DNATed by its own node.
-fn hairpin_candidate(e: &Endpoint) -> bool {
-    e.is_local || e.info.node_name.is_none()
+/// A frontend's cells without the source-range flag: what its EXT chain does.
+fn cells_key(f: &FrontendFlows) -> [(RouteId, bool); 3] {
+    [(f.pod.route, f.pod.masquerade), (f.node.route, f.node.masquerade), (f.external.route, f.external.masquerade)]
 }
 
-/// The EXT chain: masquerade per policy, then the route each class uses.
-fn ext_chain_rules(ctx: &PortCtx<'_>, name: &str, chain_of: &dyn Fn(&Route) -> Option<String>) -> OwnChain {
-    let p = ctx.p;
+/// How iptables tells the classes of source apart: a local source address
+/// is the node, a source in a cluster CIDR of this family a pod, anything
+/// else external (as `Snapshot::classify_source`). Pods are matched first:
+/// node addresses are never in the pod CIDRs.
+fn local_source() -> Rule {
+    Rule::new().matcher("addrtype", "--src-type LOCAL")
+}
+
+/// Rules that send each class of source of `f` to the chain of its route
+/// (RETURN when it does not forward: the filter verdict handles it),
+/// masquerading the classes whose cell says so.
+fn class_rules(ctx: &PortCtx<'_>, f: &FrontendFlows, chain_of: &dyn Fn(RouteId) -> Option<String>) -> Vec<String> {
     let cfg = ctx.cfg;
     let mut rules = Vec::new();
-    if p.external_policy_local {
-        // Pods (cluster CIDR) and the node itself reach every endpoint,
-        // source preserved for pods, masqueraded for the node.
-        let cluster = chain_of(&p.external_from_cluster);
-        if cfg.masquerade.detects_local() {
-            for cidr in cfg.cluster_cidrs() {
-                let r = Rule::new().source(cidr);
-                rules.push(match &cluster {
-                    Some(c) => r.jump(c).render(),
-                    None => r.jump("RETURN").render(),
-                });
-            }
+    let set = f.masquerade_set();
+    if let Some(id) = f.single_route()
+        && (set.all() || set.none())
+    {
+        if set.all() {
+            rules.push(cfg.mark_masq(Rule::new()).render());
         }
-        let local_src = || Rule::new().matcher("addrtype", "--src-type LOCAL");
-        rules.push(cfg.mark_masq(local_src()).render());
-        rules.push(match &cluster {
-            Some(c) => local_src().jump(c).render(),
-            None => local_src().jump("RETURN").render(),
-        });
-        if let Some(c) = chain_of(&p.external) {
+        if let Some(c) = chain_of(id) {
             rules.push(Rule::new().jump(&c).render());
         }
-    } else {
-        rules.push(cfg.mark_masq(Rule::new()).render());
-        if let Some(c) = chain_of(&p.external) {
-            rules.push(Rule::new().jump(&c).render());
+        if rules.is_empty() {
+            rules.push(Rule::new().jump("RETURN").render());
         }
+        return rules;
     }
-    rules[0] = with_comment(&rules[0], &escape_comment(&format!("{} external destinations", ctx.svc)));
-    OwnChain { table: Table::Nat, name: name.to_string(), hash: hash_rules(&rules), rules }
+    let target = |c: &ClassFlow| chain_of(c.route).unwrap_or_else(|| "RETURN".to_string());
+    for cidr in cfg.cluster_cidrs() {
+        if f.pod.masquerade {
+            rules.push(cfg.mark_masq(Rule::new().source(cidr)).render());
+        }
+        rules.push(Rule::new().source(cidr).jump(&target(&f.pod)).render());
+    }
+    if f.node.masquerade {
+        rules.push(cfg.mark_masq(local_source()).render());
+    }
+    rules.push(local_source().jump(&target(&f.node)).render());
+    if f.external.masquerade {
+        rules.push(cfg.mark_masq(Rule::new()).render());
+    }
+    if let Some(c) = chain_of(f.external.route) {
+        rules.push(Rule::new().jump(&c).render());
+    }
+    rules
+}
+
+/// The masquerade rules of a ClusterIP entry whose classes share one route:
+/// everything (`--masquerade-all`), nothing, or every class but pods
+/// (local-traffic detection) in kube-proxy's shape; any other set through a
+/// chain of this port that marks class by class.
+fn masquerade_rules(
+    ctx: &PortCtx<'_>,
+    f: &FrontendFlows,
+    base: &dyn Fn() -> Rule,
+    out: &mut ServiceRules,
+) -> Vec<String> {
+    let cfg = ctx.cfg;
+    let set = f.masquerade_set();
+    if set.all() {
+        return vec![cfg.mark_masq(base()).render()];
+    }
+    if set.none() {
+        return Vec::new();
+    }
+    let cidrs: Vec<&IpNet> = cfg.cluster_cidrs().collect();
+    if !set.pod && set.node && set.external {
+        return match cidrs.as_slice() {
+            // No pod CIDR of this family: no source is a pod.
+            [] => vec![cfg.mark_masq(base()).render()],
+            [one] => vec![cfg.mark_masq(base().not_source(one)).render()],
+            _ => vec![base().jump(names::NONPOD_MASQ).render()],
+        };
+    }
+    let chain = ctx.name("MSQ");
+    let mut rules = Vec::new();
+    for cidr in &cidrs {
+        if set.pod {
+            rules.push(cfg.mark_masq(Rule::new().source(cidr)).render());
+        }
+        rules.push(Rule::new().source(cidr).jump("RETURN").render());
+    }
+    if set.node {
+        rules.push(cfg.mark_masq(local_source()).render());
+    }
+    rules.push(local_source().jump("RETURN").render());
+    if set.external {
+        rules.push(cfg.mark_masq(Rule::new()).render());
+    }
+    out.chains.push(OwnChain { table: Table::Nat, name: chain.clone(), hash: hash_rules(&rules), rules });
+    vec![base().jump(&chain).render()]
 }
 
 /// Inserts an (escaped) comment into rendered rule text, at the place

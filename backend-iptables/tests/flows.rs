@@ -40,10 +40,11 @@ fn sources(family: IpFamily, p: &ServicePortPlan) -> Vec<Source> {
             s("2001:db8::9", false),
         ],
     };
-    // Hairpin: each local endpoint reaching its own Service.
+    // Hairpin: each endpoint reaching its own Service (whether it is
+    // masqueraded is the core's hairpin set, checked by `masquerades_to`).
     let mut local = BTreeSet::new();
-    for r in [&p.internal, &p.external, &p.external_from_cluster] {
-        local.extend(r.endpoints().iter().filter(|e| e.is_local).map(|e| e.ip()));
+    for (_, r) in p.routes() {
+        local.extend(r.endpoints().iter().map(|e| e.ip()));
     }
     out.extend(local.into_iter().map(|ip| Source { ip, from_node: false }));
     out

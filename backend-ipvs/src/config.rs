@@ -25,6 +25,11 @@ pub struct IpvsConfig {
     /// port in this range are ours (IPVS has no place for an owner tag).
     #[serde(deserialize_with = "port_range")]
     pub node_port_range: (u16, u16),
+    /// `masqueradeBit` (kube-proxy's `iptables.masqueradeBit`, default 14):
+    /// the fwmark bit the helper rules set for traffic to masquerade.
+    pub masquerade_bit: u8,
+    /// `iptablesVariant`: auto (detect as backend-iptables does), nft or legacy.
+    pub iptables_variant: backend_iptables::config::VariantChoice,
 }
 
 impl Default for IpvsConfig {
@@ -36,6 +41,8 @@ impl Default for IpvsConfig {
             udp_timeout: 0,
             graceful_termination_seconds: 15,
             node_port_range: (30000, 32767),
+            masquerade_bit: 14,
+            iptables_variant: backend_iptables::config::VariantChoice::Auto,
         }
     }
 }
@@ -62,6 +69,9 @@ impl IpvsConfig {
         let mut problems = Vec::new();
         if !SCHEDULERS.contains(&config.scheduler.as_str()) || config.scheduler.len() >= SCHED_NAME_MAX {
             problems.push(format!("ipvs.scheduler: {:?} is not one of {}", config.scheduler, SCHEDULERS.join(", ")));
+        }
+        if config.masquerade_bit > 31 {
+            problems.push(format!("ipvs.masqueradeBit: {} is not in 0..=31", config.masquerade_bit));
         }
         if problems.is_empty() { Ok(config) } else { Err(problems) }
     }

@@ -97,6 +97,8 @@ struct State {
     node_addresses: Vec<IpAddr>,
     /// Whether rules and sysctls were written by this process.
     setup_done: bool,
+    /// How the helper rules are written, decided at the first full sync.
+    writer: Option<rules::RuleWriter>,
 }
 
 /// The IPVS dataplane.
@@ -202,6 +204,7 @@ impl IpvsDataplane {
             node_addresses: &node_addresses,
             nodeport_addresses: &self.nodeport_addresses,
             primary_ips: &self.primary_ips,
+            masquerade: request.snapshot.masquerade(),
         };
         let (desired, change, previous) = match previous {
             Some(mut desired) if !full => {
@@ -240,7 +243,21 @@ impl IpvsDataplane {
                 let have = rules::read_all_sets(&self.netns_here())?;
                 let want = desired.sets();
                 rules::apply_sets(&self.netns_here(), &rules::reconcile_sets_script(&have, &want, &families))?;
-                let rules_repair = rules::reconcile_rules(&self.netns_here(), &families, &self.masquerade)?;
+                let writer = match state.writer {
+                    Some(w) => w,
+                    None => {
+                        let here = self.netns_here();
+                        let variant = match self.config.iptables_variant.fixed() {
+                            Some(v) => v,
+                            None => backend_iptables::supported::detect(&here, &families)
+                                .map_err(rules::RulesError::from)?,
+                        };
+                        let w = rules::RuleWriter { variant, mark: 1u32 << self.config.masquerade_bit.min(31) };
+                        state.writer = Some(w);
+                        w
+                    }
+                };
+                let rules_repair = rules::reconcile_rules(&self.netns_here(), &families, &self.masquerade, &writer)?;
                 if let Some(previous) = previous.as_ref().filter(|_| known) {
                     let before = previous.vips();
                     // Ours that someone deleted (alone or with switchyard0),

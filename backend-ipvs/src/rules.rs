@@ -14,10 +14,12 @@
 //! configuration; Services change set members. Partial syncs therefore touch
 //! only sets (`add`/`del`), full syncs rebuild each set and swap it in.
 //!
-//! backend-iptables' rule writer is not used (yet): these few static rules
-//! are spelled out here, in the form `iptables-save` prints them, so that a
-//! full sync compares them with the kernel's (backend-iptables' parser and
-//! rule comparison) and rewrites them only when someone changed them.
+//! The few static rules are spelled out here, in the form `iptables-save`
+//! prints them, so that a full sync compares them with the kernel's
+//! (backend-iptables' parser and rule comparison) and rewrites them only
+//! when someone changed them. They are read and written through
+//! backend-iptables' rule writer ([`RuleWriter`]: its executor, the nft or
+//! legacy implementation it detects, the configured masquerade mark).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -26,6 +28,7 @@ use std::net::IpAddr;
 use std::process::Stdio;
 
 use backend_iptables::drift::{differing_rules, same_rule};
+use backend_iptables::exec::{Executor, SystemExecutor, Tool, Variant};
 use backend_iptables::parse::Ruleset;
 use backend_iptables::render::{ChainBody, DesiredChain};
 use backend_iptables::restore::Table;
@@ -33,7 +36,33 @@ use ipnet::IpNet;
 use proxy_core::{IpFamily, MasqueradeConfig, NetNamespace, Protocol};
 
 /// The masquerade mark bit (kube-proxy's default `--iptables-masquerade-bit` 14).
-pub const MASQ_MARK: &str = "0x4000/0x4000";
+/// How the helper rules reach the kernel: through backend-iptables' rule
+/// writer (its `Executor` for restore and save, its binaries for the
+/// implementation it detected: nft or legacy) with the configured mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleWriter {
+    pub variant: Variant,
+    /// `1 << masqueradeBit`.
+    pub mark: u32,
+}
+
+impl RuleWriter {
+    /// `0x4000/0x4000` for bit 14.
+    fn mark(&self) -> String {
+        format!("{:#x}/{:#x}", self.mark, self.mark)
+    }
+
+    fn iptables(&self, family: IpFamily) -> String {
+        self.variant.binary(family, Tool::Iptables)
+    }
+
+    fn executor(&self, netns: &NetNamespace) -> SystemExecutor {
+        SystemExecutor { netns: netns.clone(), variant: self.variant }
+    }
+}
+
+/// Sets earlier versions made and this one does not (cleanup removes them).
+const LEGACY_SETS: [&str; 1] = ["SWITCHYARD-LOCAL-POLICY"];
 
 /// The IP sets we own; the names carry our prefix and the family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,8 +73,12 @@ pub enum SetKind {
     ExternalIp,
     LoadBalancer,
     NodePort,
-    /// External frontends with externalTrafficPolicy Local (no masquerade for non-node sources).
-    LocalPolicy,
+    /// Frontends whose flow table masquerades every class of source.
+    MasqAll,
+    /// Frontends whose flow table masquerades every class but pods.
+    MasqNotPod,
+    /// Frontends whose flow table masquerades only the node's own traffic.
+    MasqNode,
     /// Frontends whose verdict is Drop.
     Drop,
     /// Load-balancer frontends with loadBalancerSourceRanges.
@@ -57,13 +90,15 @@ pub enum SetKind {
 }
 
 impl SetKind {
-    pub const ALL: [SetKind; 10] = [
+    pub const ALL: [SetKind; 12] = [
         SetKind::Vips,
         SetKind::ClusterIp,
         SetKind::ExternalIp,
         SetKind::LoadBalancer,
         SetKind::NodePort,
-        SetKind::LocalPolicy,
+        SetKind::MasqAll,
+        SetKind::MasqNotPod,
+        SetKind::MasqNode,
         SetKind::Drop,
         SetKind::LbFirewall,
         SetKind::LbSource,
@@ -77,7 +112,9 @@ impl SetKind {
             SetKind::ExternalIp => "SWITCHYARD-EXTERNAL-IP",
             SetKind::LoadBalancer => "SWITCHYARD-LB-IP",
             SetKind::NodePort => "SWITCHYARD-NODE-PORT",
-            SetKind::LocalPolicy => "SWITCHYARD-LOCAL-POLICY",
+            SetKind::MasqAll => "SWITCHYARD-MASQ-ALL",
+            SetKind::MasqNotPod => "SWITCHYARD-MASQ-NOT-POD",
+            SetKind::MasqNode => "SWITCHYARD-MASQ-NODE",
             SetKind::Drop => "SWITCHYARD-DROP",
             SetKind::LbFirewall => "SWITCHYARD-LB-FW",
             SetKind::LbSource => "SWITCHYARD-LB-SRC",
@@ -142,6 +179,9 @@ pub enum RulesError {
     },
     #[error("{command} failed ({status}): {stderr}")]
     Failed { command: String, status: String, stderr: String },
+    /// backend-iptables' rule writer failed (its error names the program).
+    #[error("writing the helper rules")]
+    Iptables(#[from] backend_iptables::Error),
 }
 
 /// Runs a program with `input` on stdin inside `netns`.
@@ -302,13 +342,6 @@ pub fn apply_sets(netns: &NetNamespace, script: &str) -> Result<(), RulesError> 
     run(netns, "ipset", &["restore", "-exist"], script).map(drop)
 }
 
-fn iptables(family: IpFamily) -> &'static str {
-    match family {
-        IpFamily::V4 => "iptables",
-        IpFamily::V6 => "ip6tables",
-    }
-}
-
 /// Our chains and the jumps into them from the built-in chains.
 const NAT_CHAINS: [&str; 4] =
     ["SWITCHYARD-IPVS-SERVICES", "SWITCHYARD-IPVS-CLUSTER", "SWITCHYARD-IPVS-MARK-MASQ", "SWITCHYARD-IPVS-POSTROUTING"];
@@ -322,52 +355,43 @@ const JUMPS: [(&str, &str, &str); 4] = [
 
 /// The `iptables-restore --noflush` input for one family: our chains, fully
 /// rewritten (declaring a chain in a restore flushes it).
-pub fn rules_script(family: IpFamily, masq: &MasqueradeConfig) -> String {
+pub fn rules_script(family: IpFamily, masq: &MasqueradeConfig, w: &RuleWriter) -> String {
+    let mark = w.mark();
     let set = |k: SetKind| k.name(family);
     let mut s = String::from("*nat\n");
     for c in NAT_CHAINS {
         let _ = writeln!(s, ":{c} - [0:0]");
     }
     let c = "-m comment --comment";
-    // ClusterIP: masquerade everything (--masquerade-all) or sources outside the cluster CIDRs.
-    let cidrs: Vec<&IpNet> = masq
+    // Masquerade as each frontend's flow table says: the frontend is in the
+    // set of its cells' masquerade shape (reconcile::add_port_plan).
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-SERVICES {c} \"masquerade every source\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-MARK-MASQ",
+        set(SetKind::MasqAll)
+    );
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-SERVICES {c} \"masquerade all but pods\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-CLUSTER",
+        set(SetKind::MasqNotPod)
+    );
+    let _ = writeln!(
+        s,
+        "-A SWITCHYARD-IPVS-SERVICES {c} \"masquerade the node\" -m set --match-set {} dst,dst -m addrtype --src-type LOCAL -j SWITCHYARD-IPVS-MARK-MASQ",
+        set(SetKind::MasqNode)
+    );
+    // Pods are the sources in a cluster CIDR of this family (Snapshot::classify_source).
+    for cidr in masq
         .cluster_cidrs
         .iter()
         .filter(|n| matches!((n, family), (IpNet::V4(_), IpFamily::V4) | (IpNet::V6(_), IpFamily::V6)))
-        .collect();
-    if masq.all {
-        let _ = writeln!(
-            s,
-            "-A SWITCHYARD-IPVS-SERVICES {c} \"ClusterIP, masquerade-all\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-MARK-MASQ",
-            set(SetKind::ClusterIp)
-        );
-    } else if !cidrs.is_empty() {
-        let _ = writeln!(
-            s,
-            "-A SWITCHYARD-IPVS-SERVICES {c} \"ClusterIP\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-CLUSTER",
-            set(SetKind::ClusterIp)
-        );
-        for cidr in cidrs {
-            // Generic options first, as iptables-save prints them: full syncs
-            // compare the kernel's text with this one.
-            let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER -s {cidr} {c} \"pod source\" -j RETURN");
-        }
-        let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER {c} \"not a pod: masquerade\" -j SWITCHYARD-IPVS-MARK-MASQ");
+    {
+        // Generic options first, as iptables-save prints them: full syncs
+        // compare the kernel's text with this one.
+        let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER -s {cidr} {c} \"pod source\" -j RETURN");
     }
-    // External frontends: Local policy keeps non-node sources; otherwise masquerade.
-    let _ = writeln!(
-        s,
-        "-A SWITCHYARD-IPVS-SERVICES {c} \"externalTrafficPolicy Local\" -m set --match-set {} dst,dst -m addrtype ! --src-type LOCAL -j RETURN",
-        set(SetKind::LocalPolicy)
-    );
-    for k in [SetKind::ExternalIp, SetKind::LoadBalancer, SetKind::NodePort] {
-        let _ = writeln!(
-            s,
-            "-A SWITCHYARD-IPVS-SERVICES {c} \"external frontend\" -m set --match-set {} dst,dst -j SWITCHYARD-IPVS-MARK-MASQ",
-            set(k)
-        );
-    }
-    let _ = writeln!(s, "-A SWITCHYARD-IPVS-MARK-MASQ -j MARK --set-xmark {MASQ_MARK}");
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-CLUSTER {c} \"not a pod: masquerade\" -j SWITCHYARD-IPVS-MARK-MASQ");
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-MARK-MASQ -j MARK --set-xmark {mark}");
     let _ = writeln!(
         s,
         "-A SWITCHYARD-IPVS-POSTROUTING {c} \"hairpin\" -m set --match-set {} dst,dst,src -j MASQUERADE",
@@ -378,8 +402,8 @@ pub fn rules_script(family: IpFamily, masq: &MasqueradeConfig) -> String {
         "-A SWITCHYARD-IPVS-POSTROUTING {c} \"node traffic with a VIP source\" -m set --match-set {} src -j MASQUERADE",
         set(SetKind::Vips)
     );
-    let _ = writeln!(s, "-A SWITCHYARD-IPVS-POSTROUTING -m mark ! --mark {MASQ_MARK} -j RETURN");
-    let _ = writeln!(s, "-A SWITCHYARD-IPVS-POSTROUTING -j MARK --set-xmark 0x0/0x4000");
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-POSTROUTING -m mark ! --mark {mark} -j RETURN");
+    let _ = writeln!(s, "-A SWITCHYARD-IPVS-POSTROUTING -j MARK --set-xmark 0x0/{:#x}", w.mark);
     let _ = writeln!(s, "-A SWITCHYARD-IPVS-POSTROUTING {c} \"masquerade per plan\" -j MASQUERADE");
     s.push_str("COMMIT\n*filter\n");
     for c in FILTER_CHAINS {
@@ -417,13 +441,14 @@ fn hook_rule(target: &str) -> String {
 }
 
 /// `iptables-save -t nat` and `-t filter` of one family.
-fn read_tables(netns: &NetNamespace, family: IpFamily) -> Result<Ruleset, RulesError> {
-    let save = format!("{}-save", iptables(family));
+fn read_tables(netns: &NetNamespace, family: IpFamily, w: &RuleWriter) -> Result<Ruleset, RulesError> {
+    let save = w.variant.binary(family, Tool::Save);
+    let exec = w.executor(netns);
     let mut rs = Ruleset::default();
-    for table in ["nat", "filter"] {
-        let out = run(netns, &save, &["-t", table], "")?;
+    for table in [Table::Nat, Table::Filter] {
+        let out = exec.save(family, table)?;
         let parsed = Ruleset::parse_save(&out).map_err(|e| RulesError::Failed {
-            command: format!("{save} -t {table}"),
+            command: format!("{save} -t {}", table.as_str()),
             status: "unreadable output".into(),
             stderr: e.to_string(),
         })?;
@@ -441,16 +466,17 @@ pub fn reconcile_rules(
     netns: &NetNamespace,
     families: &[IpFamily],
     masq: &MasqueradeConfig,
+    w: &RuleWriter,
 ) -> Result<RulesRepair, RulesError> {
     let mut repair = RulesRepair::default();
     for family in families {
-        let script = rules_script(*family, masq);
+        let script = rules_script(*family, masq, w);
         let want = Ruleset::parse_save(&script).map_err(|e| RulesError::Failed {
             command: "rules_script".into(),
             status: "unreadable".into(),
             stderr: e.to_string(),
         })?;
-        let have = read_tables(netns, *family)?;
+        let have = read_tables(netns, *family, w)?;
         let mut rewrite = false;
         for (table, t) in &want.tables {
             for (name, chain) in &t.chains {
@@ -474,8 +500,7 @@ pub fn reconcile_rules(
             }
         }
         if rewrite {
-            let restore = format!("{}-restore", iptables(*family));
-            run(netns, &restore, &["--noflush", "-w"], &script)?;
+            w.executor(netns).restore(*family, &script)?;
         }
         for (table, chain, target) in JUMPS {
             let hook = hook_rule(target);
@@ -485,7 +510,7 @@ pub fn reconcile_rules(
             if !present {
                 let mut insert = vec!["-w", "-t", table, "-I", chain, "1"];
                 insert.extend(["-m", "comment", "--comment", "switchyard ipvs", "-j", target]);
-                run(netns, iptables(*family), &insert, "")?;
+                run(netns, &w.iptables(*family), &insert, "")?;
                 repair.jumps += 1;
             }
         }
@@ -497,33 +522,44 @@ pub fn reconcile_rules(
 /// Absent objects are fine.
 pub fn cleanup(netns: &NetNamespace, families: &[IpFamily]) -> Result<(), RulesError> {
     for family in families {
-        let ipt = iptables(*family);
-        for (table, chain, target) in JUMPS {
-            let rule = ["-m", "comment", "--comment", "switchyard ipvs", "-j", target];
-            loop {
-                let mut del = vec!["-w", "-t", table, "-D", chain];
-                del.extend(rule);
-                if run(netns, ipt, &del, "").is_err() {
-                    break;
-                }
-            }
+        // From a fresh process: remove our rules from whichever implementation
+        // holds them (one that is not installed just fails, and is skipped).
+        for variant in [Variant::Nft, Variant::Legacy, Variant::Plain] {
+            cleanup_rules(netns, &variant.binary(*family, Tool::Iptables));
         }
-        for (table, chains) in [("nat", &NAT_CHAINS[..]), ("filter", &FILTER_CHAINS[..])] {
-            for c in chains {
-                let _ = run(netns, ipt, &["-w", "-t", table, "-F", c], "");
-            }
-            for c in chains {
-                let _ = run(netns, ipt, &["-w", "-t", table, "-X", c], "");
-            }
-        }
-        for kind in SetKind::ALL {
-            let name = kind.name(*family);
+        let legacy = LEGACY_SETS.iter().map(|base| match family {
+            IpFamily::V4 => base.to_string(),
+            IpFamily::V6 => format!("{base}6"),
+        });
+        for name in SetKind::ALL.iter().map(|kind| kind.name(*family)).chain(legacy) {
             if run(netns, "ipset", &["list", "-n", &name], "").is_ok() {
                 run(netns, "ipset", &["destroy", &name], "")?;
             }
         }
     }
     Ok(())
+}
+
+/// Our jumps and chains, with one iptables binary; absent ones are fine.
+fn cleanup_rules(netns: &NetNamespace, ipt: &str) {
+    for (table, chain, target) in JUMPS {
+        let rule = ["-m", "comment", "--comment", "switchyard ipvs", "-j", target];
+        loop {
+            let mut del = vec!["-w", "-t", table, "-D", chain];
+            del.extend(rule);
+            if run(netns, ipt, &del, "").is_err() {
+                break;
+            }
+        }
+    }
+    for (table, chains) in [("nat", &NAT_CHAINS[..]), ("filter", &FILTER_CHAINS[..])] {
+        for c in chains {
+            let _ = run(netns, ipt, &["-w", "-t", table, "-F", c], "");
+        }
+        for c in chains {
+            let _ = run(netns, ipt, &["-w", "-t", table, "-X", c], "");
+        }
+    }
 }
 
 /// `ipset list NAME`: the members of one of our sets, for `inspect()`.
@@ -607,18 +643,34 @@ mod tests {
         assert!(!script.contains("add SWITCHYARD-CLUSTER-IP"));
     }
 
+    const W: RuleWriter = RuleWriter { variant: Variant::Nft, mark: 0x4000 };
+
+    /// The configured mark is the one the rules set and test, not 0x4000.
     #[test]
-    fn rules_follow_masquerade_config() {
-        let none = rules_script(IpFamily::V4, &MasqueradeConfig::default());
-        assert!(!none.contains("SWITCHYARD-CLUSTER-IP dst,dst"));
-        let all = rules_script(IpFamily::V4, &MasqueradeConfig { all: true, cluster_cidrs: vec![] });
-        assert!(all.contains("masquerade-all"));
+    fn rules_use_the_configured_mark() {
+        let w = RuleWriter { variant: Variant::Legacy, mark: 1 << 3 };
+        let s = rules_script(IpFamily::V4, &MasqueradeConfig::default(), &w);
+        assert!(s.contains("-j MARK --set-xmark 0x8/0x8") && s.contains("! --mark 0x8/0x8"), "{s}");
+        assert!(s.contains("--set-xmark 0x0/0x8") && !s.contains("0x4000"), "{s}");
+        assert_eq!(w.iptables(IpFamily::V6), "ip6tables-legacy");
+    }
+
+    /// The rules match the three masquerade sets; which frontend is in
+    /// which is the flow table's decision. Pods are the family's CIDRs.
+    #[test]
+    fn rules_match_the_masquerade_sets() {
         let cidr = MasqueradeConfig {
             all: false,
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()],
         };
-        let v4 = rules_script(IpFamily::V4, &cidr);
+        let v4 = rules_script(IpFamily::V4, &cidr, &W);
+        for set in ["SWITCHYARD-MASQ-ALL dst,dst", "SWITCHYARD-MASQ-NOT-POD dst,dst", "SWITCHYARD-MASQ-NODE dst,dst"] {
+            assert!(v4.contains(set), "{set} in {v4}");
+        }
         assert!(v4.contains("-s 10.244.0.0/16 -m comment") && !v4.contains("fd00::/64"));
-        assert!(rules_script(IpFamily::V6, &cidr).contains("SWITCHYARD-CLUSTER-IP6"));
+        assert!(rules_script(IpFamily::V6, &cidr, &W).contains("SWITCHYARD-MASQ-ALL6"));
+        // No pod CIDR: "all but pods" is everyone.
+        let none = rules_script(IpFamily::V4, &MasqueradeConfig::default(), &W);
+        assert!(!none.contains("pod source"));
     }
 }

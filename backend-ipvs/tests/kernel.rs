@@ -372,17 +372,19 @@ fn helper_rules_and_sets_are_compared_and_repaired() {
         (1..=3).map(|i| Member::ip_port(format!("10.96.0.{i}").parse().unwrap(), Protocol::Tcp, 80)).collect();
     want.insert((SetKind::ClusterIp, IpFamily::V4), members.clone());
     rules::apply_sets(&here, &rules::reconcile_sets_script(&Sets::new(), &want, &families)).unwrap();
-    let first = rules::reconcile_rules(&here, &families, &masq).unwrap();
+    // The plain binaries: what `ns.exec("iptables…")` below reads and changes.
+    let writer = rules::RuleWriter { variant: backend_iptables::exec::Variant::Plain, mark: 0x4000 };
+    let first = rules::reconcile_rules(&here, &families, &masq, &writer).unwrap();
     assert_eq!((first.chains, first.jumps), (10, 8), "a first sync writes everything: {first:?}");
     let written = ns.exec("iptables-save");
     // Nothing changed: nothing differs, nothing is written.
-    assert_eq!(rules::reconcile_rules(&here, &families, &masq).unwrap(), RulesRepair::default());
+    assert_eq!(rules::reconcile_rules(&here, &families, &masq, &writer).unwrap(), RulesRepair::default());
 
     // Someone flushes a helper chain and deletes our jump from nat PREROUTING.
     let postrouting = written.lines().filter(|l| l.starts_with("-A SWITCHYARD-IPVS-POSTROUTING ")).count();
     ns.exec("iptables -t nat -F SWITCHYARD-IPVS-POSTROUTING");
     ns.exec("iptables -t nat -D PREROUTING -m comment --comment 'switchyard ipvs' -j SWITCHYARD-IPVS-SERVICES");
-    let repair = rules::reconcile_rules(&here, &families, &masq).unwrap();
+    let repair = rules::reconcile_rules(&here, &families, &masq, &writer).unwrap();
     assert_eq!(repair, RulesRepair { chains: 0, rules: postrouting, jumps: 1 });
     assert_eq!(table_lines(&ns.exec("iptables-save"), "nat"), table_lines(&written, "nat"));
 

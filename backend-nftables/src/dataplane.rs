@@ -218,22 +218,30 @@ impl NftablesDataplane {
     /// events in the backend's namespace, which rewrites our table as soon
     /// as someone else changes it (instead of at the next periodic sync).
     /// It ends when the dataplane is dropped.
+    /// Returns once the monitor is subscribed (or has failed, which it
+    /// logs): a change made after this call is seen.
     pub fn watch(&self) {
         let weak = Arc::downgrade(&self.inner);
         let netns = self.inner.settings.netns.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new().name("nft-monitor".into()).spawn(move || {
+            let subscribed = || {
+                let _ = tx.send(());
+            };
             let alive = || weak.strong_count() > 0;
             let on_change = |change: crate::monitor::Change| {
                 if let Some(inner) = weak.upgrade() {
                     inner.repair(&change);
                 }
             };
-            if let Err(e) = crate::monitor::run(&netns, &alive, &on_change) {
+            if let Err(e) = crate::monitor::run(&netns, &subscribed, &alive, &on_change) {
                 warn!(error = %e, "nf_tables event monitor stopped; changes by others are repaired at the next periodic sync");
             }
         });
-        if let Err(e) = spawned {
-            warn!(error = %e, "nf_tables event monitor not started");
+        match spawned {
+            // Either the subscription or the thread's end (the sender dropped).
+            Ok(_) => drop(rx.recv()),
+            Err(e) => warn!(error = %e, "nf_tables event monitor not started"),
         }
     }
 
@@ -355,7 +363,7 @@ impl Inner {
                 if unchanged && !rewrite {
                     continue;
                 }
-                work.extend(backend_iptables::stale_udp(family, old.map(|o| &*o.plan), new.map(|p| &**p), everything));
+                work.extend(proxy_core::stale::stale_udp(family, old.map(|o| &*o.plan), new.map(|p| &**p), everything));
                 // Remember what the touched keys and chains looked like
                 // (a rewrite writes everything and needs no record).
                 if let Some(o) = old.filter(|_| !rewrite) {

@@ -1,16 +1,15 @@
 //! Every plan-to-kernel decision of this backend, in one place.
 //!
-//! The backend programs, per frontend and class of source, what
-//! [`ServicePortPlan::flow_for_class`] answers (route and masquerade), plus
-//! the few plan facts the packet path needs besides (source ranges,
-//! affinity, hairpin sources). Nothing else in the crate reads a
-//! `ServicePortPlan`: when proxy-core's precomputed flow table lands, this
-//! module is what changes.
+//! The backend programs proxy-core's flow table verbatim: per frontend and
+//! class of source, the named route and masquerade; which frontends filter
+//! by source range; the hairpin set. Nothing else in the crate reads a
+//! `ServicePortPlan`.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use proxy_core::{Endpoint, Frontend, FrontendKind, MasqueradeConfig, Route, ServicePortPlan, SourceClass};
+use proxy_core::flows::RouteId;
+use proxy_core::{Endpoint, Frontend, MasqueradeConfig, Route, ServicePortPlan, SourceClass};
 
 /// The classes of source the packet path tells apart (see `render::classify`).
 pub const CLASSES: [SourceClass; 3] = [SourceClass::Pod, SourceClass::Node, SourceClass::External];
@@ -47,11 +46,15 @@ pub struct PortDecision {
     pub hairpin: Vec<IpAddr>,
 }
 
-/// Decides everything for one port plan.
+/// Decides everything for one port plan: proxy-core's flow table
+/// ([`ServicePortPlan::flow_table`]) in the shape this backend programs.
+/// Routes, masquerade, which frontends filter by source range and the
+/// hairpin set are the table's; this only numbers the distinct endpoint lists.
 pub fn decide(p: &ServicePortPlan, masq: &MasqueradeConfig) -> PortDecision {
+    let table = p.flow_table(masq);
     let mut routes: Vec<Vec<Endpoint>> = Vec::new();
-    let mut route_index = |r: &Route| -> Action {
-        match r {
+    let mut action = |id: RouteId| -> Action {
+        match table.route(id) {
             Route::Forward(eps) => {
                 let eps: Vec<Endpoint> = eps.to_vec();
                 let i = routes.iter().position(|x| *x == eps).unwrap_or_else(|| {
@@ -65,24 +68,18 @@ pub fn decide(p: &ServicePortPlan, masq: &MasqueradeConfig) -> PortDecision {
         }
     };
     let mut frontends = Vec::new();
-    for f in p.frontends() {
+    for f in &table.frontends {
         let per_class = CLASSES.map(|class| {
-            let flow = p.flow_for_class(f.kind, class, masq);
-            (route_index(&flow.route), flow.masquerade)
+            let flow = f.class(class);
+            (action(flow.route), flow.masquerade)
         });
-        // `ServicePortPlan::source_allowed`: only load-balancer IPs are
-        // filtered, by the Service's ranges, and never the node itself
-        // (render applies the filter only to traffic that is not the node's).
-        let source_ranges =
-            (f.kind == FrontendKind::LoadBalancer && !p.source_ranges.is_empty()).then(|| p.source_ranges.clone());
-        frontends.push(FrontendDecision { frontend: f, per_class, source_ranges });
+        // The render never filters the node's own traffic, which the table
+        // never marks either.
+        let filtered = f.classes().iter().any(|(_, c)| c.source_ranges);
+        let source_ranges = filtered.then(|| table.source_ranges.clone());
+        frontends.push(FrontendDecision { frontend: f.frontend, per_class, source_ranges });
     }
-    // Hairpin (`Flow::masquerades_to`): an endpoint reaching itself. Only
-    // endpoints that can send through this node: local ones, and ones
-    // without a node name (we cannot tell where they run), as the iptables
-    // backend does.
-    let mut hairpin: Vec<IpAddr> =
-        routes.iter().flatten().filter(|e| e.is_local || e.info.node_name.is_none()).map(|e| e.ip()).collect();
+    let mut hairpin: Vec<IpAddr> = table.hairpin.iter().map(|a| a.ip()).collect();
     hairpin.sort();
     hairpin.dedup();
     PortDecision { routes, frontends, affinity_timeout_seconds: p.affinity_timeout_seconds, hairpin }

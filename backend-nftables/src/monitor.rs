@@ -80,11 +80,13 @@ fn describe(m: &crate::netlink::wire::Message<'_>) -> Option<(&'static str, Stri
 /// Blocking; opens its socket in `netns`.
 pub fn run(
     netns: &NetNamespace,
+    subscribed: &(dyn Fn() + Sync),
     keep_going: &(dyn Fn() -> bool + Sync),
     on_change: &(dyn Fn(Change) + Sync),
 ) -> io::Result<()> {
     netns.run(|| -> io::Result<()> {
         let sock = Conn::monitor()?;
+        subscribed();
         let mut pending: Vec<String> = Vec::new();
         let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
         while keep_going() {

@@ -36,7 +36,8 @@ fn eventually(rt: &tokio::runtime::Runtime, what: &str, mut check: impl FnMut() 
             return start.elapsed();
         }
         assert!(start.elapsed() < patience(), "not within {:?}: {what}", patience());
-        rt.block_on(tokio::time::sleep(Duration::from_millis(5)));
+        // The sleep is made inside the runtime: `tokio::time::sleep` needs its timer.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
     }
 }
 
@@ -252,9 +253,9 @@ fn tampering_is_repaired_on_the_event() {
     let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
     let snapshot = t.snapshot();
     let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), Arc::new(SystemKernel { netns: ns.ns() }));
+    // Returns once subscribed: no tamper below can come before it.
     dp.watch();
     rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
-    // The monitor subscribes in its own thread: wait until it reacts at all.
     let mut times = Vec::new();
     for (what, tamper) in [
         ("nft delete table", Box::new(|| drop(ns.nft("delete table ip switchyard"))) as Box<dyn Fn()>),

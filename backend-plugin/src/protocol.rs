@@ -25,14 +25,18 @@
 //! answered the barrier. After a connect, a restart, an error reply or a
 //! timeout, the next batch is full.
 //!
-//! The plans are the core's decisions (`proxy_core::plan`), flattened for a
-//! plugin: per frontend and class of source (`pod`, `node`, `external`),
-//! which of the port's three routes applies and whether to masquerade. A
+//! The plans are the core's decisions, flattened for a plugin: each port
+//! carries its flow table (`proxy_core::FlowTable`, the same table every
+//! built-in backend renders): per frontend and class of source (`pod`,
+//! `node`, `external`), which route applies and whether to masquerade, the
+//! routes themselves and the hairpin set. Version 1 names the routes by
+//! where they apply (`internal`: ClusterIP traffic; `external`: outside
+//! traffic to external frontends; `external_from_cluster`: pods and the node
+//! at external frontends); each is the table's route for those cells. A
 //! plugin never re-decides Service semantics.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::ptr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use proxy_core::{
@@ -230,6 +234,10 @@ pub struct PortPlan {
     pub routes: Routes,
     /// Every frontend of this port, with the per-source table.
     pub frontends: Vec<FrontendPlan>,
+    /// Endpoints (`ip:port`) whose connections to themselves through this
+    /// port are masqueraded (hairpin), sorted: the core's hairpin set.
+    #[serde(default)]
+    pub hairpin: Vec<SocketAddr>,
 }
 
 /// The three routes of a port (see `proxy_core::ServicePortPlan`).
@@ -307,7 +315,8 @@ pub struct FrontendPlan {
 }
 
 /// What one class of source gets at a frontend. Independently of this,
-/// a connection whose chosen endpoint is its own source (hairpin) is masqueraded.
+/// a connection whose chosen endpoint is its own source and in the port's
+/// `hairpin` set is masqueraded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassFlow {
@@ -569,32 +578,36 @@ impl From<&Route> for RouteWire {
 }
 
 impl PortPlan {
-    /// Flattens a port plan: the per-(frontend, class of source) table comes
-    /// from `ServicePortPlan::flow_for_class`, the core's own decision.
+    /// Flattens a port plan's flow table ([`ServicePortPlan::flow_table`]).
     pub fn from_core(plan: &ServicePortPlan, masq: &MasqueradeConfig) -> PortPlan {
-        let class_flow = |kind: FrontendKind, class: SourceClass| {
-            let route = plan.route_for(kind, class);
-            let name = if ptr::eq(route, &plan.internal) {
-                RouteName::Internal
-            } else if ptr::eq(route, &plan.external_from_cluster) {
-                RouteName::ExternalFromCluster
-            } else {
-                RouteName::External
+        let table = plan.flow_table(masq);
+        // Version 1's route names say where a route applies; the cell's
+        // route is the table's route for that place.
+        let class_flow = |kind: FrontendKind, class: SourceClass, cell: &proxy_core::ClassFlow| {
+            let name = match (kind, class) {
+                (FrontendKind::ClusterIP, _) => RouteName::Internal,
+                (_, SourceClass::External) => RouteName::External,
+                _ => RouteName::ExternalFromCluster,
             };
-            ClassFlow { route: name, masquerade: plan.flow_for_class(kind, class, masq).masquerade }
+            debug_assert_eq!(table.route(cell.route), plan.route_for(kind, class));
+            ClassFlow { route: name, masquerade: cell.masquerade }
         };
-        let frontends = plan
-            .frontends()
-            .map(|f| FrontendPlan {
-                kind: f.kind,
-                ip: f.ip,
-                family: f.family,
-                port: f.port,
-                protocol: f.protocol,
-                pod: class_flow(f.kind, SourceClass::Pod),
-                node: class_flow(f.kind, SourceClass::Node),
-                external: class_flow(f.kind, SourceClass::External),
-                source_ranges: if f.kind == FrontendKind::LoadBalancer { plan.source_ranges.clone() } else { vec![] },
+        let frontends = table
+            .frontends
+            .iter()
+            .map(|f| {
+                let fe = f.frontend;
+                FrontendPlan {
+                    kind: fe.kind,
+                    ip: fe.ip,
+                    family: fe.family,
+                    port: fe.port,
+                    protocol: fe.protocol,
+                    pod: class_flow(fe.kind, SourceClass::Pod, &f.pod),
+                    node: class_flow(fe.kind, SourceClass::Node, &f.node),
+                    external: class_flow(fe.kind, SourceClass::External, &f.external),
+                    source_ranges: if f.external.source_ranges { table.source_ranges.clone() } else { vec![] },
+                }
             })
             .collect();
         PortPlan {
@@ -614,11 +627,12 @@ impl PortPlan {
             local_ready_endpoints: plan.local_ready_endpoints as u64,
             has_endpoints: plan.has_endpoints,
             routes: Routes {
-                internal: RouteWire::from(&plan.internal),
-                external: RouteWire::from(&plan.external),
-                external_from_cluster: RouteWire::from(&plan.external_from_cluster),
+                internal: RouteWire::from(plan.internal()),
+                external: RouteWire::from(plan.external()),
+                external_from_cluster: RouteWire::from(plan.external_from_cluster()),
             },
             frontends,
+            hairpin: table.hairpin,
         }
     }
 }
@@ -794,11 +808,11 @@ mod tests {
                 {
                     let flow = plan.flow_for_class(f.kind, class, masq);
                     let route = match cf.route {
-                        RouteName::Internal => &plan.internal,
-                        RouteName::External => &plan.external,
-                        RouteName::ExternalFromCluster => &plan.external_from_cluster,
+                        RouteName::Internal => plan.internal(),
+                        RouteName::External => plan.external(),
+                        RouteName::ExternalFromCluster => plan.external_from_cluster(),
                     };
-                    assert_eq!(&flow.route, route, "{f} {class:?}");
+                    assert_eq!(plan.route(flow.route), route, "{f} {class:?}");
                     assert_eq!(flow.masquerade, cf.masquerade, "{f} {class:?}");
                 }
             }

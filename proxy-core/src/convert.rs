@@ -442,6 +442,7 @@ pub fn service_from_k8s(svc: &Service, ctx: &ConvertContext) -> Result<Conversio
         internal_traffic_policy,
         health_check_node_port,
         traffic_distribution: spec.traffic_distribution.as_deref().map(TrafficDistribution::parse),
+        created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
     };
     Ok(f.finish(value))
 }

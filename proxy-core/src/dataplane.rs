@@ -94,44 +94,60 @@ impl DataplaneError {
     }
 }
 
-/// Optional semantics a backend may implement. A conformance scenario that
-/// needs a capability the backend lacks is reported unsupported, never passed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Capability {
-    Tcp,
-    Udp,
-    Sctp,
-    IPv4,
-    IPv6,
-    ClusterIP,
-    NodePort,
-    ExternalIPs,
-    LoadBalancerIPs,
-    /// sessionAffinity ClientIP with its timeout.
-    SessionAffinity,
-    ExternalTrafficPolicyLocal,
-    InternalTrafficPolicyLocal,
-    /// loadBalancerSourceRanges.
-    SourceRanges,
-    /// "Connection refused" at once for a Service without endpoints.
-    Reject,
-    /// SNAT per the plan (off-cluster sources, externalTrafficPolicy Cluster, --masquerade-all).
-    Masquerade,
-    /// A pod reaching itself through its Service.
-    Hairpin,
-    /// Stale UDP conntrack entries removed when an endpoint goes away.
-    StaleUdpConntrack,
-    /// Connections made by processes on the node (host network) are balanced.
-    HostNetworkClients,
-    /// externalTrafficPolicy Local: pods and the node reaching an external
-    /// frontend use every endpoint of the cluster (kube-proxy's short-circuit),
-    /// not only this node's. A dataplane that picks endpoints by destination
-    /// alone (IPVS) cannot.
-    ExternalTrafficPolicyLocalFromCluster,
-    /// sessionAffinity ClientIP timeouts below two minutes end on time. IPVS
-    /// persistence cannot: a template outlives its connections, which stay
-    /// 120 s in TIME_WAIT.
-    ShortAffinityTimeouts,
+/// Declares [`Capability`] and [`Capability::ALL`] from one list, so that
+/// `ALL` (and [`Capabilities::all`]) can never miss a variant.
+macro_rules! capabilities {
+    ($(#[$meta:meta])* pub enum Capability { $($(#[$vmeta:meta])* $variant:ident,)* }) => {
+        $(#[$meta])*
+        pub enum Capability { $($(#[$vmeta])* $variant,)* }
+
+        impl Capability {
+            /// Every capability, in declaration order.
+            pub const ALL: &'static [Capability] = &[$(Capability::$variant,)*];
+        }
+    };
+}
+
+capabilities! {
+    /// Optional semantics a backend may implement. A conformance scenario that
+    /// needs a capability the backend lacks is reported unsupported, never passed.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    pub enum Capability {
+        Tcp,
+        Udp,
+        Sctp,
+        IPv4,
+        IPv6,
+        ClusterIP,
+        NodePort,
+        ExternalIPs,
+        LoadBalancerIPs,
+        /// sessionAffinity ClientIP with its timeout.
+        SessionAffinity,
+        ExternalTrafficPolicyLocal,
+        InternalTrafficPolicyLocal,
+        /// loadBalancerSourceRanges.
+        SourceRanges,
+        /// "Connection refused" at once for a Service without endpoints.
+        Reject,
+        /// SNAT per the plan (off-cluster sources, externalTrafficPolicy Cluster, --masquerade-all).
+        Masquerade,
+        /// A pod reaching itself through its Service.
+        Hairpin,
+        /// Stale UDP conntrack entries removed when an endpoint goes away.
+        StaleUdpConntrack,
+        /// Connections made by processes on the node (host network) are balanced.
+        HostNetworkClients,
+        /// externalTrafficPolicy Local: pods and the node reaching an external
+        /// frontend use every endpoint of the cluster (kube-proxy's short-circuit),
+        /// not only this node's. A dataplane that picks endpoints by destination
+        /// alone (IPVS) cannot.
+        ExternalTrafficPolicyLocalFromCluster,
+        /// sessionAffinity ClientIP timeouts below two minutes end on time. IPVS
+        /// persistence cannot: a template outlives its connections, which stay
+        /// 120 s in TIME_WAIT.
+        ShortAffinityTimeouts,
+    }
 }
 
 impl fmt::Display for Capability {
@@ -151,29 +167,7 @@ impl Capabilities {
 
     /// Every capability there is.
     pub fn all() -> Self {
-        use Capability::*;
-        Capabilities::new([
-            Tcp,
-            Udp,
-            Sctp,
-            IPv4,
-            IPv6,
-            ClusterIP,
-            NodePort,
-            ExternalIPs,
-            LoadBalancerIPs,
-            SessionAffinity,
-            ExternalTrafficPolicyLocal,
-            InternalTrafficPolicyLocal,
-            SourceRanges,
-            Reject,
-            Masquerade,
-            Hairpin,
-            StaleUdpConntrack,
-            HostNetworkClients,
-            ExternalTrafficPolicyLocalFromCluster,
-            ShortAffinityTimeouts,
-        ])
+        Capabilities::new(Capability::ALL.iter().copied())
     }
 
     pub fn has(&self, cap: Capability) -> bool {

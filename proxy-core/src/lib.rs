@@ -22,8 +22,10 @@
 // Libraries log through tracing; only binaries print.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod contest;
 pub mod convert;
 pub mod dataplane;
+pub mod flows;
 pub mod health;
 pub mod metrics;
 pub mod model;
@@ -34,12 +36,14 @@ pub mod proxier;
 pub mod registry;
 pub mod runner;
 pub mod snapshot;
+pub mod stale;
 pub mod testing;
 pub mod tracker;
 
 pub use dataplane::{
     BoxError, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, SyncOutcome, SyncRequest,
 };
+pub use flows::{ClassFlow, FlowTable, FrontendFlows, MasqueradeSet, RouteId};
 pub use model::*;
 pub use netns::NetNamespace;
 pub use plan::*;

@@ -290,6 +290,11 @@ pub struct ServiceInfo {
     pub internal_traffic_policy: TrafficPolicy,
     pub health_check_node_port: Option<u16>,
     pub traffic_distribution: Option<TrafficDistribution>,
+    /// `metadata.creationTimestamp`, seconds since the epoch: the older of
+    /// two Services claiming one frontend serves it ([`crate::contest`]).
+    /// Unset for objects that carry none (manifests on disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 impl ServiceInfo {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::flows::{ClassFlow, RouteId};
 use crate::model::{Endpoint, IpFamily, Protocol, ServiceInfo, ServiceName, ServicePortName};
 
 /// What happens to traffic for one frontend and class of source.
@@ -135,6 +136,10 @@ pub enum SourceClass {
     External,
 }
 
+impl SourceClass {
+    pub const ALL: [SourceClass; 3] = [SourceClass::Pod, SourceClass::Node, SourceClass::External];
+}
+
 /// How the proxy decides masquerading; part of every snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MasqueradeConfig {
@@ -176,43 +181,61 @@ pub struct ServicePortPlan {
     /// sessionAffinity ClientIP timeout.
     pub affinity_timeout_seconds: Option<u32>,
     pub health_check_node_port: Option<u16>,
-    /// ClusterIP traffic, after internalTrafficPolicy.
-    pub internal: Route,
-    /// External frontends, traffic from outside the cluster, after externalTrafficPolicy.
-    pub external: Route,
-    /// External frontends, traffic from pods and from the node itself. With
-    /// externalTrafficPolicy Local these still reach every endpoint of the
-    /// cluster (kube-proxy treats them as going out to the LB and coming
-    /// back); with Cluster this equals `external`.
-    pub external_from_cluster: Route,
-    /// externalTrafficPolicy Local: source preserved for outside traffic.
+    /// The route named [`RouteId::Cluster`]: every usable endpoint of the
+    /// cluster (ready ones after topology, else serving-terminating ones).
+    pub cluster: Route,
+    /// The route named [`RouteId::Local`]: this node's usable endpoints.
+    /// Present only when a traffic policy is Local (nothing else uses it).
+    pub local: Option<Route>,
+    /// internalTrafficPolicy Local: ClusterIP traffic uses [`RouteId::Local`].
+    pub internal_policy_local: bool,
+    /// externalTrafficPolicy Local: outside traffic to external frontends uses
+    /// [`RouteId::Local`] and keeps its source.
     pub external_policy_local: bool,
     /// The number of ready endpoints on this node, for healthCheckNodePort.
     pub local_ready_endpoints: usize,
     /// Whether the Service has any usable endpoint at all, anywhere.
     pub has_endpoints: bool,
+    /// Frontends of this port that another Service port claimed first (the
+    /// same address, port and protocol): not served by this port. Decided
+    /// across Services by [`crate::contest`]; usually empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contested: Vec<Frontend>,
 }
 
 /// What [`ServicePortPlan::flow`] decides for a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flow {
     pub route: Route,
-    /// SNAT to the node. Hairpin traffic (a pod reaching itself) is
+    /// SNAT to the node. Hairpin traffic (an endpoint reaching itself) is
     /// masqueraded as well: see [`Flow::masquerades_to`].
     pub masquerade: bool,
+    /// The port's hairpin set ([`ServicePortPlan::hairpin`]).
+    pub hairpin: Vec<SocketAddr>,
 }
 
 impl Flow {
     /// Whether traffic from `source` to `endpoint` is masqueraded: the flow's
-    /// decision, or hairpin (the endpoint is the source itself).
+    /// decision, or hairpin (the endpoint is the source itself and in the
+    /// port's hairpin set).
     pub fn masquerades_to(&self, source: IpAddr, endpoint: &Endpoint) -> bool {
-        self.masquerade || endpoint.ip() == source
+        self.masquerade || (endpoint.ip() == source && self.hairpin.binary_search(&endpoint.addr()).is_ok())
     }
 }
 
+/// A route that never forwards, for [`ServicePortPlan::route`] of a route
+/// the plan does not have.
+static NO_ROUTE: Route = Route::Reject;
+
 impl ServicePortPlan {
-    /// Every frontend of this port.
+    /// Every frontend of this port that it serves: the ones it claims, less
+    /// the [`contested`](Self::contested) ones another Service port serves.
     pub fn frontends(&self) -> impl Iterator<Item = Frontend> + '_ {
+        self.claimed_frontends().filter(|f| !self.contested.contains(f))
+    }
+
+    /// Every frontend the Service's spec gives this port, served or not.
+    pub fn claimed_frontends(&self) -> impl Iterator<Item = Frontend> + '_ {
         let at = move |kind, ip: IpAddr| Frontend::at(kind, ip, self.port, self.protocol);
         let cluster = self.cluster_ip.map(|ip| at(FrontendKind::ClusterIP, ip));
         let external = self.external_ips.iter().map(move |ip| at(FrontendKind::ExternalIP, *ip));
@@ -221,38 +244,81 @@ impl ServicePortPlan {
         cluster.into_iter().chain(external).chain(lbs).chain(node_port)
     }
 
-    /// The route a frontend kind uses for a class of source, before source ranges.
-    pub fn route_for(&self, kind: FrontendKind, class: SourceClass) -> &Route {
-        match kind {
-            FrontendKind::ClusterIP => &self.internal,
-            _ if self.external_policy_local && class != SourceClass::External => &self.external_from_cluster,
-            _ => &self.external,
+    /// The route a [`RouteId`] names.
+    pub fn route(&self, id: RouteId) -> &Route {
+        match id {
+            RouteId::Cluster => &self.cluster,
+            RouteId::Local => self.local.as_ref().unwrap_or(&NO_ROUTE),
         }
     }
 
-    /// Whether `source` passes loadBalancerSourceRanges for `kind`. Only LB
-    /// frontends are filtered, and the node itself is always allowed.
+    /// Every route the plan has, by name, the cluster route first.
+    pub fn routes(&self) -> impl Iterator<Item = (RouteId, &Route)> {
+        std::iter::once((RouteId::Cluster, &self.cluster)).chain(self.local.as_ref().map(|r| (RouteId::Local, r)))
+    }
+
+    /// Which route a frontend kind uses for a class of source: the traffic
+    /// policies, decided here and nowhere else. ClusterIP traffic follows
+    /// internalTrafficPolicy; external frontends follow
+    /// externalTrafficPolicy for outside traffic, while pods and the node
+    /// reach every endpoint of the cluster even with policy Local
+    /// (kube-proxy treats them as going out to the load balancer and back).
+    pub fn route_id_for(&self, kind: FrontendKind, class: SourceClass) -> RouteId {
+        let local = match kind {
+            FrontendKind::ClusterIP => self.internal_policy_local,
+            _ => self.external_policy_local && class == SourceClass::External,
+        };
+        if local { RouteId::Local } else { RouteId::Cluster }
+    }
+
+    /// The route a frontend kind uses for a class of source, before source ranges.
+    pub fn route_for(&self, kind: FrontendKind, class: SourceClass) -> &Route {
+        self.route(self.route_id_for(kind, class))
+    }
+
+    /// ClusterIP traffic, after internalTrafficPolicy.
+    pub fn internal(&self) -> &Route {
+        self.route_for(FrontendKind::ClusterIP, SourceClass::Pod)
+    }
+
+    /// External frontends, traffic from outside the cluster, after externalTrafficPolicy.
+    pub fn external(&self) -> &Route {
+        self.route_for(FrontendKind::NodePort, SourceClass::External)
+    }
+
+    /// External frontends, traffic from pods and from the node itself: every
+    /// endpoint of the cluster whatever the policy.
+    pub fn external_from_cluster(&self) -> &Route {
+        self.route_for(FrontendKind::NodePort, SourceClass::Pod)
+    }
+
+    /// Whether loadBalancerSourceRanges filter a class of source at a
+    /// frontend kind: only LB frontends are filtered, and the node itself
+    /// is always allowed.
+    pub fn source_ranges_apply(&self, kind: FrontendKind, class: SourceClass) -> bool {
+        kind == FrontendKind::LoadBalancer && !self.source_ranges.is_empty() && class != SourceClass::Node
+    }
+
+    /// Whether `source` passes loadBalancerSourceRanges for `kind`.
     pub fn source_allowed(&self, kind: FrontendKind, source: IpAddr, class: SourceClass) -> bool {
-        kind != FrontendKind::LoadBalancer
-            || self.source_ranges.is_empty()
-            || class == SourceClass::Node
-            || self.source_ranges.iter().any(|r| r.contains(&source))
+        !self.source_ranges_apply(kind, class) || self.source_ranges.iter().any(|r| r.contains(&source))
     }
 
     /// The normative decision for a new connection from `source` (of `class`)
     /// to a frontend of `kind` of this port.
     pub fn flow(&self, kind: FrontendKind, source: IpAddr, class: SourceClass, masq: &MasqueradeConfig) -> Flow {
-        if !self.source_allowed(kind, source, class) {
-            return Flow { route: Route::Drop, masquerade: false };
+        let cell = self.flow_for_class(kind, class, masq);
+        if cell.source_ranges && !self.source_ranges.iter().any(|r| r.contains(&source)) {
+            return Flow { route: Route::Drop, masquerade: false, hairpin: Vec::new() };
         }
-        self.flow_for_class(kind, class, masq)
+        Flow { route: self.route(cell.route).clone(), masquerade: cell.masquerade, hairpin: self.hairpin(masq) }
     }
 
-    /// [`flow`](Self::flow) for any source of `class` that passes the
-    /// source ranges: what a dataplane programs per (frontend, class of
-    /// source). Out-of-process plugins receive this table precomputed.
-    pub fn flow_for_class(&self, kind: FrontendKind, class: SourceClass, masq: &MasqueradeConfig) -> Flow {
-        let route = self.route_for(kind, class).clone();
+    /// [`flow`](Self::flow) for every source of `class`: what a dataplane
+    /// programs per (frontend, class of source), and the one place the
+    /// [`FlowTable`](crate::FlowTable) is built from. The route is named,
+    /// so no backend has to find out which set it is.
+    pub fn flow_for_class(&self, kind: FrontendKind, class: SourceClass, masq: &MasqueradeConfig) -> ClassFlow {
         let masquerade = match kind {
             // Off-cluster traffic to a ClusterIP is masqueraded so that replies
             // come back through this node (kube-proxy's "masquerade if not local").
@@ -263,7 +329,49 @@ impl ServicePortPlan {
             // local source address that must be rewritten.
             _ => class == SourceClass::Node,
         };
-        Flow { route, masquerade }
+        ClassFlow {
+            route: self.route_id_for(kind, class),
+            masquerade,
+            source_ranges: self.source_ranges_apply(kind, class),
+        }
+    }
+
+    /// The hairpin set: endpoints whose traffic to themselves through this
+    /// port is masqueraded (else the endpoint would answer itself directly
+    /// and the client would never see the reply). Decided here once:
+    ///
+    /// - every endpoint on this node, and every endpoint whose node is
+    ///   unknown (it may be on this node);
+    /// - through an external frontend whose pod traffic keeps its source
+    ///   (externalTrafficPolicy Local), every endpoint of that route: pods
+    ///   on other nodes send node-port and external-IP traffic to this node,
+    ///   and may be DNATed back to themselves.
+    ///
+    /// Remote endpoints reaching a ClusterIP are left out: every node
+    /// proxies its own pods' ClusterIP traffic, so it never comes here.
+    /// kube-proxy's iptables mode marks every endpoint (one rule each), its
+    /// nftables and ipvs modes only local ones (and so miss the second case).
+    /// Sorted, without duplicates.
+    pub fn hairpin(&self, masq: &MasqueradeConfig) -> Vec<SocketAddr> {
+        let mut set = BTreeSet::new();
+        let mut routes: Vec<RouteId> = Vec::with_capacity(2);
+        for f in self.frontends() {
+            for class in SourceClass::ALL {
+                let id = self.route_id_for(f.kind, class);
+                if !routes.contains(&id) {
+                    routes.push(id);
+                }
+            }
+            let pod = self.flow_for_class(f.kind, SourceClass::Pod, masq);
+            if f.kind.is_external() && !pod.masquerade {
+                set.extend(self.route(pod.route).endpoints().iter().map(Endpoint::addr));
+            }
+        }
+        for id in routes {
+            let eps = self.route(id).endpoints().iter();
+            set.extend(eps.filter(|e| e.is_local || e.info.node_name.is_none()).map(Endpoint::addr));
+        }
+        set.into_iter().collect()
     }
 }
 

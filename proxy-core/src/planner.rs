@@ -204,14 +204,10 @@ pub fn plan_service(
             let eps = endpoints.get(&port.name, port.protocol, family);
             let cat = categorize(eps, service.traffic_distribution.as_ref(), node_name, zone);
             let local_ready_endpoints = eps.iter().filter(|e| e.is_local && e.is_ready()).count();
-            // The three routes usually share one endpoint set; build each set once.
             let cluster = Route::from_set(cat.cluster, cat.has_any);
-            let local = if service.internal_policy_local() || service.external_policy_local() {
-                Route::from_set(cat.local, cat.has_any)
-            } else {
-                Route::Reject
-            };
-            let pick = |local_policy: bool| if local_policy { local.clone() } else { cluster.clone() };
+            // The local set only exists for Local policies (nothing else names it).
+            let local = (service.internal_policy_local() || service.external_policy_local())
+                .then(|| Route::from_set(cat.local, cat.has_any));
             ports.push(ServicePortPlan {
                 name: service.port_name(port),
                 family,
@@ -229,12 +225,13 @@ pub fn plan_service(
                     .collect(),
                 affinity_timeout_seconds: service.session_affinity.timeout_seconds(),
                 health_check_node_port: service.health_check_node_port.filter(|_| service.needs_health_check()),
-                internal: pick(service.internal_policy_local()),
-                external: pick(service.external_policy_local()),
-                external_from_cluster: cluster.clone(),
+                cluster,
+                local,
+                internal_policy_local: service.internal_policy_local(),
                 external_policy_local: service.external_policy_local(),
                 local_ready_endpoints,
                 has_endpoints: cat.has_any,
+                contested: Vec::new(),
             });
         }
     }

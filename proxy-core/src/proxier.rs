@@ -73,10 +73,10 @@ impl NoLocalCounts {
         let Some(plan) = plan else { return };
         let mut share = Vec::new();
         for port in &plan.ports {
-            if plan.service.internal_policy_local() && port.internal == Route::Drop {
+            if plan.service.internal_policy_local() && *port.internal() == Route::Drop {
                 share.push(("internal", port.family));
             }
-            if port.external_policy_local && port.external == Route::Drop {
+            if port.external_policy_local && *port.external() == Route::Drop {
                 share.push(("external", port.family));
             }
         }

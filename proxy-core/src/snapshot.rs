@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::contest::Claims;
+use crate::flows::FlowTable;
 use crate::model::{NodeInfo, ServiceName};
 use crate::plan::{
     FrontendKind, MasqueradeConfig, ProgrammedFrontend, ProgrammedState, Route, ServicePlan, ServicePortPlan,
@@ -39,6 +41,12 @@ impl Snapshot {
         node: Option<NodeInfo>,
         plans: impl IntoIterator<Item = ServicePlan>,
     ) -> Snapshot {
+        // Contested frontends are decided across every plan, as the tracker does.
+        let mut plans: Vec<ServicePlan> = plans.into_iter().collect();
+        let claims = Claims::of(plans.iter());
+        for plan in &mut plans {
+            claims.apply(plan);
+        }
         Snapshot {
             generation: 0,
             node: node.map(Arc::new),
@@ -103,19 +111,21 @@ impl Snapshot {
         }
     }
 
-    /// What a correct backend's `inspect()` reports for this snapshot.
+    /// What a correct backend's `inspect()` reports for this snapshot: every
+    /// frontend of every flow table, the endpoints outside traffic reaches
+    /// and, where pods and the node reach others, those.
     pub fn expected_state(&self) -> ProgrammedState {
         let mut frontends = BTreeMap::new();
         for plan in self.port_plans() {
-            for frontend in plan.frontends() {
-                let class = SourceClass::External;
-                let route = plan.route_for(frontend.kind, class);
-                let cluster = plan.route_for(frontend.kind, SourceClass::Pod);
+            let table = plan.flow_table(self.masquerade());
+            for f in &table.frontends {
+                let route = table.route(f.external.route);
+                let cluster = table.route(f.pod.route);
                 let set = |r: &Route| r.endpoints().iter().map(|e| e.addr()).collect();
                 let cluster_endpoints =
-                    (frontend.kind != FrontendKind::ClusterIP && cluster != route).then(|| set(cluster));
+                    (f.frontend.kind != FrontendKind::ClusterIP && cluster != route).then(|| set(cluster));
                 frontends.insert(
-                    frontend,
+                    f.frontend,
                     ProgrammedFrontend {
                         service: Some(plan.name.to_string()),
                         endpoints: set(route),
@@ -127,5 +137,10 @@ impl Snapshot {
             }
         }
         ProgrammedState { frontends, unattached: Vec::new() }
+    }
+
+    /// The flow table of every port plan, in Service order.
+    pub fn flow_tables(&self) -> impl Iterator<Item = (&ServicePortPlan, FlowTable)> {
+        self.port_plans().map(|p| (p, p.flow_table(self.masquerade())))
     }
 }

@@ -147,6 +147,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// `metadata.creationTimestamp`, in seconds since the epoch.
+    pub fn created(mut self, seconds: i64) -> Self {
+        self.svc.metadata.creation_timestamp =
+            jiff::Timestamp::from_second(seconds).ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
+        self
+    }
+
     pub fn build(self) -> Service {
         self.svc
     }

@@ -18,6 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tracing::{debug, warn};
 
+use crate::contest::Claims;
 use crate::convert::{
     self, Conversion, ConversionError, ConvertContext, Problem, endpoint_slice_from_k8s, node_from_k8s,
     service_from_k8s,
@@ -192,6 +193,8 @@ pub struct SyncBatch {
     services: Drained<ServiceName, Arc<ServiceInfo>>,
     slices: Drained<SliceName, Arc<EndpointSliceInfo>>,
     node: Option<Pending<Arc<NodeInfo>>>,
+    /// Services whose contested frontends changed because of another Service.
+    recontested: BTreeSet<ServiceName>,
 }
 
 impl SyncBatch {
@@ -231,6 +234,11 @@ pub struct ChangeTracker {
     plans: imbl::OrdMap<ServiceName, Arc<crate::plan::ServicePlan>>,
     /// Services whose plan has a healthCheckNodePort (see [`Snapshot::health_check_port_plans`]).
     health_checked: imbl::OrdSet<ServiceName>,
+    /// Who claims which frontend, to decide contested ones ([`crate::contest`]).
+    claims: Claims,
+    /// Services whose plan changed only because another Service took or let
+    /// go of a frontend they claim: part of the next batch's change set.
+    recontested: BTreeSet<ServiceName>,
     /// Plans as of the last successful sync.
     synced_plans: imbl::OrdMap<ServiceName, Arc<crate::plan::ServicePlan>>,
     gates: (InitGate<ServiceName>, InitGate<SliceName>, InitGate<()>),
@@ -303,6 +311,8 @@ impl ChangeTracker {
             dirty: HashSet::new(),
             plans: imbl::OrdMap::new(),
             health_checked: imbl::OrdSet::new(),
+            claims: Claims::default(),
+            recontested: BTreeSet::new(),
             synced_plans: imbl::OrdMap::new(),
             gates: Default::default(),
             strings: Interner::default(),
@@ -585,11 +595,15 @@ impl ChangeTracker {
         report.changed = true;
     }
 
-    /// Recomputes the plans of dirty Services.
+    /// Recomputes the plans of dirty Services, and the contested frontends
+    /// of every other Service that claims a frontend they claimed or claim.
     fn replan(&mut self) {
+        let mut contenders = BTreeSet::new();
         for name in std::mem::take(&mut self.dirty) {
+            let old = self.plans.get(&name).cloned();
             match self.services.get(&name) {
                 None => {
+                    contenders.extend(self.claims.update(old.as_deref(), None));
                     self.plans.remove(&name);
                     self.health_checked.remove(&name);
                 }
@@ -598,15 +612,28 @@ impl ChangeTracker {
                         self.slices_by_service.get(&name).into_iter().flat_map(|v| v.iter().map(|s| &**s)),
                         &self.config.planner.node_name,
                     );
-                    let plan = plan_service(service, &endpoints, self.node.as_deref(), &self.config.planner);
+                    let mut plan = plan_service(service, &endpoints, self.node.as_deref(), &self.config.planner);
+                    contenders.extend(self.claims.update(old.as_deref(), Some(&plan)));
+                    self.claims.apply(&mut plan);
                     if crate::snapshot::has_health_check(&plan) {
                         self.health_checked.insert(name.clone());
                     } else {
                         self.health_checked.remove(&name);
                     }
-                    if self.plans.get(&name).is_none_or(|old| **old != plan) {
+                    if old.is_none_or(|old| *old != plan) {
                         self.plans.insert(name, Arc::new(plan));
                     }
+                }
+            }
+        }
+        // Services whose frontends another Service took or let go: the same
+        // plan with another contested set.
+        for name in contenders {
+            if let Some(plan) = self.plans.get(&name) {
+                let mut plan = (**plan).clone();
+                if self.claims.apply(&mut plan) {
+                    self.plans.insert(name.clone(), Arc::new(plan));
+                    self.recontested.insert(name);
                 }
             }
         }
@@ -635,7 +662,9 @@ impl ChangeTracker {
 
         // Candidates are the Services touched by pending changes; keep those
         // whose plan really differs from what was last programmed.
+        let recontested = std::mem::take(&mut self.recontested);
         let mut candidates: BTreeSet<ServiceName> = services.keys().cloned().collect();
+        candidates.extend(recontested.iter().cloned());
         for (key, p) in &slices {
             candidates.extend(p.previous.iter().map(|s| s.service.clone()));
             candidates.extend(self.slices.get(key).map(|s| s.service.clone()));
@@ -653,7 +682,7 @@ impl ChangeTracker {
                 _ => true,
             })
             .collect();
-        SyncBatch { snapshot, changed, full_required: node.is_some(), services, slices, node }
+        SyncBatch { snapshot, changed, full_required: node.is_some(), services, slices, node, recontested }
     }
 
     /// The batch was programmed: its plans become the synced state.
@@ -672,6 +701,7 @@ impl ChangeTracker {
 
     /// The batch failed: its changes become pending again (nothing is lost).
     pub fn restore(&mut self, batch: SyncBatch) {
+        self.recontested.extend(batch.recontested);
         let services = &self.services;
         self.pending_services.restore(batch.services, |k| services.get(k).cloned());
         let slices = &self.slices;

@@ -64,7 +64,7 @@ fn svc() -> ServiceBuilder {
 #[test]
 fn ready_endpoints_are_used_and_terminating_ones_only_as_fallback() {
     let p = plan(svc().build(), vec![web(vec![endpoint("10.0.1.1"), endpoint("10.0.1.2").terminating()])], None);
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.1.1:8080"]));
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.1.1:8080"]));
 
     let p = plan(
         svc().build(),
@@ -75,28 +75,28 @@ fn ready_endpoints_are_used_and_terminating_ones_only_as_fallback() {
         ])],
         None,
     );
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.1.1:8080"]), "only serving-terminating endpoints");
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.1.1:8080"]), "only serving-terminating endpoints");
     assert!(p.ports[0].has_endpoints);
 }
 
 #[test]
 fn no_endpoints_rejects_and_missing_local_ones_drop() {
     let p = plan(svc().build(), vec![], None);
-    assert_eq!(p.ports[0].internal, Route::Reject);
-    assert_eq!(p.ports[0].external, Route::Reject);
+    assert_eq!(*p.ports[0].internal(), Route::Reject);
+    assert_eq!(*p.ports[0].external(), Route::Reject);
 
     let not_serving = web(vec![endpoint("10.0.1.1").ready(false).serving(false)]);
-    assert_eq!(plan(svc().build(), vec![not_serving], None).ports[0].internal, Route::Reject);
+    assert_eq!(*plan(svc().build(), vec![not_serving], None).ports[0].internal(), Route::Reject);
 
     let remote_only = || web(vec![endpoint("10.0.2.1").node("node-2")]);
     let p = plan(svc().external_traffic_policy("Local").build(), vec![remote_only()], None);
-    assert_eq!(p.ports[0].external, Route::Drop, "Local policy with endpoints elsewhere drops");
-    assert_eq!(addrs(&p.ports[0].external_from_cluster), set(&["10.0.2.1:8080"]));
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.2.1:8080"]));
+    assert_eq!(*p.ports[0].external(), Route::Drop, "Local policy with endpoints elsewhere drops");
+    assert_eq!(addrs(p.ports[0].external_from_cluster()), set(&["10.0.2.1:8080"]));
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.2.1:8080"]));
 
     let p = plan(svc().internal_traffic_policy("Local").build(), vec![remote_only()], None);
-    assert_eq!(p.ports[0].internal, Route::Drop);
-    assert_eq!(addrs(&p.ports[0].external), set(&["10.0.2.1:8080"]));
+    assert_eq!(*p.ports[0].internal(), Route::Drop);
+    assert_eq!(addrs(p.ports[0].external()), set(&["10.0.2.1:8080"]));
 }
 
 #[test]
@@ -107,14 +107,14 @@ fn local_policy_prefers_local_ready_then_local_terminating() {
         endpoint("10.0.2.1").node("node-2"),
     ];
     let p = plan(svc().external_traffic_policy("Local").build(), vec![web(eps)], None);
-    assert_eq!(addrs(&p.ports[0].external), set(&["10.0.1.1:8080"]));
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.1.1:8080", "10.0.2.1:8080"]));
+    assert_eq!(addrs(p.ports[0].external()), set(&["10.0.1.1:8080"]));
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.1.1:8080", "10.0.2.1:8080"]));
     assert_eq!(p.ports[0].local_ready_endpoints, 1);
 
     let eps = vec![endpoint("10.0.1.2").node(NODE).terminating(), endpoint("10.0.2.1").node("node-2")];
     let p = plan(svc().external_traffic_policy("Local").build(), vec![web(eps)], None);
-    assert_eq!(addrs(&p.ports[0].external), set(&["10.0.1.2:8080"]), "local terminating fallback");
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.2.1:8080"]), "cluster set keeps ready only");
+    assert_eq!(addrs(p.ports[0].external()), set(&["10.0.1.2:8080"]), "local terminating fallback");
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.2.1:8080"]), "cluster set keeps ready only");
     assert_eq!(p.ports[0].local_ready_endpoints, 0);
 }
 
@@ -128,18 +128,18 @@ fn topology_hints_used_only_when_every_ready_endpoint_has_one() {
         ]
     };
     let p = plan(svc().build(), vec![web(hinted())], Some("a"));
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.1.1:8080"]));
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.1.1:8080"]));
 
     let mut partial = hinted();
     partial.push(endpoint("10.0.1.4").zone("c"));
     let p = plan(svc().build(), vec![web(partial)], Some("a"));
-    assert_eq!(addrs(&p.ports[0].internal).len(), 3, "one ready endpoint lacks a hint: hints ignored");
+    assert_eq!(addrs(p.ports[0].internal()).len(), 3, "one ready endpoint lacks a hint: hints ignored");
 
     let p = plan(svc().build(), vec![web(hinted())], Some("z"));
-    assert_eq!(addrs(&p.ports[0].internal).len(), 2, "no endpoint for our zone: hints ignored");
+    assert_eq!(addrs(p.ports[0].internal()).len(), 2, "no endpoint for our zone: hints ignored");
 
     let p = plan(svc().build(), vec![web(hinted())], None);
-    assert_eq!(addrs(&p.ports[0].internal).len(), 2, "node without zone label: hints ignored");
+    assert_eq!(addrs(p.ports[0].internal()).len(), 2, "node without zone label: hints ignored");
 }
 
 #[test]
@@ -152,9 +152,9 @@ fn node_hints_need_prefer_same_node() {
         ]
     };
     let p = plan(svc().traffic_distribution("PreferSameNode").build(), vec![web(eps())], Some("a"));
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.1.1:8080"]));
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.1.1:8080"]));
     let p = plan(svc().traffic_distribution("PreferClose").build(), vec![web(eps())], Some("a"));
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.1.1:8080", "10.0.1.2:8080"]), "zone hints instead");
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.1.1:8080", "10.0.1.2:8080"]), "zone hints instead");
 }
 
 #[test]
@@ -234,8 +234,8 @@ fn endpoints_are_merged_across_slices_and_deduplicated() {
         .endpoint(endpoint("10.0.1.3"))
         .build();
     let p = plan(svc().external_traffic_policy("Local").build(), vec![a, b], None);
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"]));
-    assert_eq!(addrs(&p.ports[0].external), set(&["10.0.1.2:8080"]));
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"]));
+    assert_eq!(addrs(p.ports[0].external()), set(&["10.0.1.2:8080"]));
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn named_ports_resolve_per_endpoint_slice() {
     let other =
         SliceBuilder::new("ns", "web-x", "web").port("metrics", 9100, "TCP").endpoint(endpoint("10.0.1.3")).build();
     let p = plan(svc().build(), vec![old, new, other], None);
-    assert_eq!(addrs(&p.ports[0].internal), set(&["10.0.1.1:8080", "10.0.1.2:9090"]));
+    assert_eq!(addrs(p.ports[0].internal()), set(&["10.0.1.1:8080", "10.0.1.2:9090"]));
 }
 
 #[test]

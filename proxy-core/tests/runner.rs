@@ -231,7 +231,7 @@ async fn proxier_waits_for_initial_lists_then_programs_and_retries_failures() {
     assert!(reqs[2].full && reqs[3].full, "retries are full");
     assert_eq!(reqs[3].changed.iter().map(|n| n.to_string()).collect::<Vec<_>>(), vec!["ns/web"]);
     let ok = dp.last_ok().unwrap();
-    let eps = ok.snapshot.port_plans().next().unwrap().internal.endpoints()[0].addr().to_string();
+    let eps = ok.snapshot.port_plans().next().unwrap().internal().endpoints()[0].addr().to_string();
     assert_eq!(eps, "10.0.0.2:8080");
 
     let text = metrics_text(&registry);

@@ -55,7 +55,7 @@ fn name(n: &str) -> ServiceName {
 fn endpoints_of(t: &mut ChangeTracker, service: &str) -> BTreeSet<String> {
     let snap = t.snapshot();
     let plan = snap.service(&name(service)).expect("service planned");
-    plan.ports[0].internal.endpoints().iter().map(|e| e.addr().to_string()).collect()
+    plan.ports[0].internal().endpoints().iter().map(|e| e.addr().to_string()).collect()
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -179,7 +179,7 @@ fn a_change_reverted_while_its_batch_succeeded_is_programmed_next() {
     let b = t.take_batch();
     assert_eq!(b.changed, BTreeSet::from([name("a")]));
     assert_eq!(
-        b.snapshot.service(&name("a")).unwrap().ports[0].internal.endpoints()[0].addr().to_string(),
+        b.snapshot.service(&name("a")).unwrap().ports[0].internal().endpoints()[0].addr().to_string(),
         "10.0.0.1:8080"
     );
 }
@@ -293,7 +293,7 @@ fn upstream_named_port_rename() {
     // The Service renames its port; the slice still uses the old name: no endpoints.
     apply_svc(&mut t, ServiceBuilder::new("ns", "a", "10.96.0.1").port("p8080", 80, "TCP").build());
     assert!(endpoints_of(&mut t, "a").is_empty());
-    assert_eq!(t.snapshot().service(&name("a")).unwrap().ports[0].internal, Route::Reject);
+    assert_eq!(*t.snapshot().service(&name("a")).unwrap().ports[0].internal(), Route::Reject);
     // The controller catches up.
     apply_slice(
         &mut t,
@@ -346,7 +346,7 @@ fn upstream_local_and_remote_endpoints() {
     );
     assert_eq!(endpoints_of(&mut t, "a"), set(&["10.0.0.1:8080"]));
     let snap = t.snapshot();
-    let eps = &snap.service(&name("a")).unwrap().ports[0].internal;
+    let eps = snap.service(&name("a")).unwrap().ports[0].internal();
     assert!(eps.endpoints().iter().all(|e| e.is_local));
 }
 
@@ -363,8 +363,8 @@ fn upstream_protocol_mismatch_and_multiple_ports() {
     let plan = snap.service(&name("a")).unwrap();
     assert_eq!(plan.ports.len(), 2);
     for p in &plan.ports {
-        assert_eq!(p.internal.endpoints().len(), 1, "{:?}", p.name);
-        assert_eq!(p.internal.endpoints()[0].port, 53);
+        assert_eq!(p.internal().endpoints().len(), 1, "{:?}", p.name);
+        assert_eq!(p.internal().endpoints()[0].port, 53);
     }
     // A slice port whose protocol differs from the Service's does not match.
     apply_slice(
@@ -372,7 +372,7 @@ fn upstream_protocol_mismatch_and_multiple_ports() {
         SliceBuilder::new("ns", "a-1", "a").port("dns", 53, "TCP").endpoint(endpoint("10.0.0.1")).build(),
     );
     let snap = t.snapshot();
-    assert_eq!(snap.service(&name("a")).unwrap().ports[0].internal, Route::Reject);
+    assert_eq!(*snap.service(&name("a")).unwrap().ports[0].internal(), Route::Reject);
 }
 
 /// The snapshot's index of healthCheckNodePorts follows plan changes (the

@@ -81,7 +81,7 @@ impl Harness {
     fn endpoints_of(&self, ns: &str, name: &str) -> Vec<String> {
         let Some(req) = self.dp.last_ok() else { return Vec::new() };
         let Some(plan) = req.snapshot.service(&ServiceName::new(ns, name)) else { return Vec::new() };
-        plan.ports.iter().flat_map(|p| p.internal.endpoints().iter().map(|e| e.addr().to_string())).collect()
+        plan.ports.iter().flat_map(|p| p.internal().endpoints().iter().map(|e| e.addr().to_string())).collect()
     }
 
     async fn converged_with(&self, what: &str, want: &[&str]) {

@@ -16,8 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use proxy_core::{
-    EmptyVerdict, FamilySet, Frontend, FrontendKind, IpFamily, NodePortAddresses, Protocol, Route, ServiceName,
-    ServicePlan, ServicePortPlan, Snapshot,
+    EmptyVerdict, FamilySet, Frontend, FrontendKind, IpFamily, MasqueradeConfig, MasqueradeSet, NodePortAddresses,
+    Protocol, ServiceName, ServicePlan, ServicePortPlan, Snapshot,
 };
 
 use crate::client::{ClientError, Ipvs};
@@ -226,6 +226,8 @@ pub struct Inputs<'a> {
     pub node_addresses: &'a [IpAddr],
     pub nodeport_addresses: &'a NodePortAddresses,
     pub primary_ips: &'a [IpAddr],
+    /// The snapshot's masquerade configuration (for the flow tables).
+    pub masquerade: &'a MasqueradeConfig,
 }
 
 /// The desired state for a whole snapshot (full syncs), and the conflicts found.
@@ -256,8 +258,28 @@ fn add_port_plan(
     let mut member = |kind: SetKind, m: Member| {
         share.members.insert((kind, family, m));
     };
-    for frontend in plan.frontends() {
-        let route = plan.route_for(frontend.kind, proto_class(frontend.kind));
+    // The core's decisions for this port, rendered verbatim.
+    let table = plan.flow_table(inputs.masquerade);
+    for f in &table.frontends {
+        let frontend = f.frontend;
+        // IPVS cannot pick real servers by source: a virtual server carries
+        // the route of traffic from outside the cluster (with
+        // externalTrafficPolicy Local, pods and the node reach only local
+        // endpoints too: the HostNetwork/pod capability says so).
+        let route = table.route(f.external.route);
+        let masquerade_set = match f.masquerade_set() {
+            m if m.all() => Some(SetKind::MasqAll),
+            m if m.none() => None,
+            MasqueradeSet { pod: false, node: true, external: true } => Some(SetKind::MasqNotPod),
+            MasqueradeSet { pod: false, node: true, external: false } => Some(SetKind::MasqNode),
+            other => {
+                conflicts.push(format!(
+                    "{frontend} of {}: masquerading {other:?} has no IPVS helper rule; not masqueraded",
+                    plan.name
+                ));
+                None
+            }
+        };
         let addrs: Vec<IpAddr> = match (frontend.kind, frontend.ip) {
             (FrontendKind::NodePort, _) => inputs
                 .node_addresses
@@ -271,6 +293,9 @@ fn add_port_plan(
         };
         for addr in addrs {
             let key = ServiceKey { protocol: proto, addr, port: frontend.port };
+            // The planner serves a contested frontend from one Service only
+            // (`proxy_core::contest`); what is left is a node port on an
+            // address another Service uses as externalIP: reported, skipped.
             if services.contains_key(&key) {
                 conflicts.push(format!("{key} is claimed by several Service ports; {} skipped", plan.name));
                 continue;
@@ -298,35 +323,26 @@ fn add_port_plan(
                 share.vips.insert(addr);
                 member(SetKind::Vips, Member::ip(addr));
             }
-            if frontend.kind.is_external() && plan.external_policy_local {
-                member(SetKind::LocalPolicy, m.clone());
+            if let Some(kind) = masquerade_set {
+                member(kind, m.clone());
             }
             if route.empty_verdict() == Some(EmptyVerdict::Drop) {
                 member(SetKind::Drop, m.clone());
             }
-            if frontend.kind == FrontendKind::LoadBalancer && !plan.source_ranges.is_empty() {
+            // The firewall rule exempts the node (`! --src-type LOCAL`): the
+            // cells of the other classes say whether the ranges apply.
+            if f.external.source_ranges && !table.source_ranges.is_empty() {
                 member(SetKind::LbFirewall, m.clone());
-                for net in &plan.source_ranges {
+                for net in &table.source_ranges {
                     member(SetKind::LbSource, Member::ip_port_net(addr, proto, frontend.port, *net));
                 }
             }
         }
     }
-    // Hairpin: a pod reaching itself through any frontend of this port.
-    for route in [&plan.internal, &plan.external, &plan.external_from_cluster] {
-        if let Route::Forward(eps) = route {
-            for e in eps.iter() {
-                member(SetKind::Loopback, Member::ip_port_ip(e.ip(), proto, e.port, e.ip()));
-            }
-        }
+    // Hairpin: an endpoint of the core's hairpin set reaching itself.
+    for e in &table.hairpin {
+        member(SetKind::Loopback, Member::ip_port_ip(e.ip(), proto, e.port(), e.ip()));
     }
-}
-
-/// The source class whose route a frontend's virtual server carries: IPVS
-/// cannot pick real servers by source, so an external frontend serves
-/// everyone the endpoints meant for traffic from outside the cluster.
-fn proto_class(_kind: FrontendKind) -> proxy_core::SourceClass {
-    proxy_core::SourceClass::External
 }
 
 /// Whether a virtual server found in the kernel is ours: its address is on

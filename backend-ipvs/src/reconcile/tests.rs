@@ -37,7 +37,9 @@ const NODE_IPS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 1, 10
 
 fn inputs() -> Inputs<'static> {
     static ALL: NodePortAddresses = NodePortAddresses::All;
+    static MASQ: MasqueradeConfig = MasqueradeConfig { all: false, cluster_cidrs: Vec::new() };
     Inputs {
+        masquerade: &MASQ,
         families: FamilySet::V4,
         scheduler: "rr",
         node_addresses: NODE_IPS,
@@ -276,7 +278,7 @@ fn empty_verdicts_and_source_ranges_become_set_members() {
     let d = desired(&snapshot(vec![local], vec![slice]), &inputs());
     let lb = Member::ip_port("203.0.113.7".parse().unwrap(), Protocol::Tcp, 80);
     assert!(d.sets()[&(SetKind::Drop, IpFamily::V4)].contains(&lb));
-    assert!(d.sets()[&(SetKind::LocalPolicy, IpFamily::V4)].contains(&lb));
+    assert!(d.sets()[&(SetKind::MasqNode, IpFamily::V4)].contains(&lb));
     assert!(d.sets()[&(SetKind::LbFirewall, IpFamily::V4)].contains(&lb));
     assert!(d.sets()[&(SetKind::LbSource, IpFamily::V4)].contains(&Member::ip_port_net(
         "203.0.113.7".parse().unwrap(),
@@ -378,4 +380,39 @@ fn drift_against_the_previous_state_is_counted() {
     let (_, slice) = web(&["10.244.1.5"]);
     let d3 = desired(&snapshot(vec![svc], vec![slice]), &inputs());
     assert_eq!(witness(&mut ipvs, &d2, &d3), (0, 0));
+}
+
+/// Each frontend is in the masquerade set of its flow table's cells, and
+/// the hairpin set is the table's: nothing here decides either.
+#[test]
+fn masquerade_and_hairpin_sets_follow_the_flow_table() {
+    let svc = ServiceBuilder::new("default", "web", "10.96.0.60")
+        .port("", 80, "TCP")
+        .load_balancer_ip("203.0.113.8", None)
+        .external_traffic_policy("Local")
+        .build();
+    let slice = SliceBuilder::new("default", "web-1", "web")
+        .port("", 8080, "TCP")
+        .endpoint(endpoint("10.244.1.5").node(NODE))
+        .endpoint(endpoint("10.244.2.5").node("node-b"))
+        .build();
+    let snap = snapshot(vec![svc], vec![slice]);
+    let masq = MasqueradeConfig { all: false, cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()] };
+    let d = desired(&snap, &Inputs { masquerade: &masq, ..inputs() });
+    let member = |ip: &str| Member::ip_port(ip.parse().unwrap(), Protocol::Tcp, 80);
+    let sets = d.sets();
+    assert!(sets[&(SetKind::MasqNotPod, IpFamily::V4)].contains(&member("10.96.0.60")));
+    assert!(sets[&(SetKind::MasqNode, IpFamily::V4)].contains(&member("203.0.113.8")));
+    assert!(sets.get(&(SetKind::MasqAll, IpFamily::V4)).is_none_or(|s| s.is_empty()));
+    // Pods keep their source at the LB with policy Local, so the remote
+    // endpoint may be sent back to itself: it is in the hairpin set too.
+    let table = snap.port_plans().next().unwrap().flow_table(&masq);
+    let want: BTreeSet<Member> =
+        table.hairpin.iter().map(|e| Member::ip_port_ip(e.ip(), Protocol::Tcp, e.port(), e.ip())).collect();
+    assert_eq!(want.len(), 2);
+    assert_eq!(sets[&(SetKind::Loopback, IpFamily::V4)], want);
+
+    let all = MasqueradeConfig { all: true, cluster_cidrs: vec![] };
+    let d = desired(&snap, &Inputs { masquerade: &all, ..inputs() });
+    assert!(d.sets()[&(SetKind::MasqAll, IpFamily::V4)].contains(&member("10.96.0.60")));
 }

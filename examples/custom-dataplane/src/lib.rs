@@ -131,7 +131,7 @@ impl Dataplane for AuditedDataplane {
         for name in request.changed.iter() {
             match request.snapshot.service(name) {
                 Some(plan) if self.log_endpoints => {
-                    let endpoints: usize = plan.ports.iter().map(|p| p.internal.endpoints().len()).sum();
+                    let endpoints: usize = plan.ports.iter().map(|p| p.internal().endpoints().len()).sum();
                     info!(service = %name, ports = plan.ports.len(), endpoints, "audit: Service changed");
                 }
                 Some(plan) => info!(service = %name, ports = plan.ports.len(), "audit: Service changed"),

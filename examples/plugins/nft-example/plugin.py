@@ -95,6 +95,8 @@ def render(services, context):
             n += 1
             proto = port["protocol"].lower()
             routes = {}
+            # The core's hairpin set (older daemons send none: mark every endpoint).
+            hairpin = port.get("hairpin")
             for rname, route in port["routes"].items():
                 if route["verdict"] != "Forward":
                     continue
@@ -102,10 +104,12 @@ def render(services, context):
                 targets = []
                 for i, ep in enumerate(route["endpoints"]):
                     ep_chain = f"{chain}-{i}"
-                    chains[ep_chain] = [
-                        f'ip saddr {ep["ip"]} meta mark set meta mark or {MARK:#x}',  # hairpin
-                        f'meta l4proto {proto} dnat to {ep["ip"]}:{ep["port"]}',
-                    ]
+                    addr = f'{ep["ip"]}:{ep["port"]}'
+                    rules = []
+                    if hairpin is None or addr in hairpin:
+                        rules.append(f'ip saddr {ep["ip"]} meta mark set meta mark or {MARK:#x}')  # hairpin
+                    rules.append(f'meta l4proto {proto} dnat to {addr}')
+                    chains[ep_chain] = rules
                     targets.append(f"{i} : goto {ep_chain}")
                 chains[chain] = ["numgen random mod %d vmap { %s }" % (len(targets), ", ".join(targets))]
                 routes[rname] = chain
