@@ -24,6 +24,7 @@
 
 pub mod convert;
 pub mod dataplane;
+pub mod duration;
 pub mod health;
 pub mod metrics;
 pub mod model;
@@ -40,6 +41,7 @@ pub mod tracker;
 pub use dataplane::{
     BoxError, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, SyncOutcome, SyncRequest,
 };
+pub use duration::{DurationError, GoDuration};
 pub use model::*;
 pub use netns::NetNamespace;
 pub use plan::*;
