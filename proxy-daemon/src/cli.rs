@@ -528,7 +528,11 @@ pub const KUBE_PROXY_FLAGS: &[FlagInfo] = &[
     same("iptables-masquerade-bit", "iptables.masqueradeBit"),
     same("iptables-min-sync-period", "iptables.minSyncPeriod"),
     same("iptables-sync-period", "iptables.syncPeriod"),
-    same("ipvs-exclude-cidrs", "ipvs.excludeCIDRs"),
+    different(
+        "ipvs-exclude-cidrs",
+        "ipvs.excludeCIDRs",
+        "validated and handed to the ipvs backend, which deletes only virtual servers it owns anyway",
+    ),
     same("ipvs-min-sync-period", "ipvs.minSyncPeriod"),
     same("ipvs-scheduler", "ipvs.scheduler"),
     same("ipvs-strict-arp", "ipvs.strictARP"),
@@ -581,7 +585,11 @@ pub const KUBE_PROXY_FLAGS: &[FlagInfo] = &[
         "logging.verbosity",
         "0-1 info, 2-3 one line per sync, 4-5 debug, 6+ trace (tracing levels, not klog's)",
     ),
-    different("version", "(action)", "prints switchyard's version; --version=vX.Y.Z is refused"),
+    different(
+        "version",
+        "(action)",
+        "prints switchyard's version; --version=vX.Y.Z (which sets the version kube-proxy reports) is accepted with a warning",
+    ),
     warned(
         "vmodule",
         "logging.vmodule",

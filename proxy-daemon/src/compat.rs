@@ -96,7 +96,10 @@ pub const CONFIG_FIELDS: &[FieldInfo] = &[
     same("ipvs.syncPeriod"),
     same("ipvs.minSyncPeriod"),
     same("ipvs.scheduler"),
-    same("ipvs.excludeCIDRs"),
+    different(
+        "ipvs.excludeCIDRs",
+        "validated and handed to the ipvs backend, which deletes only virtual servers it owns anyway",
+    ),
     same("ipvs.strictARP"),
     different("ipvs.tcpTimeout", "also read as a number of seconds (switchyard's earlier spelling)"),
     different("ipvs.tcpFinTimeout", "also read as a number of seconds (switchyard's earlier spelling)"),
@@ -146,6 +149,10 @@ pub struct MetricInfo {
     pub name: &'static str,
     pub support: Support,
 }
+
+/// Every metric kube-proxy v1.37 exports on `/metrics` (besides the Go
+/// runtime's `go_*`), and what switchyard exports for it.
+pub const METRICS: &[MetricInfo] = &[];
 
 /// Renders `docs/compatibility.md` from the tables.
 pub fn render_markdown(flags: &[crate::cli::FlagInfo], metrics: &[MetricInfo]) -> String {

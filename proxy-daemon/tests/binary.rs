@@ -67,7 +67,7 @@ fn config_errors_are_all_listed_and_exit_2() {
 fn unknown_mode_and_missing_files_exit_2() {
     let (code, _, err) = run(&switchyard_bin(), &["--proxy-mode=warp"], &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("unknown proxy mode \"warp\""), "{err}");
+    assert!(err.contains("mode: \"warp\": must be iptables, ipvs, nftables or blank"), "{err}");
     let (code, _, err) = run(&memory_bin(), &["--proxy-mode=memory", "--config=/nonexistent/kp.yaml"], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("/nonexistent/kp.yaml"), "{err}");

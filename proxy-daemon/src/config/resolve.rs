@@ -160,9 +160,20 @@ pub(super) fn resolve(
                     .into(),
             );
         } else {
+            // kube-proxy's words, then what this build adds.
+            let extra: Vec<String> = registry
+                .modes()
+                .into_iter()
+                .filter(|m| !["iptables", "ipvs", "nftables"].contains(&m.as_str()))
+                .collect();
+            let also = if extra.is_empty() {
+                String::new()
+            } else {
+                format!(", or a mode of this build: {}", extra.join(", "))
+            };
             c.problem(
                 "mode",
-                format!("unknown proxy mode {:?}; known modes: {}", cfg.mode, registry.modes().join(", ")),
+                format!("{:?}: must be iptables, ipvs, nftables or blank (blank means iptables){also}", cfg.mode),
             );
         }
     }
@@ -187,12 +198,17 @@ pub(super) fn resolve(
     } else {
         (Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::LOCALHOST.into())
     };
+    // A file's address may omit the port (kube-proxy's conversion appends
+    // the default); a flag's may not (kube-proxy refuses it).
+    let from_flag = |key: &str| (c.origin)(key).as_deref() == Some("command line");
     let healthz = match text(&doc.healthz_bind_address) {
         "" => SocketAddr::new(healthz_host, HEALTHZ_PORT).to_string(),
+        a if from_flag("healthzBindAddress") => a.to_string(),
         a => append_port_if_needed(a, HEALTHZ_PORT),
     };
     let metrics = match text(&doc.metrics_bind_address) {
         "" => SocketAddr::new(metrics_host, METRICS_PORT).to_string(),
+        a if from_flag("metricsBindAddress") => a.to_string(),
         a => append_port_if_needed(a, METRICS_PORT),
     };
     // The deprecated --healthz-port/--metrics-port: 0 turns the server off.
@@ -216,12 +232,20 @@ pub(super) fn resolve(
     };
 
     // Sync periods: the mode's section (kube-proxy's v1alpha1 conversion),
-    // defaults (30s, 1s; ipvs has no minSyncPeriod default), then ours.
+    // defaults (30s, 1s), then ours.
     let ipt = doc.iptables.clone().unwrap_or_default();
     let ipvs = doc.ipvs.clone().unwrap_or_default();
     let nft = doc.nftables.clone().unwrap_or_default();
+    // Without kube-proxy's file, kube-proxy starts from its defaults for
+    // mode "" (iptables': 30s, 1s) and its flags change them: the ipvs
+    // flags in ipvs mode, the iptables flags in any other (nftables too).
+    // From a file, the mode's own section counts, and ipvs has no
+    // minSyncPeriod default.
+    let flags_only = flavour != FileFlavour::KubeProxy && (c.origin)("mode").as_deref() == Some("command line");
     let (sync, min_sync, min_default) = match section_of_mode {
+        "ipvs" if flags_only => (ipvs.sync_period, ipvs.min_sync_period, DEFAULT_MIN_SYNC_PERIOD),
         "ipvs" => (ipvs.sync_period, ipvs.min_sync_period, Duration::ZERO),
+        "nftables" if flags_only => (ipt.sync_period, ipt.min_sync_period, DEFAULT_MIN_SYNC_PERIOD),
         "nftables" => (nft.sync_period, nft.min_sync_period, DEFAULT_MIN_SYNC_PERIOD),
         _ => (ipt.sync_period, ipt.min_sync_period, DEFAULT_MIN_SYNC_PERIOD),
     };
@@ -234,13 +258,13 @@ pub(super) fn resolve(
         None => (format!("{section_of_mode}.minSyncPeriod"), or_default(min_sync, min_default)),
     };
     if sync.as_nanos() <= 0 {
-        c.problem(&sync_path, format!("{sync}: must be greater than 0"));
+        c.problem(&sync_path, format!("\"{sync}\": must be greater than 0"));
     }
     if min_sync.is_negative() {
-        c.problem(&min_path, format!("{min_sync}: must be greater than or equal to 0"));
+        c.problem(&min_path, format!("\"{min_sync}\": must be greater than or equal to 0"));
     }
     if min_sync > sync && !sync.is_negative() {
-        c.problem(&sync_path, format!("{min_sync}: must be greater than or equal to {min_path}"));
+        c.problem(&sync_path, format!("\"{min_sync}\": must be greater than or equal to {min_path}"));
     }
     cfg.sync_period = sync.to_std().unwrap_or(DEFAULT_SYNC_PERIOD);
     cfg.min_sync_period = min_sync.to_std().unwrap_or(DEFAULT_MIN_SYNC_PERIOD);
@@ -267,7 +291,7 @@ pub(super) fn resolve(
             ("udpTimeout", ipvs.udp_timeout),
         ] {
             if let Some(t) = t.filter(|t| t.0.is_negative()) {
-                c.problem(&format!("ipvs.{key}"), format!("{}: must be greater than or equal to 0", t.0));
+                c.problem(&format!("ipvs.{key}"), format!("\"{}\": must be greater than or equal to 0", t.0));
             }
         }
         for (i, cidr) in ipvs.exclude_cidrs.clone().unwrap_or_default().0.iter().enumerate() {
@@ -348,7 +372,7 @@ pub(super) fn resolve(
         ("udpStreamTimeout", udp_stream),
     ] {
         if d.is_negative() {
-            c.problem(&format!("conntrack.{key}"), format!("{d}: must be greater than or equal to 0"));
+            c.problem(&format!("conntrack.{key}"), format!("\"{d}\": must be greater than or equal to 0"));
         }
     }
     cfg.conntrack = ConntrackConfig {
@@ -369,7 +393,7 @@ pub(super) fn resolve(
 
     let config_sync = or_default(doc.config_sync_period, DEFAULT_CONFIG_SYNC_PERIOD);
     if config_sync.as_nanos() <= 0 {
-        c.problem("configSyncPeriod", format!("{config_sync}: must be greater than 0"));
+        c.problem("configSyncPeriod", format!("\"{config_sync}\": must be greater than 0"));
     } else if config_sync != GoDuration::from_std(DEFAULT_CONFIG_SYNC_PERIOD) {
         c.warn(
             "configSyncPeriod",
@@ -413,7 +437,7 @@ pub(super) fn resolve(
     let flush = lg.flush_frequency.map(|f| f.0).filter(|f| !f.is_zero());
     let flush = flush.unwrap_or(GoDuration::from_std(DEFAULT_FLUSH_FREQUENCY));
     if flush.is_negative() {
-        c.problem("logging.flushFrequency", format!("{flush}: Must be greater than zero"));
+        c.problem("logging.flushFrequency", format!("\"{flush}\": Must be greater than zero"));
     }
     let vmodule = lg.vmodule.clone().unwrap_or_default();
     if !vmodule.is_empty() {
@@ -543,6 +567,7 @@ pub(super) fn resolve(
         client: (qps, burst, content_type),
         flush,
         verbosity,
+        own_from_flags: OWN_KEYS.iter().copied().filter(|k| (c.origin)(k).as_deref() == Some("command line")).collect(),
     });
     cfg
 }
@@ -662,6 +687,8 @@ struct V1alpha1<'a> {
     client: (f64, i64, &'a str),
     flush: GoDuration,
     verbosity: i64,
+    /// switchyard's own keys whose value came from a flag.
+    own_from_flags: Vec<&'static str>,
 }
 
 fn num(f: f64) -> Value {
@@ -779,9 +806,11 @@ fn write_v1alpha1(w: &V1alpha1<'_>) -> Value {
     if d.windows_run_as_service == Some(true) {
         out["windowsRunAsService"] = json!(true);
     }
-    // switchyard's own fields, when set, so the file reads back the same here.
+    // switchyard's own fields, when a file or the environment set them, so
+    // the file reads back the same here (a flag is not a configuration
+    // field: kube-proxy writes none of `--master`, say).
     if let Value::Object(raw) = w.raw {
-        for key in OWN_KEYS {
+        for key in OWN_KEYS.iter().filter(|k| !w.own_from_flags.contains(k)) {
             if let Some(v) = raw.get(*key).filter(|v| !v.is_null()) {
                 out[*key] = v.clone();
             }

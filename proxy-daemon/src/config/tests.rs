@@ -203,7 +203,7 @@ fn kube_proxys_rejections_with_its_reasons() {
         ("showHiddenMetricsForVersion: \"1.20\"\n", "showHiddenMetricsForVersion", "only the previous minor version"),
         ("configSyncPeriod: -1m\n", "configSyncPeriod", "must be greater than 0"),
         ("iptables:\n  syncPeriod: soon\n", "iptables.syncPeriod", "time: invalid duration \"soon\""),
-        ("mode: kernelspace\n", "mode", "unknown proxy mode"),
+        ("mode: kernelspace\n", "mode", "\"kernelspace\": must be iptables, ipvs, nftables or blank"),
     ];
     for (body, path, reason) in cases {
         let p = problems(&kp(body));
@@ -320,9 +320,9 @@ fn debug_handlers_are_off_unless_asked_for() {
 }
 
 #[test]
-fn unknown_mode_lists_known_ones() {
+fn unknown_mode_says_kube_proxys_words() {
     let err = load(&layers(None, &[], serde_json::json!({"mode": "nope"})), &registry()).unwrap_err();
-    assert!(err.to_string().contains("known modes: iptables, ipvs"), "{err}");
+    assert!(err.to_string().contains("mode: \"nope\": must be iptables, ipvs, nftables or blank"), "{err}");
 }
 
 #[test]
