@@ -49,6 +49,9 @@ pub struct HealthStatus {
     pub backend_down: Option<String>,
     /// The error of a failed full sync, while no sync has succeeded since.
     pub sync_failing: Option<String>,
+    /// Per family that synced at least once: its last successful sync and
+    /// whether it is on time (kube-proxy's `status`).
+    pub families: BTreeMap<IpFamily, (SystemTime, bool)>,
 }
 
 /// Shared health state; clone freely.
@@ -192,6 +195,15 @@ impl ProxyHealth {
             node_deleting: s.node_deleting,
             backend_down,
             sync_failing: s.sync_failing.clone(),
+            families: s
+                .last_updated
+                .iter()
+                .map(|(f, t)| {
+                    let late =
+                        s.oldest_pending.get(f).is_some_and(|p| now.saturating_duration_since(*p) >= self.timeout);
+                    (*f, (*t, !late))
+                })
+                .collect(),
         }
     }
 }
