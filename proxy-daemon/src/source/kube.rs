@@ -286,7 +286,7 @@ pub fn describe_watch_error(e: &watcher::Error) -> String {
 fn status_text(s: &kube::core::Status) -> String {
     let mut text = format!("{} ({} {})", s.message, s.code, s.reason);
     if s.code == 403 {
-        text.push_str("; grant this identity that verb on that resource (as deploy/rbac.yaml does)");
+        text.push_str("; grant this identity that verb on that resource (as deploy/base/rbac.yaml does)");
     }
     text
 }
@@ -369,7 +369,7 @@ mod tests {
         let text = describe_watch_error(&e);
         assert_eq!(
             text,
-            r#"initial list failed: endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:switchyard" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope (403 Forbidden); grant this identity that verb on that resource (as deploy/rbac.yaml does)"#
+            r#"initial list failed: endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:switchyard" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope (403 Forbidden); grant this identity that verb on that resource (as deploy/base/rbac.yaml does)"#
         );
         let gone = kube::core::Status::failure("too old resource version: 1 (5)", "Expired").with_code(410);
         let e = watcher::Error::WatchError(gone.boxed());
