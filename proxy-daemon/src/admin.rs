@@ -99,6 +99,8 @@ impl DaemonMetrics {
             m.manifest_errors.clone(),
         );
         ours.register("ready", "1 after the first successful sync", m.ready.clone());
+        // process_* as every Go program exports them (kube-proxy's dashboards use them).
+        registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         m
     }
 }

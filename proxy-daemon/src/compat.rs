@@ -67,8 +67,14 @@ pub const CONFIG_FIELDS: &[FieldInfo] = &[
         "clientConnection.contentType",
         "switchyard always speaks application/json (kube-proxy's default protobuf is accepted silently)",
     ),
-    same("clientConnection.qps"),
-    same("clientConnection.burst"),
+    different(
+        "clientConnection.qps",
+        "validated as kube-proxy does; not applied: switchyard's API use is one list and one watch per resource",
+    ),
+    different(
+        "clientConnection.burst",
+        "validated as kube-proxy does; not applied: switchyard's API use is one list and one watch per resource",
+    ),
     same("logging.format"),
     warned("logging.flushFrequency", "validated; switchyard writes every line at once"),
     different("logging.verbosity", "tracing levels: 0-1 info, 2-3 one line per sync, 4-5 debug, 6+ trace"),
@@ -152,7 +158,80 @@ pub struct MetricInfo {
 
 /// Every metric kube-proxy v1.37 exports on `/metrics` (besides the Go
 /// runtime's `go_*`), and what switchyard exports for it.
-pub const METRICS: &[MetricInfo] = &[];
+pub const METRICS: &[MetricInfo] = &[
+    metric("kubeproxy_sync_proxy_rules_duration_seconds", Support::Same),
+    metric("kubeproxy_sync_full_proxy_rules_duration_seconds", Support::Same),
+    metric("kubeproxy_sync_partial_proxy_rules_duration_seconds", Support::Same),
+    metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds", Support::Same),
+    metric("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", Support::Same),
+    metric("kubeproxy_network_programming_duration_seconds", Support::Same),
+    metric("kubeproxy_sync_proxy_rules_endpoint_changes_pending", Support::Same),
+    metric("kubeproxy_sync_proxy_rules_endpoint_changes_total", Support::Same),
+    metric("kubeproxy_sync_proxy_rules_service_changes_pending", Support::Same),
+    metric("kubeproxy_sync_proxy_rules_service_changes_total", Support::Same),
+    metric("kubeproxy_sync_proxy_rules_no_local_endpoints_total", Support::Same),
+    metric("kubeproxy_proxy_healthz_total", Support::Same),
+    metric("kubeproxy_proxy_livez_total", Support::Same),
+    metric(
+        "kubeproxy_sync_proxy_rules_iptables_total",
+        Support::Different("iptables mode; the table label only (no ip_family): one count for both families"),
+    ),
+    metric(
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+        Support::Different("iptables mode; without the ip_family label"),
+    ),
+    metric(
+        "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+        Support::Different("iptables mode; without the ip_family label"),
+    ),
+    metric("kubeproxy_sync_proxy_rules_iptables_last", Support::Different("not exported")),
+    metric(
+        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+        Support::Different("not exported: no nftables mode yet"),
+    ),
+    metric(
+        "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+        Support::Different("not exported: no nftables mode yet"),
+    ),
+    metric("kubeproxy_nftables_localhost_nodeport_listeners", Support::Different("not exported: no nftables mode yet")),
+    metric(
+        "kubeproxy_nftables_localhost_nodeport_listener_creation_failures_total",
+        Support::Different("not exported: no nftables mode yet"),
+    ),
+    metric("kubeproxy_conntrack_reconciler_sync_duration_seconds", Support::Different("not exported")),
+    metric("kubeproxy_conntrack_reconciler_deleted_entries_total", Support::Different("not exported")),
+    metric("kubeproxy_sync_proxy_rules_winkernel_lb_create_failures_total", Support::Different("Windows only")),
+    metric("kubeproxy_sync_proxy_rules_winkernel_lb_update_failures_total", Support::Different("Windows only")),
+    metric("kubeproxy_sync_proxy_rules_winkernel_lb_delete_failures_total", Support::Different("Windows only")),
+    metric("process_cpu_seconds_total", Support::Same),
+    metric("process_open_fds", Support::Same),
+    metric("process_max_fds", Support::Same),
+    metric("process_virtual_memory_bytes", Support::Same),
+    metric("process_virtual_memory_max_bytes", Support::Same),
+    metric("process_resident_memory_bytes", Support::Same),
+    metric("process_start_time_seconds", Support::Same),
+    metric(
+        "process_network_receive_bytes_total",
+        Support::Different("not exported (client_golang reads it from /proc/self/net/dev)"),
+    ),
+    metric(
+        "process_network_transmit_bytes_total",
+        Support::Different("not exported (client_golang reads it from /proc/self/net/dev)"),
+    ),
+    metric(
+        "rest_client_requests_total",
+        Support::Different("not exported yet (the kube-rs client has no request hook wired)"),
+    ),
+    metric(
+        "rest_client_request_duration_seconds",
+        Support::Different("not exported yet (the kube-rs client has no request hook wired)"),
+    ),
+    metric("go_*", Support::Different("Go runtime metrics: nothing to report for a Rust process")),
+];
+
+const fn metric(name: &'static str, support: Support) -> MetricInfo {
+    MetricInfo { name, support }
+}
 
 /// Renders `docs/compatibility.md` from the tables.
 pub fn render_markdown(flags: &[crate::cli::FlagInfo], metrics: &[MetricInfo]) -> String {

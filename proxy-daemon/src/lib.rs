@@ -38,6 +38,7 @@ pub mod fake_apiserver;
 pub mod healthcheck;
 pub mod inspect;
 pub mod logging;
+pub mod process_metrics;
 pub mod source;
 pub mod yaml;
 

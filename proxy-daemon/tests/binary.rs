@@ -167,6 +167,8 @@ async fn file_source_admin_endpoints_and_clean_stop() {
         "switchyard_build_info{",
         "switchyard_services 2",
         "switchyard_ready 1",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
@@ -360,9 +362,15 @@ async fn invalid_fields_are_skipped_and_named_failed_syncs_retry() {
 }
 
 /// The count of a histogram in OpenMetrics text (`NAME_count N`).
+/// The sample count of a histogram, summed over its labels (`ip_family`).
 fn histogram_count(metrics: &str, name: &str) -> u64 {
-    let prefix = format!("{name}_count ");
-    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    let prefix = format!("{name}_count");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|rest| rest.starts_with([' ', '{']))
+        .filter_map(|rest| rest.rsplit(' ').next().and_then(|n| n.trim().parse::<u64>().ok()))
+        .sum()
 }
 
 #[tokio::test]
