@@ -41,7 +41,12 @@ struct State {
 /// What `/healthz` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthStatus {
+    /// `/healthz`: the proxy is healthy and the node is not leaving.
     pub healthy: bool,
+    /// The proxy alone, whatever the node's eligibility: `/livez`'s sense
+    /// and the health-check node ports' `serviceProxyHealthy` (kube-proxy's
+    /// `Health().Healthy`, which leaves node eligibility to `/healthz`).
+    pub proxy_healthy: bool,
     /// The last successful sync (any family), if there was one.
     pub last_updated: Option<SystemTime>,
     pub node_deleting: bool,
@@ -191,6 +196,7 @@ impl ProxyHealth {
         let late = s.oldest_pending.values().any(|t| now.saturating_duration_since(*t) >= self.timeout);
         HealthStatus {
             healthy: !late && !s.node_deleting && backend_down.is_none() && s.sync_failing.is_none(),
+            proxy_healthy: !late && backend_down.is_none() && s.sync_failing.is_none(),
             last_updated: s.last_updated.values().max().copied(),
             node_deleting: s.node_deleting,
             backend_down,

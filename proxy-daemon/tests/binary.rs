@@ -320,6 +320,43 @@ async fn health_check_node_ports() {
     assert_eq!(d.terminate().await, Some(0));
 }
 
+/// The cluster autoscaler taints a node before deleting it: /healthz fails
+/// (load balancers drain the node), /livez does not, and the health-check
+/// node ports keep answering for their local endpoints, as kube-proxy's.
+#[tokio::test]
+async fn a_node_the_autoscaler_will_delete_fails_healthz_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let hc_port = free_port();
+    let tainted = format!(
+        "{NODE_A}spec:\n  taints: [{{key: ToBeDeletedByClusterAutoscaler, value: \"1733230000\", effect: NoSchedule}}]\n"
+    );
+    let m = write(dir.path(), "lb.yaml", &format!("{}---{NODE_A}", lb_service(hc_port)));
+    let src = format!("--source=file:{}", m.display());
+    let mut d = Daemon::start(
+        &memory_bin(),
+        dir.path(),
+        &["--proxy-mode=memory", &src, FAST[0], FAST[1], "--nodeport-addresses=127.0.0.0/8"],
+    );
+    d.wait_ready().await;
+    let healthz = d.healthz;
+    let (code, _, body) = http_async("GET", healthz, "/healthz", "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    write(dir.path(), "lb.yaml", &format!("{}---{tainted}", lb_service(hc_port)));
+    d.barrier().await;
+    eventually("/healthz fails for the tainted node", || async move {
+        matches!(http_async("GET", healthz, "/healthz", "").await, Ok((503, _, b)) if b.contains("\"nodeEligible\":false"))
+    })
+    .await;
+    let (code, _, body) = http_async("GET", healthz, "/livez", "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("nodeEligible"), "{body}");
+    let hc: std::net::SocketAddr = format!("127.0.0.1:{hc_port}").parse().unwrap();
+    let (code, _, body) = http_async("GET", hc, "/", "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["serviceProxyHealthy"], true, "{body}");
+    assert_eq!(d.terminate().await, Some(0));
+}
+
 #[test]
 fn inspect_reports_differences() {
     let dir = tempfile::tempdir().unwrap();
