@@ -218,13 +218,11 @@ pub const METRICS: &[MetricInfo] = &[
         "process_network_transmit_bytes_total",
         Support::Different("not exported (client_golang reads it from /proc/self/net/dev)"),
     ),
+    metric("rest_client_requests_total", Support::Same),
+    metric("rest_client_request_duration_seconds", Support::Same),
     metric(
-        "rest_client_requests_total",
-        Support::Different("not exported yet (the kube-rs client has no request hook wired)"),
-    ),
-    metric(
-        "rest_client_request_duration_seconds",
-        Support::Different("not exported yet (the kube-rs client has no request hook wired)"),
+        "rest_client_*",
+        Support::Different("client-go's other rest_client_ metrics (sizes, rate limiter, retries) are not exported"),
     ),
     metric("go_*", Support::Different("Go runtime metrics: nothing to report for a Rust process")),
 ];

@@ -40,7 +40,8 @@ use crate::{DaemonError, build_info};
 
 /// A prepared source: checked, not yet running.
 pub enum PreparedSource {
-    Kube(KubeSource),
+    /// Boxed: the client and its metrics handles make it much larger than a path.
+    Kube(Box<KubeSource>),
     File(PathBuf),
 }
 
@@ -84,7 +85,7 @@ pub async fn prepare_source(cfg: &Config, node: &str) -> Result<PreparedSource, 
             info!(api_server = %kc.cluster_url, "using the Kubernetes API server");
             let src = KubeSource::new(kc, node, cfg.service_proxy_name.clone())
                 .map_err(|e| DaemonError::Startup(ErrorChain(&e).to_string()))?;
-            Ok(PreparedSource::Kube(src))
+            Ok(PreparedSource::Kube(Box::new(src)))
         }
     }
 }
@@ -354,6 +355,9 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
     let health = ProxyHealth::new(cfg.sync_period * 2);
     let (proxy_metrics, daemon_metrics) = {
         let mut reg = metrics_registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let PreparedSource::Kube(k) = &source {
+            k.rest_metrics().register(&mut reg);
+        }
         (ProxyMetrics::register(&mut reg), DaemonMetrics::register(&mut reg))
     };
     let (version, commit) = build_info();
@@ -404,7 +408,7 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         }
         PreparedSource::Kube(k) => {
             let stop = stop_rx.clone();
-            let k = k.with_status(health.clone());
+            let k = (*k).with_status(health.clone());
             tasks.spawn(async move { k.run(sink.clone(), wait_for(stop)).await });
         }
     }

@@ -130,7 +130,7 @@ async fn desired_state(
         }
         PreparedSource::Kube(k) => {
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(k.run(sink, async move {
+            let task = tokio::spawn((*k).run(sink, async move {
                 let _ = stop_rx.await;
             }));
             let deadline = tokio::time::Instant::now() + timeout;

@@ -241,6 +241,11 @@ async fn iptables_in_a_namespace_programs_what_the_apiserver_holds() {
     args.extend(["--proxy-mode=iptables", "--cluster-cidr=10.244.0.0/16", "--min-sync-period=50ms"]);
     let d = Daemon::start(&switchyard_bin(), dir.path(), &args);
     d.wait_ready().await;
+    // client-go's request metrics, for the kube-rs client (the lists, the watches).
+    let (_, metrics) = d.get("/metrics").await;
+    for want in ["rest_client_requests_total{code=\"200\"", "rest_client_request_duration_seconds_bucket{"] {
+        assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+    }
 
     cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n").await.unwrap();
     cp.apply_yaml(&format!(
