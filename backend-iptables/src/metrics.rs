@@ -28,7 +28,12 @@ impl IptablesMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = IptablesMetrics::default();
         let kp = registry.sub_registry_with_prefix("kubeproxy");
-        kp.register("sync_proxy_rules_iptables", "Number of proxy iptables rules programmed", m.rules.clone());
+        // kube-proxy's name (a gauge, `_total` and all).
+        kp.register(
+            "sync_proxy_rules_iptables_total",
+            "Total number of iptables rules owned by kube-proxy",
+            m.rules.clone(),
+        );
         // prometheus-client appends `_total` to counters.
         kp.register(
             "sync_proxy_rules_iptables_restore_failures",

@@ -15,7 +15,7 @@
 //! reused, unlike namespace inode numbers), else `inode-<dev>-<ino>` of the
 //! namespace. `/run` is a tmpfs, so records end with the boot, as the
 //! namespaces do. In a container, `/run/switchyard` must be the host's
-//! (a hostPath, as in `deploy/daemonset.yaml`) for a restarted container
+//! (a hostPath, as in `deploy/base/daemonset.yaml`) for a restarted container
 //! to find them. Without a record, cleanup changes nothing (the behaviour
 //! before records existed).
 //!

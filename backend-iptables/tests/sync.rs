@@ -245,7 +245,7 @@ fn failures_fall_back_to_full_syncs() {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(text.contains("kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 2"), "{text}");
     assert!(text.contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1"), "{text}");
-    assert!(text.contains("kubeproxy_sync_proxy_rules_iptables{table=\"nat\"}"), "{text}");
+    assert!(text.contains("kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"}"), "{text}");
 }
 
 fn sorted_builtins(mut rs: Ruleset) -> Ruleset {

@@ -161,7 +161,10 @@ impl IpvsDataplane {
         // failed sync left no previous state to compare the rest with.
         let set_up_before = state.setup_done && full;
         if full {
-            let changed = sysctl::apply()?;
+            let mut changed = sysctl::apply()?;
+            if self.config.strict_arp {
+                changed.extend(sysctl::apply_strict_arp()?);
+            }
             if set_up_before {
                 Repairs::note(
                     &mut repairs.sysctls,

@@ -44,6 +44,23 @@ pub fn apply() -> Result<Vec<&'static str>, IpvsError> {
     Ok(changed)
 }
 
+/// kube-proxy's `strictARP`: `arp_ignore=1` (answer only for addresses on
+/// the receiving interface) and `arp_announce=2` (use the best local source),
+/// so the node does not answer ARP for VIPs it holds on `switchyard0`.
+pub const STRICT_ARP: &[(&str, &str)] =
+    &[("net.ipv4.conf.all.arp_ignore", "1"), ("net.ipv4.conf.all.arp_announce", "2")];
+
+/// Writes [`STRICT_ARP`] (recorded, and restored by cleanup, as the others).
+pub fn apply_strict_arp() -> Result<Vec<&'static str>, IpvsError> {
+    let mut changed = Vec::new();
+    for (name, value) in STRICT_ARP {
+        if set(name, value)? {
+            changed.push(*name);
+        }
+    }
+    Ok(changed)
+}
+
 /// Writes back the values found before [`apply`] changed them (cleanup).
 pub fn restore() -> Result<Vec<String>, IpvsError> {
     Sysctls::new(OWNER).restore().map_err(|e| IpvsError::Sysctl { name: e.name, source: e.source })

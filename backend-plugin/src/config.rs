@@ -125,29 +125,10 @@ impl PluginConfig {
     }
 }
 
-/// Go-style durations: `500ms`, `10s`, `1m30s`, `2h`.
+/// Go durations (`500ms`, `10s`, `1m30s`, `2h`), with the workspace's one
+/// parser (Go's grammar; a negative one is refused).
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let number: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ms" => number / 1000.0,
-            "s" => number,
-            "m" => number * 60.0,
-            "h" => number * 3600.0,
-            _ => return None,
-        };
-        total += Duration::try_from_secs_f64(seconds).ok()?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
+    proxy_core::duration::parse_duration(text).ok()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! admin (`O=system:masters`) and kube-proxy's identity (`CN=system:kube-proxy`,
 //! which the bootstrap policy binds to `system:node-proxier`);
 //! [`ControlPlane::service_account_kubeconfig`] adds a ServiceAccount's token
-//! (the identity `deploy/rbac.yaml` grants). Both processes are killed by pid
+//! (the identity `deploy/base/rbac.yaml` grants). Both processes are killed by pid
 //! and the directory removed when the value is dropped, on every path; they
 //! also get `PR_SET_PDEATHSIG`, so a test process killed outright does not
 //! leave them behind.

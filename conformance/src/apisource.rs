@@ -8,7 +8,7 @@
 //! write them) and deleted through it; the proxies under test list and watch
 //! them with their own identities:
 //!
-//! - switchyard with a ServiceAccount token of `deploy/rbac.yaml` (applied as
+//! - switchyard with a ServiceAccount token of `deploy/base/rbac.yaml` (applied as
 //!   shipped), so every scenario also proves that RBAC sufficient;
 //! - upstream kube-proxy as `system:kube-proxy` (the bootstrap policy's
 //!   `system:node-proxier`).
@@ -39,7 +39,7 @@ use crate::relay::Relay;
 use crate::scenario::{Kind, ObjectKey, ObjectStore, object_key};
 
 /// The shipped RBAC, applied to the API server as it is.
-pub const RBAC: &str = include_str!("../../deploy/rbac.yaml");
+pub const RBAC: &str = include_str!("../../deploy/base/rbac.yaml");
 /// The Service the API server makes for itself (`service` field of a `ProgrammedState` frontend).
 pub const API_SERVICE: &str = "default/kubernetes";
 
@@ -60,7 +60,7 @@ impl std::fmt::Debug for ApiLab {
 }
 
 impl ApiLab {
-    /// Starts etcd and kube-apiserver, applies `deploy/rbac.yaml`, and opens
+    /// Starts etcd and kube-apiserver, applies `deploy/base/rbac.yaml`, and opens
     /// the relay in the lab's node1.
     pub async fn start(lab: &Lab, bins: &ReferenceBinaries) -> Result<ApiLab> {
         Self::start_with(lab, bins, &ControlPlaneConfig::default()).await
@@ -94,7 +94,7 @@ impl ApiLab {
     }
 
     /// A kubeconfig for switchyard inside node1: the ServiceAccount
-    /// `kube-system/switchyard` of `deploy/rbac.yaml`, with a fresh token
+    /// `kube-system/switchyard` of `deploy/base/rbac.yaml`, with a fresh token
     /// (TokenRequest tokens expire; a long suite asks again per start).
     pub async fn switchyard_kubeconfig(&self) -> Result<PathBuf> {
         self.cp.service_account_kubeconfig("kube-system", "switchyard").await?;

@@ -23,7 +23,7 @@ use crate::addresses;
 use crate::agent::{EchoPorts, Proto};
 use crate::error::{ConformanceError, Result};
 
-/// A duration written as `500ms`, `2s`, `1.5s` or `1m`.
+/// A duration written as Go writes one: `500ms`, `2s`, `1.5s` or `1m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(into = "String")]
 pub struct Dur(pub Duration);
@@ -40,26 +40,18 @@ impl fmt::Display for Dur {
     }
 }
 
-/// Parses `500ms`, `2s`, `1.5s`, `1m`.
+/// Parses a Go duration (`500ms`, `2s`, `1.5s`, `1m`) with the workspace's
+/// one parser; a negative one is refused.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: f64 = num.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
+    proxy_core::duration::parse_duration(s).ok()
 }
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let v = Value::deserialize(d)?;
+        // Strings in Go's grammar only: a bare number has no unit, as in Go.
         let parsed = match &v {
             Value::String(s) => parse_duration(s),
-            Value::Number(n) => n.as_f64().map(Duration::from_secs_f64),
             _ => None,
         };
         parsed.map(Dur).ok_or_else(|| serde::de::Error::custom(format!("{v} is not a duration (500ms, 2s)")))
@@ -869,7 +861,8 @@ steps:
     fn durations_parse() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2"), None, "a unit is needed, as in Go");
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("fast"), None);

@@ -577,6 +577,12 @@ pub fn node_from_k8s(node: &Node, ctx: &ConvertContext) -> Result<Conversion<Nod
         }
     }
     let labels: BTreeMap<String, String> = node.metadata.labels.clone().unwrap_or_default();
-    let value = NodeInfo { name, addresses, labels, deleting: node.metadata.deletion_timestamp.is_some() };
+    let to_be_deleted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == NodeInfo::TO_BE_DELETED_TAINT));
+    let deleting = node.metadata.deletion_timestamp.is_some() || to_be_deleted;
+    let value = NodeInfo { name, addresses, labels, deleting };
     Ok(f.finish(value))
 }

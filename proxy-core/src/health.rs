@@ -41,7 +41,12 @@ struct State {
 /// What `/healthz` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthStatus {
+    /// `/healthz`: the proxy is healthy and the node is not leaving.
     pub healthy: bool,
+    /// The proxy alone, whatever the node's eligibility: `/livez`'s sense
+    /// and the health-check node ports' `serviceProxyHealthy` (kube-proxy's
+    /// `Health().Healthy`, which leaves node eligibility to `/healthz`).
+    pub proxy_healthy: bool,
     /// The last successful sync (any family), if there was one.
     pub last_updated: Option<SystemTime>,
     pub node_deleting: bool,
@@ -49,6 +54,9 @@ pub struct HealthStatus {
     pub backend_down: Option<String>,
     /// The error of a failed full sync, while no sync has succeeded since.
     pub sync_failing: Option<String>,
+    /// Per family that synced at least once: its last successful sync and
+    /// whether it is on time (kube-proxy's `status`).
+    pub families: BTreeMap<IpFamily, (SystemTime, bool)>,
 }
 
 /// Shared health state; clone freely.
@@ -188,10 +196,20 @@ impl ProxyHealth {
         let late = s.oldest_pending.values().any(|t| now.saturating_duration_since(*t) >= self.timeout);
         HealthStatus {
             healthy: !late && !s.node_deleting && backend_down.is_none() && s.sync_failing.is_none(),
+            proxy_healthy: !late && backend_down.is_none() && s.sync_failing.is_none(),
             last_updated: s.last_updated.values().max().copied(),
             node_deleting: s.node_deleting,
             backend_down,
             sync_failing: s.sync_failing.clone(),
+            families: s
+                .last_updated
+                .iter()
+                .map(|(f, t)| {
+                    let late =
+                        s.oldest_pending.get(f).is_some_and(|p| now.saturating_duration_since(*p) >= self.timeout);
+                    (*f, (*t, !late))
+                })
+                .collect(),
         }
     }
 }

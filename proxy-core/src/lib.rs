@@ -25,6 +25,7 @@
 pub mod contest;
 pub mod convert;
 pub mod dataplane;
+pub mod duration;
 pub mod flows;
 pub mod health;
 pub mod metrics;
@@ -43,6 +44,7 @@ pub mod tracker;
 pub use dataplane::{
     BoxError, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, SyncOutcome, SyncRequest,
 };
+pub use duration::{DurationError, GoDuration};
 pub use flows::{ClassFlow, FlowTable, FrontendFlows, MasqueradeSet, RouteId};
 pub use model::*;
 pub use netns::NetNamespace;

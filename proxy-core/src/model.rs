@@ -455,12 +455,17 @@ pub struct NodeInfo {
     pub name: Arc<str>,
     pub addresses: Vec<NodeAddress>,
     pub labels: BTreeMap<String, String>,
-    /// `metadata.deletionTimestamp` is set: `/healthz` fails so that load
-    /// balancers drain the node.
+    /// The node is leaving: `metadata.deletionTimestamp` is set, or the
+    /// cluster autoscaler tainted it [`NodeInfo::TO_BE_DELETED_TAINT`]
+    /// before deleting it. `/healthz` fails ("nodeEligible": false) so that
+    /// load balancers drain the node first, as kube-proxy's does.
     pub deleting: bool,
 }
 
 impl NodeInfo {
+    /// The taint key the cluster autoscaler puts on a node it is about to delete.
+    pub const TO_BE_DELETED_TAINT: &'static str = "ToBeDeletedByClusterAutoscaler";
+
     /// The well-known zone label.
     pub const ZONE_LABEL: &'static str = "topology.kubernetes.io/zone";
 

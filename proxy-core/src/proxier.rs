@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::dataplane::{Dataplane, SyncOutcome, SyncRequest};
 use crate::health::ProxyHealth;
-use crate::metrics::{BackendLabel, DriftLabels, KindLabel, NoLocalEndpointsLabels, ProxyMetrics};
+use crate::metrics::{BackendLabel, DriftLabels, IpFamilyLabel, KindLabel, NoLocalEndpointsLabels, ProxyMetrics};
 use crate::model::IpFamily;
 use crate::plan::Route;
 use crate::runner::{SyncResult, SyncRunner, SyncTrigger};
@@ -174,7 +174,9 @@ impl Proxier {
         if report.changed {
             self.health.queued(self.families(), Instant::now());
             if let Some(m) = &self.metrics {
-                m.last_queued_timestamp.set(unix_now());
+                for f in self.families() {
+                    m.last_queued_timestamp.get_or_create(&IpFamilyLabel::of(f)).set(unix_now());
+                }
             }
         }
         // The last InitDone usually changes nothing, but the syncs its
@@ -270,18 +272,20 @@ impl Proxier {
                         let labels = DriftLabels { backend: self.dataplane.mode().to_string(), kind: kind.clone() };
                         m.drift_repairs.get_or_create(&labels).inc_by(*n);
                     }
-                    m.sync_duration.observe(elapsed.as_secs_f64());
-                    if did_full {
-                        m.sync_full_duration.observe(elapsed.as_secs_f64());
-                    } else {
-                        m.sync_partial_duration.observe(elapsed.as_secs_f64());
+                    // One sync programs every family: each family's proxier
+                    // in kube-proxy would have recorded this one.
+                    for f in self.families() {
+                        let family = IpFamilyLabel::of(f);
+                        m.sync_duration.get_or_create(&family).observe(elapsed.as_secs_f64());
+                        let kind = if did_full { &m.sync_full_duration } else { &m.sync_partial_duration };
+                        kind.get_or_create(&family).observe(elapsed.as_secs_f64());
+                        m.last_sync_timestamp.get_or_create(&family).set(unix_now());
+                        for d in &commit.trigger_to_programmed {
+                            m.network_programming_duration.get_or_create(&family).observe(d.as_secs_f64());
+                        }
                     }
-                    m.last_sync_timestamp.set(unix_now());
                     m.service_changes_total.inc_by(service_changes as u64);
                     m.endpoint_changes_total.inc_by(endpoint_changes as u64);
-                    for d in &commit.trigger_to_programmed {
-                        m.network_programming_duration.observe(d.as_secs_f64());
-                    }
                     for d in &commit.queued_to_programmed {
                         m.queue_to_programmed.observe(d.as_secs_f64());
                     }
@@ -337,7 +341,7 @@ impl Proxier {
             for family in IpFamily::ALL {
                 let labels = NoLocalEndpointsLabels {
                     traffic_policy: policy.to_string(),
-                    address_family: family.as_str().to_string(),
+                    ip_family: family.as_str().to_string(),
                 };
                 m.no_local_endpoints
                     .get_or_create(&labels)

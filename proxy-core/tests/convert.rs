@@ -220,6 +220,21 @@ fn node_addresses_labels_and_deletion() {
 }
 
 #[test]
+fn the_cluster_autoscalers_taint_makes_the_node_leave() {
+    let mut n = node("node-1", "192.168.1.10", None);
+    let (info, _) = accepted(node_from_k8s(&n, &ctx()).unwrap());
+    assert!(!info.deleting);
+    n.spec.get_or_insert_default().taints = Some(vec![k8s_openapi::api::core::v1::Taint {
+        key: "ToBeDeletedByClusterAutoscaler".into(),
+        value: Some("1733230000".into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }]);
+    let (info, _) = accepted(node_from_k8s(&n, &ctx()).unwrap());
+    assert!(info.deleting, "kube-proxy's /healthz reports such a node ineligible");
+}
+
+#[test]
 fn sloppy_ipv4_parsing_matches_kubernetes() {
     assert_eq!(parse_ip_sloppy("010.001.000.009"), Some(ip("10.1.0.9")));
     assert_eq!(parse_ip_sloppy("fd00::1"), Some(ip("fd00::1")));

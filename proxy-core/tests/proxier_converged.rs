@@ -85,7 +85,7 @@ fn gauge(registry: &prometheus_client::registry::Registry, policy: &str) -> Stri
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
     let prefix = format!(
-        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy="{policy}",address_family="IPv4"}} "#
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy="{policy}",ip_family="IPv4"}} "#
     );
     text.lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))

@@ -2,9 +2,13 @@
 //!
 //! Health (`--healthz-bind-address`, default `0.0.0.0:10256`), as kube-proxy's:
 //! - `GET /healthz`: 200 while every queued change is applied within
-//!   2 × sync-period and the node is not being deleted, else 503; body
-//!   `{"lastUpdated": ..., "currentTime": ..., "nodeEligible": ...}`.
-//! - `GET /livez`: the same, but node deletion does not fail it.
+//!   2 × sync-period and the node is eligible (neither deleted nor tainted
+//!   `ToBeDeletedByClusterAutoscaler`), else 503; body as kube-proxy's
+//!   `{"lastUpdated", "currentTime", "nodeEligible", "healthy", "status"}`
+//!   (`lastUpdated` is the current time when healthy, as kube-proxy's),
+//!   plus switchyard's fields (`backendDown`, `syncFailing`, ...).
+//! - `GET /livez`: the same, but the node's eligibility neither fails it nor
+//!   appears in it.
 //! - `GET /readyz`: 200 after the first successful sync; before, 503 with the
 //!   reason (initial lists incomplete, a source's problem).
 //!
@@ -95,6 +99,8 @@ impl DaemonMetrics {
             m.manifest_errors.clone(),
         );
         ours.register("ready", "1 after the first successful sync", m.ready.clone());
+        // process_* as every Go program exports them (kube-proxy's dashboards use them).
+        registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         m
     }
 }
@@ -205,14 +211,32 @@ fn json_response(code: StatusCode, body: String) -> Response {
     r
 }
 
-fn health_body(state: &AdminState, healthy: bool) -> String {
+/// Which endpoint answers: `/livez` says nothing about the node's eligibility.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HealthPath {
+    Healthz,
+    Livez,
+}
+
+/// kube-proxy's body (`lastUpdated`, `currentTime`, `nodeEligible` on
+/// `/healthz` only, `healthy`, `status` per family), then switchyard's own fields.
+fn health_body(state: &AdminState, healthy: bool, path: HealthPath) -> String {
     let st = state.health.status(Instant::now());
-    let last = st.last_updated.map(rfc3339).unwrap_or_default();
-    serde_json::json!({
-        "lastUpdated": last,
-        "currentTime": rfc3339(SystemTime::now()),
-        "nodeEligible": !st.node_deleting,
+    let now = SystemTime::now();
+    // As kube-proxy: a healthy answer says "updated now" (older releases
+    // reported each sync-loop run, and monitors compare it with the clock);
+    // an unhealthy one says when the last sync succeeded.
+    let last = if healthy { Some(now) } else { st.last_updated };
+    let status: serde_json::Map<String, serde_json::Value> = st
+        .families
+        .iter()
+        .map(|(f, (t, ok))| (f.as_str().to_string(), serde_json::json!({"lastUpdated": rfc3339(*t), "healthy": ok})))
+        .collect();
+    let mut body = serde_json::json!({
+        "lastUpdated": last.map(rfc3339).unwrap_or_else(|| rfc3339(SystemTime::UNIX_EPOCH)),
+        "currentTime": rfc3339(now),
         "healthy": healthy,
+        "status": status,
         // Why the dataplane cannot program right now (a plugin being restarted,
         // a datapath it could not re-attach); null when it can.
         "backendDown": st.backend_down,
@@ -224,22 +248,25 @@ fn health_body(state: &AdminState, healthy: bool) -> String {
         // What this dataplane implements, as configured: a semantics missing
         // here (HostNetworkClients without ebpf.cgroupPath, say) is not served.
         "capabilities": state.proxier.dataplane().capabilities(),
-    })
-    .to_string()
+    });
+    if path == HealthPath::Healthz {
+        body["nodeEligible"] = serde_json::Value::Bool(!st.node_deleting);
+    }
+    body.to_string()
 }
 
 async fn healthz(State(state): State<AdminState>) -> Response {
     let healthy = state.health.status(Instant::now()).healthy;
     let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     state.metrics.healthz_total.get_or_create(&CodeLabel { code: code.as_u16().to_string() }).inc();
-    json_response(code, health_body(&state, healthy))
+    json_response(code, health_body(&state, healthy, HealthPath::Healthz))
 }
 
 async fn livez(State(state): State<AdminState>) -> Response {
     let healthy = !state.health.late(Instant::now());
     let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     state.metrics.livez_total.get_or_create(&CodeLabel { code: code.as_u16().to_string() }).inc();
-    json_response(code, health_body(&state, healthy))
+    json_response(code, health_body(&state, healthy, HealthPath::Livez))
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -446,6 +473,33 @@ mod tests {
         ("GET", "/loglevel", ""),
         ("PUT", "/loglevel", "info"),
     ];
+
+    #[tokio::test]
+    async fn healthz_and_livez_answer_as_kube_proxys() {
+        let (st, _trigger) = state(false);
+        let health = st.health.clone();
+        let (addr, task) = serve_router(health_router(st)).await;
+        let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        let age = |v: &serde_json::Value| {
+            let t: jiff::Timestamp = v["lastUpdated"].as_str().unwrap().parse().unwrap();
+            jiff::Timestamp::now().duration_since(t).as_secs_f64()
+        };
+        let (code, text) = http(addr, "GET", "/healthz", "").await;
+        let v = json(&text);
+        assert_eq!((code, &v["nodeEligible"], &v["healthy"]), (200, &true.into(), &true.into()), "{text}");
+        assert!(age(&v) < 60.0, "healthy: lastUpdated is now, as kube-proxy's: {text}");
+        // The node leaves (deleted, or tainted by the cluster autoscaler): /healthz
+        // fails so load balancers drain it; /livez does not and says nothing of it.
+        health.set_node_deleting(true);
+        let (code, text) = http(addr, "GET", "/healthz", "").await;
+        let v = json(&text);
+        assert_eq!((code, &v["nodeEligible"], &v["healthy"]), (503, &false.into(), &false.into()), "{text}");
+        assert!(age(&v) > 3600.0, "unhealthy and never synced: lastUpdated is not now: {text}");
+        let (code, text) = http(addr, "GET", "/livez", "").await;
+        assert_eq!(code, 200, "{text}");
+        assert!(json(&text).get("nodeEligible").is_none(), "{text}");
+        task.abort();
+    }
 
     #[tokio::test]
     async fn debug_handlers_are_refused_by_default_and_name_the_flag() {

@@ -4,7 +4,8 @@
 //! everything that can be checked without changing it has been checked.
 //! 1. Prepare the source (kubeconfig, manifest path) and the backend context.
 //! 2. Probe the chosen mode: unavailable means exit before touching anything.
-//! 3. Bind the health and metrics ports (another proxy still running shows here).
+//! 3. Apply kube-proxy's process settings (OOM score, conntrack sysctls),
+//!    then bind the health and metrics ports (another proxy still running shows here).
 //! 4. Remove the other modes' leftovers; build the chosen backend, which
 //!    adopts its own leftovers at its first (full) sync.
 //! 5. Run the source, the sync loop, the admin servers and the
@@ -16,6 +17,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
 use proxy_core::health::ProxyHealth;
 use proxy_core::metrics::ProxyMetrics;
 use proxy_core::{
@@ -27,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState, BuildLabels, DaemonMetrics};
-use crate::config::{Config, SourceSpec, format_duration};
+use crate::config::{Config, LocalDetection, SourceSpec, format_duration};
 use crate::healthcheck::HealthCheckServers;
 use crate::logging::LogHandle;
 use crate::source::EventSink;
@@ -37,7 +40,8 @@ use crate::{DaemonError, build_info};
 
 /// A prepared source: checked, not yet running.
 pub enum PreparedSource {
-    Kube(KubeSource),
+    /// Boxed: the client and its metrics handles make it much larger than a path.
+    Kube(Box<KubeSource>),
     File(PathBuf),
 }
 
@@ -81,60 +85,109 @@ pub async fn prepare_source(cfg: &Config, node: &str) -> Result<PreparedSource, 
             info!(api_server = %kc.cluster_url, "using the Kubernetes API server");
             let src = KubeSource::new(kc, node, cfg.service_proxy_name.clone())
                 .map_err(|e| DaemonError::Startup(ErrorChain(&e).to_string()))?;
-            Ok(PreparedSource::Kube(src))
+            Ok(PreparedSource::Kube(Box::new(src)))
         }
     }
 }
 
-/// Node IPs for the backend: `--bind-address`, else the Node object's addresses.
-pub(crate) async fn node_ips(cfg: &Config, source: &PreparedSource, node: &str) -> Vec<IpAddr> {
-    if let Some(ip) = cfg.bind_address {
-        return vec![ip];
-    }
-    let node_obj = match source {
+/// What the daemon learns from its own Node at start.
+#[derive(Clone, Debug, Default)]
+pub struct NodeFacts {
+    /// `--bind-address`, else the Node's primary addresses.
+    pub ips: Vec<IpAddr>,
+    /// The Node's `spec.podCIDRs` (for `detectLocalMode: NodeCIDR`).
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+/// How long kube-proxy waits for its Node's podCIDRs in NodeCIDR mode (node.go).
+const POD_CIDR_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reads this node's Node once (from the manifests or the API server).
+async fn read_node(source: &PreparedSource, node: &str) -> Option<Node> {
+    match source {
         PreparedSource::File(path) => file::read_once(path).0.nodes.get(node).cloned(),
         PreparedSource::Kube(k) => k.get_node(Duration::from_secs(10)).await,
-    };
+    }
+}
+
+fn pod_cidrs_of(node: &Node) -> Vec<IpNet> {
+    let spec = node.spec.as_ref();
+    let list = spec.and_then(|s| s.pod_cidrs.clone()).filter(|l| !l.is_empty());
+    let list = list.or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c])).unwrap_or_default();
+    list.iter().filter_map(|c| c.parse::<IpNet>().ok()).map(|n| n.trunc()).collect()
+}
+
+/// This node's IPs and pod CIDRs. In NodeCIDR mode, waits (as kube-proxy,
+/// up to 5 minutes) until the Node has podCIDRs.
+pub(crate) async fn node_facts(cfg: &Config, source: &PreparedSource, node: &str) -> Result<NodeFacts, DaemonError> {
+    let mut node_obj = read_node(source, node).await;
+    if cfg.local_detection == LocalDetection::NodeCidr {
+        let deadline = tokio::time::Instant::now() + POD_CIDR_TIMEOUT;
+        while node_obj.as_ref().is_none_or(|n| pod_cidrs_of(n).is_empty()) {
+            if tokio::time::Instant::now() >= deadline {
+                let what = if node_obj.is_none() { "node to exist" } else { "PodCIDR allocation on node" };
+                return Err(DaemonError::Startup(format!(
+                    "detectLocalMode NodeCIDR: timeout waiting for {what} {node:?}"
+                )));
+            }
+            info!(node, "detectLocalMode NodeCIDR: waiting for the Node's spec.podCIDRs");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            node_obj = read_node(source, node).await;
+        }
+    }
+    let pod_cidrs = node_obj.as_ref().map(pod_cidrs_of).unwrap_or_default();
+    if let Some(ip) = cfg.bind_address {
+        return Ok(NodeFacts { ips: vec![ip], pod_cidrs });
+    }
     let Some(node_obj) = node_obj else {
         warn!(
             node,
             "this node's Node was not found; node IPs unknown (NodePort on primary addresses and SNAT may be affected)"
         );
-        return Vec::new();
+        return Ok(NodeFacts { ips: Vec::new(), pod_cidrs });
     };
     let ctx = proxy_core::convert::ConvertContext { families: FamilySet::DUAL, service_proxy_name: None };
-    match proxy_core::convert::node_from_k8s(&node_obj, &ctx) {
+    let ips = match proxy_core::convert::node_from_k8s(&node_obj, &ctx) {
         Ok(proxy_core::convert::Conversion::Accepted { value, .. }) => {
             IpFamily::ALL.iter().filter_map(|f| value.primary_ip(*f)).collect()
         }
         _ => Vec::new(),
+    };
+    Ok(NodeFacts { ips, pod_cidrs })
+}
+
+/// The CIDRs whose sources are pod traffic: `clusterCIDR`, or the Node's
+/// podCIDRs in NodeCIDR mode (one per family, the first, as kube-proxy).
+pub fn local_cidrs(cfg: &Config, facts: &NodeFacts) -> Vec<IpNet> {
+    let list = match cfg.local_detection {
+        LocalDetection::NodeCidr => &facts.pod_cidrs,
+        _ => &cfg.cluster_cidrs,
+    };
+    let mut out: Vec<IpNet> = Vec::new();
+    for net in list {
+        if !out.iter().any(|o| IpFamily::of(&o.addr()) == IpFamily::of(&net.addr())) {
+            out.push(*net);
+        }
     }
+    out
 }
 
 /// The backend context for a configuration.
 pub fn backend_context(
     cfg: &Config,
     node: &str,
-    node_ips: Vec<IpAddr>,
+    facts: &NodeFacts,
     mode: &str,
     metrics: Arc<Mutex<prometheus_client::registry::Registry>>,
 ) -> BackendContext {
-    let families = cfg.ip_families.unwrap_or_else(|| {
-        let v4 = node_ips.iter().any(IpAddr::is_ipv4);
-        let v6 = node_ips.iter().any(IpAddr::is_ipv6);
-        match (v4, v6) {
-            (false, true) => FamilySet::V6,
-            (true, true) => FamilySet::DUAL,
-            _ => FamilySet::V4,
-        }
-    });
+    let families = cfg.ip_families.unwrap_or_else(|| crate::config::families_of(&facts.ips));
     BackendContext {
         node_name: node.into(),
         families,
         netns: cfg.netns.as_ref().map_or_else(NetNamespace::current, NetNamespace::at),
-        masquerade: MasqueradeConfig { all: cfg.masquerade_all, cluster_cidrs: cfg.cluster_cidrs.clone() },
-        nodeport_addresses: cfg.node_port_addresses.clone(),
-        node_ips,
+        masquerade: MasqueradeConfig { all: cfg.masquerade_all, cluster_cidrs: local_cidrs(cfg, facts) },
+        nodeport_addresses: cfg.node_port_addresses.resolve(&facts.ips),
+        node_ips: facts.ips.clone(),
         section: cfg.section(mode),
         metrics,
     }
@@ -146,7 +199,7 @@ pub async fn cleanup_all(cfg: &Config, registry: &Registry) -> Result<(), Daemon
     let metrics = Arc::new(Mutex::new(prometheus_client::registry::Registry::default()));
     let mut failed = Vec::new();
     for factory in registry.factories() {
-        let ctx = backend_context(cfg, &node, Vec::new(), factory.mode(), metrics.clone());
+        let ctx = backend_context(cfg, &node, &NodeFacts::default(), factory.mode(), metrics.clone());
         match factory.cleanup(&ctx).await {
             Ok(()) => info!(mode = factory.mode(), "cleaned up"),
             Err(e) => {
@@ -186,9 +239,13 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
 
 fn bind_or_report(
     what: &str,
-    addr: std::net::SocketAddr,
+    addr: Option<std::net::SocketAddr>,
     hard_fail: bool,
 ) -> Result<Option<tokio::net::TcpListener>, DaemonError> {
+    let Some(addr) = addr else {
+        info!("the {what} server is off (its port is 0)");
+        return Ok(None);
+    };
     match admin::bind(addr) {
         Ok(l) => Ok(Some(l)),
         Err(e) if hard_fail => Err(DaemonError::Startup(format!("cannot bind the {what} server to {addr}: {e}"))),
@@ -199,22 +256,57 @@ fn bind_or_report(
     }
 }
 
+/// kube-proxy's conntrack sysctls, in the programmed namespace.
+fn apply_conntrack(cfg: &Config) -> Result<(), DaemonError> {
+    let netns = cfg.netns.as_ref().map_or_else(NetNamespace::current, NetNamespace::at);
+    let mut sys = crate::conntrack::ProcSysctls::new(netns);
+    match crate::conntrack::apply(&cfg.conntrack, &mut sys) {
+        Ok(written) => {
+            for (name, value) in written {
+                info!(sysctl = %format!("net.netfilter.{name}"), value, "set conntrack sysctl (kube-proxy's conntrack settings)");
+            }
+            Ok(())
+        }
+        Err(e) => Err(DaemonError::Startup(format!(
+            "{}; set the conntrack settings to 0 to leave the kernel's values (a container needs /proc/sys writable, i.e. privileged, to change them)",
+            ErrorChain(&e)
+        ))),
+    }
+}
+
+/// kube-proxy's `oomScoreAdj` for this process; a failure is logged, as kube-proxy does.
+fn apply_oom_score_adj(value: i32) {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", value.to_string()) {
+        warn!(oom_score_adj = value, error = %e, "cannot set the OOM score adjustment");
+    }
+}
+
+/// `--init-only`: what needs full privileges (the conntrack sysctls), then exit.
+pub async fn init_only(cfg: &Config) -> Result<(), DaemonError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || apply_conntrack(&cfg))
+        .await
+        .map_err(|e| DaemonError::Startup(format!("conntrack settings: {e}")))??;
+    info!("--init-only: conntrack settings applied; each backend sets its own sysctls when it starts");
+    Ok(())
+}
+
 /// Runs the proxy until a signal. Returns Ok on a clean stop.
 pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), DaemonError> {
     // Signals are caught from the start: a SIGTERM during start-up is a clean stop too.
     let (_stop_tx, stop_rx) = shutdown_signal();
     let node = node_name(&cfg);
+    if let Some(reason) = &cfg.unavailable {
+        return Err(DaemonError::Unavailable { mode: cfg.mode.clone(), reason: reason.clone() });
+    }
     let factory: Arc<dyn BackendFactory> =
         registry.get(&cfg.mode).map_err(|e| DaemonError::Config(e.to_string()))?.clone();
-    for item in &cfg.ignored {
-        warn!(setting = %item, "kube-proxy setting has no effect in switchyard");
-    }
 
     // 1. Source and context.
     let source = prepare_source(&cfg, &node).await?;
     let metrics_registry = Arc::new(Mutex::new(prometheus_client::registry::Registry::default()));
-    let ips = node_ips(&cfg, &source, &node).await;
-    let ctx = backend_context(&cfg, &node, ips, &cfg.mode, metrics_registry.clone());
+    let facts = node_facts(&cfg, &source, &node).await?;
+    let ctx = backend_context(&cfg, &node, &facts, &cfg.mode, metrics_registry.clone());
     info!(
         node = %node,
         mode = %cfg.mode,
@@ -234,7 +326,14 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         other => DaemonError::Startup(format!("probing proxy mode {}: {}", cfg.mode, ErrorChain(&other))),
     })?;
 
-    // 3. Ports.
+    // 3. kube-proxy's process settings, then the ports.
+    apply_oom_score_adj(cfg.oom_score_adj);
+    {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || apply_conntrack(&cfg))
+            .await
+            .map_err(|e| DaemonError::Startup(format!("conntrack settings: {e}")))??;
+    }
     let health_listener = bind_or_report("health", cfg.healthz_bind_address, cfg.bind_address_hard_fail)?;
     let metrics_listener = bind_or_report("metrics", cfg.metrics_bind_address, cfg.bind_address_hard_fail)?;
 
@@ -259,6 +358,9 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
     let health = ProxyHealth::new(cfg.sync_period * 2);
     let (proxy_metrics, daemon_metrics) = {
         let mut reg = metrics_registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let PreparedSource::Kube(k) = &source {
+            k.rest_metrics().register(&mut reg);
+        }
         (ProxyMetrics::register(&mut reg), DaemonMetrics::register(&mut reg))
     };
     let (version, commit) = build_info();
@@ -309,7 +411,7 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         }
         PreparedSource::Kube(k) => {
             let stop = stop_rx.clone();
-            let k = k.with_status(health.clone());
+            let k = (*k).with_status(health.clone());
             tasks.spawn(async move { k.run(sink.clone(), wait_for(stop)).await });
         }
     }
@@ -320,28 +422,28 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         registry: metrics_registry.clone(),
         metrics: daemon_metrics.clone(),
         log,
-        config: Arc::new(serde_json::to_value(&cfg).unwrap_or_default()),
+        config: Arc::new(cfg.kube_proxy.clone()),
         reload: reload_tx,
         debug_handlers: cfg.enable_debug_handlers,
         heavy: AdminState::heavy_permits(),
     };
     if let Some(l) = health_listener {
-        info!(address = %cfg.healthz_bind_address, "serving /healthz, /livez, /readyz");
+        info!(address = ?cfg.healthz_bind_address, "serving /healthz, /livez, /readyz");
         let router = admin::health_router(admin_state.clone());
         tasks.spawn(admin::serve(l, router, wait_for(stop_rx.clone())));
     }
     if let Some(l) = metrics_listener {
         if cfg.enable_debug_handlers {
             let paths = admin::DEBUG_PATHS.join(", ");
-            if cfg.metrics_bind_address.ip().is_loopback() {
-                info!(address = %cfg.metrics_bind_address, debug_handlers = %paths, "serving /metrics and the debug handlers");
+            if cfg.metrics_bind_address.is_some_and(|a| a.ip().is_loopback()) {
+                info!(address = ?cfg.metrics_bind_address, debug_handlers = %paths, "serving /metrics and the debug handlers");
             } else {
                 // Anyone who reaches that address can read the state and change the log level.
-                warn!(address = %cfg.metrics_bind_address, debug_handlers = %paths, "serving the debug handlers on a non-loopback address, without authentication");
+                warn!(address = ?cfg.metrics_bind_address, debug_handlers = %paths, "serving the debug handlers on a non-loopback address, without authentication");
             }
         } else {
             info!(
-                address = %cfg.metrics_bind_address,
+                address = ?cfg.metrics_bind_address,
                 "serving /metrics (debug handlers off; {} turns them on)",
                 admin::DEBUG_FLAG
             );

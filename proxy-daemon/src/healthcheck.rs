@@ -244,7 +244,10 @@ async fn answer(State(state): State<PortState>) -> Response {
         // Closing: kube-proxy answers nothing useful for a closed healthcheck either.
         return (StatusCode::SERVICE_UNAVAILABLE, "").into_response();
     };
-    let healthy = state.health.status(Instant::now()).healthy;
+    // As kube-proxy: the proxy's own health; a node that is leaving (deleted,
+    // tainted by the cluster autoscaler) fails /healthz, not these ports,
+    // which answer for the Service's local endpoints.
+    let healthy = state.health.status(Instant::now()).proxy_healthy;
     let code = if entry.local_endpoints > 0 && healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "service": {"namespace": &*entry.service.namespace, "name": &*entry.service.name},

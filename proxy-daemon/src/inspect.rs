@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::DaemonError;
 use crate::cli::{InspectArgs, OutputFormat};
 use crate::config::{Config, parse_duration};
-use crate::daemon::{PreparedSource, backend_context, node_ips, node_name, prepare_source};
+use crate::daemon::{NodeFacts, PreparedSource, backend_context, node_facts, node_name, prepare_source};
 use crate::source::EventSink;
 use crate::source::file;
 
@@ -64,11 +64,11 @@ pub async fn inspect(args: &InspectArgs, cfg: &Config, registry: &Registry) -> R
     // `--no-diff` an unusable source is no error: the bind address decides.
     let source =
         if args.no_diff { prepare_source(cfg, &node).await.ok() } else { Some(prepare_source(cfg, &node).await?) };
-    let ips = match &source {
-        Some(source) => node_ips(cfg, source, &node).await,
-        None => cfg.bind_address.into_iter().collect(),
+    let facts = match &source {
+        Some(source) => node_facts(cfg, source, &node).await?,
+        None => NodeFacts { ips: cfg.bind_address.into_iter().collect(), pod_cidrs: Vec::new() },
     };
-    let ctx = backend_context(cfg, &node, ips, &cfg.mode, metrics);
+    let ctx = backend_context(cfg, &node, &facts, &cfg.mode, metrics);
     let unavailable = |e: DataplaneError| match e {
         DataplaneError::Unavailable { mode, reason } => DaemonError::Unavailable { mode, reason },
         other => DaemonError::Startup(ErrorChain(&other).to_string()),
@@ -82,7 +82,7 @@ pub async fn inspect(args: &InspectArgs, cfg: &Config, registry: &Registry) -> R
         Some(source) => {
             let timeout = parse_duration(&args.source_timeout)
                 .map_err(|e| DaemonError::Config(format!("--source-timeout: {e}")))?;
-            match desired_state(cfg, source, &node, ctx.families, timeout).await? {
+            match desired_state(cfg, source, &node, ctx.families, ctx.masquerade.clone(), timeout).await? {
                 Desired::State(desired) => (Some(desired.diff(&programmed)), Vec::new()),
                 Desired::Incomplete(problems) => (None, problems),
             }
@@ -103,13 +103,10 @@ async fn desired_state(
     source: PreparedSource,
     node: &str,
     families: proxy_core::FamilySet,
+    masquerade: proxy_core::MasqueradeConfig,
     timeout: Duration,
 ) -> Result<Desired, DaemonError> {
-    let planner = PlannerConfig {
-        node_name: node.into(),
-        families,
-        masquerade: proxy_core::MasqueradeConfig { all: cfg.masquerade_all, cluster_cidrs: cfg.cluster_cidrs.clone() },
-    };
+    let planner = PlannerConfig { node_name: node.into(), families, masquerade };
     let tracker = Arc::new(Mutex::new(ChangeTracker::new(TrackerConfig {
         planner,
         service_proxy_name: cfg.service_proxy_name.clone(),
@@ -133,7 +130,7 @@ async fn desired_state(
         }
         PreparedSource::Kube(k) => {
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(k.run(sink, async move {
+            let task = tokio::spawn((*k).run(sink, async move {
                 let _ = stop_rx.await;
             }));
             let deadline = tokio::time::Instant::now() + timeout;

@@ -26,16 +26,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use proxy_core::Registry;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub mod admin;
 pub mod cli;
+pub mod compat;
 pub mod config;
+pub mod conntrack;
 pub mod daemon;
 pub mod fake_apiserver;
 pub mod healthcheck;
 pub mod inspect;
 pub mod logging;
+pub mod process_metrics;
 pub mod source;
 pub mod yaml;
 
@@ -121,6 +124,17 @@ where
             return ExitCode::from(if e.use_stderr() { exit_code::USAGE } else { exit_code::CLEAN });
         }
     };
+    // kube-proxy's `--version[=raw]` prints and exits; `--version=vX.Y.Z`
+    // (setting the reported version) is accepted with a warning below.
+    let version_override = match cli.flags.version.as_deref() {
+        Some("true" | "raw") => {
+            let (version, commit) = build_info();
+            println!("switchyard {version} (commit {commit})");
+            return ExitCode::from(exit_code::CLEAN);
+        }
+        Some("false") | None => None,
+        Some(other) => Some(other.to_string()),
+    };
     // Configuration is parsed and validated before any side effect.
     let cfg = match config::load(&cli.flags.layers(), &registry) {
         Ok(c) => c,
@@ -129,6 +143,16 @@ where
             return ExitCode::from(exit_code::USAGE);
         }
     };
+    if let Some(path) = &cli.flags.write_config_to {
+        // As kube-proxy: the effective configuration, validated, then exit.
+        return match write_config(path, &cfg) {
+            Ok(()) => ExitCode::from(exit_code::CLEAN),
+            Err(e) => {
+                eprintln!("switchyard: --write-config-to {}: {e}", path.display());
+                ExitCode::from(exit_code::FAILURE)
+            }
+        };
+    }
     let log = logging::init(cfg.log_format, cfg.verbosity);
     let (version, commit) = build_info();
     info!(
@@ -140,6 +164,13 @@ where
         flavour = ?cfg.flavour,
         "switchyard {version}"
     );
+    // Each setting that has no effect here is named once.
+    for w in &cfg.warnings {
+        warn!(setting = %w.path, origin = w.origin.as_deref().unwrap_or("default"), "{}", w.message);
+    }
+    if let Some(v) = version_override {
+        warn!(setting = "--version", value = %v, "has no effect: switchyard reports its own version");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -148,8 +179,11 @@ where
         }
     };
     let result = runtime.block_on(async {
-        if cli.flags.cleanup {
+        if cli.flags.cleanup() {
             return daemon::cleanup_all(&cfg, &registry).await.map(|()| exit_code::CLEAN);
+        }
+        if cli.flags.init_only() {
+            return daemon::init_only(&cfg).await.map(|()| exit_code::CLEAN);
         }
         match &cli.command {
             Some(cli::Command::Inspect(args)) => {
@@ -169,4 +203,10 @@ where
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Writes the effective configuration as kube-proxy's v1alpha1 YAML.
+fn write_config(path: &std::path::Path, cfg: &Config) -> Result<(), String> {
+    let text = serde_saphyr::to_string(&cfg.kube_proxy).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| e.to_string())
 }

@@ -1,6 +1,6 @@
 //! The daemon against a real control plane: upstream etcd and kube-apiserver
 //! (`conformance::apiserver`, binaries from `./x reference`), with
-//! client-certificate authentication, RBAC on, and `deploy/rbac.yaml` applied
+//! client-certificate authentication, RBAC on, and `deploy/base/rbac.yaml` applied
 //! as shipped. The daemon runs with a kubeconfig for the ServiceAccount that
 //! file grants, so these tests prove the shipped RBAC sufficient, and that a
 //! verb missing from it is reported by resource and verb.
@@ -20,7 +20,7 @@ use conformance::apiserver::{ControlPlane, ControlPlaneConfig, ReferenceBinaries
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams};
 
-const RBAC: &str = include_str!("../../deploy/rbac.yaml");
+const RBAC: &str = include_str!("../../deploy/base/rbac.yaml");
 
 /// The objects every test starts with: this node, one Service with one endpoint.
 const NODE1: &str = r#"
@@ -58,7 +58,7 @@ spec:
   ports: [{name: http, port: 80, protocol: TCP}]
 "#;
 
-/// A control plane with `deploy/rbac.yaml` (edited by `edit_role`, to take
+/// A control plane with `deploy/base/rbac.yaml` (edited by `edit_role`, to take
 /// a verb away) and the starting objects applied; returns it with a
 /// kubeconfig for the ServiceAccount the RBAC binds.
 async fn control_plane(edit_role: impl FnOnce(&mut serde_json::Value)) -> (ControlPlane, PathBuf) {
@@ -66,17 +66,17 @@ async fn control_plane(edit_role: impl FnOnce(&mut serde_json::Value)) -> (Contr
     let cp = ControlPlane::start(&bins, &ControlPlaneConfig::default()).await.unwrap_or_else(|e| panic!("{e}"));
     let docs = rbac_with(edit_role);
     for doc in &docs {
-        cp.apply(doc).await.unwrap_or_else(|e| panic!("applying deploy/rbac.yaml: {e}\n{}", cp.log_tails()));
+        cp.apply(doc).await.unwrap_or_else(|e| panic!("applying deploy/base/rbac.yaml: {e}\n{}", cp.log_tails()));
     }
     cp.apply_yaml(NODE1).await.unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = cp.service_account_kubeconfig("kube-system", "switchyard").await.unwrap_or_else(|e| panic!("{e}"));
     (cp, kubeconfig)
 }
 
-/// deploy/rbac.yaml's documents, its ClusterRole edited by `edit_role`.
+/// deploy/base/rbac.yaml's documents, its ClusterRole edited by `edit_role`.
 fn rbac_with(edit_role: impl FnOnce(&mut serde_json::Value)) -> Vec<serde_json::Value> {
     let mut docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(RBAC).unwrap();
-    edit_role(docs.iter_mut().find(|d| d["kind"] == "ClusterRole").expect("deploy/rbac.yaml has a ClusterRole"));
+    edit_role(docs.iter_mut().find(|d| d["kind"] == "ClusterRole").expect("deploy/base/rbac.yaml has a ClusterRole"));
     docs
 }
 
@@ -176,7 +176,7 @@ async fn a_verb_missing_from_the_role_is_reported_by_resource_and_verb() {
     let (_, body) = d.get("/readyz").await;
     assert_eq!(
         body.trim(),
-        r#"not ready: no successful sync yet; api server EndpointSlice: initial list failed: endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:switchyard" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope (403 Forbidden); grant this identity that verb on that resource (as deploy/rbac.yaml does)"#
+        r#"not ready: no successful sync yet; api server EndpointSlice: initial list failed: endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:switchyard" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope (403 Forbidden); grant this identity that verb on that resource (as deploy/base/rbac.yaml does)"#
     );
     let log = d.log_text();
     let line = log.lines().find(|l| l.contains(forbidden)).unwrap_or_else(|| panic!("the log names it too:\n{log}"));
@@ -241,6 +241,11 @@ async fn iptables_in_a_namespace_programs_what_the_apiserver_holds() {
     args.extend(["--proxy-mode=iptables", "--cluster-cidr=10.244.0.0/16", "--min-sync-period=50ms"]);
     let d = Daemon::start(&switchyard_bin(), dir.path(), &args);
     d.wait_ready().await;
+    // client-go's request metrics, for the kube-rs client (the lists, the watches).
+    let (_, metrics) = d.get("/metrics").await;
+    for want in ["rest_client_requests_total{code=\"200\"", "rest_client_request_duration_seconds_bucket{"] {
+        assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+    }
 
     cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n").await.unwrap();
     cp.apply_yaml(&format!(

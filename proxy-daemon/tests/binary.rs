@@ -48,24 +48,26 @@ fn config_errors_are_all_listed_and_exit_2() {
     );
     assert_eq!(code, Some(2), "{err}");
     for expected in [
-        "clusterCidr: unknown field",
-        "iptables.syncPeriod: \"often\" is not a duration",
+        "iptables.syncPeriod: time: invalid duration \"often\"",
         "memory.colour: unknown field",
-        "healthzBindAddress: \"nowhere\" is not an address:port",
-        "masqueradeAll: expected true or false",
+        "healthzBindAddress: \"nowhere\": must be IP:port",
+        "masqueradeAll: invalid type: string \"perhaps\", expected a boolean",
         "(from command line)",
         "(from environment)",
         &format!("(from config file {cfg})"),
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+    // An unknown field of kube-proxy's own schema is a warning, as kube-proxy's
+    // lenient decoding makes it (the backend's own section stays strict).
+    assert!(!err.contains("clusterCidr"), "{err}");
 }
 
 #[test]
 fn unknown_mode_and_missing_files_exit_2() {
     let (code, _, err) = run(&switchyard_bin(), &["--proxy-mode=warp"], &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("unknown proxy mode \"warp\""), "{err}");
+    assert!(err.contains("mode: \"warp\": must be iptables, ipvs, nftables or blank"), "{err}");
     let (code, _, err) = run(&memory_bin(), &["--proxy-mode=memory", "--config=/nonexistent/kp.yaml"], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("/nonexistent/kp.yaml"), "{err}");
@@ -165,6 +167,8 @@ async fn file_source_admin_endpoints_and_clean_stop() {
         "switchyard_build_info{",
         "switchyard_services 2",
         "switchyard_ready 1",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
@@ -316,6 +320,43 @@ async fn health_check_node_ports() {
     assert_eq!(d.terminate().await, Some(0));
 }
 
+/// The cluster autoscaler taints a node before deleting it: /healthz fails
+/// (load balancers drain the node), /livez does not, and the health-check
+/// node ports keep answering for their local endpoints, as kube-proxy's.
+#[tokio::test]
+async fn a_node_the_autoscaler_will_delete_fails_healthz_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let hc_port = free_port();
+    let tainted = format!(
+        "{NODE_A}spec:\n  taints: [{{key: ToBeDeletedByClusterAutoscaler, value: \"1733230000\", effect: NoSchedule}}]\n"
+    );
+    let m = write(dir.path(), "lb.yaml", &format!("{}---{NODE_A}", lb_service(hc_port)));
+    let src = format!("--source=file:{}", m.display());
+    let mut d = Daemon::start(
+        &memory_bin(),
+        dir.path(),
+        &["--proxy-mode=memory", &src, FAST[0], FAST[1], "--nodeport-addresses=127.0.0.0/8"],
+    );
+    d.wait_ready().await;
+    let healthz = d.healthz;
+    let (code, _, body) = http_async("GET", healthz, "/healthz", "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    write(dir.path(), "lb.yaml", &format!("{}---{tainted}", lb_service(hc_port)));
+    d.barrier().await;
+    eventually("/healthz fails for the tainted node", || async move {
+        matches!(http_async("GET", healthz, "/healthz", "").await, Ok((503, _, b)) if b.contains("\"nodeEligible\":false"))
+    })
+    .await;
+    let (code, _, body) = http_async("GET", healthz, "/livez", "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("nodeEligible"), "{body}");
+    let hc: std::net::SocketAddr = format!("127.0.0.1:{hc_port}").parse().unwrap();
+    let (code, _, body) = http_async("GET", hc, "/", "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["serviceProxyHealthy"], true, "{body}");
+    assert_eq!(d.terminate().await, Some(0));
+}
+
 #[test]
 fn inspect_reports_differences() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,9 +399,15 @@ async fn invalid_fields_are_skipped_and_named_failed_syncs_retry() {
 }
 
 /// The count of a histogram in OpenMetrics text (`NAME_count N`).
+/// The sample count of a histogram, summed over its labels (`ip_family`).
 fn histogram_count(metrics: &str, name: &str) -> u64 {
-    let prefix = format!("{name}_count ");
-    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    let prefix = format!("{name}_count");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|rest| rest.starts_with([' ', '{']))
+        .filter_map(|rest| rest.rsplit(' ').next().and_then(|n| n.trim().parse::<u64>().ok()))
+        .sum()
 }
 
 #[tokio::test]

@@ -1,4 +1,6 @@
-//! The configuration shipped in deploy/ loads cleanly.
+//! What deploy/ ships: the configuration loads cleanly, the kustomize base
+//! and overlay render, and (tier apiserver) the real API server accepts
+//! every object.
 #![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use std::sync::Arc;
@@ -27,7 +29,7 @@ impl BackendFactory for Stub {
 
 #[test]
 fn shipped_configmap_is_a_valid_kube_proxy_configuration() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/configmap.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/configmap.yaml")).unwrap();
     let cm: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.conf");
@@ -50,7 +52,7 @@ fn shipped_configmap_is_a_valid_kube_proxy_configuration() {
 
 #[test]
 fn shipped_daemonset_mounts_the_host_cgroup2_root_for_ebpf() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/daemonset.yaml")).unwrap();
     let ds: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let pod = &ds["spec"]["template"]["spec"];
     let mount = pod["containers"][0]["volumeMounts"]
@@ -61,4 +63,97 @@ fn shipped_daemonset_mounts_the_host_cgroup2_root_for_ebpf() {
         .unwrap_or_else(|| panic!("no mount at ebpf.cgroupPath: {pod}"));
     let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
     assert_eq!(volume["hostPath"]["path"], "/sys/fs/cgroup", "{volume}");
+}
+
+/// `kubectl kustomize DIR` (kustomize is built into kubectl), as documents;
+/// `None`, said loudly, without kubectl.
+fn render(dir: &str) -> Option<Vec<serde_json::Value>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/").to_string() + dir;
+    let out = match std::process::Command::new("kubectl").args(["kustomize", &path]).output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("SKIPPED rendering {dir}: kubectl not found ({e})");
+            return None;
+        }
+    };
+    assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
+    Some(serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap())
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn the_kustomize_base_renders_what_an_operator_needs() {
+    let Some(docs) = render("base") else { return };
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]);
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    // CoreDNS's ClusterIP is ours to program: never depend on it to start.
+    assert_eq!(pod["dnsPolicy"], "Default");
+    assert_eq!(pod["hostNetwork"], true);
+    // A port still held by kube-proxy stops the start: never two proxies per node.
+    let config = find(&docs, "ConfigMap")["data"]["config.conf"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.conf");
+    std::fs::write(&path, config).unwrap();
+    let cfg = load(&Layers { file: Some(path), env: Some(Vec::new()), flags: Default::default() }, &registry())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.bind_address_hard_fail, "bindAddressHardFail must be true in the shipped config");
+}
+
+#[test]
+fn the_kube_proxy_labels_overlay_keeps_kube_proxys_monitoring_working() {
+    let Some(docs) = render("overlays/kube-proxy-labels") else { return };
+    let ds = find(&docs, "DaemonSet");
+    // What kube-prometheus' kube-proxy PodMonitor and the usual alerts select.
+    assert_eq!(ds["spec"]["template"]["metadata"]["labels"]["k8s-app"], "kube-proxy");
+    // Never kube-proxy's own selector: the DaemonSet adopts no kube-proxy pod.
+    assert_eq!(ds["spec"]["selector"]["matchLabels"], serde_json::json!({"app.kubernetes.io/name": "switchyard"}));
+}
+
+/// Every rendered object passes the real API server's validation
+/// (`kubectl apply --dry-run=server`), against conformance::apiserver.
+#[tokio::test]
+#[ignore = "needs etcd and kube-apiserver from `./x reference`; run by `./x test` (tier apiserver)"]
+async fn the_manifests_pass_server_side_validation() {
+    let Some(base) = render("base") else { return };
+    let Some(overlay) = render("overlays/kube-proxy-labels") else { return };
+    let bins = conformance::apiserver::ReferenceBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    // As every cluster that runs kube-proxy does (kubeadm sets it): the
+    // DaemonSet is privileged.
+    let config = conformance::apiserver::ControlPlaneConfig {
+        extra_apiserver_args: vec!["--allow-privileged=true".into()],
+        ..Default::default()
+    };
+    let cp = conformance::apiserver::ControlPlane::start(&bins, &config).await.unwrap_or_else(|e| panic!("{e}"));
+    for (name, docs) in [("base", base), ("overlays/kube-proxy-labels", overlay)] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("all.json");
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
+        std::fs::write(&file, list.to_string()).unwrap();
+        let out = tokio::process::Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", cp.admin_kubeconfig().display()))
+            .args(["apply", "--dry-run=server", "--validate=strict", "-f"])
+            .arg(&file)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: the API server refuses it:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cp.log_tails()
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(said.matches("(server dry run)").count(), 5, "{name}: {said}");
+    }
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register(Arc::new(Stub)).unwrap();
+    registry.register(backend_ebpf::factory()).unwrap();
+    registry
 }

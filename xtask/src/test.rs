@@ -53,6 +53,8 @@ fn tiers() -> Vec<Tier> {
                 // The tests run this example's "memory" dataplane; `--test` alone does not rebuild it.
                 cmd(&["cargo", "build", "-p", "proxy-daemon", "--example", "custom_dataplane"]),
                 cmd(&["cargo", "test", "-p", "proxy-daemon", "--test", "apiserver", "--", "--ignored"]),
+                // deploy/'s manifests validated server-side (kubectl apply --dry-run=server).
+                cmd(&["cargo", "test", "-p", "proxy-daemon", "--test", "deploy", "--", "--ignored"]),
                 cmd(&["cargo", "build", "-p", "proxy-daemon", "-p", "conformance", "--bins"]),
                 bin(
                     "switchyard-conformance",

@@ -89,6 +89,8 @@ fn parse_master(m: &str) -> Result<http::Uri, KubeSourceError> {
 #[derive(Clone)]
 pub struct KubeSource {
     client: Client,
+    /// client-go's `rest_client_*` for this client (registered by the daemon).
+    rest_metrics: super::rest_metrics::RestClientMetrics,
     node_name: String,
     service_proxy_name: Option<String>,
     /// Watch request timeout (the watcher notices a dead connection after this plus 5 s).
@@ -106,14 +108,24 @@ impl std::fmt::Debug for KubeSource {
 }
 
 impl KubeSource {
+    /// The client's request metrics, to register where `/metrics` reads.
+    pub fn rest_metrics(&self) -> &super::rest_metrics::RestClientMetrics {
+        &self.rest_metrics
+    }
+
     pub fn new(
         config: kube::Config,
         node_name: &str,
         service_proxy_name: Option<String>,
     ) -> Result<Self, KubeSourceError> {
-        let client = Client::try_from(config).map_err(KubeSourceError::Client)?;
+        let rest_metrics = super::rest_metrics::RestClientMetrics::default();
+        let client = kube::client::ClientBuilder::try_from(config)
+            .map_err(KubeSourceError::Client)?
+            .with_layer(&super::rest_metrics::RestMetricsLayer(rest_metrics.clone()))
+            .build();
         Ok(KubeSource {
             client,
+            rest_metrics,
             node_name: node_name.to_string(),
             service_proxy_name,
             watch_timeout: 290,
@@ -313,7 +325,7 @@ pub fn describe_watch_error(e: &watcher::Error) -> String {
 fn status_text(s: &kube::core::Status) -> String {
     let mut text = format!("{} ({} {})", s.message, s.code, s.reason);
     if s.code == 403 {
-        text.push_str("; grant this identity that verb on that resource (as deploy/rbac.yaml does)");
+        text.push_str("; grant this identity that verb on that resource (as deploy/base/rbac.yaml does)");
     }
     text
 }
@@ -396,7 +408,7 @@ mod tests {
         let text = describe_watch_error(&e);
         assert_eq!(
             text,
-            r#"initial list failed: endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:switchyard" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope (403 Forbidden); grant this identity that verb on that resource (as deploy/rbac.yaml does)"#
+            r#"initial list failed: endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:switchyard" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope (403 Forbidden); grant this identity that verb on that resource (as deploy/base/rbac.yaml does)"#
         );
         let gone = kube::core::Status::failure("too old resource version: 1 (5)", "Expired").with_code(410);
         let e = watcher::Error::WatchError(gone.boxed());

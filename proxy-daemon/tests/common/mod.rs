@@ -101,6 +101,11 @@ pub fn memory_bin() -> PathBuf {
     path
 }
 
+/// Flags that keep a daemon away from the conntrack sysctls (kube-proxy's
+/// `maxPerCore: 0` and zero timeouts): for a daemon in the root namespace.
+pub const NO_CONNTRACK_SYSCTLS: &[&str] =
+    &["--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s", "--conntrack-tcp-timeout-close-wait=0s"];
+
 /// A daemon process started by a test; SIGTERM then SIGKILL (by pid) on drop.
 pub struct Daemon {
     pub child: Child,
@@ -155,6 +160,13 @@ impl Daemon {
         if debug_handlers {
             // The tests drive the daemon through /debug/barrier and read /debug/state.
             cmd.arg("--enable-debug-handlers=true");
+        }
+        if netns.is_none() && !args.iter().any(|a| a.starts_with("--netns")) {
+            // The daemon applies kube-proxy's conntrack sysctls in the
+            // namespace it programs; here that would be the machine's own.
+            // Zero leaves every value as the kernel has it (a test's own
+            // args come later and win).
+            cmd.args(NO_CONNTRACK_SYSCTLS);
         }
         cmd.arg(format!("--metrics-bind-address={metrics}"))
             .arg(format!("--healthz-bind-address={healthz}"))
@@ -237,6 +249,10 @@ impl Drop for Daemon {
 /// Runs a binary to completion: (exit code, stdout, stderr).
 pub fn run(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut cmd = Command::new(bin);
+    if bin != Path::new("ip") && !args.iter().any(|a| a.starts_with("--netns")) {
+        // As in `Daemon::start`: never the machine's own conntrack sysctls.
+        cmd.args(NO_CONNTRACK_SYSCTLS);
+    }
     cmd.args(args).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
