@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use backend_iptables::conntrack::{self, StaleFlows};
 use proxy_core::{
-    BackendContext, Capabilities, Capability, Dataplane, DataplaneError, FamilySet, IpFamily, NetNamespace,
-    NodePortAddresses, ProgrammedState, Protocol, ServiceName, ServicePlan, ServicePortName, Snapshot, SyncOutcome,
-    SyncRequest,
+    BackendContext, Capabilities, Dataplane, DataplaneError, FamilySet, IpFamily, NetNamespace, NodePortAddresses,
+    ProgrammedState, Protocol, ServiceName, ServicePlan, ServicePortName, Snapshot, SyncOutcome, SyncRequest,
 };
 use tracing::{debug, info, info_span, warn};
 
@@ -671,30 +670,10 @@ impl Dataplane for NftablesDataplane {
         MODE
     }
 
+    /// Every semantics of `docs/semantics.md`, SCTP included (the kernel's
+    /// nf_conntrack_proto_sctp permitting).
     fn capabilities(&self) -> Capabilities {
-        use Capability::*;
-        Capabilities::new([
-            Tcp,
-            Udp,
-            Sctp,
-            IPv4,
-            IPv6,
-            ClusterIP,
-            NodePort,
-            ExternalIPs,
-            LoadBalancerIPs,
-            SessionAffinity,
-            ExternalTrafficPolicyLocal,
-            InternalTrafficPolicyLocal,
-            SourceRanges,
-            Reject,
-            Masquerade,
-            Hairpin,
-            StaleUdpConntrack,
-            HostNetworkClients,
-            ExternalTrafficPolicyLocalFromCluster,
-            ShortAffinityTimeouts,
-        ])
+        Capabilities::all()
     }
 
     async fn sync(&self, request: SyncRequest) -> Result<SyncOutcome, DataplaneError> {
