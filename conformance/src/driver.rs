@@ -359,6 +359,13 @@ impl ExternalBinary {
             args.push("--masquerade-all".into());
         }
         match &ctx.nodeport_addresses {
+            // kube-proxy's nftables mode (and so switchyard's) defaults to
+            // the node's primary addresses: every address is said explicitly,
+            // as an operator would (the kube-proxy columns do the same).
+            proxy_core::NodePortAddresses::All if self.mode == "nftables" => {
+                args.push("--nodeport-addresses".into());
+                args.push("0.0.0.0/0,::/0".into());
+            }
             proxy_core::NodePortAddresses::All => {}
             proxy_core::NodePortAddresses::Primary => {
                 args.push("--nodeport-addresses".into());
@@ -708,6 +715,20 @@ mod tests {
             ]
         );
         assert_eq!(spec.label(), "iptables@switchyard");
+    }
+
+    /// Every node address serves node ports in the lab; nftables mode
+    /// defaults to the primary ones (as kube-proxy), so it is told.
+    #[test]
+    fn all_node_port_addresses_are_explicit_for_nftables_only() {
+        let mut c = ctx();
+        c.nodeport_addresses = NodePortAddresses::All;
+        let npa = |mode: &str| {
+            let args = ExternalBinary::new("/s".into(), mode, vec![]).context_args(&c);
+            args.iter().position(|a| a == "--nodeport-addresses").map(|i| args[i + 1].clone())
+        };
+        assert_eq!(npa("nftables").as_deref(), Some("0.0.0.0/0,::/0"));
+        assert_eq!(npa("iptables"), None);
     }
 
     #[test]
