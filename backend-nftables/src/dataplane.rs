@@ -140,8 +140,9 @@ impl FamilyState {
 }
 
 /// Whose element an element is: its key, except that a frontend is one
-/// element per class whatever its behaviour (the first part of its key), so that two
-/// Services claiming one frontend conflict as with any other key.
+/// element per class whatever its behaviour (the first part of its key),
+/// so that two Services claiming one frontend conflict as with any other
+/// key, and a changed behaviour is a changed element.
 fn owner_key(set: &'static str, e: &Elem) -> ElemKey {
     match render::parse_frontend_key(&e.key).filter(|_| set == sets::FRONTENDS) {
         Some((b, dest)) => {
