@@ -1,6 +1,6 @@
 //! [`NftablesDataplane`]: the [`Dataplane`] that programs nf_tables.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use backend_iptables::conntrack::{self, StaleFlows};
 use proxy_core::{
     BackendContext, Capabilities, Dataplane, DataplaneError, FamilySet, IpFamily, NetNamespace, NodePortAddresses,
-    ProgrammedState, Protocol, ServiceName, ServicePlan, ServicePortName, Snapshot, SyncOutcome, SyncRequest,
+    ProgrammedState, ServiceName, ServicePlan, Snapshot, SyncOutcome, SyncRequest,
 };
 use tracing::{debug, info, info_span, warn};
 
@@ -73,8 +73,6 @@ struct ServiceEntry {
 struct FamilyState {
     cfg: Option<RenderConfig>,
     services: BTreeMap<ServiceName, ServiceEntry>,
-    route_ids: HashMap<(ServicePortName, Protocol, usize), u32>,
-    next_route: u32,
     /// Who contributes each element; the smallest Service name wins a conflict.
     /// (A sorted small vector, not a map: almost every key has one owner,
     /// and a map's first node costs about 1 KB per element at 150,000 elements.)
@@ -92,14 +90,6 @@ impl FamilyState {
         self.owners.get(key).and_then(|m| m.first()).map(|(_, e)| e)
     }
 
-    fn route_id(&mut self, port: &ServicePortName, proto: Protocol, i: usize) -> u32 {
-        let next = &mut self.next_route;
-        *self.route_ids.entry((port.clone(), proto, i)).or_insert_with(|| {
-            *next = next.wrapping_add(1).max(1);
-            *next
-        })
-    }
-
     /// Replaces one Service's contribution; records the element keys it
     /// touched in `touched` (`None`: a full rewrite, which needs no record).
     fn set_service(
@@ -110,7 +100,7 @@ impl FamilyState {
     ) {
         if let Some(old) = self.services.remove(name) {
             for (set, e) in &old.objects.elements {
-                let k = (*set, e.key.clone());
+                let k = owner_key(set, e);
                 if let Some(m) = self.owners.get_mut(&k) {
                     m.retain(|(n, _)| n != name);
                     if m.is_empty() {
@@ -130,7 +120,7 @@ impl FamilyState {
         }
         if let Some(new) = entry {
             for (set, e) in &new.objects.elements {
-                let k = (*set, e.key.clone());
+                let k = owner_key(set, e);
                 if let Some(t) = touched.as_deref_mut() {
                     t.insert(k.clone());
                 }
@@ -145,9 +135,22 @@ impl FamilyState {
                 *self.behaviours.entry(*b).or_insert(0) += 1;
             }
             self.services.insert(name.clone(), new);
-        } else {
-            self.route_ids.retain(|(p, _, _), _| p.service != *name);
         }
+    }
+}
+
+/// Whose element an element is: its key, except that a frontend is one
+/// element per class whatever its behaviour (the first part of its key),
+/// so that two Services claiming one frontend conflict as with any other
+/// key, and a changed behaviour is a changed element.
+fn owner_key(set: &'static str, e: &Elem) -> ElemKey {
+    match render::parse_frontend_key(&e.key).filter(|_| set == sets::FRONTENDS) {
+        Some((b, dest)) => {
+            let mut k = b.class.to_ne_bytes().to_vec();
+            k.extend_from_slice(dest);
+            (set, k)
+        }
+        None => (set, e.key.clone()),
     }
 }
 
@@ -326,7 +329,7 @@ impl Inner {
         }
         let mut conntrack_work: BTreeMap<IpFamily, Vec<StaleFlows>> = std::mem::take(&mut state.pending_conntrack);
         let mut batches: Vec<(IpFamily, Batch)> = Vec::new();
-        let mut affinity_routes: BTreeMap<IpFamily, BTreeSet<u32>> = BTreeMap::new();
+        let mut affinity_families: BTreeSet<IpFamily> = BTreeSet::new();
         let everything = rewrite || request.full;
         let mut seq = 1u32;
         for family in families(self.settings.families) {
@@ -335,7 +338,7 @@ impl Inner {
             let config_changed = fs.cfg.as_ref() != Some(&cfg);
             if config_changed {
                 // New addresses, CIDRs or mark: every element may change.
-                *fs = FamilyState { next_route: fs.next_route, ..FamilyState::default() };
+                *fs = FamilyState::default();
                 fs.cfg = Some(cfg.clone());
                 rewrite = true;
             }
@@ -367,7 +370,7 @@ impl Inner {
                 // (a rewrite writes everything and needs no record).
                 if let Some(o) = old.filter(|_| !rewrite) {
                     for (set, e) in &o.objects.elements {
-                        let k = (*set, e.key.clone());
+                        let k = owner_key(set, e);
                         if let std::collections::hash_map::Entry::Vacant(slot) = before.entry(k) {
                             let v = fs.effective(slot.key()).cloned();
                             slot.insert(v);
@@ -381,11 +384,10 @@ impl Inner {
                     let mut objects = PortObjects::default();
                     for p in plan.ports.iter().filter(|p| p.family == family) {
                         let d = decide::decide(p, snapshot.masquerade());
-                        let ids: Vec<u32> = (0..d.routes.len()).map(|i| fs.route_id(&p.name, p.protocol, i)).collect();
                         if d.affinity_timeout_seconds.is_some() {
-                            affinity_routes.entry(family).or_default().extend(ids.iter().copied());
+                            affinity_families.insert(family);
                         }
-                        let o = render::render_port(&cfg, p, &d, &ids);
+                        let o = render::render_port(&cfg, p, &d);
                         objects.elements.extend(o.elements);
                         objects.chains.extend(o.chains);
                         objects.behaviours.extend(o.behaviours);
@@ -394,7 +396,7 @@ impl Inner {
                 });
                 if let Some(e) = entry.as_ref().filter(|_| !rewrite) {
                     for (set, el) in &e.objects.elements {
-                        let k = (*set, el.key.clone());
+                        let k = owner_key(set, el);
                         if let std::collections::hash_map::Entry::Vacant(slot) = before.entry(k) {
                             let v = fs.effective(slot.key()).cloned();
                             slot.insert(v);
@@ -423,9 +425,15 @@ impl Inner {
                 let old = fs.skeleton.clone().unwrap_or_else(|| render::skeleton(&cfg, &BTreeSet::new()));
                 let skel = render::skeleton(&cfg, &all);
                 fs.written_behaviours = all;
-                let old_names: BTreeSet<&str> = old.chains.iter().map(|c| c.name.as_str()).collect();
-                for c in skel.chains.iter().filter(|c| !old_names.contains(c.name.as_str())) {
-                    batch.add_chain(TABLE, &c.name, c.hook);
+                // New behaviours add rules to the class chains: a changed
+                // chain is flushed and written again in the same transaction.
+                let old_chains: BTreeMap<&str, &Chain> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+                for c in &skel.chains {
+                    match old_chains.get(c.name.as_str()) {
+                        None => batch.add_chain(TABLE, &c.name, c.hook),
+                        Some(o) if o.rules != c.rules => batch.flush_chain(TABLE, &c.name),
+                        Some(_) => continue,
+                    }
                     for r in &c.rules {
                         batch.add_rule(TABLE, &c.name, r, None);
                     }
@@ -470,6 +478,20 @@ impl Inner {
                         adds.entry(k.0).or_default().push(n);
                     }
                 }
+                // Affinity entries of endpoints this transaction removes go
+                // with it: the packet path takes a remembered endpoint as is.
+                if affinity_families.contains(&family) && dels.contains_key(sets::ENDPOINTS) {
+                    // (An entry that times out between this read and the
+                    // commit fails the transaction: it is retried as a full
+                    // rewrite. Unreadable: they are cleared after the commit.)
+                    match self.stale_affinity(family, fs) {
+                        Ok(stale) if !stale.is_empty() => {
+                            batch.elements(TABLE, sets::AFFINITY, &stale.iter().collect::<Vec<_>>(), true);
+                        }
+                        Ok(_) => {}
+                        Err(e) => debug!(error = %proxy_core::ErrorChain(&e), "affinity entries not read"),
+                    }
+                }
                 for set in SERVICE_SETS {
                     if let Some(v) = dels.get(set) {
                         batch.elements(TABLE, set, &v.iter().collect::<Vec<_>>(), true);
@@ -511,11 +533,10 @@ impl Inner {
         }
         state.needs_full = false;
         state.trusted_generation = self.kernel.generation().ok();
-        // Affinity entries that point at endpoints no longer in their
-        // route: dynset updates never replace an element's data, so such a
-        // client would be spread at random until its entry timed out.
-        for (family, routes) in &affinity_routes {
-            if let Err(e) = self.clear_stale_affinity(*family, routes, &state) {
+        // Affinity entries remembered by the packet path between our read
+        // and the commit that point at endpoints now gone.
+        for family in &affinity_families {
+            if let Err(e) = self.clear_stale_affinity(*family, &state) {
                 debug!(error = %proxy_core::ErrorChain(&e), "stale affinity entries not cleared (they time out)");
             }
         }
@@ -576,15 +597,15 @@ impl Inner {
                 }
             }
             let mut want: BTreeMap<&str, BTreeSet<(Vec<u8>, ElemData)>> = BTreeMap::new();
-            for ((set, key), m) in &fs.owners {
+            for ((set, _), m) in &fs.owners {
                 if let Some((_, e)) = m.first() {
-                    want.entry(set).or_default().insert((key.clone(), e.data.clone()));
+                    want.entry(set).or_default().insert((e.key.clone(), e.data.clone()));
                 }
             }
             for (set, e) in &skel.elements {
                 want.entry(set).or_default().insert((e.key.clone(), e.data.clone()));
             }
-            for set in SERVICE_SETS.iter().chain([sets::BEHAVIOURS, sets::FILTER_BEHAVIOURS].iter()) {
+            for set in SERVICE_SETS.iter() {
                 if !found_sets.contains(*set) {
                     continue;
                 }
@@ -601,24 +622,30 @@ impl Inner {
         Ok(drift)
     }
 
-    fn clear_stale_affinity(&self, family: IpFamily, routes: &BTreeSet<u32>, state: &State) -> Result<(), Error> {
-        let Some(fs) = state.families.get(&family) else { return Ok(()) };
-        let entries = self.kernel.elements(family, sets::AFFINITY)?;
-        let stale: Vec<Elem> = entries
-            .into_iter()
-            .filter(|e| match &e.data {
-                ElemData::Value(v) => {
-                    let route = v
-                        .len()
-                        .checked_sub(4)
-                        .and_then(|i| v.get(i..))
-                        .map(|b| u32::from_ne_bytes(b.try_into().unwrap_or([0; 4])));
-                    route.is_some_and(|r| routes.contains(&r)) && !fs.owners.contains_key(&(sets::MEMBERS, v.clone()))
-                }
-                _ => false,
-            })
-            .map(|e| Elem { key: e.key, data: ElemData::None, userdata: None })
+    /// Affinity entries whose endpoint no longer serves their frontend and
+    /// route (`affinity` key: destination . route . client; `endpoints`
+    /// key: destination . route . slot).
+    fn stale_affinity(&self, family: IpFamily, fs: &FamilyState) -> Result<Vec<Elem>, Error> {
+        let prefix = render::alen(family) as usize + 12;
+        let serving: HashSet<(&[u8], &ElemData)> = fs
+            .owners
+            .iter()
+            .filter(|((set, _), _)| *set == sets::ENDPOINTS)
+            .filter_map(|(_, m)| m.first())
+            .filter_map(|(_, e)| Some((e.key.get(..prefix)?, &e.data)))
             .collect();
+        Ok(self
+            .kernel
+            .elements(family, sets::AFFINITY)?
+            .into_iter()
+            .filter(|e| e.key.get(..prefix).is_some_and(|p| !serving.contains(&(p, &e.data))))
+            .map(|e| Elem { key: e.key, data: ElemData::None, userdata: None })
+            .collect())
+    }
+
+    fn clear_stale_affinity(&self, family: IpFamily, state: &State) -> Result<(), Error> {
+        let Some(fs) = state.families.get(&family) else { return Ok(()) };
+        let stale = self.stale_affinity(family, fs)?;
         if stale.is_empty() {
             return Ok(());
         }

@@ -24,10 +24,6 @@ fn ip(family: IpFamily, b: &[u8]) -> Option<IpAddr> {
     })
 }
 
-fn u32_at(b: &[u8], i: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?))
-}
-
 fn port_at(b: &[u8], i: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(i..i + 2)?.try_into().ok()?))
 }
@@ -35,7 +31,9 @@ fn port_at(b: &[u8], i: usize) -> Option<u16> {
 /// What one (frontend, class) element says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ClassEntry {
-    data: render::FrontendData,
+    behaviour: render::Behaviour,
+    /// The frontend's destination bytes (address or 0, protocol, port).
+    dest: Vec<u8>,
     service: String,
 }
 
@@ -47,40 +45,43 @@ pub fn programmed_state(kernel: &dyn Kernel, families: FamilySet) -> Result<Prog
             continue;
         }
         let a = alen(family) as usize;
-        // Routes: route id → endpoints.
-        let mut routes: BTreeMap<u32, BTreeSet<SocketAddr>> = BTreeMap::new();
+        // Endpoints by destination and route (the key without the slot).
+        let mut routes: BTreeMap<Vec<u8>, BTreeSet<SocketAddr>> = BTreeMap::new();
         for e in kernel.elements(family, sets::ENDPOINTS)? {
-            let (Some(route), ElemData::Value(d)) = (u32_at(&e.key, 0), &e.data) else { continue };
+            let (Some(prefix), ElemData::Value(d)) = (e.key.get(..a + 12), &e.data) else { continue };
             if let (Some(addr), Some(port)) = (ip(family, d), port_at(d, a)) {
-                routes.entry(route).or_default().insert(SocketAddr::new(addr, port));
+                routes.entry(prefix.to_vec()).or_default().insert(SocketAddr::new(addr, port));
             }
         }
         let mut frontends: BTreeMap<Frontend, BTreeMap<u32, ClassEntry>> = BTreeMap::new();
         for e in kernel.elements(family, sets::FRONTENDS)? {
-            let ElemData::Value(d) = &e.data else { continue };
-            let Some(data) = render::parse_frontend_data(d) else { continue };
-            let Some(class) = u32_at(&e.key, 0) else { continue };
+            let Some((behaviour, dest)) = render::parse_frontend_key(&e.key) else { continue };
             let ud = e.userdata.clone().unwrap_or_default();
             let Some(kind) = ud.first().and_then(|c| render::kind_of_char(*c)) else { continue };
             let service = String::from_utf8_lossy(&ud[1..]).into_owned();
-            let rest = 4 + a;
-            let (Some(proto), Some(port)) = (e.key.get(rest).and_then(|n| protocol(*n)), port_at(&e.key, rest + 4))
-            else {
+            let (Some(proto), Some(port)) = (dest.get(a).and_then(|n| protocol(*n)), port_at(dest, a + 4)) else {
                 continue;
             };
             let frontend = if kind == FrontendKind::NodePort {
                 Frontend::node_port(family, port, proto)
             } else {
-                let Some(addr) = ip(family, &e.key[4..]) else { continue };
+                let Some(addr) = ip(family, dest) else { continue };
                 Frontend::at(kind, addr, port, proto)
             };
-            frontends.entry(frontend).or_default().insert(class, ClassEntry { data, service });
+            frontends
+                .entry(frontend)
+                .or_default()
+                .insert(behaviour.class, ClassEntry { behaviour, dest: dest.to_vec(), service });
         }
         for (frontend, classes) in frontends {
             let Some(ext) = classes.get(&CLASS_EXTERNAL) else { continue };
             let view = |c: &ClassEntry| -> (Option<EmptyVerdict>, BTreeSet<SocketAddr>) {
-                match c.data.behaviour.action {
-                    ACTION_FORWARD => (None, routes.get(&c.data.route).cloned().unwrap_or_default()),
+                match c.behaviour.action {
+                    ACTION_FORWARD => {
+                        let mut prefix = c.dest.clone();
+                        prefix.extend(c.behaviour.route.to_ne_bytes());
+                        (None, routes.get(&prefix).cloned().unwrap_or_default())
+                    }
                     ACTION_DROP => (Some(EmptyVerdict::Drop), BTreeSet::new()),
                     ACTION_REJECT => (Some(EmptyVerdict::Reject), BTreeSet::new()),
                     _ => (None, BTreeSet::new()),
@@ -99,7 +100,7 @@ pub fn programmed_state(kernel: &dyn Kernel, families: FamilySet) -> Result<Prog
                     endpoints,
                     cluster_endpoints,
                     empty_verdict,
-                    affinity_timeout_seconds: (ext.data.behaviour.timeout > 0).then_some(ext.data.behaviour.timeout),
+                    affinity_timeout_seconds: (ext.behaviour.timeout > 0).then_some(ext.behaviour.timeout),
                 },
             );
         }

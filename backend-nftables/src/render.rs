@@ -15,22 +15,32 @@
 //!                                  ct state new ─► check
 //!  filter output (prio -110) ───── ct state new ─► check
 //!     check: goto chk-node (fib saddr type local) | chk-pod (saddr in a cluster CIDR) | chk-external
-//!     chk-<class>: @frontends (class.daddr.proto.dport; node ports: address 0 on local
-//!                  destinations) → (behaviour, timeout, route); vmap @filter-behaviours:
-//!                  behaviour → return | drop | goto reject;  daddr @cluster-ips drop
+//!     chk-<class>: per behaviour b of the class: b.timeout.daddr.proto.dport @frontends (node
+//!                  ports: address 0 on local destinations) → return | drop | goto reject;
+//!                  daddr @cluster-ips drop
 //!  nat prerouting / output (prio -100) ─► services: goto svc-<class> as above
-//!     svc-<class>: the same lookup; vmap @behaviours (behaviour.timeout) → goto fwd-<behaviour>
-//!     fwd-<b>: the lookup again, then in the same rule: [affinity: @affinity (route.saddr) →
-//!              endpoint, still in @affinity-members, refresh] or numgen random mod N, @endpoints
-//!              (route.slot) → endpoint [, remember in @affinity]; [mark]; dnat
+//!     svc-<class>: per forwarding behaviour b of the class, in one rule: b.timeout.daddr.proto.dport
+//!                  @frontends, then [affinity: dnat to the endpoint of @affinity (daddr.proto.dport.
+//!                  route.saddr), refreshed] or dnat to @endpoints (daddr.proto.dport.route.numgen
+//!                  random mod N) [, remembered in @affinity]; [mark]
 //!  nat postrouting (prio 100): hairpin (ct status dnat, saddr.daddr @hairpin) → mark;
 //!            marked → unmark, masquerade fully-random
 //! ```
 //!
-//! Why a rule repeats the lookup instead of passing registers on: since
-//! Linux 6.11 nf_tables refuses (`ENODATA`) a rule that reads a register it
-//! did not write itself, so every rule is self-contained; the chain a rule
-//! jumps to is what carries information from one rule to the next.
+//! Every lookup's key is built from the packet, the conntrack entry and
+//! the rule's own constants, never from another lookup's result, for two
+//! reasons:
+//! - since Linux 6.11 nf_tables refuses (`ENODATA`) a rule that reads a
+//!   register it did not write itself, so every rule is self-contained;
+//! - the `nft` CLI (1.0.6, Debian bookworm) cannot print a lookup whose key
+//!   is another lookup's result (it asserts in `netlink_parse_concat_expr`,
+//!   and it reads every table to build its cache, so `nft list ruleset`
+//!   would abort on the node). A map's result only feeds `dnat` and the
+//!   affinity map's update, which nft prints.
+//!
+//! So a frontend's behaviour is part of its `frontends` key (the rule for
+//! behaviour b asks "is (b, this destination) a frontend?"), and endpoints
+//! are keyed by the frontend they serve instead of by a route id.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -59,13 +69,11 @@ pub const ACTION_REJECT: u32 = 3;
 pub mod sets {
     pub const FRONTENDS: &str = "frontends";
     pub const ENDPOINTS: &str = "endpoints";
-    pub const MEMBERS: &str = "affinity-members";
     pub const AFFINITY: &str = "affinity";
+    pub const MEMBERS: &str = "affinity-members";
     pub const HAIRPIN: &str = "hairpin";
     pub const CLUSTER_IPS: &str = "cluster-ips";
     pub const FIREWALL: &str = "firewall";
-    pub const BEHAVIOURS: &str = "behaviours";
-    pub const FILTER_BEHAVIOURS: &str = "filter-behaviours";
 }
 
 /// The sets holding per-Service elements, in the order they are written.
@@ -202,6 +210,9 @@ pub struct Behaviour {
     pub node_port: bool,
     pub action: u32,
     pub masquerade: bool,
+    /// Which of the Service port's routes (`PortDecision::routes`, 0..4)
+    /// it forwards to (forward only): part of the endpoints' key.
+    pub route: u32,
     /// Endpoints (forward only).
     pub count: u32,
     /// sessionAffinity timeout in seconds, 0 for none.
@@ -209,14 +220,16 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// The id in frontend elements: class (2 bits), node port, action (2
-    /// bits), masquerade, count (26 bits). The timeout travels beside it.
+    /// The id in frontend keys: class (2 bits), node port, action (2
+    /// bits), masquerade, route (2 bits), count (24 bits). The timeout
+    /// travels beside it.
     pub fn id(&self) -> u32 {
         self.class
             | u32::from(self.node_port) << 2
             | self.action << 3
             | u32::from(self.masquerade) << 5
-            | self.count << 6
+            | (self.route & 3) << 6
+            | self.count << 8
     }
 
     pub fn from_id(id: u32, timeout: u32) -> Behaviour {
@@ -225,21 +238,10 @@ impl Behaviour {
             node_port: id & 4 != 0,
             action: (id >> 3) & 3,
             masquerade: id & 32 != 0,
-            count: id >> 6,
+            route: (id >> 6) & 3,
+            count: id >> 8,
             timeout,
         }
-    }
-
-    fn chain(&self) -> String {
-        let class = match self.class {
-            CLASS_POD => "pod",
-            CLASS_NODE => "node",
-            _ => "external",
-        };
-        let kind = if self.node_port { "nodeport" } else { "address" };
-        let masq = if self.masquerade { "-masq" } else { "" };
-        let aff = if self.timeout > 0 { format!("-affinity{}", self.timeout) } else { String::new() };
-        format!("fwd-{class}-{kind}-{}{masq}{aff}", self.count)
     }
 }
 
@@ -252,13 +254,12 @@ pub struct Skeleton {
     pub elements: Vec<(&'static str, Elem)>,
 }
 
-/// Register layout of the forwarding rules, by family. The frontend key is
-/// class (r0), address, protocol, port; its data lands in r0..r2 (behaviour,
-/// timeout, route), so that `route.slot` and `route.saddr` are contiguous
-/// keys from r2; the endpoint (address, port, route) lands after them.
+/// Register layout of the forwarding rules, by family (K = address
+/// length in registers). The destination (address or 0, protocol, port)
+/// sits in r0..r(K+1), the route in r(K+2) and the slot or client address
+/// from r(K+3): the keys of @endpoints and @affinity; the endpoint they
+/// give lands in r(2K+3) (address) and r(3K+3) (port).
 struct Regs {
-    key_proto: u32,
-    behaviour: u32,
     route: u32,
     after_route: u32,
     endpoint: u32,
@@ -266,29 +267,39 @@ struct Regs {
 }
 
 fn regs(family: IpFamily) -> Regs {
-    let a = alen(family) / 4;
-    Regs {
-        key_proto: reg(1 + a),
-        behaviour: reg(0),
-        route: reg(2),
-        after_route: reg(3),
-        endpoint: reg(3 + a),
-        endpoint_port: reg(3 + 2 * a),
-    }
+    let k = alen(family) / 4;
+    Regs { route: reg(k + 2), after_route: reg(k + 3), endpoint: reg(2 * k + 3), endpoint_port: reg(3 * k + 3) }
 }
 
-/// `class . daddr . proto . dport` into r0.. (node ports: address 0), then
-/// the frontend lookup into r0..r2.
-fn frontend_lookup(cfg: &RenderConfig, class: u32, node_port: bool) -> Vec<Expr> {
-    let r = regs(cfg.family);
-    let mut v = vec![Expr::Immediate { dreg: reg(0), data: u32b(class) }, cfg.daddr(reg(1))];
+/// `daddr . proto . dport` into r0.. (node ports: address 0).
+fn destination(cfg: &RenderConfig, node_port: bool) -> Vec<Expr> {
+    let k = cfg.alen() / 4;
+    let mut v = vec![cfg.daddr(reg(0))];
     if node_port {
         let zero = vec![0u8; cfg.alen() as usize];
-        v.push(Expr::Bitwise { sreg: reg(1), dreg: reg(1), mask: zero.clone(), xor: zero });
+        v.push(Expr::Bitwise { sreg: reg(0), dreg: reg(0), mask: zero.clone(), xor: zero });
     }
-    v.push(Expr::MetaGet { dreg: r.key_proto, key: MetaKey::L4Proto });
-    v.push(Expr::Payload { dreg: r.key_proto + 1, base: PayloadBase::Transport, offset: 2, len: 2 });
-    v.push(Expr::Lookup { set: sets::FRONTENDS.into(), sreg: reg(0), dreg: Some(r.behaviour), invert: false });
+    v.push(Expr::MetaGet { dreg: reg(k), key: MetaKey::L4Proto });
+    v.push(Expr::Payload { dreg: reg(k + 1), base: PayloadBase::Transport, offset: 2, len: 2 });
+    v
+}
+
+/// Is the packet's destination a frontend with behaviour `b`?
+/// `b.id . b.timeout . daddr . proto . dport @frontends`.
+fn frontend_match(cfg: &RenderConfig, b: &Behaviour) -> Vec<Expr> {
+    let k = cfg.alen() / 4;
+    let mut v = vec![
+        Expr::Immediate { dreg: reg(0), data: u32b(b.id()) },
+        Expr::Immediate { dreg: reg(1), data: u32b(b.timeout) },
+        cfg.daddr(reg(2)),
+    ];
+    if b.node_port {
+        let zero = vec![0u8; cfg.alen() as usize];
+        v.push(Expr::Bitwise { sreg: reg(2), dreg: reg(2), mask: zero.clone(), xor: zero });
+    }
+    v.push(Expr::MetaGet { dreg: reg(k + 2), key: MetaKey::L4Proto });
+    v.push(Expr::Payload { dreg: reg(k + 3), base: PayloadBase::Transport, offset: 2, len: 2 });
+    v.push(Expr::Lookup { set: sets::FRONTENDS.into(), sreg: reg(0), dreg: None, invert: false });
     v
 }
 
@@ -362,6 +373,13 @@ fn classify(cfg: &RenderConfig, prefix: &str) -> Vec<Vec<Expr>> {
     rules
 }
 
+/// Each way a packet can reach a frontend of behaviour `b`: the rule's
+/// conditions before the frontend match (none for addresses; one of the
+/// node-port address conditions for node ports).
+fn variants(cfg: &RenderConfig, b: &Behaviour) -> Vec<Vec<Expr>> {
+    if b.node_port { nodeport_conditions(cfg) } else { vec![Vec::new()] }
+}
+
 /// Builds the skeleton for a configuration and the behaviours in use.
 pub fn skeleton(cfg: &RenderConfig, behaviours: &BTreeSet<Behaviour>) -> Skeleton {
     let a = cfg.alen();
@@ -377,42 +395,44 @@ pub fn skeleton(cfg: &RenderConfig, behaviours: &BTreeSet<Behaviour>) -> Skeleto
         data,
         timeout_ms: None,
     };
-    let endpoint = SetData::Value(nft::concat(&[addr, PORT, MARK]), a + 8);
+    // Exactly address . port: what `dnat` reads, and what nft prints as
+    // `dnat ip to … map @endpoints`.
+    let endpoint = SetData::Value(nft::concat(&[addr, PORT]), a + 4);
     let sets = vec![
+        spec(sets::FRONTENDS, 0, &[MARK, MARK, addr, PROTO, PORT], 8 + a + 8, None),
+        spec(sets::ENDPOINTS, 0, &[addr, PROTO, PORT, MARK, MARK], a + 16, Some(endpoint)),
         spec(
-            sets::FRONTENDS,
-            0,
-            &[MARK, addr, PROTO, PORT],
-            4 + a + 8,
-            Some(SetData::Value(nft::concat(&[MARK, MARK, MARK]), 12)),
+            sets::AFFINITY,
+            set_flags::TIMEOUT | set_flags::EVAL,
+            &[addr, PROTO, PORT, MARK, addr],
+            2 * a + 12,
+            Some(endpoint),
         ),
-        spec(sets::ENDPOINTS, 0, &[MARK, MARK], 8, Some(endpoint)),
-        spec(sets::MEMBERS, 0, &[addr, PORT, MARK], a + 8, None),
-        spec(sets::AFFINITY, set_flags::TIMEOUT | set_flags::EVAL, &[MARK, addr], 4 + a, Some(endpoint)),
+        spec(sets::MEMBERS, 0, &[addr, PROTO, PORT, MARK, MARK, addr, PORT], 2 * a + 20, None),
         spec(sets::HAIRPIN, 0, &[addr, addr], 2 * a, None),
         spec(sets::CLUSTER_IPS, 0, &[addr], a, None),
         spec(sets::FIREWALL, 0, &[addr, PROTO, PORT], a + 8, Some(SetData::Verdict)),
-        spec(sets::BEHAVIOURS, 0, &[MARK, MARK], 8, Some(SetData::Verdict)),
-        spec(sets::FILTER_BEHAVIOURS, 0, &[MARK], 4, Some(SetData::Verdict)),
     ];
     let hook = |num, priority, kind| Some(Hook { num, priority, kind });
     let mut chains = Vec::new();
-    let mut elements = Vec::new();
+    let elements = Vec::new();
 
     // Filter side: drop and reject, before DNAT.
     chains.push(Chain { name: "check".into(), hook: None, rules: classify(cfg, "chk") });
     for (class, name) in CLASS_NAMES {
         let mut rules = Vec::new();
-        let behave =
-            || Expr::Lookup { set: sets::FILTER_BEHAVIOURS.into(), sreg: r.behaviour, dreg: Some(0), invert: false };
-        let mut fe = frontend_lookup(cfg, class, false);
-        fe.push(behave());
-        rules.push(fe);
-        for cond in nodeport_conditions(cfg) {
-            let mut np = cond;
-            np.extend(frontend_lookup(cfg, class, true));
-            np.push(behave());
-            rules.push(np);
+        for b in behaviours.iter().filter(|b| b.class == class) {
+            let verdict = match b.action {
+                ACTION_DROP => Verdict::Drop,
+                ACTION_REJECT => Verdict::Goto("reject".into()),
+                _ => Verdict::Return,
+            };
+            for cond in variants(cfg, b) {
+                let mut rule = cond;
+                rule.extend(frontend_match(cfg, b));
+                rule.push(Expr::Verdict(verdict.clone()));
+                rules.push(rule);
+            }
         }
         // A ClusterIP on a port no Service has.
         rules.push(vec![
@@ -457,82 +477,68 @@ pub fn skeleton(cfg: &RenderConfig, behaviours: &BTreeSet<Behaviour>) -> Skeleto
         rules: vec![to_check],
     });
 
-    // NAT side.
+    // NAT side: one rule (two with affinity) per forwarding behaviour and
+    // way in; they are disjoint (the behaviour is part of the key).
     chains.push(Chain { name: "services".into(), hook: None, rules: classify(cfg, "svc") });
+    let dnat = || Expr::Dnat { family: cfg.nfproto(), addr: r.endpoint, proto: r.endpoint_port };
     for (class, name) in CLASS_NAMES {
-        let behave = || Expr::Lookup { set: sets::BEHAVIOURS.into(), sreg: r.behaviour, dreg: Some(0), invert: false };
         let mut rules = Vec::new();
-        let mut fe = frontend_lookup(cfg, class, false);
-        fe.push(behave());
-        rules.push(fe);
-        for cond in nodeport_conditions(cfg) {
-            let mut np = cond;
-            np.extend(frontend_lookup(cfg, class, true));
-            np.push(behave());
-            rules.push(np);
+        for b in behaviours.iter().filter(|b| b.class == class && b.action == ACTION_FORWARD && b.count > 0) {
+            for cond in variants(cfg, b) {
+                // The frontend match, then its destination and route: the
+                // start of the @endpoints and @affinity keys.
+                let base = || {
+                    let mut v = cond.clone();
+                    v.extend(frontend_match(cfg, b));
+                    v.extend(destination(cfg, b.node_port));
+                    v.push(Expr::Immediate { dreg: r.route, data: u32b(b.route) });
+                    v
+                };
+                let finish = |mut v: Vec<Expr>| {
+                    if b.masquerade {
+                        v.extend(set_mark(mark, false, reg(0)));
+                    }
+                    v.push(dnat());
+                    v
+                };
+                let pick = || {
+                    vec![
+                        Expr::NumgenRandom { dreg: r.after_route, modulus: b.count },
+                        Expr::Lookup {
+                            set: sets::ENDPOINTS.into(),
+                            sreg: reg(0),
+                            dreg: Some(r.endpoint),
+                            invert: false,
+                        },
+                    ]
+                };
+                if b.timeout > 0 {
+                    // A client seen within the timeout keeps its endpoint
+                    // (entries of removed endpoints are deleted in the
+                    // transaction that removes them, see `dataplane`); the
+                    // choice is remembered in postrouting (`remember`).
+                    let mut hit = base();
+                    hit.extend([
+                        cfg.saddr(r.after_route),
+                        Expr::Lookup {
+                            set: sets::AFFINITY.into(),
+                            sreg: reg(0),
+                            dreg: Some(r.endpoint),
+                            invert: false,
+                        },
+                    ]);
+                    rules.push(finish(hit));
+                    let mut miss = base();
+                    miss.extend(pick());
+                    rules.push(finish(miss));
+                } else {
+                    let mut v = base();
+                    v.extend(pick());
+                    rules.push(finish(v));
+                }
+            }
         }
         chains.push(Chain { name: format!("svc-{name}"), hook: None, rules });
-    }
-    let dnat = || Expr::Dnat { family: cfg.nfproto(), addr: r.endpoint, proto: r.endpoint_port };
-    for b in behaviours {
-        let filter_verdict = match b.action {
-            ACTION_DROP => Verdict::Drop,
-            ACTION_REJECT => Verdict::Goto("reject".into()),
-            _ => Verdict::Return,
-        };
-        elements.push((
-            sets::FILTER_BEHAVIOURS,
-            Elem { key: u32b(b.id()), data: ElemData::Verdict(filter_verdict), userdata: None },
-        ));
-        if b.action != ACTION_FORWARD || b.count == 0 {
-            continue;
-        }
-        let name = b.chain();
-        let base = || frontend_lookup(cfg, b.class, b.node_port);
-        let finish = |mut v: Vec<Expr>| {
-            if b.masquerade {
-                v.extend(set_mark(mark, false, r.after_route));
-            }
-            v.push(dnat());
-            v
-        };
-        let pick = || {
-            vec![
-                Expr::NumgenRandom { dreg: r.after_route, modulus: b.count },
-                Expr::Lookup { set: sets::ENDPOINTS.into(), sreg: r.route, dreg: Some(r.endpoint), invert: false },
-            ]
-        };
-        let mut rules = Vec::new();
-        if b.timeout > 0 {
-            let update = || Expr::DynsetUpdate {
-                set: sets::AFFINITY.into(),
-                sreg_key: r.route,
-                sreg_data: Some(r.endpoint),
-                timeout_ms: u64::from(b.timeout) * 1000,
-            };
-            // A client seen within the timeout keeps its endpoint, if that
-            // endpoint still serves the route.
-            let mut hit = base();
-            hit.extend([
-                cfg.saddr(r.after_route),
-                Expr::Lookup { set: sets::AFFINITY.into(), sreg: r.route, dreg: Some(r.endpoint), invert: false },
-                Expr::Lookup { set: sets::MEMBERS.into(), sreg: r.endpoint, dreg: None, invert: false },
-                update(),
-            ]);
-            rules.push(finish(hit));
-            let mut miss = base();
-            miss.extend(pick());
-            miss.extend([cfg.saddr(r.after_route), update()]);
-            rules.push(finish(miss));
-        } else {
-            let mut v = base();
-            v.extend(pick());
-            rules.push(finish(v));
-        }
-        chains.push(Chain { name: name.clone(), hook: None, rules });
-        let mut key = u32b(b.id());
-        key.extend(u32b(b.timeout));
-        elements.push((sets::BEHAVIOURS, Elem { key, data: ElemData::Verdict(Verdict::Goto(name)), userdata: None }));
     }
     let jump_services = vec![Expr::Verdict(Verdict::Jump("services".into()))];
     chains.push(Chain {
@@ -562,12 +568,75 @@ pub fn skeleton(cfg: &RenderConfig, behaviours: &BTreeSet<Behaviour>) -> Skeleto
     ];
     let mut masquerade = set_mark(mark, true, reg(0));
     masquerade.push(Expr::Masq { random_fully: true });
+    let mut postrouting = remember(cfg, behaviours);
+    postrouting.extend([hairpin, unmarked, masquerade]);
     chains.push(Chain {
         name: "nat-postrouting".into(),
         hook: hook(HookNum::Postrouting, 100, "nat"),
-        rules: vec![hairpin, unmarked, masquerade],
+        rules: postrouting,
     });
     Skeleton { sets, chains, elements }
+}
+
+/// Session affinity: the endpoint a new connection was sent to, remembered
+/// for its client. Done here, after DNAT, because the packet and its
+/// conntrack entry then hold everything the `affinity` element needs (the
+/// frontend in the original direction, the endpoint in the packet): nft
+/// 1.0.6 cannot print an update whose data is another lookup's result.
+/// A connection is remembered under a route only if its endpoint is a
+/// member of it (`affinity-members`: frontend . route . timeout .
+/// endpoint), which also keeps the right timeout and keeps a connection to
+/// another Service on the same port number (an address frontend and a node
+/// port) out of the node port's entries. Which class the client is does not
+/// matter: a client is always of the same class, and an entry under a route
+/// its class does not use is never read.
+fn remember(cfg: &RenderConfig, behaviours: &BTreeSet<Behaviour>) -> Vec<Vec<Expr>> {
+    let k = cfg.alen() / 4;
+    let (src, dst) = match cfg.family {
+        IpFamily::V4 => (CtKey::SrcIp, CtKey::DstIp),
+        IpFamily::V6 => (CtKey::SrcIp6, CtKey::DstIp6),
+    };
+    let kinds: BTreeSet<(bool, u32, u32)> = behaviours
+        .iter()
+        .filter(|b| b.action == ACTION_FORWARD && b.count > 0 && b.timeout > 0)
+        .map(|b| (b.node_port, b.route, b.timeout))
+        .collect();
+    kinds
+        .into_iter()
+        .map(|(node_port, route, timeout)| {
+            let mut v = vec![
+                Expr::Ct { dreg: reg(1), key: CtKey::Status },
+                Expr::Bitwise { sreg: reg(1), dreg: reg(1), mask: u32b(nft::CT_STATUS_DNAT), xor: u32b(0) },
+                Expr::Cmp { sreg: reg(1), op: CmpOp::Neq, data: u32b(0) },
+                // frontend . route . timeout . endpoint @affinity-members
+                Expr::Ct { dreg: reg(0), key: dst },
+            ];
+            if node_port {
+                let zero = vec![0u8; cfg.alen() as usize];
+                v.push(Expr::Bitwise { sreg: reg(0), dreg: reg(0), mask: zero.clone(), xor: zero });
+            }
+            v.extend([
+                Expr::MetaGet { dreg: reg(k), key: MetaKey::L4Proto },
+                Expr::Ct { dreg: reg(k + 1), key: CtKey::ProtoDst },
+                Expr::Immediate { dreg: reg(k + 2), data: u32b(route) },
+                Expr::Immediate { dreg: reg(k + 3), data: u32b(timeout) },
+                cfg.daddr(reg(k + 4)),
+                Expr::Payload { dreg: reg(2 * k + 4), base: PayloadBase::Transport, offset: 2, len: 2 },
+                Expr::Lookup { set: sets::MEMBERS.into(), sreg: reg(0), dreg: None, invert: false },
+                // frontend . route . client : endpoint
+                Expr::Ct { dreg: reg(k + 3), key: src },
+                cfg.daddr(reg(2 * k + 3)),
+                Expr::Payload { dreg: reg(3 * k + 3), base: PayloadBase::Transport, offset: 2, len: 2 },
+                Expr::DynsetUpdate {
+                    set: sets::AFFINITY.into(),
+                    sreg_key: reg(0),
+                    sreg_data: Some(reg(2 * k + 3)),
+                    timeout_ms: u64::from(timeout) * 1000,
+                },
+            ]);
+            v
+        })
+        .collect()
 }
 
 /// Per-Service firewall chain name: `fw-` and a hash of the Service port.
@@ -612,18 +681,6 @@ pub struct PortObjects {
     pub behaviours: BTreeSet<Behaviour>,
 }
 
-/// Frontend key bytes: class, address (0 for node ports), protocol, port.
-pub fn frontend_key_bytes(family: IpFamily, class: u32, f: &Frontend) -> Vec<u8> {
-    let mut k = u32b(class);
-    match f.ip {
-        Some(ip) => k.extend(ip_bytes(ip)),
-        None => k.extend(vec![0u8; alen(family) as usize]),
-    }
-    k.extend(proto_bytes(f.protocol));
-    k.extend(port_bytes(f.port));
-    k
-}
-
 fn class_value(c: proxy_core::SourceClass) -> u32 {
     match c {
         proxy_core::SourceClass::Pod => CLASS_POD,
@@ -632,31 +689,32 @@ fn class_value(c: proxy_core::SourceClass) -> u32 {
     }
 }
 
-/// Renders one port plan. `route_ids` gives the route id for each of the
-/// decision's routes (allocated by the caller, stable across syncs).
-pub fn render_port(
-    cfg: &RenderConfig,
-    p: &ServicePortPlan,
-    d: &decide::PortDecision,
-    route_ids: &[u32],
-) -> PortObjects {
+/// Frontend key bytes without the behaviour: address (0 for node ports),
+/// protocol, port. The start of `frontends` (after the behaviour),
+/// `endpoints` and `affinity` keys.
+pub fn destination_bytes(family: IpFamily, f: &Frontend) -> Vec<u8> {
+    let mut k = match f.ip {
+        Some(ip) => ip_bytes(ip),
+        None => vec![0u8; alen(family) as usize],
+    };
+    k.extend(proto_bytes(f.protocol));
+    k.extend(port_bytes(f.port));
+    k
+}
+
+/// The `frontends` key of a frontend with behaviour `b`.
+pub fn frontend_key_bytes(family: IpFamily, b: &Behaviour, f: &Frontend) -> Vec<u8> {
+    let mut k = u32b(b.id());
+    k.extend(u32b(b.timeout));
+    k.extend(destination_bytes(family, f));
+    k
+}
+
+/// Renders one port plan.
+pub fn render_port(cfg: &RenderConfig, p: &ServicePortPlan, d: &decide::PortDecision) -> PortObjects {
     let mut out = PortObjects::default();
     let timeout = d.affinity_timeout_seconds.unwrap_or(0);
     let svc = p.name.to_string();
-    for (i, eps) in d.routes.iter().enumerate() {
-        let route = route_ids[i];
-        for (slot, ep) in eps.iter().enumerate() {
-            let mut key = u32b(route);
-            key.extend(u32b(slot as u32));
-            let mut data = ip_bytes(ep.ip());
-            data.extend(port_bytes(ep.port));
-            data.extend(u32b(route));
-            if timeout > 0 {
-                out.elements.push((sets::MEMBERS, Elem { key: data.clone(), data: ElemData::None, userdata: None }));
-            }
-            out.elements.push((sets::ENDPOINTS, Elem { key, data: ElemData::Value(data), userdata: None }));
-        }
-    }
     for ip in &d.hairpin {
         let mut key = ip_bytes(*ip);
         key.extend(ip_bytes(*ip));
@@ -672,27 +730,43 @@ pub fn render_port(
         let node_port = f.kind == FrontendKind::NodePort;
         let mut ud = vec![kind_char(f.kind)];
         ud.extend_from_slice(svc.as_bytes());
+        let dest = destination_bytes(cfg.family, f);
+        let mut routes_used = BTreeSet::new();
         for (i, class) in CLASSES.iter().enumerate() {
             let class = class_value(*class);
             let (action, masq) = &fd.per_class[i];
             let (action, count, route) = match action {
-                Action::Forward(r) => (ACTION_FORWARD, d.routes[*r].len() as u32, route_ids[*r]),
+                Action::Forward(r) => {
+                    routes_used.insert(*r);
+                    (ACTION_FORWARD, d.routes[*r].len() as u32, *r as u32)
+                }
                 Action::Drop => (ACTION_DROP, 0, 0),
                 Action::Reject => (ACTION_REJECT, 0, 0),
             };
-            let b = Behaviour { class, node_port, action, masquerade: *masq, count, timeout };
+            let b = Behaviour { class, node_port, action, masquerade: *masq, route, count, timeout };
             out.behaviours.insert(b);
-            let mut data = u32b(b.id());
-            data.extend(u32b(timeout));
-            data.extend(u32b(route));
             out.elements.push((
                 sets::FRONTENDS,
-                Elem {
-                    key: frontend_key_bytes(cfg.family, class, f),
-                    data: ElemData::Value(data),
-                    userdata: Some(ud.clone()),
-                },
+                Elem { key: frontend_key_bytes(cfg.family, &b, f), data: ElemData::None, userdata: Some(ud.clone()) },
             ));
+        }
+        // This frontend's endpoints, per route its classes use.
+        for r in routes_used {
+            for (slot, ep) in d.routes[r].iter().enumerate() {
+                let mut key = dest.clone();
+                key.extend(u32b(r as u32));
+                key.extend(u32b(slot as u32));
+                let mut data = ip_bytes(ep.ip());
+                data.extend(port_bytes(ep.port));
+                if timeout > 0 {
+                    let mut member = dest.clone();
+                    member.extend(u32b(r as u32));
+                    member.extend(u32b(timeout));
+                    member.extend(data.clone());
+                    out.elements.push((sets::MEMBERS, Elem { key: member, data: ElemData::None, userdata: None }));
+                }
+                out.elements.push((sets::ENDPOINTS, Elem { key, data: ElemData::Value(data), userdata: None }));
+            }
         }
         if let (Some(ranges), Some(ip)) = (&fd.source_ranges, f.ip) {
             let mut key = ip_bytes(ip);
@@ -721,14 +795,8 @@ pub fn render_port(
     out
 }
 
-/// Parsed frontend element data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrontendData {
-    pub behaviour: Behaviour,
-    pub route: u32,
-}
-
-pub fn parse_frontend_data(d: &[u8]) -> Option<FrontendData> {
-    let w = |i: usize| -> Option<u32> { Some(u32::from_ne_bytes(d.get(i * 4..i * 4 + 4)?.try_into().ok()?)) };
-    Some(FrontendData { behaviour: Behaviour::from_id(w(0)?, w(1)?), route: w(2)? })
+/// A `frontends` key read back: the behaviour and the destination bytes.
+pub fn parse_frontend_key(k: &[u8]) -> Option<(Behaviour, &[u8])> {
+    let w = |i: usize| -> Option<u32> { Some(u32::from_ne_bytes(k.get(i * 4..i * 4 + 4)?.try_into().ok()?)) };
+    Some((Behaviour::from_id(w(0)?, w(1)?), k.get(8..)?))
 }

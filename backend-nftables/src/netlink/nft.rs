@@ -192,6 +192,20 @@ pub enum MetaKey {
 pub enum CtKey {
     State = 0,
     Status = 2,
+    /// The original direction's destination port (`ct original proto-dst`).
+    ProtoDst = 12,
+    /// The original direction's addresses (`ct original ip saddr` …), Linux ≥ 4.17.
+    SrcIp = 19,
+    DstIp = 20,
+    SrcIp6 = 21,
+    DstIp6 = 22,
+}
+
+impl CtKey {
+    /// Keys of one direction of the flow need `NFTA_CT_DIRECTION`.
+    fn directional(self) -> bool {
+        !matches!(self, CtKey::State | CtKey::Status)
+    }
 }
 
 /// `ct state new` bit (`NF_CT_STATE_BIT(IP_CT_NEW)`).
@@ -311,6 +325,9 @@ impl Expr {
             Expr::Ct { dreg, key } => {
                 w.attr_be32(1, *dreg); // NFTA_CT_DREG
                 w.attr_be32(2, *key as u32); // KEY
+                if key.directional() {
+                    w.attr(3, &[0]); // NFTA_CT_DIRECTION: IP_CT_DIR_ORIGINAL
+                }
             }
             Expr::NumgenRandom { dreg, modulus } => {
                 w.attr_be32(1, *dreg); // NFTA_NG_DREG
