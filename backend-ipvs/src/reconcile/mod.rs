@@ -209,9 +209,19 @@ impl Desired {
         snapshot: &Snapshot,
         inputs: &Inputs<'_>,
     ) -> Change {
+        // Every changed Service lets go of its frontends before any claims
+        // one: a contested frontend changing hands (its older owner deleted,
+        // the next one taking it over) must not meet its old owner, whatever
+        // order the names come in.
+        let names: Vec<&ServiceName> = names.into_iter().collect();
         let mut change = Change::default();
-        for name in names {
-            change.absorb(self.update(name, snapshot.service(name).map(|p| &**p), inputs));
+        for name in &names {
+            change.absorb(self.update(name, None, inputs));
+        }
+        for name in &names {
+            if let Some(plan) = snapshot.service(name) {
+                change.absorb(self.update(name, Some(plan), inputs));
+            }
         }
         change
     }

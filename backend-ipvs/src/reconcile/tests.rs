@@ -325,6 +325,31 @@ fn incremental_updates_equal_a_fresh_build() {
     assert!(!script.contains("SWITCHYARD-VIPS 192.0.2.1"), "{script}");
 }
 
+/// A contested externalIP changes hands in a partial sync: the older Service
+/// is deleted and the younger (first by name) takes over. The younger's
+/// new claim must not meet the older's old one.
+#[test]
+fn a_contested_frontend_changes_hands_in_a_partial_sync() {
+    let svc = |name: &str, cip: &str, created: i64| {
+        ServiceBuilder::new("default", name, cip)
+            .port("", 80, "TCP")
+            .external_ips(&["192.0.2.9"])
+            .created(created)
+            .build()
+    };
+    let (young, old) = (svc("a-new", "10.96.0.91", 2_000), svc("b-old", "10.96.0.92", 1_000));
+    let before = snapshot(vec![young.clone(), old], vec![]);
+    let after = snapshot(vec![young], vec![]);
+    let mut d = desired(&before, &inputs());
+    let eip = key("192.0.2.9", 80, Protocol::Tcp);
+    assert_eq!(d.services[&eip].service, ServiceName::new("default", "b-old"), "the older Service serves it");
+    let names = [ServiceName::new("default", "a-new"), ServiceName::new("default", "b-old")];
+    let change = d.update_all(names.iter(), &after, &inputs());
+    assert!(change.conflicts.is_empty(), "{:?}", change.conflicts);
+    assert_eq!(d.services[&eip].service, ServiceName::new("default", "a-new"), "the younger took over");
+    assert_eq!(d.services, desired(&after, &inputs()).services);
+}
+
 /// Issue 18: a full sync repairs what someone else did to our virtual
 /// servers (`ipvsadm -D`, `-d`, `-e`, `-A` on our VIP) and counts it as drift
 /// against the previous desired state; changes of the plans are not drift.
