@@ -80,9 +80,13 @@ pub async fn run_suite(lab: &Lab, scenarios: &[Scenario], config: &SuiteConfig) 
         );
         let available = backend.probe(&probe_ctx).await;
         for scenario in scenarios {
-            let result = match &available {
-                Err(reason) => unsupported(scenario, &label, format!("backend unavailable: {reason}")),
-                Ok(()) => run_scenario(lab, scenario, backend.as_ref(), &section).await,
+            let through_api = label.ends_with("+apiserver") || label.starts_with(crate::kubeproxy::LABEL_PREFIX);
+            let result = match (&available, &scenario.file_source_only) {
+                (Err(reason), _) => unsupported(scenario, &label, format!("backend unavailable: {reason}")),
+                (Ok(()), Some(reason)) if through_api => {
+                    unsupported(scenario, &label, format!("file source only: {reason}"))
+                }
+                (Ok(()), _) => run_scenario(lab, scenario, backend.as_ref(), &section).await,
             };
             let result = upstream_verdict(scenario, result);
             info!(scenario = %scenario.name, backend = %label, status = result.status.short(), ms = result.duration_ms, "scenario done");

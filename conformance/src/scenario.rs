@@ -384,6 +384,12 @@ pub struct ScenarioFile {
     /// note is stale).
     #[serde(default)]
     pub upstream_differs: Option<String>,
+    /// Not run through a real API server (switchyard's `+apiserver` columns
+    /// and upstream kube-proxy's), with the reason: what the scenario sets
+    /// up, the API cannot (for example creation times a second apart).
+    /// Reported unsupported there, with the reason.
+    #[serde(default)]
+    pub file_source_only: Option<String>,
 }
 
 /// A parsed, validated scenario.
@@ -398,6 +404,8 @@ pub struct Scenario {
     pub steps: Vec<StepEntry>,
     /// See [`ScenarioFile::upstream_differs`].
     pub upstream_differs: Option<String>,
+    /// See [`ScenarioFile::file_source_only`].
+    pub file_source_only: Option<String>,
 }
 
 /// The kinds of object a scenario may hold.
@@ -578,6 +586,7 @@ impl Scenario {
             objects,
             steps,
             upstream_differs: file.upstream_differs,
+            file_source_only: file.file_source_only,
         })
     }
 
