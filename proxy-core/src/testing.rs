@@ -3,6 +3,8 @@
 //! Public so that backends, the conformance suite and plugin authors can
 //! write the same tests we do.
 
+pub mod scale;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
