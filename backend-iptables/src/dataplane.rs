@@ -528,11 +528,7 @@ fn update_renders(
     for name in candidates {
         let new = snapshot.service(&name);
         let old = fs.services.get(&name);
-        let unchanged = match (old, new) {
-            (Some(o), Some(n)) => Arc::ptr_eq(&o.plan, n) || *o.plan == **n,
-            (None, None) => true,
-            _ => false,
-        };
+        let unchanged = proxy_core::ServicePlan::unchanged(old.map(|o| &o.plan), new);
         if unchanged && !config_changed {
             if full {
                 work.extend(stale_udp(family, new.map(|p| &**p), new.map(|p| &**p), true));

@@ -350,18 +350,13 @@ impl Inner {
                 request.changed.iter().cloned().collect()
             };
             let mut touched = BTreeSet::new();
-            let before: HashMap<ElemKey, Option<Elem>> = HashMap::new();
-            let mut before = before;
+            let mut before: HashMap<ElemKey, Option<Elem>> = HashMap::new();
             let mut before_chains: BTreeMap<String, Option<Chain>> = BTreeMap::new();
             let work = conntrack_work.entry(family).or_default();
             for name in names {
                 let new = snapshot.service(&name);
                 let old = fs.services.get(&name);
-                let unchanged = match (old, new) {
-                    (Some(o), Some(n)) => Arc::ptr_eq(&o.plan, n) || *o.plan == **n,
-                    (None, None) => true,
-                    _ => false,
-                };
+                let unchanged = ServicePlan::unchanged(old.map(|o| &o.plan), new);
                 if unchanged && !rewrite {
                     continue;
                 }

@@ -386,6 +386,18 @@ impl ServicePlan {
     pub fn name(&self) -> &ServiceName {
         &self.service.name
     }
+
+    /// Whether a Service's plan is the same before and after a batch (both
+    /// absent counts as the same): the same `Arc` (the tracker shares
+    /// unchanged plans) or an equal value. Backends skip such Services in a
+    /// partial sync.
+    pub fn unchanged(old: Option<&Arc<ServicePlan>>, new: Option<&Arc<ServicePlan>>) -> bool {
+        match (old, new) {
+            (Some(o), Some(n)) => Arc::ptr_eq(o, n) || o == n,
+            (None, None) => true,
+            _ => false,
+        }
+    }
 }
 
 /// What a backend reports a frontend does, read back from the kernel.
