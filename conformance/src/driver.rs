@@ -323,6 +323,20 @@ pub struct ExternalBinary {
     pub source: ObjectSource,
 }
 
+/// `nodePortAddresses` as kube-proxy is told it in `mode` (absent: its
+/// default, every address). kube-proxy's nftables mode, and so switchyard's,
+/// defaults to the node's primary addresses: there, every address is said
+/// explicitly, as an operator would. Shared by switchyard's flags and the
+/// upstream kube-proxy columns' configuration.
+pub fn node_port_addresses(mode: &str, npa: &proxy_core::NodePortAddresses) -> Option<Vec<String>> {
+    match npa {
+        proxy_core::NodePortAddresses::All if mode == "nftables" => Some(vec!["0.0.0.0/0".into(), "::/0".into()]),
+        proxy_core::NodePortAddresses::All => None,
+        proxy_core::NodePortAddresses::Primary => Some(vec!["primary".into()]),
+        proxy_core::NodePortAddresses::Cidrs(c) => Some(c.iter().map(ToString::to_string).collect()),
+    }
+}
+
 impl ExternalBinary {
     /// A black box reading a manifest file.
     pub fn new(binary: PathBuf, mode: impl Into<String>, extra_args: Vec<String>) -> Self {
@@ -358,23 +372,9 @@ impl ExternalBinary {
         if ctx.masquerade.all {
             args.push("--masquerade-all".into());
         }
-        match &ctx.nodeport_addresses {
-            // kube-proxy's nftables mode (and so switchyard's) defaults to
-            // the node's primary addresses: every address is said explicitly,
-            // as an operator would (the kube-proxy columns do the same).
-            proxy_core::NodePortAddresses::All if self.mode == "nftables" => {
-                args.push("--nodeport-addresses".into());
-                args.push("0.0.0.0/0,::/0".into());
-            }
-            proxy_core::NodePortAddresses::All => {}
-            proxy_core::NodePortAddresses::Primary => {
-                args.push("--nodeport-addresses".into());
-                args.push("primary".into());
-            }
-            proxy_core::NodePortAddresses::Cidrs(c) => {
-                args.push("--nodeport-addresses".into());
-                args.push(c.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
-            }
+        if let Some(list) = node_port_addresses(&self.mode, &ctx.nodeport_addresses) {
+            args.push("--nodeport-addresses".into());
+            args.push(list.join(","));
         }
         args
     }

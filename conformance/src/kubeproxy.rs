@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use proxy_core::{BackendContext, Capabilities, NetNamespace, NodePortAddresses, ProgrammedState, ProxyEvent};
+use proxy_core::{BackendContext, Capabilities, NetNamespace, ProgrammedState, ProxyEvent};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
@@ -82,13 +82,8 @@ impl KubeProxyBinary {
 /// The `KubeProxyConfiguration` (v1alpha1) for one scenario.
 pub fn configuration(mode: &str, ctx: &BackendContext, kubeconfig: &std::path::Path) -> Value {
     let cidrs: Vec<String> = ctx.masquerade.cluster_cidrs.iter().map(ToString::to_string).collect();
-    let node_port_addresses = match &ctx.nodeport_addresses {
-        // nftables mode defaults to the primary address; the zero CIDRs mean every address in every mode.
-        NodePortAddresses::All if mode == "nftables" => json!(["0.0.0.0/0", "::/0"]),
-        NodePortAddresses::All => Value::Null,
-        NodePortAddresses::Primary => json!(["primary"]),
-        NodePortAddresses::Cidrs(c) => json!(c.iter().map(ToString::to_string).collect::<Vec<_>>()),
-    };
+    let node_port_addresses =
+        crate::driver::node_port_addresses(mode, &ctx.nodeport_addresses).map_or(Value::Null, |l| json!(l));
     // Only the chosen mode's section is read; the others are validated, so they get valid values too.
     let per_mode = json!({"minSyncPeriod": "50ms", "syncPeriod": "30s", "masqueradeAll": ctx.masquerade.all});
     json!({
