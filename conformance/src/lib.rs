@@ -73,6 +73,6 @@ pub fn builtin_scenarios_dir() -> std::path::PathBuf {
 mod tests {
     #[test]
     fn the_default_registry_has_the_builtin_backends() {
-        assert_eq!(super::default_registry().modes(), ["ebpf", "iptables", "ipvs", "plugin"]);
+        assert_eq!(super::default_registry().modes(), ["ebpf", "iptables", "ipvs", "nftables", "plugin"]);
     }
 }
