@@ -250,13 +250,11 @@ impl std::fmt::Debug for EbpfDataplane {
 
 impl EbpfDataplane {
     /// Builds the dataplane; nothing in the kernel changes until the first
-    /// sync. What the configuration leaves unserved is in `limitations()`,
-    /// which the daemon logs for the mode it runs (not here: other modes'
-    /// cleanup builds this backend too, and must not warn about it).
+    /// sync. Warns once about what the configuration leaves unserved.
     pub fn new(ctx: BackendContext, cfg: EbpfConfig) -> EbpfDataplane {
         let metrics = EbpfMetrics::register(&ctx);
         let worker = worker::NsWorker::new(ctx.netns.clone());
-        EbpfDataplane {
+        let dp = EbpfDataplane {
             ctx,
             cfg,
             loaded: Arc::default(),
@@ -264,7 +262,11 @@ impl EbpfDataplane {
             health: Arc::default(),
             monitor: Arc::default(),
             worker,
+        };
+        for limitation in dp.limitations() {
+            tracing::warn!(backend = MODE, "{limitation}");
         }
+        dp
     }
 
     pub fn config(&self) -> &EbpfConfig {
@@ -696,5 +698,18 @@ impl BackendFactory for EbpfFactory {
         let cfg = EbpfConfig::for_netns(&ctx.section, &ctx.netns)
             .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
         Ok(Arc::new(EbpfDataplane::new(ctx.clone(), cfg)))
+    }
+
+    /// Removes our leftovers without building the dataplane: a node running
+    /// another mode gets neither this mode's metrics nor its warnings.
+    async fn cleanup(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
+        let cfg = EbpfConfig::for_netns(&ctx.section, &ctx.netns)
+            .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
+        let netns = ctx.netns.clone();
+        tokio::task::spawn_blocking(move || netns.run(|| cleanup::cleanup(&cfg)))
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))?
+            .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
+            .map_err(|e| e.into_dataplane("cleanup"))
     }
 }

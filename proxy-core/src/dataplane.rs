@@ -236,7 +236,7 @@ pub trait Dataplane: Send + Sync + fmt::Debug {
     /// What this backend, as configured, does not do that an operator would
     /// expect it to, in words (each naming the traffic that is not served
     /// and the setting that would change it). Logged at start by the
-    /// daemon for the mode it runs, and printed by `switchyard inspect`. The default is none.
+    /// backend and printed by `switchyard inspect`. The default is none.
     fn limitations(&self) -> Vec<String> {
         Vec::new()
     }

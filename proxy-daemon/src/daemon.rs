@@ -350,9 +350,6 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
         other => DaemonError::Startup(format!("building proxy mode {}: {}", cfg.mode, ErrorChain(&other))),
     })?;
     info!(mode = dataplane.mode(), capabilities = ?dataplane.capabilities().0, "backend ready");
-    for limitation in dataplane.limitations() {
-        warn!(mode = dataplane.mode(), "{limitation}");
-    }
 
     // 5. Run.
     let health = ProxyHealth::new(cfg.sync_period * 2);
