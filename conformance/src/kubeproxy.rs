@@ -52,6 +52,9 @@ use crate::scenario::ObjectStore;
 
 /// The label prefix of upstream kube-proxy backends (`kube-proxy-iptables`).
 pub const LABEL_PREFIX: &str = "kube-proxy-";
+
+/// The kube-proxy modes a `kube-proxy-*` backend can run.
+pub const MODES: [&str; 3] = ["iptables", "nftables", "ipvs"];
 /// kube-proxy's default health and metrics addresses, inside node1.
 pub const HEALTHZ: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 10256);
 pub const METRICS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 10249);
@@ -75,7 +78,7 @@ pub struct KubeProxyBinary {
 impl KubeProxyBinary {
     /// The backend for a `--binary-backend` name, when it names kube-proxy (`kube-proxy-MODE`).
     pub fn mode_of(name: &str) -> Option<&str> {
-        name.strip_prefix(LABEL_PREFIX).filter(|m| ["iptables", "nftables", "ipvs"].contains(m))
+        name.strip_prefix(LABEL_PREFIX).filter(|m| MODES.contains(m))
     }
 }
 

@@ -379,11 +379,11 @@ pub struct ScenarioFile {
     pub objects: Vec<Value>,
     pub steps: Vec<StepSpec>,
     /// Upstream kube-proxy behaves differently here on purpose: why, and
-    /// where docs/semantics.md explains it. A `kube-proxy-*` backend failing
-    /// the scenario is then reported as "differs"; passing it fails (the
-    /// note is stale).
+    /// where docs/semantics.md explains it, for every upstream mode or per
+    /// mode. A `kube-proxy-*` backend failing the scenario is then reported
+    /// as "differs"; passing it fails (the note is stale).
     #[serde(default)]
-    pub upstream_differs: Option<String>,
+    pub upstream_differs: Option<UpstreamDiffers>,
     /// Not run through a real API server (switchyard's `+apiserver` columns
     /// and upstream kube-proxy's), with the reason: what the scenario sets
     /// up, the API cannot (for example creation times a second apart).
@@ -403,9 +403,29 @@ pub struct Scenario {
     pub objects: ObjectStore,
     pub steps: Vec<StepEntry>,
     /// See [`ScenarioFile::upstream_differs`].
-    pub upstream_differs: Option<String>,
+    pub upstream_differs: Option<UpstreamDiffers>,
     /// See [`ScenarioFile::file_source_only`].
     pub file_source_only: Option<String>,
+}
+
+/// Why upstream kube-proxy differs on a scenario: one reason for all of its
+/// modes, or a reason per mode (`{nftables: ...}`) where only some differ.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamDiffers {
+    Every(String),
+    PerMode(BTreeMap<String, String>),
+}
+
+impl UpstreamDiffers {
+    /// The documented reason for upstream kube-proxy in `mode`
+    /// (`iptables`, `nftables`, `ipvs`), if that mode differs.
+    pub fn reason_for(&self, mode: &str) -> Option<&str> {
+        match self {
+            UpstreamDiffers::Every(reason) => Some(reason),
+            UpstreamDiffers::PerMode(modes) => modes.get(mode).map(String::as_str),
+        }
+    }
 }
 
 /// The kinds of object a scenario may hold.
@@ -576,6 +596,16 @@ impl Scenario {
         }
         if steps.is_empty() {
             return Err(invalid("no steps".into()));
+        }
+        if let Some(UpstreamDiffers::PerMode(modes)) = &file.upstream_differs {
+            let unknown: Vec<&String> =
+                modes.keys().filter(|m| !crate::kubeproxy::MODES.contains(&m.as_str())).collect();
+            if !unknown.is_empty() || modes.is_empty() {
+                return Err(invalid(format!(
+                    "upstreamDiffers: {unknown:?} are not kube-proxy modes (expected some of {:?})",
+                    crate::kubeproxy::MODES
+                )));
+            }
         }
         Ok(Scenario {
             name: file.name,
@@ -848,11 +878,22 @@ steps:
             (GOOD.replace("kind: Service\n", "kind: Pod\n"), "unsupported kind"),
             (GOOD.replace("within: 5s", "within: soon"), "duration"),
             (GOOD.replace("port: 80,", "port: eighty,"), "Service web"),
+            (GOOD.replacen("objects:", "upstreamDiffers: {nftable: typo}\nobjects:", 1), "not kube-proxy modes"),
         ];
         for (text, needle) in cases {
             let err = parse(&text).expect_err(needle).to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn upstream_differences_name_every_mode_or_some() {
+        let every = parse(&GOOD.replacen("objects:", "upstreamDiffers: why\nobjects:", 1)).expect("valid");
+        let every = every.upstream_differs.expect("read");
+        assert_eq!((every.reason_for("iptables"), every.reason_for("ipvs")), (Some("why"), Some("why")));
+        let some = parse(&GOOD.replacen("objects:", "upstreamDiffers: {nftables: why}\nobjects:", 1)).expect("valid");
+        let some = some.upstream_differs.expect("read");
+        assert_eq!((some.reason_for("nftables"), some.reason_for("iptables")), (Some("why"), None));
     }
 
     #[test]
