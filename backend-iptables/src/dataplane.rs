@@ -451,6 +451,24 @@ impl IptablesDataplane {
         }
     }
 
+    /// The sysctls this mode writes, set now (`--init-only`): `route_localnet`
+    /// when localhost node ports are served. Unlike a sync, a failure is an
+    /// error: a privileged init step that cannot write them has failed.
+    pub fn init_sysctls(&self) -> Result<(), DataplaneError> {
+        let cfg = self.settings.render_config(IpFamily::V4, &MasqueradeConfig::default());
+        if !(self.settings.sysctls && self.families().contains(&IpFamily::V4) && cfg.localhost_nodeports_active()) {
+            return Ok(());
+        }
+        let set = self.settings.netns.run(|| Sysctls::new(MODE).set(ROUTE_LOCALNET, "1"));
+        match set.map_err(|e| DataplaneError::failed(MODE, "enter the network namespace", e))? {
+            Ok(changed) => {
+                info!(sysctl = ROUTE_LOCALNET, changed, "set for localhost node ports");
+                Ok(())
+            }
+            Err(e) => Err(DataplaneError::failed(MODE, "init", e)),
+        }
+    }
+
     /// Reads the kernel back, blocking.
     pub fn inspect_blocking(&self) -> Result<ProgrammedState, Error> {
         let mut out = ProgrammedState::default();

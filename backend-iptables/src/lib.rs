@@ -84,6 +84,15 @@ impl BackendFactory for IptablesFactory {
         .map_err(|e| DataplaneError::failed(MODE, "probe", e))?
     }
 
+    /// `route_localnet`, when localhost node ports are served (as kube-proxy's
+    /// `--init-only` in this mode).
+    async fn init_only(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || IptablesDataplane::from_context(&ctx)?.init_sysctls())
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "init", e))?
+    }
+
     async fn build(&self, ctx: &BackendContext) -> Result<Arc<dyn Dataplane>, DataplaneError> {
         let ctx = ctx.clone();
         let dp = tokio::task::spawn_blocking(move || IptablesDataplane::from_context(&ctx))

@@ -110,6 +110,15 @@ pub trait BackendFactory: Send + Sync {
     /// Builds the backend. Nothing in the kernel changes until its first sync.
     async fn build(&self, ctx: &BackendContext) -> Result<Arc<dyn Dataplane>, DataplaneError>;
 
+    /// What this mode needs done with full privileges before it runs with
+    /// only `CAP_NET_ADMIN` (`switchyard --init-only`, as kube-proxy's: a
+    /// privileged init container, then an unprivileged one): the sysctls it
+    /// writes, which a container without privileges sees read-only. The main
+    /// process then finds them set and writes nothing. Default: nothing.
+    async fn init_only(&self, _ctx: &BackendContext) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
     /// Removes everything this mode ever installs, even where it cannot run
     /// (`switchyard --cleanup`, switching modes). The default builds the
     /// backend and calls its `cleanup`; a mode is unavailable means nothing to clean.

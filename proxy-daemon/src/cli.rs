@@ -522,7 +522,7 @@ pub const KUBE_PROXY_FLAGS: &[FlagInfo] = &[
     different(
         "init-only",
         "(action)",
-        "applies the conntrack sysctls, then exits; each backend sets its own sysctls when it starts",
+        "applies the conntrack sysctls and the mode's own (iptables: route_localnet), then exits, as kube-proxy; the ipvs mode's sysctls are still set only when the proxy starts",
     ),
     same("iptables-localhost-nodeports", "iptables.localhostNodePorts"),
     same("iptables-masquerade-bit", "iptables.masqueradeBit"),

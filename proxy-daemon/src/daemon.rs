@@ -281,13 +281,26 @@ fn apply_oom_score_adj(value: i32) {
     }
 }
 
-/// `--init-only`: what needs full privileges (the conntrack sysctls), then exit.
-pub async fn init_only(cfg: &Config) -> Result<(), DaemonError> {
-    let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || apply_conntrack(&cfg))
-        .await
-        .map_err(|e| DaemonError::Startup(format!("conntrack settings: {e}")))??;
-    info!("--init-only: conntrack settings applied; each backend sets its own sysctls when it starts");
+/// `--init-only`: what needs full privileges (the conntrack sysctls and the
+/// mode's own, see [`BackendFactory::init_only`]), then exit. The main
+/// process can then run with only `CAP_NET_ADMIN` and a read-only `/proc/sys`
+/// (deploy/overlays/capabilities).
+pub async fn init_only(cfg: &Config, registry: &Registry) -> Result<(), DaemonError> {
+    let factory = registry.get(&cfg.mode).map_err(|e| DaemonError::Config(e.to_string()))?.clone();
+    {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || apply_conntrack(&cfg))
+            .await
+            .map_err(|e| DaemonError::Startup(format!("conntrack settings: {e}")))??;
+    }
+    // The Node is not read here (an init container may run before the API
+    // server is reachable): what a mode sets does not depend on its addresses.
+    let metrics = Arc::new(Mutex::new(prometheus_client::registry::Registry::default()));
+    let ctx = backend_context(cfg, &node_name(cfg), &NodeFacts::default(), &cfg.mode, metrics);
+    factory.init_only(&ctx).await.map_err(|e| {
+        DaemonError::Startup(format!("proxy mode {}: privileged settings: {}", cfg.mode, ErrorChain(&e)))
+    })?;
+    info!(mode = %cfg.mode, "--init-only: conntrack and the mode's sysctls applied; run switchyard again with only CAP_NET_ADMIN");
     Ok(())
 }
 

@@ -183,7 +183,7 @@ where
             return daemon::cleanup_all(&cfg, &registry).await.map(|()| exit_code::CLEAN);
         }
         if cli.flags.init_only() {
-            return daemon::init_only(&cfg).await.map(|()| exit_code::CLEAN);
+            return daemon::init_only(&cfg, &registry).await.map(|()| exit_code::CLEAN);
         }
         match &cli.command {
             Some(cli::Command::Inspect(args)) => {

@@ -3,8 +3,13 @@
 //! every object.
 #![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
-use std::sync::Arc;
+mod common;
 
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, NODE_A, NetnsHandle, WEB, can_use_netns, eventually, patience, run, switchyard_bin};
 use proxy_core::{BackendContext, BackendFactory, Dataplane, DataplaneError, Registry};
 use proxy_daemon::config::{FileFlavour, Layers, load};
 
@@ -120,6 +125,7 @@ fn the_kube_proxy_labels_overlay_keeps_kube_proxys_monitoring_working() {
 async fn the_manifests_pass_server_side_validation() {
     let Some(base) = render("base") else { return };
     let Some(overlay) = render("overlays/kube-proxy-labels") else { return };
+    let Some(unprivileged) = render("overlays/capabilities") else { return };
     let bins = conformance::apiserver::ReferenceBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
     // As every cluster that runs kube-proxy does (kubeadm sets it): the
     // DaemonSet is privileged.
@@ -128,7 +134,9 @@ async fn the_manifests_pass_server_side_validation() {
         ..Default::default()
     };
     let cp = conformance::apiserver::ControlPlane::start(&bins, &config).await.unwrap_or_else(|e| panic!("{e}"));
-    for (name, docs) in [("base", base), ("overlays/kube-proxy-labels", overlay)] {
+    for (name, docs) in
+        [("base", base), ("overlays/kube-proxy-labels", overlay), ("overlays/capabilities", unprivileged)]
+    {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("all.json");
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
@@ -148,6 +156,108 @@ async fn the_manifests_pass_server_side_validation() {
         );
         let said = String::from_utf8_lossy(&out.stdout);
         assert_eq!(said.matches("(server dry run)").count(), 5, "{name}: {said}");
+    }
+}
+
+/// `overlays/capabilities`, as a container runtime would run it: in a node
+/// namespace, the init container's `--init-only` with every privilege, then
+/// the proxy with only the overlay's capabilities (the bounding set) and
+/// `/proc/sys` read-only (what an unprivileged container sees). Each mode it
+/// is for becomes ready and programs the kernel; without the init step the
+/// proxy stops at start, naming the sysctl.
+#[tokio::test]
+async fn the_capabilities_overlay_runs_with_only_its_capabilities() {
+    if !can_use_netns("the_capabilities_overlay_runs_with_only_its_capabilities") {
+        return;
+    }
+    let Some(docs) = render("overlays/capabilities") else { return };
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let security = &pod["containers"][0]["securityContext"];
+    assert_eq!(security["privileged"], false, "{security}");
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]), "{security}");
+    let added: Vec<String> = security["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("+{}", c.as_str().unwrap().to_lowercase()))
+        .collect();
+    let init = &pod["initContainers"][0];
+    assert!(init["command"].as_array().unwrap().iter().any(|a| a == "--init-only"), "{init}");
+    assert_eq!(init["securityContext"]["privileged"], true, "{init}");
+
+    let bounding = format!("--bounding-set=-all,{}", added.join(","));
+    let confined = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$@\"",
+        "sh",
+        "setpriv",
+        &bounding,
+        "--inh-caps=-all",
+        "--",
+    ];
+    let bin = switchyard_bin();
+    for mode in ["iptables", "nftables"] {
+        let ns = NetnsHandle::create();
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("m.yaml");
+        std::fs::write(&manifests, format!("{WEB}---{NODE_A}")).unwrap();
+        let source = format!("--source=file:{}", manifests.display());
+        let proxy_mode = format!("--proxy-mode={mode}");
+        let args = [proxy_mode.as_str(), "--hostname-override=node-a", source.as_str(), "--min-sync-period=50ms"];
+
+        // Without the init container: kube-proxy's conntrack defaults cannot be written.
+        let mut alone = Daemon::start_in_netns_with(&ns.name, &confined, &bin, dir.path(), &args);
+        let code = exit_code(&mut alone.child).await;
+        let log = alone.log_text();
+        assert!(code.is_some_and(|c| c != 0), "{mode}: started without its sysctls: {code:?}\n{log}");
+        assert!(log.contains("nf_conntrack_tcp_timeout") && log.contains("Read-only"), "{mode}: {log}");
+
+        let mut init: Vec<&str> = vec!["netns", "exec", &ns.name, bin.to_str().unwrap(), "--init-only"];
+        init.extend(args);
+        let (code, _, err) = run(Path::new("ip"), &init, &[]);
+        assert_eq!(code, Some(0), "{mode}: --init-only: {err}");
+
+        let mut d = Daemon::start_in_netns_with(&ns.name, &confined, &bin, dir.path(), &args);
+        eventually(&format!("{mode}: ready with {added:?} only"), || {
+            let (ns, addr) = (&ns, d.metrics);
+            async move { matches!(ns.http("GET", addr, "/readyz").await, Ok((200, _, _))) }
+        })
+        .await;
+        let programmed = match mode {
+            "iptables" => ns.exec(&["iptables-save"]).1.contains("SWITCHYARD"),
+            _ => ns.exec(&["nft", "list", "table", "ip", "switchyard"]).0,
+        };
+        assert!(programmed, "{mode}: nothing programmed\n{}", d.log_text());
+        let log = d.log_text();
+        assert!(
+            !log.contains("localhost node ports will not work"),
+            "{mode}: route_localnet was not set by the init step\n{log}"
+        );
+        if mode == "iptables" {
+            let (_, localnet) = ns.exec(&["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]);
+            assert_eq!(localnet.trim(), "1", "set by --init-only");
+        }
+        assert_eq!(d.terminate().await, Some(0), "{mode}: {}", d.log_text());
+        let (code, _, err) =
+            run(Path::new("ip"), &["netns", "exec", &ns.name, bin.to_str().unwrap(), "--cleanup"], &[]);
+        assert_eq!(code, Some(0), "{mode}: --cleanup: {err}");
+    }
+}
+
+/// The exit code of a process expected to stop by itself, within the patience.
+async fn exit_code(child: &mut std::process::Child) -> Option<i32> {
+    let deadline = Instant::now() + patience();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "still running after {:?}", patience());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -128,7 +128,14 @@ impl Daemon {
     /// which execs, so the child's pid is the daemon's). Its admin ports are
     /// on that namespace's loopback: reach them with [`NetnsHandle::http`].
     pub fn start_in_netns(netns: &str, bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
-        Self::start_inner(Some(netns), bin, dir, args, &[], true)
+        Self::start_inner(Some((netns, &[])), bin, dir, args, &[], true)
+    }
+
+    /// As [`Daemon::start_in_netns`], through `wrapper` (a command that ends
+    /// by exec-ing its arguments, e.g. `setpriv … --`), so the pid is still
+    /// the daemon's.
+    pub fn start_in_netns_with(netns: &str, wrapper: &[&str], bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
+        Self::start_inner(Some((netns, wrapper)), bin, dir, args, &[], true)
     }
 
     /// Starts `bin` as an operator would: without `--enable-debug-handlers`
@@ -138,7 +145,7 @@ impl Daemon {
     }
 
     fn start_inner(
-        netns: Option<&str>,
+        netns: Option<(&str, &[&str])>,
         bin: &Path,
         dir: &Path,
         args: &[&str],
@@ -150,9 +157,9 @@ impl Daemon {
         let log = dir.join(format!("daemon-{}.log", metrics.port()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = match netns {
-            Some(ns) => {
+            Some((ns, wrapper)) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin);
+                c.args(["netns", "exec", ns]).args(wrapper).arg(bin);
                 c
             }
             None => Command::new(bin),
