@@ -1,13 +1,14 @@
 //! Compiles the eBPF programs in `bpf/` with clang (`-target bpf -O2 -g`, so
-//! the object carries BTF) and generates the C layout table the layout
-//! tests compare with `src/layout.rs`.
+//! the object carries BTF), generates the Rust types of `bpf/switchyard.h`
+//! with bindgen (`src/layout.rs` builds on them), and prints the C compiler's
+//! layout table the layout tests compare with.
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const INSTALL_HINT: &str = "backend-ebpf needs clang to compile its eBPF programs: \
-     apt-get install clang llvm libbpf-dev";
+const INSTALL_HINT: &str = "backend-ebpf needs clang to compile its eBPF programs and libclang for bindgen: \
+     apt-get install clang llvm libbpf-dev libclang-dev";
 
 fn clang() -> String {
     env::var("SWITCHYARD_CLANG").unwrap_or_else(|_| "clang".to_string())
@@ -47,6 +48,22 @@ fn main() {
             .arg(&object),
         "compiling bpf/switchyard.c",
     );
+
+    // The map keys and values as Rust types: one definition (the header).
+    let bindings = bindgen::Builder::default()
+        .header(bpf.join("switchyard.h").to_string_lossy())
+        .clang_arg(&multiarch)
+        .allowlist_type("swy_.*")
+        .allowlist_var("SWY_.*")
+        .derive_default(true)
+        .derive_hash(true)
+        .derive_eq(true)
+        .derive_partialeq(true)
+        .derive_ord(true)
+        .derive_partialord(true)
+        .generate()
+        .unwrap_or_else(|e| panic!("bindgen on bpf/switchyard.h: {e}\n{INSTALL_HINT}"));
+    bindings.write_to_file(out.join("switchyard_h.rs")).expect("writing switchyard_h.rs");
 
     let layout_bin = out.join("layout");
     run(
