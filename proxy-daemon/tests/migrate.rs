@@ -6,6 +6,10 @@
 //!   nftables modes (plus kube-proxy-shaped rules replayed into the legacy
 //!   iptables and IPv6 views, which one kube-proxy run does not fill), and
 //!   leaves everything else alone;
+//! - the swap: kube-proxy serves held connections and a stream of new ones,
+//!   is stopped, switchyard starts with `--remove-kube-proxy-leftovers`; no
+//!   held connection is cut, no new connection fails, no `KUBE-*` object
+//!   remains. `proxy-daemon/README.md`'s migration section follows these steps.
 //!
 //! Ignored by default (they need the reference binaries): `./x test` runs
 //! them in its `apiserver` tier, or
@@ -17,6 +21,8 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -149,6 +155,64 @@ impl Conn {
         } else {
             Err(std::io::Error::other(format!("sent {text:?}, got {line:?}")))
         }
+    }
+}
+
+/// New connections, one after another, each with one round trip, from a
+/// thread inside the node namespace until stopped: how many succeeded, and
+/// every failure with when it happened.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<(Instant, String)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(lab: &Lab) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let ns = lab.node.ns();
+        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
+        let thread = std::thread::spawn(move || {
+            let addr: SocketAddr = CLUSTER_IP.parse().unwrap();
+            ns.run(|| {
+                let mut n = 0u64;
+                while !s.load(Ordering::SeqCst) {
+                    n += 1;
+                    match Conn::open(addr).and_then(|mut c| c.round_trip(&format!("new {n}"))) {
+                        Ok(()) => {
+                            o.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => f.lock().unwrap().push((Instant::now(), e.to_string())),
+                    }
+                    // Pacing the workload (a few hundred connections a
+                    // second at most), not a wait for anything.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+            .unwrap();
+        });
+        Stream { stop, ok, failures, thread: Some(thread) }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` further connections succeeded.
+    async fn wait_for_more(&self, more: usize, what: &str) {
+        let want = self.ok() + more;
+        eventually(what, || async move { self.ok() >= want }).await;
+    }
+
+    fn finish(mut self) -> Vec<(Instant, String)> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.failures.lock().unwrap())
     }
 }
 
@@ -329,4 +393,84 @@ async fn cleanup_removes_what_kube_proxy_left_in_each_mode() {
         assert_others_intact(&lab.node);
         assert!(log.contains("removed kube-proxy's leftovers"), "{log}");
     }
+}
+
+/// The swap, as an operator does it (proxy-daemon/README.md, "Migrating
+/// from kube-proxy"): kube-proxy in `kube_proxy_mode` serves the Service
+/// with held connections and a stream of new ones; it is stopped (SIGTERM,
+/// by pid) and switchyard started in the same namespace, in `mode`, with
+/// `--remove-kube-proxy-leftovers`. No held connection is cut, no new
+/// connection fails (at any point: kube-proxy's rules keep serving until
+/// switchyard's first sync, and go only after it), and nothing of
+/// kube-proxy's remains.
+async fn swap(kube_proxy_mode: &str, mode: &str) {
+    let (cp, kubeconfig) = control_plane().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::create();
+    let mut kp = KubeProxy::start(&cp, dir.path(), &lab.node, kube_proxy_mode).await;
+    wait_served_by_kube_proxy(&lab, &kp).await;
+
+    let mut held: Vec<Conn> = (0..8).map(|_| lab.connect().unwrap()).collect();
+    for (i, c) in held.iter_mut().enumerate() {
+        c.round_trip(&format!("held {i} before")).unwrap();
+    }
+    let stream = Stream::start(&lab);
+    stream.wait_for_more(20, "new connections through kube-proxy").await;
+
+    kp.stop().await;
+    stream.wait_for_more(20, "new connections with kube-proxy stopped (its rules stay)").await;
+    let args = [
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--hostname-override=node1".into(),
+        format!("--netns={}", lab.node.name),
+        format!("--proxy-mode={mode}"),
+        "--cluster-cidr=10.244.0.0/16".into(),
+        "--min-sync-period=50ms".into(),
+        "--remove-kube-proxy-leftovers".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::start(&switchyard_bin(), dir.path(), &args);
+    d.wait_ready().await;
+    eventually("switchyard removed kube-proxy's leftovers after its first sync", || {
+        let done = kube_proxy_objects(&lab.node).is_empty() && d.log_text().contains("removed kube-proxy's leftovers");
+        async move { done }
+    })
+    .await;
+    let log = d.log_text();
+    let (synced, removed) = (log.find("first sync done").unwrap(), log.find("removed kube-proxy's leftovers").unwrap());
+    assert!(synced < removed, "leftovers removed before the first sync:\n{log}");
+    stream.wait_for_more(50, "new connections through switchyard's rules alone").await;
+
+    let failures = stream.finish();
+    assert!(
+        failures.is_empty(),
+        "{} new connections failed during the swap, first: {:?}\nswitchyard log:\n{}\nkube-proxy log:\n{}",
+        failures.len(),
+        failures.first().map(|f| &f.1),
+        d.log_text(),
+        kp.log_text()
+    );
+    for (i, c) in held.iter_mut().enumerate() {
+        c.round_trip(&format!("held {i} after")).unwrap_or_else(|e| panic!("held connection {i} was cut: {e}"));
+    }
+    let left = kube_proxy_objects(&lab.node);
+    assert!(left.is_empty(), "kube-proxy's objects remain: {left:#?}");
+}
+
+#[tokio::test]
+#[ignore = "needs etcd, kube-apiserver and kube-proxy from `./x reference`; run by `./x test` (tier apiserver)"]
+async fn swap_from_kube_proxy_iptables_cuts_no_connection() {
+    if !can_use_netns("swap_from_kube_proxy_iptables_cuts_no_connection") {
+        panic!("this test needs root and `ip netns`; ./x test runs it as root");
+    }
+    swap("iptables", "iptables").await;
+}
+
+#[tokio::test]
+#[ignore = "needs etcd, kube-apiserver and kube-proxy from `./x reference`; run by `./x test` (tier apiserver)"]
+async fn swap_from_kube_proxy_nftables_cuts_no_connection() {
+    if !can_use_netns("swap_from_kube_proxy_nftables_cuts_no_connection") {
+        panic!("this test needs root and `ip netns`; ./x test runs it as root");
+    }
+    swap("nftables", "nftables").await;
 }
