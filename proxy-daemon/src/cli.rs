@@ -547,21 +547,13 @@ pub const KUBE_PROXY_FLAGS: &[FlagInfo] = &[
     same("ipvs-tcp-timeout", "ipvs.tcpTimeout"),
     same("ipvs-tcpfin-timeout", "ipvs.tcpFinTimeout"),
     same("ipvs-udp-timeout", "ipvs.udpTimeout"),
-    different(
-        "kube-api-burst",
-        "clientConnection.burst",
-        "validated as kube-proxy does; not applied: switchyard's API use is one list and one watch per resource",
-    ),
+    same("kube-api-burst", "clientConnection.burst"),
     warned(
         "kube-api-content-type",
         "clientConnection.contentType",
         "switchyard always speaks application/json (protobuf, kube-proxy's default, is accepted silently)",
     ),
-    different(
-        "kube-api-qps",
-        "clientConnection.qps",
-        "validated as kube-proxy does; not applied: switchyard's API use is one list and one watch per resource",
-    ),
+    same("kube-api-qps", "clientConnection.qps"),
     same("kubeconfig", "clientConnection.kubeconfig"),
     warned("log-flush-frequency", "logging.flushFrequency", "validated; switchyard writes every log line at once"),
     same("log-json-info-buffer-size", "logging.options.json.infoBufferSize"),

@@ -83,7 +83,7 @@ pub async fn prepare_source(cfg: &Config, node: &str) -> Result<PreparedSource, 
                 other => DaemonError::Startup(ErrorChain(&other).to_string()),
             })?;
             info!(api_server = %kc.cluster_url, "using the Kubernetes API server");
-            let src = KubeSource::new(kc, node, cfg.service_proxy_name.clone())
+            let src = KubeSource::new(kc, node, cfg.service_proxy_name.clone(), &cfg.client)
                 .map_err(|e| DaemonError::Startup(ErrorChain(&e).to_string()))?;
             Ok(PreparedSource::Kube(Box::new(src)))
         }
