@@ -188,7 +188,9 @@ impl Stream {
                         Err(e) => f.lock().unwrap().push((Instant::now(), e.to_string())),
                     }
                     // Pacing the workload (a few hundred connections a
-                    // second at most), not a wait for anything.
+                    // second at most, so that TIME_WAIT never runs out of
+                    // ports), not a wait for anything.
+                    #[allow(clippy::disallowed_methods, reason = "paces a workload thread; no convergence is awaited")]
                     std::thread::sleep(Duration::from_millis(5));
                 }
             })
