@@ -61,13 +61,18 @@ pub async fn dummy_index(handle: &Handle) -> Result<Option<u32>, LinkError> {
 
 /// `ip link show switchyard0`: its index and whether it is up, if it exists.
 pub async fn dummy_link(handle: &Handle) -> Result<Option<(u32, bool)>, LinkError> {
-    let mut links = handle.link().get().match_name(DUMMY.to_string()).execute();
+    link_by_name(handle, DUMMY).await
+}
+
+/// `ip link show NAME`: its index and whether it is up, if it exists.
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<(u32, bool)>, LinkError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(Some(link)) => Ok(Some((link.header.index, link.header.flags.contains(LinkFlags::Up)))),
         Ok(None) => Ok(None),
         // ENODEV: no such link.
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(nl(format!("ip link show {DUMMY}"))(e)),
+        Err(e) => Err(nl(format!("ip link show {name}"))(e)),
     }
 }
 
@@ -115,9 +120,14 @@ pub async fn ensure_dummy(handle: &Handle) -> Result<(u32, DummyRepair), LinkErr
 
 /// `ip link del switchyard0` (its addresses go with it). No link is fine.
 pub async fn delete_dummy(handle: &Handle) -> Result<bool, LinkError> {
-    match dummy_index(handle).await? {
-        Some(index) => {
-            handle.link().del(index).execute().await.map_err(nl(format!("ip link del {DUMMY}")))?;
+    delete_link(handle, DUMMY).await
+}
+
+/// `ip link del NAME` (its addresses go with it); whether it existed.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, LinkError> {
+    match link_by_name(handle, name).await? {
+        Some((index, _)) => {
+            handle.link().del(index).execute().await.map_err(nl(format!("ip link del {name}")))?;
             Ok(true)
         }
         None => Ok(false),

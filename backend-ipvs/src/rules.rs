@@ -540,6 +540,26 @@ pub fn cleanup(netns: &NetNamespace, families: &[IpFamily]) -> Result<(), RulesE
     Ok(())
 }
 
+/// `ipset destroy` of every set whose name `remove` picks (`ipset list -n`
+/// first); returns the sets destroyed. No `ipset` program, or no ip_set in the
+/// kernel, means no sets: nothing to do. Run it after the iptables rules that
+/// referenced the sets are gone (the kernel refuses to destroy a set in use).
+pub fn destroy_sets(netns: &NetNamespace, remove: &dyn Fn(&str) -> bool) -> Result<Vec<String>, RulesError> {
+    let names = match run(netns, "ipset", &["list", "-n"], "") {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::debug!(error = %e, "no ipset here: no sets to destroy");
+            return Ok(Vec::new());
+        }
+    };
+    let mut destroyed = Vec::new();
+    for name in names.lines().map(str::trim).filter(|n| remove(n)) {
+        run(netns, "ipset", &["destroy", name], "")?;
+        destroyed.push(name.to_string());
+    }
+    Ok(destroyed)
+}
+
 /// Our jumps and chains, with one iptables binary; absent ones are fine.
 fn cleanup_rules(netns: &NetNamespace, ipt: &str) {
     for (table, chain, target) in JUMPS {

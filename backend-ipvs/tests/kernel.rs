@@ -510,3 +510,61 @@ fn full_sync_repairs_what_someone_else_broke() {
     rt.block_on(fresh.cleanup()).unwrap();
     assert_eq!(sysctl("expire_nodest_conn"), before);
 }
+
+/// kube-proxy's ipvs-mode state as it leaves it (kube-ipvs0 with a
+/// ClusterIP, a virtual server there and a NodePort one on a node address,
+/// a `KUBE-*` ipset) is removed by `remove_other_proxy`; a virtual server
+/// on neither, and a set of another name, stay.
+#[test]
+fn another_proxys_ipvs_state_is_removed_and_nothing_else() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let ns = Netns::new();
+    if !ipvs_available(&ns) {
+        return;
+    }
+    ns.exec("ip link add kube-ipvs0 type dummy");
+    ns.exec("ip addr add 10.96.0.10/32 dev kube-ipvs0");
+    // The node's own address (lo's do not count as node addresses).
+    ns.exec("ip link add node0 type dummy");
+    ns.exec("ip addr add 192.168.50.1/24 dev node0");
+    ns.exec("ip link set node0 up");
+    ns.exec("ipset create KUBE-CLUSTER-IP hash:ip,port");
+    ns.exec("ipset create OTHER-SET hash:ip");
+    let key = |addr: &str, port| ServiceKey { protocol: Protocol::Tcp, addr: addr.parse().unwrap(), port };
+    let (cluster_ip, node_port, foreign) = (key("10.96.0.10", 80), key("192.168.50.1", 30080), key("172.16.0.1", 80));
+    ns.handle()
+        .run(move || {
+            let mut c = NetlinkIpvs::connect().unwrap();
+            let vs = |key| {
+                backend_ipvs::message::Request::NewService(backend_ipvs::message::VirtualServer {
+                    key,
+                    scheduler: "rr".into(),
+                    flags: 0,
+                    timeout: 0,
+                    netmask: u32::MAX,
+                })
+            };
+            c.execute(&[vs(cluster_ip), vs(node_port), vs(foreign)]).unwrap();
+        })
+        .unwrap();
+    let removed = ns
+        .handle()
+        .run(|| {
+            backend_ipvs::cleanup::remove_other_proxy("kube-ipvs0", true, (30000, 32767), &|n: &str| {
+                n.starts_with("KUBE-")
+            })
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (removed.link, removed.virtual_servers, removed.sets.clone()),
+        (true, 2, vec!["KUBE-CLUSTER-IP".into()])
+    );
+    let left = ns.handle().run(|| NetlinkIpvs::connect().unwrap().services().unwrap()).unwrap();
+    assert_eq!(left.iter().map(|v| v.key).collect::<Vec<_>>(), vec![foreign]);
+    assert!(!ns.exec("ip -o link show").contains("kube-ipvs0"));
+    assert_eq!(ns.exec("ipset list -n").trim(), "OTHER-SET");
+}

@@ -341,6 +341,12 @@ pub struct Flags {
     #[arg(long = "enable-debug-handlers", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
     pub enable_debug_handlers: Option<bool>,
 
+    /// Remove upstream kube-proxy's leftovers (its `KUBE-*` chains, nftables
+    /// tables, kube-ipvs0 and IPVS virtual servers) once this proxy's first
+    /// sync is done: the migration from kube-proxy without a second step.
+    #[arg(long = "remove-kube-proxy-leftovers", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
+    pub remove_kube_proxy_leftovers: Option<bool>,
+
     /// `--proxy-mode plugin`: the plugin program and its arguments, split on
     /// whitespace (the `plugin.command` key; a list there for arguments with spaces).
     #[arg(long = "plugin-command", global = true, value_name = "COMMAND")]
@@ -444,6 +450,7 @@ impl Flags {
         set("minSyncPeriod", s(&self.min_sync_period));
         set("enableDebugHandlers", b(self.enable_debug_handlers));
         set("netns", s(&self.netns));
+        set("removeKubeProxyLeftovers", b(self.remove_kube_proxy_leftovers));
         set(
             "plugin.command",
             self.plugin_command
@@ -540,21 +547,13 @@ pub const KUBE_PROXY_FLAGS: &[FlagInfo] = &[
     same("ipvs-tcp-timeout", "ipvs.tcpTimeout"),
     same("ipvs-tcpfin-timeout", "ipvs.tcpFinTimeout"),
     same("ipvs-udp-timeout", "ipvs.udpTimeout"),
-    different(
-        "kube-api-burst",
-        "clientConnection.burst",
-        "validated as kube-proxy does; not applied: switchyard's API use is one list and one watch per resource",
-    ),
+    same("kube-api-burst", "clientConnection.burst"),
     warned(
         "kube-api-content-type",
         "clientConnection.contentType",
         "switchyard always speaks application/json (protobuf, kube-proxy's default, is accepted silently)",
     ),
-    different(
-        "kube-api-qps",
-        "clientConnection.qps",
-        "validated as kube-proxy does; not applied: switchyard's API use is one list and one watch per resource",
-    ),
+    same("kube-api-qps", "clientConnection.qps"),
     same("kubeconfig", "clientConnection.kubeconfig"),
     warned("log-flush-frequency", "logging.flushFrequency", "validated; switchyard writes every log line at once"),
     same("log-json-info-buffer-size", "logging.options.json.infoBufferSize"),

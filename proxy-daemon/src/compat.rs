@@ -67,14 +67,8 @@ pub const CONFIG_FIELDS: &[FieldInfo] = &[
         "clientConnection.contentType",
         "switchyard always speaks application/json (kube-proxy's default protobuf is accepted silently)",
     ),
-    different(
-        "clientConnection.qps",
-        "validated as kube-proxy does; not applied: switchyard's API use is one list and one watch per resource",
-    ),
-    different(
-        "clientConnection.burst",
-        "validated as kube-proxy does; not applied: switchyard's API use is one list and one watch per resource",
-    ),
+    same("clientConnection.qps"),
+    same("clientConnection.burst"),
     same("logging.format"),
     warned("logging.flushFrequency", "validated; switchyard writes every line at once"),
     different("logging.verbosity", "tracing levels: 0-1 info, 2-3 one line per sync, 4-5 debug, 6+ trace"),

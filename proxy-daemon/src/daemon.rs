@@ -83,7 +83,7 @@ pub async fn prepare_source(cfg: &Config, node: &str) -> Result<PreparedSource, 
                 other => DaemonError::Startup(ErrorChain(&other).to_string()),
             })?;
             info!(api_server = %kc.cluster_url, "using the Kubernetes API server");
-            let src = KubeSource::new(kc, node, cfg.service_proxy_name.clone())
+            let src = KubeSource::new(kc, node, cfg.service_proxy_name.clone(), &cfg.client)
                 .map_err(|e| DaemonError::Startup(ErrorChain(&e).to_string()))?;
             Ok(PreparedSource::Kube(Box::new(src)))
         }
@@ -208,7 +208,27 @@ pub async fn cleanup_all(cfg: &Config, registry: &Registry) -> Result<(), Daemon
             }
         }
     }
+    // kube-proxy's leftovers too, so that `--cleanup` is the one command for
+    // a node moving between the two proxies.
+    let opts = kube_proxy_leftovers_options(cfg, true);
+    match tokio::task::spawn_blocking(move || crate::kube_proxy_leftovers::remove_and_log(&opts)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => failed.push(format!("kube-proxy's leftovers: {e}")),
+        Err(e) => failed.push(format!("kube-proxy's leftovers: {e}")),
+    }
     if failed.is_empty() { Ok(()) } else { Err(DaemonError::Runtime(format!("cleanup failed: {}", failed.join("; ")))) }
+}
+
+/// Where and how kube-proxy's leftovers are removed. `ipvs_node_ports`: also
+/// NodePort-shaped virtual servers (not while our own ipvs mode serves the same keys).
+fn kube_proxy_leftovers_options(cfg: &Config, ipvs_node_ports: bool) -> crate::kube_proxy_leftovers::Options {
+    crate::kube_proxy_leftovers::Options {
+        netns: cfg.netns.as_ref().map_or_else(NetNamespace::current, NetNamespace::at),
+        ipvs_node_ports,
+        node_port_range: backend_ipvs::IpvsConfig::from_section(&cfg.section("ipvs"))
+            .unwrap_or_default()
+            .node_port_range,
+    }
 }
 
 /// Resolves when SIGTERM or SIGINT arrives (or the returned sender fires).
@@ -470,15 +490,26 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
     );
     tasks.spawn(hc.run(proxier.subscribe(), wait_for(stop_rx.clone())));
     {
-        // Lifecycle: the first successful sync.
+        // Lifecycle: the first successful sync; then, when asked, kube-proxy's
+        // leftovers go. Not before: until our rules are in, kube-proxy's are
+        // what serves the node's connections (the migration test's point).
         let mut synced = proxier.subscribe();
         let mut stop = stop_rx.clone();
+        let leftovers =
+            cfg.remove_kube_proxy_leftovers.then(|| kube_proxy_leftovers_options(&cfg, cfg.mode != backend_ipvs::MODE));
         tasks.spawn(async move {
             tokio::select! {
                 r = synced.wait_for(|s| s.syncs > 0) => if let Ok(s) = r {
                     info!(services = s.snapshot.as_ref().map_or(0, |s| s.len()), "first sync done; ready");
+                } else {
+                    return;
                 },
-                _ = stop.wait_for(|s| *s) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Some(opts) = leftovers {
+                // A failure is logged; the proxy keeps serving (the leftovers
+                // sit behind our rules) and `--cleanup` can be run again.
+                let _ = tokio::task::spawn_blocking(move || crate::kube_proxy_leftovers::remove_and_log(&opts)).await;
             }
         });
     }

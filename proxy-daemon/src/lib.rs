@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod fake_apiserver;
 pub mod healthcheck;
 pub mod inspect;
+pub mod kube_proxy_leftovers;
 pub mod logging;
 pub mod process_metrics;
 pub mod source;

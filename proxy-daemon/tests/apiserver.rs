@@ -20,8 +20,6 @@ use conformance::apiserver::{ControlPlane, ControlPlaneConfig, ReferenceBinaries
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams};
 
-const RBAC: &str = include_str!("../../deploy/base/rbac.yaml");
-
 /// The objects every test starts with: this node, one Service with one endpoint.
 const NODE1: &str = r#"
 apiVersion: v1
@@ -59,25 +57,10 @@ spec:
 "#;
 
 /// A control plane with `deploy/base/rbac.yaml` (edited by `edit_role`, to take
-/// a verb away) and the starting objects applied; returns it with a
-/// kubeconfig for the ServiceAccount the RBAC binds.
+/// a verb away) and [`NODE1`] applied; returns it with a kubeconfig for the
+/// ServiceAccount the RBAC binds.
 async fn control_plane(edit_role: impl FnOnce(&mut serde_json::Value)) -> (ControlPlane, PathBuf) {
-    let bins = ReferenceBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
-    let cp = ControlPlane::start(&bins, &ControlPlaneConfig::default()).await.unwrap_or_else(|e| panic!("{e}"));
-    let docs = rbac_with(edit_role);
-    for doc in &docs {
-        cp.apply(doc).await.unwrap_or_else(|e| panic!("applying deploy/base/rbac.yaml: {e}\n{}", cp.log_tails()));
-    }
-    cp.apply_yaml(NODE1).await.unwrap_or_else(|e| panic!("{e}"));
-    let kubeconfig = cp.service_account_kubeconfig("kube-system", "switchyard").await.unwrap_or_else(|e| panic!("{e}"));
-    (cp, kubeconfig)
-}
-
-/// deploy/base/rbac.yaml's documents, its ClusterRole edited by `edit_role`.
-fn rbac_with(edit_role: impl FnOnce(&mut serde_json::Value)) -> Vec<serde_json::Value> {
-    let mut docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(RBAC).unwrap();
-    edit_role(docs.iter_mut().find(|d| d["kind"] == "ClusterRole").expect("deploy/base/rbac.yaml has a ClusterRole"));
-    docs
+    control_plane_with(edit_role, NODE1).await
 }
 
 /// Removes `verb` from the ClusterRole's rule for `resource`.
@@ -519,66 +502,6 @@ async fn eventually_count(cp: &ControlPlane, want: i64) -> i64 {
     }
 }
 
-/// Upstream kube-proxy (the `./x reference` build) in a namespace of its
-/// own, iptables mode, reading the same API server through a relay (the
-/// namespace cannot reach the root namespace's loopback): the reference for
-/// what /healthz says during an outage. Killed by pid on drop.
-struct KubeProxy {
-    child: std::process::Child,
-    ns: NetnsHandle,
-    _relay: conformance::relay::Relay,
-    log: PathBuf,
-}
-
-impl KubeProxy {
-    async fn start(cp: &ControlPlane, dir: &Path) -> KubeProxy {
-        let bins = ReferenceBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
-        let ns = NetnsHandle::create();
-        let target = cp.server().trim_start_matches("https://").parse().unwrap();
-        let relay = conformance::relay::Relay::start(&ns.ns(), target).await.unwrap();
-        let kubeconfig = conformance::apisource::with_server(
-            cp.kube_proxy_kubeconfig(),
-            &format!("https://{}", relay.addr()),
-            &dir.join("kube-proxy.kubeconfig"),
-        )
-        .unwrap();
-        let mut ctx = proxy_core::BackendContext::new("node1", ns.ns());
-        ctx.masquerade.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
-        let config = conformance::kubeproxy::configuration("iptables", &ctx, &kubeconfig);
-        let config_path = dir.join("kube-proxy.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        let log = dir.join("kube-proxy.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(bins.kube_proxy())
-            .arg(format!("--config={}", config_path.display()))
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn kube-proxy");
-        KubeProxy { child, ns, _relay: relay, log }
-    }
-
-    async fn healthz(&self) -> u16 {
-        conformance::relay::http_get_in(&self.ns.ns(), conformance::kubeproxy::HEALTHZ, "/healthz")
-            .await
-            .map_or(0, |(code, _)| code)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for KubeProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A 60-second API server outage, switchyard and upstream kube-proxy side by
 /// side: every few seconds both answer /healthz, and with the same code (200:
 /// an unreachable API server leaves nothing queued and unapplied, which is
@@ -599,11 +522,12 @@ async fn a_60_second_outage_loses_nothing_and_healthz_answers_as_kube_proxys() {
     let ns = NetnsHandle::create();
     let dir = tempfile::tempdir().unwrap();
     let d = iptables_daemon(dir.path(), &kubeconfig, &ns);
-    let kp = KubeProxy::start(&cp, dir.path()).await;
+    let kp_ns = NetnsHandle::create();
+    let kp = KubeProxy::start(&cp, dir.path(), &kp_ns, "iptables").await;
     d.wait_ready().await;
     eventually("switchyard programs web", || async { programmed(&ns, "10.96.0.10") }).await;
     let deadline = Instant::now() + patience();
-    while !(programmed(&kp.ns, "10.96.0.10") && kp.healthz().await == 200) {
+    while !(programmed(&kp_ns, "10.96.0.10") && kp.healthz().await == 200) {
         assert!(
             Instant::now() < deadline,
             "kube-proxy did not program web (healthz {})\n{}",
@@ -629,7 +553,7 @@ async fn a_60_second_outage_loses_nothing_and_healthz_answers_as_kube_proxys() {
             kp.log_text()
         );
         assert!(programmed(&ns, "10.96.0.10"), "switchyard lost web's rules {:?} into the outage", start.elapsed());
-        assert!(programmed(&kp.ns, "10.96.0.10"), "kube-proxy lost web's rules {:?} into the outage", start.elapsed());
+        assert!(programmed(&kp_ns, "10.96.0.10"), "kube-proxy lost web's rules {:?} into the outage", start.elapsed());
         samples += 1;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
@@ -643,19 +567,19 @@ async fn a_60_second_outage_loses_nothing_and_healthz_answers_as_kube_proxys() {
     // Both watches back off while the API server is away (up to 30 s for switchyard).
     let deadline = Instant::now() + patience() + Duration::from_secs(30);
     loop {
-        if programmed(&ns, "10.96.0.11") && programmed(&kp.ns, "10.96.0.11") {
+        if programmed(&ns, "10.96.0.11") && programmed(&kp_ns, "10.96.0.11") {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "not both programmed the Service created after the outage (switchyard {}, kube-proxy {})\n{}\n{}",
             programmed(&ns, "10.96.0.11"),
-            programmed(&kp.ns, "10.96.0.11"),
+            programmed(&kp_ns, "10.96.0.11"),
             d.log_text(),
             kp.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(programmed(&ns, "10.96.0.10") && programmed(&kp.ns, "10.96.0.10"), "web survived");
+    assert!(programmed(&ns, "10.96.0.10") && programmed(&kp_ns, "10.96.0.10"), "web survived");
     assert_eq!(health(&d).await.0, 200);
 }

@@ -100,7 +100,14 @@ fn unavailable_mode_exits_3() {
 
 #[test]
 fn cleanup_exits_0() {
-    let (code, _, err) = run(&memory_bin(), &["--cleanup"], &[("SWITCHYARD_MODE", "memory")]);
+    // --cleanup removes every mode's objects and kube-proxy's: as root, in a
+    // namespace of the test's own, never the machine's (without root it can
+    // change nothing anywhere).
+    let ns = nix::unistd::Uid::effective().is_root().then(NetnsHandle::create);
+    let netns = ns.as_ref().map(|ns| format!("--netns={}", ns.name));
+    let mut args = vec!["--cleanup"];
+    args.extend(netns.as_deref());
+    let (code, _, err) = run(&memory_bin(), &args, &[("SWITCHYARD_MODE", "memory")]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("cleaned up"), "{err}");
 }

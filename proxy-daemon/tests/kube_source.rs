@@ -34,9 +34,10 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
         let config = client_config(Some(&kubeconfig), None).await.unwrap();
-        let source = KubeSource::new(config, "node-a", None)
-            .unwrap()
-            .with_backoff(Duration::from_millis(50), Duration::from_millis(200));
+        let source =
+            KubeSource::new(config, "node-a", None, &proxy_daemon::config::ClientSettings { qps: -1.0, burst: 0 })
+                .unwrap()
+                .with_backoff(Duration::from_millis(50), Duration::from_millis(200));
         let dp = Arc::new(RecordingDataplane::new());
         let tracker = ChangeTracker::new(TrackerConfig::new(PlannerConfig::new("node-a")));
         let trigger = SyncTrigger::default();

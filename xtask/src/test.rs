@@ -46,13 +46,15 @@ fn tiers() -> Vec<Tier> {
         Tier {
             name: "apiserver",
             what: "the daemon against upstream etcd and kube-apiserver (built on demand by ./x reference): \
-                   restarts, expired watches, 10k-Service lists, a 60 s outage; every scenario through the \
+                   restarts, expired watches, 10k-Service lists, a 60 s outage, the swap from kube-proxy; every scenario through the \
                    API server for switchyard (iptables, ebpf) and upstream kube-proxy (iptables, nftables)",
             commands: vec![
                 cmd(&["cargo", "xtask", "reference"]),
                 // The tests run this example's "memory" dataplane; `--test` alone does not rebuild it.
                 cmd(&["cargo", "build", "-p", "proxy-daemon", "--example", "custom_dataplane"]),
                 cmd(&["cargo", "test", "-p", "proxy-daemon", "--test", "apiserver", "--", "--ignored"]),
+                // The migration from upstream kube-proxy: --cleanup of its leftovers, and the swap.
+                cmd(&["cargo", "test", "-p", "proxy-daemon", "--test", "migrate", "--", "--ignored"]),
                 // deploy/'s manifests validated server-side (kubectl apply --dry-run=server).
                 cmd(&["cargo", "test", "-p", "proxy-daemon", "--test", "deploy", "--", "--ignored"]),
                 cmd(&["cargo", "build", "-p", "proxy-daemon", "-p", "conformance", "--bins"]),

@@ -123,6 +123,7 @@ pub struct Document {
     pub netns: Option<Text>,
     pub file_poll_interval: Option<GoDuration>,
     pub enable_debug_handlers: Option<bool>,
+    pub remove_kube_proxy_leftovers: Option<bool>,
     pub service_proxy_name: Option<Text>,
     /// `--healthz-port`, `--metrics-port` (deprecated kube-proxy flags; flags only).
     pub healthz_port: Option<i64>,

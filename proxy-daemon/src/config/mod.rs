@@ -274,6 +274,11 @@ pub struct Config {
     /// `/debug/state`, `/loglevel`, `/debug/flags/v` and `/debug/barrier` on
     /// the metrics port. Off by default (see [`crate::admin`] for why).
     pub enable_debug_handlers: bool,
+    /// `--remove-kube-proxy-leftovers` / `removeKubeProxyLeftovers`: remove
+    /// upstream kube-proxy's leftovers after the first sync (see
+    /// [`crate::kube_proxy_leftovers`]). Off by default: `--cleanup` does it
+    /// on demand.
+    pub remove_kube_proxy_leftovers: bool,
     pub conntrack: ConntrackConfig,
     /// `oomScoreAdj`, written to `/proc/self/oom_score_adj` at start.
     pub oom_score_adj: i32,
@@ -318,6 +323,7 @@ impl Config {
             warnings: Vec::new(),
             file_poll_interval: DEFAULT_FILE_POLL_INTERVAL,
             enable_debug_handlers: false,
+            remove_kube_proxy_leftovers: false,
             conntrack: ConntrackConfig::leave_as_is(),
             oom_score_adj: resolve::DEFAULT_OOM_SCORE_ADJ,
             kube_proxy: Value::Null,
@@ -469,6 +475,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "filePollInterval",
     "enableDebugHandlers",
     "serviceProxyName",
+    "removeKubeProxyLeftovers",
 ];
 
 /// Loads, merges and validates the configuration.

@@ -544,6 +544,7 @@ pub(super) fn resolve(
         }
     }
     cfg.enable_debug_handlers = doc.enable_debug_handlers.unwrap_or(false);
+    cfg.remove_kube_proxy_leftovers = doc.remove_kube_proxy_leftovers.unwrap_or(false);
     cfg.service_proxy_name = Some(text(&doc.service_proxy_name).to_string()).filter(|s| !s.is_empty());
 
     // The effective configuration in kube-proxy's own words.
@@ -831,6 +832,7 @@ pub const OWN_KEYS: &[&str] = &[
     "filePollInterval",
     "enableDebugHandlers",
     "serviceProxyName",
+    "removeKubeProxyLeftovers",
 ];
 
 /// kube-proxy's mode sections, handed to the backend of that name when one is registered.

@@ -320,6 +320,23 @@ fn debug_handlers_are_off_unless_asked_for() {
 }
 
 #[test]
+fn kube_proxy_leftovers_stay_unless_asked_for() {
+    assert!(!load(&layers(None, &[], Value::Null), &registry()).unwrap().remove_kube_proxy_leftovers);
+    let (_d, path) = file("removeKubeProxyLeftovers: true\n");
+    let cfg = load(&layers(Some(path), &[], Value::Null), &registry()).unwrap();
+    assert!(cfg.remove_kube_proxy_leftovers);
+    // The file reads back with it (`--write-config-to`, /configz).
+    assert_eq!(cfg.kube_proxy["removeKubeProxyLeftovers"], true);
+    let cli =
+        <crate::cli::Cli as clap::Parser>::try_parse_from(["switchyard", "--remove-kube-proxy-leftovers"]).unwrap();
+    assert!(
+        load(&layers(None, &[], Value::Object(cli.flags.to_map())), &registry()).unwrap().remove_kube_proxy_leftovers
+    );
+    let err = load_yaml_str("removeKubeProxyLeftovers: sure\n", &registry()).unwrap_err();
+    assert_eq!(err.problems[0].path, "removeKubeProxyLeftovers");
+}
+
+#[test]
 fn unknown_mode_says_kube_proxys_words() {
     let err = load(&layers(None, &[], serde_json::json!({"mode": "nope"})), &registry()).unwrap_err();
     assert!(err.to_string().contains("mode: \"nope\": must be iptables, ipvs, nftables or blank"), "{err}");

@@ -117,11 +117,15 @@ impl KubeSource {
         config: kube::Config,
         node_name: &str,
         service_proxy_name: Option<String>,
+        limit: &crate::config::ClientSettings,
     ) -> Result<Self, KubeSourceError> {
         let rest_metrics = super::rest_metrics::RestClientMetrics::default();
+        // The limit outside the metrics: a request's duration, as client-go's
+        // rest_client_request_duration_seconds, leaves out the wait for a token.
         let client = kube::client::ClientBuilder::try_from(config)
             .map_err(KubeSourceError::Client)?
             .with_layer(&super::rest_metrics::RestMetricsLayer(rest_metrics.clone()))
+            .with_layer(&super::rate_limit::RateLimitLayer::new(limit.qps, limit.burst))
             .build();
         Ok(KubeSource {
             client,

@@ -8,6 +8,7 @@ use proxy_core::ProxyEvent;
 
 pub mod file;
 pub mod kube;
+pub mod rate_limit;
 pub mod rest_metrics;
 
 /// Where a source delivers events; called synchronously, in order.

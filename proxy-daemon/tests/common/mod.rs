@@ -386,3 +386,114 @@ endpoints:
 "#
     )
 }
+
+/// Upstream kube-proxy (the `./x reference` build) programming a namespace
+/// (`mode`: iptables or nftables), reading a real API server through a relay
+/// (the namespace cannot reach the root namespace's loopback). Stopped by
+/// pid: [`KubeProxy::stop`] (SIGTERM, as a DaemonSet rollout does), or
+/// SIGKILL on drop.
+pub struct KubeProxy {
+    pub child: Child,
+    pub netns: proxy_core::NetNamespace,
+    _relay: conformance::relay::Relay,
+    pub log: PathBuf,
+}
+
+impl KubeProxy {
+    pub async fn start(
+        cp: &conformance::apiserver::ControlPlane,
+        dir: &Path,
+        ns: &NetnsHandle,
+        mode: &str,
+    ) -> KubeProxy {
+        let bins = conformance::apiserver::ReferenceBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+        let netns = ns.ns();
+        let target = cp.server().trim_start_matches("https://").parse().expect("API server address");
+        let relay = conformance::relay::Relay::start(&netns, target).await.expect("relay");
+        let kubeconfig = conformance::apisource::with_server(
+            cp.kube_proxy_kubeconfig(),
+            &format!("https://{}", relay.addr()),
+            &dir.join(format!("kube-proxy-{}.kubeconfig", ns.name)),
+        )
+        .expect("kube-proxy kubeconfig");
+        let mut ctx = proxy_core::BackendContext::new("node1", netns.clone());
+        ctx.masquerade.cluster_cidrs = vec!["10.244.0.0/16".parse().expect("cidr")];
+        let config = conformance::kubeproxy::configuration(mode, &ctx, &kubeconfig);
+        let config_path = dir.join(format!("kube-proxy-{}.json", ns.name));
+        std::fs::write(&config_path, config.to_string()).expect("write kube-proxy config");
+        let log = dir.join(format!("kube-proxy-{}.log", ns.name));
+        let out = std::fs::File::create(&log).expect("kube-proxy log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bins.kube_proxy())
+            .arg(format!("--config={}", config_path.display()))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn kube-proxy");
+        KubeProxy { child, netns, _relay: relay, log }
+    }
+
+    /// Its /healthz code (0 when it does not answer).
+    pub async fn healthz(&self) -> u16 {
+        conformance::relay::http_get_in(&self.netns, conformance::kubeproxy::HEALTHZ, "/healthz")
+            .await
+            .map_or(0, |(code, _)| code)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM by pid (`ip netns exec` execs kube-proxy in place: the pid is
+    /// kube-proxy's), then waits for it to exit, SIGKILL after the patience.
+    pub async fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + patience();
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// deploy/base/rbac.yaml as shipped.
+pub const RBAC: &str = include_str!("../../../deploy/base/rbac.yaml");
+
+/// A real control plane (`conformance::apiserver`) with `deploy/base/rbac.yaml`
+/// (its ClusterRole edited by `edit_role`) and `objects` (YAML) applied;
+/// returns it with a kubeconfig for the ServiceAccount the RBAC binds.
+pub async fn control_plane_with(
+    edit_role: impl FnOnce(&mut serde_json::Value),
+    objects: &str,
+) -> (conformance::apiserver::ControlPlane, PathBuf) {
+    use conformance::apiserver::{ControlPlane, ControlPlaneConfig, ReferenceBinaries};
+    let bins = ReferenceBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    let cp = ControlPlane::start(&bins, &ControlPlaneConfig::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    for doc in &rbac_with(edit_role) {
+        cp.apply(doc).await.unwrap_or_else(|e| panic!("applying deploy/base/rbac.yaml: {e}\n{}", cp.log_tails()));
+    }
+    cp.apply_yaml(objects).await.unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = cp.service_account_kubeconfig("kube-system", "switchyard").await.unwrap_or_else(|e| panic!("{e}"));
+    (cp, kubeconfig)
+}
+
+/// deploy/base/rbac.yaml's documents, its ClusterRole edited by `edit_role`.
+pub fn rbac_with(edit_role: impl FnOnce(&mut serde_json::Value)) -> Vec<serde_json::Value> {
+    let mut docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(RBAC).expect("deploy/base/rbac.yaml parses");
+    edit_role(docs.iter_mut().find(|d| d["kind"] == "ClusterRole").expect("deploy/base/rbac.yaml has a ClusterRole"));
+    docs
+}
