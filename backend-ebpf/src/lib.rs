@@ -8,8 +8,8 @@
 //! See README.md for programs, hooks, maps, kernels, restart and cleanup.
 //!
 //! Modules follow the other backends: [`render`] (plans → desired maps, per
-//! Service), [`maps`] (read, diff and write the pinned maps, stale UDP
-//! flush), [`client`] (load, attach, pin), [`hooks`] (what is attached
+//! Service), [`maps`] (read, diff and write the pinned maps; delete the
+//! UDP flows `proxy_core::stale` says are stale), [`client`] (load, attach, pin), [`hooks`] (what is attached
 //! where, checked against the kernel and repaired), [`monitor`] (the
 //! background thread: link events and the detach check), [`worker`] (the
 //! thread inside the namespace), [`fake`] (a packet tracer over rendered
@@ -218,6 +218,9 @@ struct ServiceState {
     contested: bool,
     /// Entries each sized map holds (`maps::needs` of what `cache` holds).
     totals: [(&'static str, usize); 5],
+    /// The snapshot of the last successful sync (the old plans for
+    /// `proxy_core::stale`).
+    last: Option<Arc<proxy_core::Snapshot>>,
 }
 
 /// The eBPF dataplane.
@@ -387,10 +390,17 @@ impl SyncJob {
 
         let state = &mut loaded.state;
         let partial = if request.full { None } else { self.partial(maps, state, &request)? };
-        let (full, stats) = match partial {
+        let (full, mut stats) = match partial {
             Some(stats) => (false, stats),
             None => (request.full || state.cache.is_none(), self.full(maps, state, &request)?),
         };
+        // Which UDP flows are stale is the core's answer, against the plans
+        // of the last successful sync (none after a load: every flow is
+        // checked, it may be a previous process's).
+        let everything = state.last.is_none();
+        let work = proxy_core::stale::stale_udp_of_sync(IpFamily::ALL, state.last.as_deref(), &request, everything);
+        stats.udp_flushed = maps::flush_stale_udp(maps, &proxy_core::stale::StaleIndex::new(work.values().flatten()))?;
+        state.last = Some(request.snapshot.clone());
         let Some(current) = state.cache.as_ref() else { return Err(EbpfError::MissingProgram(client::TC_PROGRAM)) };
         let slots = state.totals[2].1;
         let mut objects = BTreeMap::new();
@@ -443,7 +453,6 @@ impl SyncJob {
         };
         let totals = maps::needs(&desired);
         self.capacity(maps, &totals)?;
-        let removed = maps::removed_udp_backends(&current, &desired);
         let stats = maps::apply(maps, &mut current, &desired)?;
         if reconcile {
             let removed = maps::collect_garbage(maps, &current)?;
@@ -451,7 +460,6 @@ impl SyncJob {
                 tracing::info!(backend = MODE, removed, "removed backend slots no route points to");
             }
         }
-        let udp_flushed = maps::flush_udp(maps, &removed)?;
         state.cache = Some(current);
         state.totals = totals;
         state.contested = !desired.skipped.is_empty();
@@ -459,7 +467,7 @@ impl SyncJob {
         state.owners =
             by_service.iter().flat_map(|(name, part)| part.frontends.keys().map(move |k| (*k, name.clone()))).collect();
         state.by_service = Some(by_service);
-        Ok(SyncStats { apply: stats, udp_flushed })
+        Ok(SyncStats { apply: stats, udp_flushed: 0 })
     }
 
     /// Renders and applies only the Services the request names as changed,
@@ -507,11 +515,9 @@ impl SyncJob {
         }
         self.capacity(maps, &need)?;
         let mut total = SyncStats::default();
-        let mut removed = std::collections::BTreeSet::new();
         for (name, old, mut new) in parts {
             let mut share = current.share(&old);
             new.cluster_cidrs = current.cluster_cidrs.clone();
-            removed.extend(maps::removed_udp_backends(&share, &new));
             let stats = match maps::apply(maps, &mut share, &new) {
                 Ok(stats) => stats,
                 Err(e) => {
@@ -536,7 +542,6 @@ impl SyncJob {
             }
         }
         state.totals = need;
-        total.udp_flushed = maps::flush_udp(maps, &removed)?;
         Ok(Some(total))
     }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use proxy_core::stale::StaleIndex;
 use proxy_core::{EmptyVerdict, Frontend, FrontendKind, IpFamily, ProgrammedFrontend, ProgrammedState, Protocol};
 
 use crate::EbpfError;
@@ -473,41 +474,47 @@ pub fn collect_garbage(maps: &mut Maps, current: &Programmed) -> Result<usize, E
     Ok(n)
 }
 
-/// UDP backends that `desired` takes out of the routes `current` holds, as
-/// (route, address, port): their conntrack entries must go, so that the
-/// next datagram of such a flow picks a backend again (kube-proxy deletes
-/// the same conntrack entries).
-pub fn removed_udp_backends(current: &Programmed, desired: &Desired) -> BTreeSet<(u64, Addr, u16)> {
-    let udp_routes: BTreeSet<u64> = current
-        .frontends
-        .iter()
-        .filter(|(k, _)| k.proto == libc::IPPROTO_UDP as u8)
-        .flat_map(|(_, v)| v.route)
-        .collect();
-    let mut out = BTreeSet::new();
-    for id in udp_routes {
-        let Some((_, old)) = current.routes.get(&id) else { continue };
-        let new = desired.routes.get(&id).map(|r| r.backends.as_slice()).unwrap_or_default();
-        for b in old.iter().filter(|b| !new.contains(b)) {
-            out.insert((id, b.addr, b.port));
-        }
-    }
-    out
+fn socket(addr: Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.to_ip(), u16::from_be(port))
 }
 
-/// Deletes the conntrack entries of UDP flows to `removed` backends (both
-/// directions), and the socket hooks' choices of them for unconnected UDP
-/// sockets of node processes (which then pick again; a connected UDP
-/// socket keeps the backend `connect()` gave it). Returns how many entries went.
+/// A UDP flow of `swy_ct` as conntrack would show it: (original
+/// destination, reply source). Only entries the TC program made when it
+/// translated a frontend (they carry a route); a forward entry is keyed by
+/// the client's packet and holds the backend, a reverse one is keyed by the
+/// backend's reply and holds the frontend. Egress SNAT and port-remap
+/// entries translate no frontend: None.
+pub fn ct_flow(k: &layout::CtKey, v: &layout::CtVal) -> Option<(SocketAddr, SocketAddr)> {
+    if k.proto != libc::IPPROTO_UDP as u8 || v.route == 0 || v.flags & layout::CT_EGRESS != 0 {
+        return None;
+    }
+    Some(if v.dir == layout::CT_FORWARD {
+        (socket(k.dst, k.dport), socket(v.nat, v.nat_port))
+    } else {
+        (socket(v.nat, v.nat_port), socket(k.src, k.sport))
+    })
+}
+
+/// The socket hooks' choice for an unconnected UDP socket (a forward
+/// entry: frontend → backend), as (original destination, reply source).
+/// Reverse entries only map replies back and are LRU-evicted: None.
+pub fn sock_flow(k: &layout::SockKey, v: &layout::SockVal) -> Option<(SocketAddr, SocketAddr)> {
+    (k.dir == layout::SOCK_FORWARD).then(|| (socket(k.addr, k.port), socket(v.addr, v.port)))
+}
+
+/// Deletes the UDP flows the core says are stale ([`proxy_core::stale`]):
+/// their `swy_ct` entries (both directions), so that the next datagram
+/// picks a backend again, and the socket hooks' choices for unconnected UDP
+/// sockets of node processes (a connected UDP socket keeps the backend
+/// `connect()` gave it). Returns how many entries went.
 ///
 /// CLI equivalent: `bpftool map dump pinned …/swy_ct`, then `bpftool map
 /// delete` of each matching key.
-pub fn flush_udp(maps: &mut Maps, removed: &BTreeSet<(u64, Addr, u16)>) -> Result<usize, EbpfError> {
-    if removed.is_empty() {
+pub fn flush_stale_udp(maps: &mut Maps, stale: &StaleIndex) -> Result<usize, EbpfError> {
+    if stale.is_empty() {
         return Ok(0);
     }
-    let backends: BTreeSet<(Addr, u16)> = removed.iter().map(|(_, a, p)| (*a, *p)).collect();
-    let udp = libc::IPPROTO_UDP as u8;
+    let is_stale = |flow: Option<(SocketAddr, SocketAddr)>| flow.is_some_and(|(dst, reply)| stale.matches(dst, reply));
     let mut doomed = Vec::new();
     for item in maps.ct.iter() {
         let (k, v) = match item {
@@ -516,15 +523,7 @@ pub fn flush_udp(maps: &mut Maps, removed: &BTreeSet<(u64, Addr, u16)>) -> Resul
             Err(e) if is_not_found(&e) => continue,
             Err(e) => return Err(EbpfError::map("swy_ct", "iterate", e)),
         };
-        if k.proto != udp {
-            continue;
-        }
-        let hit = if v.dir == layout::CT_FORWARD {
-            removed.contains(&(v.route, v.nat, v.nat_port))
-        } else {
-            removed.contains(&(v.route, k.src, k.sport))
-        };
-        if hit {
+        if is_stale(ct_flow(&k, &v)) {
             doomed.push(k);
         }
     }
@@ -539,9 +538,7 @@ pub fn flush_udp(maps: &mut Maps, removed: &BTreeSet<(u64, Addr, u16)>) -> Resul
     let mut stale_sockets = Vec::new();
     for item in maps.sock.iter() {
         let Ok((k, v)) = item else { continue };
-        // Forward entries only: they pin an unconnected UDP socket's
-        // frontend to a backend; reverse ones are harmless and LRU-evicted.
-        if k.dir == layout::SOCK_FORWARD && backends.contains(&(v.addr, v.port)) {
+        if is_stale(sock_flow(&k, &v)) {
             stale_sockets.push(k);
         }
     }
@@ -597,8 +594,7 @@ mod tests {
     }
 
     /// A partial sync replaces one Service's share: the result equals what
-    /// a full render of the new snapshot holds, and it names exactly the
-    /// UDP backends that went away.
+    /// a full render of the new snapshot holds.
     #[test]
     fn replacing_one_share_equals_a_full_render() {
         use proxy_core::testing::{ServiceBuilder, endpoint};
@@ -613,9 +609,6 @@ mod tests {
         let name = dns_only.services().next().expect("dns").name().clone();
         let old = render(&before, &opts).by_service[&name].clone();
         let new = crate::render::render_service(dns_only.service(&name).expect("dns"), before.masquerade(), &opts);
-        let removed = removed_udp_backends(&programmed.share(&old), &new);
-        let gone: Vec<_> = removed.iter().map(|(_, a, p)| (a.to_ip().to_string(), u16::from_be(*p))).collect();
-        assert_eq!(gone, [("10.244.2.6".to_string(), 5353)]);
         programmed.replace_share(&old, Programmed::from_desired(&new));
         // The full render of "sample with dns changed" is the same maps.
         let mut want = render(&before, &opts);
@@ -624,5 +617,66 @@ mod tests {
         want.frontends.extend(new.frontends.clone());
         want.routes.extend(new.routes.clone());
         assert_eq!(programmed, Programmed::from_desired(&want));
+    }
+
+    /// The conntrack and socket entries of a UDP flow whose endpoint went
+    /// away are stale by the core's answer, in both directions; a flow to
+    /// an endpoint still there, a TCP flow and an egress SNAT entry are not.
+    #[test]
+    fn flows_in_the_maps_are_stale_as_the_core_says() {
+        use proxy_core::testing::{ServiceBuilder, endpoint};
+        let dns = || ServiceBuilder::new("default", "dns", "10.96.0.53").port("", 53, "UDP").build();
+        let before = snapshot(
+            vec![dns()],
+            vec![slice_of("dns-1", "dns", 5353, "UDP", vec![endpoint("10.244.1.6").node(NODE), endpoint("10.244.2.6")])],
+            masq(),
+        );
+        let after = snapshot(
+            vec![dns()],
+            vec![slice_of("dns-1", "dns", 5353, "UDP", vec![endpoint("10.244.1.6").node(NODE)])],
+            masq(),
+        );
+        let name = after.services().next().expect("dns").name().clone();
+        let request = proxy_core::SyncRequest {
+            snapshot: after.clone(),
+            changed: std::sync::Arc::new([name].into()),
+            full: false,
+        };
+        let work = proxy_core::stale::stale_udp_of_sync(IpFamily::ALL, Some(&before), &request, false);
+        let stale = StaleIndex::new(work.values().flatten());
+
+        let addr = |s: &str| Addr::from(s.parse::<std::net::IpAddr>().expect("ip"));
+        let client = addr("10.244.1.5");
+        let frontend = addr("10.96.0.53");
+        let (gone, kept) = (addr("10.244.2.6"), addr("10.244.1.6"));
+        let forward = |backend: Addr, proto: u8| {
+            let k = layout::CtKey { src: client, dst: frontend, sport: 40000u16.to_be(), dport: 53u16.to_be(), proto, pad: [0; 3] };
+            let v = layout::CtVal { nat: backend, nat_port: 5353u16.to_be(), dir: layout::CT_FORWARD, route: 7, ..Default::default() };
+            (k, v)
+        };
+        let reverse = |backend: Addr| {
+            let k = layout::CtKey { src: backend, dst: client, sport: 5353u16.to_be(), dport: 40000u16.to_be(), proto: 17, pad: [0; 3] };
+            let v = layout::CtVal { nat: frontend, nat_port: 53u16.to_be(), nat2: client, nat2_port: 40000u16.to_be(), dir: layout::CT_REVERSE, route: 7, ..Default::default() };
+            (k, v)
+        };
+        let ct_stale = |(k, v): (layout::CtKey, layout::CtVal)| ct_flow(&k, &v).is_some_and(|(d, r)| stale.matches(d, r));
+        assert!(ct_stale(forward(gone, 17)), "forward entry to the removed endpoint");
+        assert!(ct_stale(reverse(gone)), "reverse entry of the removed endpoint");
+        assert!(!ct_stale(forward(kept, 17)), "the endpoint still there");
+        assert!(!ct_stale(reverse(kept)));
+        assert!(!ct_stale(forward(gone, 6)), "TCP flows end on their own");
+        let (k, mut v) = forward(gone, 17);
+        v.flags = layout::CT_EGRESS | layout::CT_SNAT;
+        v.route = 0;
+        assert!(!ct_stale((k, v)), "an egress SNAT entry translates no frontend");
+
+        let sock = |dir: u8, backend: Addr| {
+            let k = layout::SockKey { cookie: 9, addr: frontend, port: 53u16.to_be(), dir, pad: [0; 5] };
+            let v = layout::SockVal { addr: backend, port: 5353u16.to_be(), ..Default::default() };
+            sock_flow(&k, &v).is_some_and(|(d, r)| stale.matches(d, r))
+        };
+        assert!(sock(layout::SOCK_FORWARD, gone), "an unconnected socket's choice of the removed endpoint");
+        assert!(!sock(layout::SOCK_FORWARD, kept));
+        assert!(!sock(layout::SOCK_REVERSE, gone), "reverse socket entries are left to the LRU");
     }
 }

@@ -14,7 +14,6 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::cleanup;
 use crate::config::IptablesConfig;
-use crate::conntrack;
 use crate::drift::Drift;
 use crate::error::Error;
 use crate::exec::{Executor, SystemExecutor, Variant};
@@ -24,6 +23,7 @@ use crate::render::{self, RenderConfig, ServiceRules};
 use crate::supported;
 use crate::sync::{self, Rewrite, Written};
 use crate::sysctl::{SysctlError, Sysctls};
+use proxy_core::conntrack;
 use proxy_core::stale::{StaleFlows, stale_udp};
 
 /// The `--proxy-mode` name.

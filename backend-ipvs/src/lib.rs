@@ -99,6 +99,9 @@ struct State {
     setup_done: bool,
     /// How the helper rules are written, decided at the first full sync.
     writer: Option<rules::RuleWriter>,
+    /// The snapshot of the last successful sync: the old plans the core
+    /// compares with to say which UDP flows are stale (None: everything is checked).
+    last: Option<Arc<proxy_core::Snapshot>>,
 }
 
 /// The IPVS dataplane.
@@ -367,6 +370,14 @@ impl IpvsDataplane {
         ]);
         state.desired = Some(desired);
         state.setup_done = true;
+        // IPVS expires a flow to a deleted real server on its next packet
+        // (expire_nodest_conn), but a flow that met a Service without real
+        // servers, or one IPVS re-bound elsewhere, keeps its conntrack entry:
+        // delete what the core says is stale, as iptables does.
+        let everything = state.last.is_none();
+        let work = proxy_core::stale::stale_udp_of_sync(families.iter().copied(), state.last.as_deref(), request, everything);
+        state.last = Some(request.snapshot.clone());
+        let conntrack_deleted = clear_stale_udp(work);
         tracing::info!(
             backend = MODE,
             full,
@@ -378,6 +389,7 @@ impl IpvsDataplane {
             dests_deleted = stats.dests_deleted,
             vips_added,
             vips_removed,
+            conntrack_deleted,
             ms_desired = t_desired.as_millis() as u64,
             ms_links_and_rules = (t_rules - t_desired).as_millis() as u64,
             ms_ipvs = (t_ipvs - t_rules).as_millis() as u64,
@@ -393,6 +405,25 @@ impl IpvsDataplane {
     fn netns_here(&self) -> NetNamespace {
         NetNamespace::current()
     }
+}
+
+/// Deletes stale UDP conntrack entries in the calling thread's namespace
+/// (the sync runs inside the node's); a failure is logged, not fatal: the
+/// flows time out, as they would without this. Returns how many went.
+fn clear_stale_udp(work: BTreeMap<IpFamily, Vec<proxy_core::stale::StaleFlows>>) -> usize {
+    let mut deleted = 0;
+    for (family, rules) in work.into_iter().filter(|(_, r)| !r.is_empty()) {
+        match proxy_core::conntrack::clear_stale_udp(&NetNamespace::current(), family, rules) {
+            Ok(n) => deleted += n,
+            Err(e) => tracing::warn!(
+                backend = MODE,
+                ip_family = %family,
+                error = %proxy_core::ErrorChain(&e),
+                "clearing stale UDP conntrack entries failed"
+            ),
+        }
+    }
+    deleted
 }
 
 /// No object names to log.
@@ -528,7 +559,8 @@ impl Dataplane for IpvsDataplane {
             Masquerade,
             Hairpin,
             // expire_nodest_conn=1: a flow to a deleted real server is expired
-            // (with its conntrack entry, conntrack=1) and rescheduled on its next packet.
+            // and rescheduled on its next packet; the conntrack entries the
+            // core names stale are deleted after each sync.
             StaleUdpConntrack,
             HostNetworkClients,
         ])

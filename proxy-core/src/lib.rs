@@ -22,6 +22,8 @@
 // Libraries log through tracing; only binaries print.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+#[cfg(feature = "conntrack")]
+pub mod conntrack;
 pub mod contest;
 pub mod convert;
 pub mod dataplane;
