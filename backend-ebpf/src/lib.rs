@@ -11,8 +11,7 @@
 //! Service), [`maps`] (read, diff and write the pinned maps; delete the
 //! UDP flows `proxy_core::stale` says are stale), [`client`] (load, attach, pin), [`hooks`] (what is attached
 //! where, checked against the kernel and repaired), [`monitor`] (the
-//! background thread: link events and the detach check), [`worker`] (the
-//! thread inside the namespace), [`fake`] (a packet tracer over rendered
+//! background thread: link events and the detach check), [`fake`] (a packet tracer over rendered
 //! maps), [`cleanup`] and [`supported`]; [`sys`] and [`netlink`] hold the
 //! few kernel calls no crate offers.
 
@@ -30,7 +29,6 @@ pub mod supported;
 pub mod sys;
 #[cfg(test)]
 pub(crate) mod testutil;
-pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -233,8 +231,8 @@ pub struct EbpfDataplane {
     health: Arc<Mutex<DataplaneHealth>>,
     /// The background thread (started by the first sync).
     monitor: Arc<Mutex<Option<monitor::Monitor>>>,
-    /// Where kernel work runs (inside `ctx.netns`).
-    worker: worker::NsWorker,
+    /// Where kernel work runs (inside `ctx.netns`, one job at a time).
+    worker: proxy_core::KernelWorker,
 }
 
 impl Drop for EbpfDataplane {
@@ -256,7 +254,7 @@ impl EbpfDataplane {
     /// sync. Warns once about what the configuration leaves unserved.
     pub fn new(ctx: BackendContext, cfg: EbpfConfig) -> EbpfDataplane {
         let metrics = EbpfMetrics::register(&ctx);
-        let worker = worker::NsWorker::new(ctx.netns.clone());
+        let worker = proxy_core::KernelWorker::new("swy-ebpf", ctx.netns.clone());
         let dp = EbpfDataplane {
             ctx,
             cfg,
@@ -629,13 +627,11 @@ impl Dataplane for EbpfDataplane {
 
     /// The pinned maps, and the hooks where the kernel shows none of our
     /// programs (`ProgrammedState.unattached`): a fresh process (`switchyard
-    /// inspect`) finds our programs by the pinned maps they use. Runs on a
-    /// thread of its own in the namespace (not behind a sync).
+    /// inspect`) finds our programs by the pinned maps they use.
     async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {
         let cfg = self.cfg.clone();
-        let netns = self.ctx.netns.clone();
-        tokio::task::spawn_blocking(move || {
-            netns.run(move || -> Result<ProgrammedState, EbpfError> {
+        self.worker
+            .run(move || -> Result<ProgrammedState, EbpfError> {
                 if !cfg.maps_dir().join("swy_svc").exists() {
                     return Ok(ProgrammedState::default());
                 }
@@ -645,11 +641,9 @@ impl Dataplane for EbpfDataplane {
                 state.unattached = client::unattached_hooks(&cfg, &ours, client::use_tcx())?;
                 Ok(state)
             })
-        })
-        .await
-        .map_err(|e| DataplaneError::failed(MODE, "inspect", e))?
-        .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
-        .map_err(|e| e.into_dataplane("inspect"))
+            .await
+            .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
+            .map_err(|e| e.into_dataplane("inspect"))
     }
 
     async fn cleanup(&self) -> Result<(), DataplaneError> {
@@ -710,10 +704,8 @@ impl BackendFactory for EbpfFactory {
     async fn cleanup(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
         let cfg = EbpfConfig::for_netns(&ctx.section, &ctx.netns)
             .map_err(|problems| DataplaneError::Config { mode: MODE.into(), problems })?;
-        let netns = ctx.netns.clone();
-        tokio::task::spawn_blocking(move || netns.run(|| cleanup::cleanup(&cfg)))
+        proxy_core::blocking::once(&ctx.netns, move || cleanup::cleanup(&cfg))
             .await
-            .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))?
             .map_err(|e| DataplaneError::failed(MODE, "enter network namespace", e))?
             .map_err(|e| e.into_dataplane("cleanup"))
     }

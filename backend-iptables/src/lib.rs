@@ -72,7 +72,7 @@ impl BackendFactory for IptablesFactory {
 
     async fn probe(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
         let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || {
+        proxy_core::blocking::once(&ctx.netns.clone(), move || {
             let dp = IptablesDataplane::from_context(&ctx)?;
             let families: Vec<IpFamily> = ctx.families.iter().collect();
             let variant = dp.variant();
@@ -85,7 +85,7 @@ impl BackendFactory for IptablesFactory {
 
     async fn build(&self, ctx: &BackendContext) -> Result<Arc<dyn Dataplane>, DataplaneError> {
         let ctx = ctx.clone();
-        let dp = tokio::task::spawn_blocking(move || IptablesDataplane::from_context(&ctx))
+        let dp = proxy_core::blocking::once(&ctx.netns.clone(), move || IptablesDataplane::from_context(&ctx))
             .await
             .map_err(|e| DataplaneError::failed(MODE, "build", e))??;
         Ok(Arc::new(dp))

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use proxy_core::{
     BackendContext, BackendFactory, Capabilities, Capability, Dataplane, DataplaneError, EmptyVerdict, FamilySet,
-    FrontendKind, IpFamily, MasqueradeConfig, NetNamespace, NodePortAddresses, ProgrammedFrontend, ProgrammedState,
+    FrontendKind, IpFamily, KernelWorker, MasqueradeConfig, NetNamespace, NodePortAddresses, ProgrammedFrontend, ProgrammedState,
     SyncOutcome, SyncRequest,
 };
 
@@ -114,6 +114,8 @@ pub struct IpvsDataplane {
     nodeport_addresses: NodePortAddresses,
     primary_ips: Vec<IpAddr>,
     state: Arc<Mutex<State>>,
+    /// Where kernel work runs (inside `netns`, one job at a time).
+    worker: Arc<KernelWorker>,
 }
 
 fn family_list(families: FamilySet) -> Vec<IpFamily> {
@@ -130,16 +132,17 @@ impl IpvsDataplane {
             nodeport_addresses: ctx.nodeport_addresses.clone(),
             primary_ips: ctx.node_ips.clone(),
             state: Arc::default(),
+            worker: Arc::new(KernelWorker::new("swy-ipvs", ctx.netns.clone())),
         }
     }
 
-    /// Runs blocking `f` on a thread inside the node namespace.
+    /// Runs blocking `f` on the backend's worker inside the node namespace.
     async fn in_netns<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, IpvsError> + Send + 'static,
     ) -> Result<T, IpvsError> {
         let label = self.netns.label();
-        self.netns.run_async(f).await.map_err(|source| IpvsError::Netns { netns: label, source })?
+        self.worker.run(f).await.map_err(|source| IpvsError::Netns { netns: label, source })?
     }
 
     fn sync_blocking(&self, request: &SyncRequest) -> Result<SyncOutcome, IpvsError> {
@@ -575,6 +578,7 @@ impl Dataplane for IpvsDataplane {
             nodeport_addresses: self.nodeport_addresses.clone(),
             primary_ips: self.primary_ips.clone(),
             state: self.state.clone(),
+            worker: self.worker.clone(),
         };
         let result = self.in_netns(move || this.sync_blocking(&request)).await;
         if result.is_err() {
@@ -627,10 +631,8 @@ impl BackendFactory for IpvsFactory {
     }
 
     async fn probe(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
-        let netns = ctx.netns.clone();
-        let label = netns.label();
-        netns
-            .run_async(supported::probe)
+        let label = ctx.netns.label();
+        proxy_core::blocking::once(&ctx.netns, supported::probe)
             .await
             .map_err(|source| DataplaneError::failed(MODE, "probe", IpvsError::Netns { netns: label, source }))?
     }

@@ -22,6 +22,7 @@
 // Libraries log through tracing; only binaries print.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod blocking;
 #[cfg(feature = "conntrack")]
 pub mod conntrack;
 pub mod contest;
@@ -46,6 +47,7 @@ pub mod tracker;
 pub use dataplane::{
     BoxError, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, SyncOutcome, SyncRequest,
 };
+pub use blocking::KernelWorker;
 pub use duration::{DurationError, GoDuration};
 pub use flows::{ClassFlow, FlowTable, FrontendFlows, MasqueradeSet, RouteId};
 pub use model::*;
