@@ -27,6 +27,7 @@ pub mod netlink;
 pub mod render;
 pub mod supported;
 pub mod sys;
+pub mod trace;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -635,8 +636,8 @@ impl Dataplane for EbpfDataplane {
                 if !cfg.maps_dir().join("swy_svc").exists() {
                     return Ok(ProgrammedState::default());
                 }
-                let maps = maps::Maps::open(&cfg.maps_dir())?;
-                let mut state = maps::Programmed::read(&maps)?.to_state();
+                let mut maps = maps::Maps::open(&cfg.maps_dir())?;
+                let mut state = maps::Programmed::read(&mut maps)?.to_state();
                 let ours = client::our_program_ids(&cfg);
                 state.unattached = client::unattached_hooks(&cfg, &ours, client::use_tcx())?;
                 Ok(state)
