@@ -17,7 +17,9 @@ use proxy_core::{
     SyncOutcome, SyncRequest,
 };
 
-use crate::{EbpfConfig, EbpfError, MODE, NO_CGROUP_LIMITATION, cleanup, client, hooks, inspect, layout, maps, monitor, render};
+use crate::{
+    EbpfConfig, EbpfError, MODE, NO_CGROUP_LIMITATION, cleanup, client, hooks, inspect, layout, maps, monitor, render,
+};
 
 /// The backend's own metrics.
 #[derive(Clone, Debug, Default)]
@@ -541,4 +543,3 @@ impl Dataplane for EbpfDataplane {
             .map_err(|e| e.into_dataplane("cleanup"))
     }
 }
-

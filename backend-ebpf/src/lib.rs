@@ -34,9 +34,9 @@ pub mod netlink;
 pub mod render;
 pub mod supported;
 pub mod sys;
-pub mod trace;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod trace;
 
 use std::sync::Arc;
 

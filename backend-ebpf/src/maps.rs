@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::Pod;
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use proxy_core::stale::StaleIndex;
 use proxy_core::{EmptyVerdict, Frontend, FrontendKind, IpFamily, ProgrammedFrontend, ProgrammedState, Protocol};
@@ -447,11 +447,7 @@ pub fn check_capacity(maps: &dyn MapWriter, needs: &[(&'static str, usize)]) -> 
 /// `swy_route` value flips readers to them, then the old slots go; frontends
 /// are written after the routes they point to and removed before them.
 /// On error, `current` is updated to what was written so far.
-pub fn apply(
-    maps: &mut dyn MapWriter,
-    current: &mut Programmed,
-    desired: &Desired,
-) -> Result<ApplyStats, EbpfError> {
+pub fn apply(maps: &mut dyn MapWriter, current: &mut Programmed, desired: &Desired) -> Result<ApplyStats, EbpfError> {
     let mut stats = ApplyStats::default();
     for (net, addr) in desired.cluster_cidrs.difference(&current.cluster_cidrs.clone()) {
         maps.cidrs().insert((*net, *addr), 1)?;
@@ -547,12 +543,7 @@ impl Programmed {
         self.source_ranges.extend(now.source_ranges);
     }
 
-    fn insert_route(
-        &mut self,
-        id: u64,
-        rv: RouteVal,
-        b: Vec<Backend>,
-    ) -> Option<(RouteVal, Vec<Backend>)> {
+    fn insert_route(&mut self, id: u64, rv: RouteVal, b: Vec<Backend>) -> Option<(RouteVal, Vec<Backend>)> {
         self.routes.insert(id, (rv, b))
     }
 }
@@ -577,7 +568,9 @@ pub fn collect_garbage(maps: &mut dyn MapWriter, current: &Programmed) -> Result
         .entries()?
         .into_iter()
         .map(|(k, _)| k)
-        .filter(|k| !current.routes.get(&k.route).is_some_and(|(rv, _)| rv.generation == k.generation && k.slot < rv.count))
+        .filter(|k| {
+            !current.routes.get(&k.route).is_some_and(|(rv, _)| rv.generation == k.generation && k.slot < rv.count)
+        })
         .collect();
     let stray_maglev: Vec<MaglevKey> =
         maps.maglev().entries()?.into_iter().map(|(k, _)| k).filter(|k| !live(k.route, k.generation)).collect();
@@ -732,7 +725,13 @@ mod tests {
         let dns = || ServiceBuilder::new("default", "dns", "10.96.0.53").port("", 53, "UDP").build();
         let before = snapshot(
             vec![dns()],
-            vec![slice_of("dns-1", "dns", 5353, "UDP", vec![endpoint("10.244.1.6").node(NODE), endpoint("10.244.2.6")])],
+            vec![slice_of(
+                "dns-1",
+                "dns",
+                5353,
+                "UDP",
+                vec![endpoint("10.244.1.6").node(NODE), endpoint("10.244.2.6")],
+            )],
             masq(),
         );
         let after = snapshot(
@@ -754,16 +753,45 @@ mod tests {
         let frontend = addr("10.96.0.53");
         let (gone, kept) = (addr("10.244.2.6"), addr("10.244.1.6"));
         let forward = |backend: Addr, proto: u8| {
-            let k = layout::CtKey { src: client, dst: frontend, sport: 40000u16.to_be(), dport: 53u16.to_be(), proto, pad: [0; 3] };
-            let v = layout::CtVal { nat: backend, nat_port: 5353u16.to_be(), dir: layout::CT_FORWARD, route: 7, ..Default::default() };
+            let k = layout::CtKey {
+                src: client,
+                dst: frontend,
+                sport: 40000u16.to_be(),
+                dport: 53u16.to_be(),
+                proto,
+                pad: [0; 3],
+            };
+            let v = layout::CtVal {
+                nat: backend,
+                nat_port: 5353u16.to_be(),
+                dir: layout::CT_FORWARD,
+                route: 7,
+                ..Default::default()
+            };
             (k, v)
         };
         let reverse = |backend: Addr| {
-            let k = layout::CtKey { src: backend, dst: client, sport: 5353u16.to_be(), dport: 40000u16.to_be(), proto: 17, pad: [0; 3] };
-            let v = layout::CtVal { nat: frontend, nat_port: 53u16.to_be(), nat2: client, nat2_port: 40000u16.to_be(), dir: layout::CT_REVERSE, route: 7, ..Default::default() };
+            let k = layout::CtKey {
+                src: backend,
+                dst: client,
+                sport: 5353u16.to_be(),
+                dport: 40000u16.to_be(),
+                proto: 17,
+                pad: [0; 3],
+            };
+            let v = layout::CtVal {
+                nat: frontend,
+                nat_port: 53u16.to_be(),
+                nat2: client,
+                nat2_port: 40000u16.to_be(),
+                dir: layout::CT_REVERSE,
+                route: 7,
+                ..Default::default()
+            };
             (k, v)
         };
-        let ct_stale = |(k, v): (layout::CtKey, layout::CtVal)| ct_flow(&k, &v).is_some_and(|(d, r)| stale.matches(d, r));
+        let ct_stale =
+            |(k, v): (layout::CtKey, layout::CtVal)| ct_flow(&k, &v).is_some_and(|(d, r)| stale.matches(d, r));
         assert!(ct_stale(forward(gone, 17)), "forward entry to the removed endpoint");
         assert!(ct_stale(reverse(gone)), "reverse entry of the removed endpoint");
         assert!(!ct_stale(forward(kept, 17)), "the endpoint still there");
@@ -868,13 +896,21 @@ mod tests {
         for (i, backend) in [addr("10.244.1.5"), addr("10.244.1.6")].into_iter().enumerate() {
             let sport = (40000 + i as u16).to_be();
             let fwd = layout::CtKey { src: client, dst: frontend, sport, dport: 53u16.to_be(), proto: 17, pad: [0; 3] };
-            let rev =
-                layout::CtKey { src: backend, dst: client, sport: 5353u16.to_be(), dport: sport, proto: 17, pad: [0; 3] };
+            let rev = layout::CtKey {
+                src: backend,
+                dst: client,
+                sport: 5353u16.to_be(),
+                dport: sport,
+                proto: 17,
+                pad: [0; 3],
+            };
             let val = |dir, nat, nat_port| layout::CtVal { nat, nat_port, dir, route: 3, ..Default::default() };
             fake.ct.entries.insert(fwd, val(layout::CT_FORWARD, backend, 5353u16.to_be()));
             fake.ct.entries.insert(rev, val(layout::CT_REVERSE, frontend, 53u16.to_be()));
             let sk = layout::SockKey { cookie: i as u64, addr: frontend, port: 53u16.to_be(), dir: 0, pad: [0; 5] };
-            fake.sock.entries.insert(sk, layout::SockVal { addr: backend, port: 5353u16.to_be(), ..Default::default() });
+            fake.sock
+                .entries
+                .insert(sk, layout::SockVal { addr: backend, port: 5353u16.to_be(), ..Default::default() });
         }
         let n = flush_stale_udp(&mut fake, &StaleIndex::new(work.values().flatten())).expect("flush");
         assert_eq!(n, 3, "two conntrack entries and one socket choice");

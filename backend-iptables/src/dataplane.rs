@@ -23,8 +23,8 @@ use crate::render::{self, RenderConfig, ServiceRules};
 use crate::supported;
 use crate::sync::{self, Rewrite, Written};
 use crate::sysctl::{SysctlError, Sysctls};
-use proxy_core::{KernelWorker, conntrack};
 use proxy_core::stale::{StaleFlows, stale_udp};
+use proxy_core::{KernelWorker, conntrack};
 
 /// The `--proxy-mode` name.
 pub const MODE: &str = "iptables";

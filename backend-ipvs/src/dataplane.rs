@@ -313,7 +313,8 @@ impl IpvsDataplane {
         // servers, or one IPVS re-bound elsewhere, keeps its conntrack entry:
         // delete what the core says is stale, as iptables does.
         let everything = state.last.is_none();
-        let work = proxy_core::stale::stale_udp_of_sync(families.iter().copied(), state.last.as_deref(), request, everything);
+        let work =
+            proxy_core::stale::stale_udp_of_sync(families.iter().copied(), state.last.as_deref(), request, everything);
         state.last = Some(request.snapshot.clone());
         let conntrack_deleted = clear_stale_udp(work);
         tracing::info!(
@@ -478,4 +479,3 @@ impl Dataplane for IpvsDataplane {
         result.map_err(|e| e.into_dataplane("cleanup"))
     }
 }
-

@@ -8,10 +8,10 @@ use proxy_core::{EmptyVerdict, FamilySet, FrontendKind, IpFamily, NetNamespace, 
 
 use crate::IpvsError;
 use crate::client::{Ipvs, NetlinkIpvs};
+use crate::link;
 use crate::message::ServiceKey;
 use crate::reconcile::{self, Ownership};
 use crate::rules::{self, Member, SetKind};
-use crate::link;
 
 /// What is ours in the kernel now: the addresses on `switchyard0` and node
 /// ports on the node's addresses (inspect and cleanup read it fresh, from no
@@ -72,4 +72,3 @@ pub(crate) fn inspect_blocking(families: FamilySet, node_port_range: (u16, u16))
     }
     Ok(state)
 }
-

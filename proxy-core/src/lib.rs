@@ -44,10 +44,10 @@ pub mod stale;
 pub mod testing;
 pub mod tracker;
 
+pub use blocking::KernelWorker;
 pub use dataplane::{
     BoxError, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, SyncOutcome, SyncRequest,
 };
-pub use blocking::KernelWorker;
 pub use duration::{DurationError, GoDuration};
 pub use flows::{ClassFlow, FlowTable, FrontendFlows, MasqueradeSet, RouteId};
 pub use model::*;
