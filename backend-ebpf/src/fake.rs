@@ -1,154 +1,166 @@
-//! A packet tracer over rendered maps: the decisions `swy_tc_ingress` takes
-//! for the first packet of a flow, in Rust, over [`Desired`] map contents.
-//!
-//! It lets the unit tests check, without a kernel, that what we write into
-//! the maps makes the programs do what `ServicePortPlan::flow` says. Keep
-//! it in step with `bpf/switchyard.c` (frontend lookup, source class,
-//! source ranges, route verdict, masquerade bit).
+//! An in-memory fake of the pinned maps ([`FakeMaps`], behind the same
+//! [`MapWriter`] trait as the real ones): what `maps` writes, reads back,
+//! diffs and deletes can be tested without a kernel, including the order
+//! of writes (every write is logged) and full maps (a new key beyond the
+//! capacity fails as the kernel's `E2BIG` does).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
 
-use proxy_core::Protocol;
+use crate::EbpfError;
+use crate::layout::{
+    Addr, Backend, BackendKey, Config, CtKey, CtVal, MaglevKey, MaglevVal, RouteVal, SockKey, SockVal, SrcRangeData,
+    SvcKey, SvcVal,
+};
+use crate::maps::{MapWriter, Table};
 
-use crate::layout::{self, Addr, SrcRangeData, SvcKey, SvcVal};
-use crate::render::Desired;
-
-/// What happens to the first packet of a flow.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Traced {
-    /// Not a frontend: the packet passes untouched.
-    Pass,
-    Forward {
-        endpoints: BTreeSet<SocketAddr>,
-        masquerade: bool,
-    },
-    Reject,
-    Drop,
+/// One write to a fake map, in the order it happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Insert(&'static str),
+    Remove(&'static str),
 }
 
-/// The maps of one node, in memory.
+/// One map in memory.
 #[derive(Clone, Debug)]
-pub struct FakeDatapath {
-    pub desired: Desired,
-    /// `swy_node_addrs`.
-    pub node_addrs: BTreeMap<Addr, u32>,
+pub struct FakeTable<K, V> {
+    pub name: &'static str,
+    pub capacity: usize,
+    pub entries: HashMap<K, V>,
+    log: Arc<Mutex<Vec<Write>>>,
 }
 
-fn in_prefix(addr: &[u8], net: &[u8], bits: u32) -> bool {
-    let full = (bits / 8) as usize;
-    if addr[..full] != net[..full] {
-        return false;
+impl<K, V> FakeTable<K, V> {
+    fn new(name: &'static str, capacity: usize, log: Arc<Mutex<Vec<Write>>>) -> Self {
+        FakeTable { name, capacity, entries: HashMap::new(), log }
     }
-    let rest = bits % 8;
-    rest == 0 || (addr[full] >> (8 - rest)) == (net[full] >> (8 - rest))
+
+    fn note(&self, w: Write) {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+    }
 }
 
-impl FakeDatapath {
-    fn frontend(&self, dst: Addr, port: u16, proto: u8) -> Option<&SvcVal> {
-        let key = SvcKey { addr: dst, port: port.to_be(), proto, scope: layout::SCOPE_ADDR };
-        if let Some(v) = self.desired.frontends.get(&key) {
-            return Some(v);
+impl<K: Hash + Eq + Copy, V: Copy> Table<K, V> for FakeTable<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>, EbpfError> {
+        Ok(self.entries.get(key).copied())
+    }
+
+    fn insert(&mut self, key: K, value: V) -> Result<(), EbpfError> {
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+            return Err(EbpfError::Full { map: self.name, capacity: self.capacity as u64 });
         }
-        let flags = self.node_addrs.get(&dst)?;
-        if flags & layout::NODE_NODEPORT == 0 {
-            return None;
+        self.note(Write::Insert(self.name));
+        self.entries.insert(key, value);
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &K) -> Result<bool, EbpfError> {
+        let was = self.entries.remove(key).is_some();
+        if was {
+            self.note(Write::Remove(self.name));
         }
-        let unspecified = match dst.to_ip() {
-            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        Ok(was)
+    }
+
+    fn entries(&self) -> Result<Vec<(K, V)>, EbpfError> {
+        Ok(self.entries.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+}
+
+/// The service maps in memory.
+#[derive(Clone, Debug)]
+pub struct FakeMaps {
+    pub svc: FakeTable<SvcKey, SvcVal>,
+    pub route: FakeTable<u64, RouteVal>,
+    pub backend: FakeTable<BackendKey, Backend>,
+    pub maglev: FakeTable<MaglevKey, MaglevVal>,
+    pub ct: FakeTable<CtKey, CtVal>,
+    pub sock: FakeTable<SockKey, SockVal>,
+    pub node_addrs: FakeTable<Addr, u32>,
+    pub cidrs: FakeTable<(u32, Addr), u32>,
+    pub srcrange: FakeTable<(u32, SrcRangeData), u32>,
+    pub config: FakeTable<u32, Config>,
+    log: Arc<Mutex<Vec<Write>>>,
+}
+
+impl Default for FakeMaps {
+    fn default() -> Self {
+        FakeMaps::with_capacity(1 << 16)
+    }
+}
+
+impl FakeMaps {
+    /// Every map with room for `capacity` entries (`swy_config` has one).
+    pub fn with_capacity(capacity: usize) -> FakeMaps {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = || log.clone();
+        FakeMaps {
+            svc: FakeTable::new("swy_svc", capacity, l()),
+            route: FakeTable::new("swy_route", capacity, l()),
+            backend: FakeTable::new("swy_backend", capacity, l()),
+            maglev: FakeTable::new("swy_maglev", capacity, l()),
+            ct: FakeTable::new("swy_ct", capacity, l()),
+            sock: FakeTable::new("swy_sock", capacity, l()),
+            node_addrs: FakeTable::new("swy_node_addrs", capacity, l()),
+            cidrs: FakeTable::new("swy_cidrs", capacity, l()),
+            srcrange: FakeTable::new("swy_srcrange", capacity, l()),
+            config: FakeTable::new("swy_config", 1, l()),
+            log,
+        }
+    }
+
+    /// The writes since the last call, in order.
+    pub fn take_writes(&self) -> Vec<Write> {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl MapWriter for FakeMaps {
+    fn capacity(&self, map: &str) -> u64 {
+        let cap = match map {
+            "swy_svc" => self.svc.capacity,
+            "swy_route" => self.route.capacity,
+            "swy_backend" => self.backend.capacity,
+            "swy_maglev" => self.maglev.capacity,
+            "swy_ct" => self.ct.capacity,
+            "swy_sock" => self.sock.capacity,
+            "swy_node_addrs" => self.node_addrs.capacity,
+            "swy_cidrs" => self.cidrs.capacity,
+            "swy_srcrange" => self.srcrange.capacity,
+            "swy_config" => self.config.capacity,
+            _ => 0,
         };
-        self.desired.frontends.get(&SvcKey { addr: Addr::from(unspecified), scope: layout::SCOPE_NODEPORT, ..key })
+        cap as u64
     }
-
-    fn class(&self, src: Addr) -> usize {
-        if self.node_addrs.get(&src).is_some_and(|f| f & layout::NODE_ADDR != 0) {
-            return layout::CLASS_NODE;
-        }
-        let o = src.octets();
-        if self.desired.cluster_cidrs.iter().any(|(bits, net)| in_prefix(&o, &net.octets(), *bits)) {
-            return layout::CLASS_POD;
-        }
-        layout::CLASS_EXTERNAL
+    fn svc(&mut self) -> &mut dyn Table<SvcKey, SvcVal> {
+        &mut self.svc
     }
-
-    fn source_allowed(&self, val: &SvcVal, src: Addr) -> bool {
-        let id = layout::id_words(val.id);
-        let o = src.octets();
-        self.desired
-            .source_ranges
-            .iter()
-            .any(|(bits, SrcRangeData { id: rid, addr })| *rid == id && in_prefix(&o, &addr.octets(), bits - 64))
+    fn route(&mut self) -> &mut dyn Table<u64, RouteVal> {
+        &mut self.route
     }
-
-    /// Traces a new flow from `src` to `dst:port`.
-    pub fn trace(&self, src: IpAddr, dst: IpAddr, port: u16, proto: Protocol) -> Traced {
-        let (src, dst) = (Addr::from(src), Addr::from(dst));
-        let Some(val) = self.frontend(dst, port, proto.number()) else { return Traced::Pass };
-        let class = self.class(src);
-        if (val.ranges >> class) & 1 == 1 && !self.source_allowed(val, src) {
-            return Traced::Drop;
-        }
-        let Some(route) = self.desired.routes.get(&val.route[class]) else { return Traced::Drop };
-        match route.verdict {
-            layout::REJECT => Traced::Reject,
-            layout::DROP => Traced::Drop,
-            _ if route.backends.is_empty() => Traced::Drop,
-            _ => Traced::Forward {
-                endpoints: route
-                    .backends
-                    .iter()
-                    .map(|b| SocketAddr::new(b.addr.to_ip(), u16::from_be(b.port)))
-                    .collect(),
-                masquerade: (val.masq >> class) & 1 == 1,
-            },
-        }
+    fn backend(&mut self) -> &mut dyn Table<BackendKey, Backend> {
+        &mut self.backend
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::render::{RenderOptions, render};
-    use crate::testutil::*;
-    use proxy_core::{FrontendKind, Route, SourceClass};
-
-    /// Every frontend of the sample, from every class of source: the traced
-    /// decision equals `ServicePortPlan::flow`.
-    #[test]
-    fn traced_flows_match_the_planner() {
-        let snap = sample_snapshot();
-        let desired = render(&snap, &RenderOptions::default());
-        let node_ip: IpAddr = NODE_IP.parse().expect("ip");
-        let node_addrs = BTreeMap::from([(Addr::from(node_ip), layout::NODE_ADDR | layout::NODE_NODEPORT)]);
-        let fake = FakeDatapath { desired, node_addrs };
-        let sources: [(IpAddr, SourceClass); 4] = [
-            ("203.0.113.9".parse().expect("ip"), SourceClass::External),
-            ("198.18.0.1".parse().expect("ip"), SourceClass::External),
-            ("10.244.3.3".parse().expect("ip"), SourceClass::Pod),
-            (node_ip, SourceClass::Node),
-        ];
-        let mut checked = 0;
-        for plan in snap.port_plans() {
-            for frontend in plan.frontends() {
-                let dst = frontend.ip.unwrap_or(node_ip);
-                for (src, class) in sources {
-                    let flow = plan.flow(frontend.kind, src, class, snap.masquerade());
-                    let want = match &flow.route {
-                        Route::Forward(eps) => Traced::Forward {
-                            endpoints: eps.iter().map(|e| e.addr()).collect(),
-                            masquerade: flow.masquerade,
-                        },
-                        Route::Reject => Traced::Reject,
-                        Route::Drop => Traced::Drop,
-                    };
-                    let got = fake.trace(src, dst, frontend.port, frontend.protocol);
-                    assert_eq!(got, want, "{frontend} from {src} ({class:?}) of {}", plan.name);
-                    checked += 1;
-                }
-                let _ = FrontendKind::ClusterIP;
-            }
-        }
-        assert!(checked > 40, "only {checked} flows checked");
+    fn maglev(&mut self) -> &mut dyn Table<MaglevKey, MaglevVal> {
+        &mut self.maglev
+    }
+    fn ct(&mut self) -> &mut dyn Table<CtKey, CtVal> {
+        &mut self.ct
+    }
+    fn sock(&mut self) -> &mut dyn Table<SockKey, SockVal> {
+        &mut self.sock
+    }
+    fn node_addrs(&mut self) -> &mut dyn Table<Addr, u32> {
+        &mut self.node_addrs
+    }
+    fn cidrs(&mut self) -> &mut dyn Table<(u32, Addr), u32> {
+        &mut self.cidrs
+    }
+    fn srcrange(&mut self) -> &mut dyn Table<(u32, SrcRangeData), u32> {
+        &mut self.srcrange
+    }
+    fn config(&mut self) -> &mut dyn Table<u32, Config> {
+        &mut self.config
     }
 }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use proxy_core::{DataplaneHealth, NetNamespace};
 
-use crate::Loaded;
 use crate::config::EbpfConfig;
+use crate::dataplane::Loaded;
 use crate::netlink::LinkEvents;
 
 /// How often the background thread checks every hook in the kernel: one
@@ -116,7 +116,9 @@ fn run(shared: Shared, stop: OwnedFd) {
         if stopping(&stop) {
             return;
         }
-        let Some(pass) = crate::background_pass(&mut loaded, &shared.cfg, shared.tcx, check) else { continue };
+        let Some(pass) = crate::dataplane::background_pass(&mut loaded, &shared.cfg, shared.tcx, check) else {
+            continue;
+        };
         drop(loaded);
         if !pass.new_interfaces.is_empty() {
             tracing::info!(backend = crate::MODE, interfaces = ?pass.new_interfaces, "attached to new interfaces");
@@ -124,7 +126,7 @@ fn run(shared: Shared, stop: OwnedFd) {
         // A check sees every hook: it decides. Between checks, only a new
         // failure (an interface that refused the programs) changes health.
         if check || !pass.failures.is_empty() {
-            crate::set_health(&shared.health, pass.health());
+            crate::dataplane::set_health(&shared.health, pass.health());
         }
     }
 }

@@ -14,7 +14,6 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::cleanup;
 use crate::config::IptablesConfig;
-use crate::conntrack;
 use crate::drift::Drift;
 use crate::error::Error;
 use crate::exec::{Executor, SystemExecutor, Variant};
@@ -25,6 +24,7 @@ use crate::supported;
 use crate::sync::{self, Rewrite, Written};
 use crate::sysctl::{SysctlError, Sysctls};
 use proxy_core::stale::{StaleFlows, stale_udp};
+use proxy_core::{KernelWorker, conntrack};
 
 /// The `--proxy-mode` name.
 pub const MODE: &str = "iptables";
@@ -147,6 +147,9 @@ pub struct IptablesDataplane {
     /// Other implementations that may hold our leftovers (cleaned on full syncs).
     others: Arc<Vec<Arc<dyn Executor>>>,
     state: Arc<Mutex<State>>,
+    /// Where the Dataplane methods' blocking work runs (inside the
+    /// backend's namespace, one job at a time).
+    worker: Arc<KernelWorker>,
     variant: Variant,
     metrics: Option<IptablesMetrics>,
 }
@@ -154,11 +157,13 @@ pub struct IptablesDataplane {
 impl IptablesDataplane {
     /// A dataplane over any executor (the real binaries, or [`crate::fake::FakeIptables`]).
     pub fn with_executor(settings: Settings, exec: Arc<dyn Executor>) -> Self {
+        let worker = Arc::new(KernelWorker::new("swy-iptables", settings.netns.clone()));
         IptablesDataplane {
             settings: Arc::new(settings),
             exec,
             others: Arc::new(Vec::new()),
             state: Arc::new(Mutex::new(State::default())),
+            worker,
             variant: Variant::Plain,
             metrics: None,
         }
@@ -605,7 +610,8 @@ impl Dataplane for IptablesDataplane {
 
     async fn sync(&self, request: SyncRequest) -> Result<SyncOutcome, DataplaneError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.sync_blocking(&request))
+        self.worker
+            .run(move || this.sync_blocking(&request))
             .await
             .map_err(|e| DataplaneError::failed(MODE, "sync", e))?
             .map_err(|e| DataplaneError::failed(MODE, "sync", e))
@@ -613,7 +619,8 @@ impl Dataplane for IptablesDataplane {
 
     async fn inspect(&self) -> Result<ProgrammedState, DataplaneError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.inspect_blocking())
+        self.worker
+            .run(move || this.inspect_blocking())
             .await
             .map_err(|e| DataplaneError::failed(MODE, "inspect", e))?
             .map_err(|e| DataplaneError::failed(MODE, "inspect", e))
@@ -621,7 +628,8 @@ impl Dataplane for IptablesDataplane {
 
     async fn cleanup(&self) -> Result<(), DataplaneError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.cleanup_blocking())
+        self.worker
+            .run(move || this.cleanup_blocking())
             .await
             .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))?
             .map_err(|e| DataplaneError::failed(MODE, "cleanup", e))

@@ -29,12 +29,8 @@ pub enum Error {
     #[error("invalid iptables configuration: {}", .0.join("; "))]
     Config(Vec<String>),
     /// A conntrack netlink operation failed.
-    #[error("conntrack {operation} failed")]
-    Conntrack {
-        operation: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Conntrack(#[from] proxy_core::conntrack::ConntrackError),
     /// A sysctl could not be set, or restored on cleanup.
     #[error(transparent)]
     Sysctl(#[from] crate::sysctl::SysctlError),

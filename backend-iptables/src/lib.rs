@@ -10,8 +10,8 @@
 //! - [`trace`] evaluates rules for a packet; [`inspect`] uses it to read the
 //!   kernel back into a `ProgrammedState`, and the tests to check every flow
 //!   against `ServicePortPlan::flow`.
-//! - [`conntrack`] deletes stale UDP entries over netlink; [`cleanup`]
-//!   removes everything we own; [`supported`] probes the node; [`fake`] is an
+//! - stale UDP conntrack entries are deleted by `proxy_core::conntrack`
+//!   (shared with nftables and ipvs); [`cleanup`] removes everything we own; [`supported`] probes the node; [`fake`] is an
 //!   in-memory iptables for tests.
 //!
 //! See the README for the chain layout, the integration contract and figures.
@@ -23,7 +23,6 @@ use proxy_core::{BackendContext, BackendFactory, Dataplane, DataplaneError, IpFa
 
 pub mod cleanup;
 pub mod config;
-pub mod conntrack;
 pub mod dataplane;
 pub mod drift;
 pub mod error;
@@ -73,7 +72,7 @@ impl BackendFactory for IptablesFactory {
 
     async fn probe(&self, ctx: &BackendContext) -> Result<(), DataplaneError> {
         let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || {
+        proxy_core::blocking::once(&ctx.netns.clone(), move || {
             let dp = IptablesDataplane::from_context(&ctx)?;
             let families: Vec<IpFamily> = ctx.families.iter().collect();
             let variant = dp.variant();
@@ -95,7 +94,7 @@ impl BackendFactory for IptablesFactory {
 
     async fn build(&self, ctx: &BackendContext) -> Result<Arc<dyn Dataplane>, DataplaneError> {
         let ctx = ctx.clone();
-        let dp = tokio::task::spawn_blocking(move || IptablesDataplane::from_context(&ctx))
+        let dp = proxy_core::blocking::once(&ctx.netns.clone(), move || IptablesDataplane::from_context(&ctx))
             .await
             .map_err(|e| DataplaneError::failed(MODE, "build", e))??;
         Ok(Arc::new(dp))

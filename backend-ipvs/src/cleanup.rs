@@ -20,7 +20,7 @@ use crate::message::Request;
 use crate::rules;
 
 pub fn cleanup_blocking(node_port_range: (u16, u16)) -> Result<(), IpvsError> {
-    let owner = crate::kernel_ownership(node_port_range)?;
+    let owner = crate::inspect::kernel_ownership(node_port_range)?;
     match NetlinkIpvs::connect() {
         Ok(mut client) => {
             let ours: Vec<Request> = client

@@ -30,7 +30,7 @@ pub enum ClientError {
     /// The kernel has no IPVS genl family (no `ip_vs` module, `CONFIG_IP_VS` unset).
     #[error("IPVS unavailable: the kernel has no IPVS generic netlink family (load the ip_vs module)")]
     Unavailable,
-    #[error("{operation}: {source}")]
+    #[error("{operation}")]
     Io {
         operation: String,
         #[source]
@@ -39,14 +39,14 @@ pub enum ClientError {
     /// The kernel refused a request.
     #[error("{operation}: {}{}", io::Error::from_raw_os_error(*errno), message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Kernel { operation: String, errno: i32, message: Option<String> },
-    #[error("{operation}: {source}")]
+    #[error("{operation}")]
     Message {
         operation: String,
         #[source]
         source: message::MessageError,
     },
     /// Several requests of a batch failed; the first is the source.
-    #[error("{failed} of {total} IPVS operations failed, first: {first}")]
+    #[error("{failed} of {total} IPVS operations failed, the first")]
     Batch {
         failed: usize,
         total: usize,

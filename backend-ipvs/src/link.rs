@@ -20,13 +20,13 @@ const IN_FLIGHT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("{operation}: {source}")]
+    #[error("{operation}")]
     Netlink {
         operation: String,
         #[source]
         source: rtnetlink::Error,
     },
-    #[error("{operation}: {source}")]
+    #[error("{operation}")]
     Io {
         operation: String,
         #[source]

@@ -171,7 +171,7 @@ pub type Sets = BTreeMap<(SetKind, IpFamily), BTreeSet<Member>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
-    #[error("{command}: {source}")]
+    #[error("running {command}")]
     Spawn {
         command: String,
         #[source]

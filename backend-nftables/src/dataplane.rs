@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use backend_iptables::conntrack::{self, StaleFlows};
+use proxy_core::conntrack::{self, StaleFlows};
 use proxy_core::{
     BackendContext, Capabilities, Dataplane, DataplaneError, FamilySet, IpFamily, NetNamespace, NodePortAddresses,
     ProgrammedState, ServiceName, ServicePlan, Snapshot, SyncOutcome, SyncRequest,

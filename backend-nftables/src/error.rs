@@ -26,5 +26,5 @@ pub enum Error {
     Config(Vec<String>),
     /// Stale UDP conntrack entries could not be removed.
     #[error("conntrack cleanup failed")]
-    Conntrack(#[source] backend_iptables::Error),
+    Conntrack(#[source] proxy_core::conntrack::ConntrackError),
 }

@@ -180,7 +180,7 @@ impl Inner {
                 if matches!(e, Error::Protocol { .. }) {
                     self.metrics.protocol_errors.inc();
                 }
-                conn.close(Closed::ByDaemon(format!("handshake failed: {e}")));
+                conn.close(Closed::ByDaemon(format!("handshake failed: {}", proxy_core::ErrorChain(&e))));
                 if let Some(p) = process.as_mut() {
                     p.stop(&conn, EXIT_GRACE).await;
                 }
@@ -276,7 +276,7 @@ impl Inner {
             self.metrics.protocol_errors.inc();
         }
         if e.breaks_connection() && conn.closed_reason().is_none() {
-            conn.close(Closed::ByDaemon(e.to_string()));
+            conn.close(Closed::ByDaemon(proxy_core::ErrorChain(e).to_string()));
         }
     }
 

@@ -12,14 +12,14 @@ pub enum Error {
     #[error("plugin section: {0}")]
     Config(String),
     /// The plugin executable could not be started.
-    #[error("starting plugin `{command}`: {source}")]
+    #[error("starting plugin `{command}`")]
     Spawn {
         command: String,
         #[source]
         source: std::io::Error,
     },
     /// The sidecar's socket could not be reached.
-    #[error("connecting to plugin socket {path}: {source}")]
+    #[error("connecting to plugin socket {path}")]
     Connect {
         path: String,
         #[source]
@@ -41,7 +41,7 @@ pub enum Error {
     #[error("plugin {plugin}: {request} failed: {message}")]
     Reported { plugin: String, request: String, kind: ErrorKind, message: String, error: TypedError },
     /// Writing to the plugin failed.
-    #[error("writing to plugin {plugin}: {source}")]
+    #[error("writing to plugin {plugin}")]
     Io {
         plugin: String,
         #[source]
@@ -70,6 +70,26 @@ impl Error {
                 capacity: error.capacity.unwrap_or(0),
             },
             other => DataplaneError::failed(MODE, operation, other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The I/O causes are printed once when the chain is (message, then source).
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such plugin here");
+        for e in [
+            Error::Spawn { command: "plugin-bin".into(), source: io() },
+            Error::Connect { path: "/run/p.sock".into(), source: io() },
+            Error::Io { plugin: "p".into(), source: io() },
+        ] {
+            proxy_core::testing::assert_each_cause_once(&e);
+            let text = proxy_core::ErrorChain(&e).to_string();
+            assert_eq!(text.matches("no such plugin here").count(), 1, "{text}");
         }
     }
 }

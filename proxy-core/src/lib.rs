@@ -22,6 +22,9 @@
 // Libraries log through tracing; only binaries print.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod blocking;
+#[cfg(feature = "conntrack")]
+pub mod conntrack;
 pub mod contest;
 pub mod convert;
 pub mod dataplane;
@@ -41,6 +44,7 @@ pub mod stale;
 pub mod testing;
 pub mod tracker;
 
+pub use blocking::KernelWorker;
 pub use dataplane::{
     BoxError, Capabilities, Capability, Dataplane, DataplaneError, DataplaneHealth, SyncOutcome, SyncRequest,
 };

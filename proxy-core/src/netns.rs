@@ -66,6 +66,15 @@ impl NetNamespace {
         Ok(tokio::process::Command::from(self.command(program)?))
     }
 
+    /// Moves the calling thread into this namespace (nothing for the
+    /// current one). Only for a thread made for it: see [`crate::blocking`].
+    pub fn enter(&self) -> io::Result<()> {
+        match self.open()? {
+            Some(fd) => setns(&fd, CloneFlags::CLONE_NEWNET).map_err(io::Error::from),
+            None => Ok(()),
+        }
+    }
+
     /// Runs `f` on a new thread inside this namespace and waits for it.
     /// Blocking: call it from a blocking context or use [`run_async`](Self::run_async).
     pub fn run<T, F>(&self, f: F) -> io::Result<T>

@@ -7,14 +7,17 @@
 //! is never translated at all). Like kube-proxy, flows whose original
 //! destination is a frontend of the changed Service port and whose reply
 //! source (where they were sent) is no longer one of its endpoints are stale.
-//! A backend deletes them (backend-iptables' `conntrack` module does it over
-//! netlink: `conntrack -D -p udp --orig-dst D --dport DP …`).
+//! A backend deletes them: from the kernel's conntrack table with
+//! `proxy_core::conntrack` (feature `conntrack`; iptables, nftables, ipvs),
+//! or from its own connection map (eBPF).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use crate::model::{IpFamily, Protocol};
+use crate::dataplane::SyncRequest;
+use crate::model::{IpFamily, Protocol, ServiceName};
 use crate::plan::{FrontendKind, ServicePlan, ServicePortPlan};
+use crate::snapshot::Snapshot;
 
 /// Which traffic a stale-flow rule is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +43,44 @@ impl StaleFlows {
             FrontendMatch::NodePort(p) => p == orig_dst.port(),
         };
         hits && !self.allowed.contains(&reply_src)
+    }
+}
+
+/// Many rules indexed by what a flow is matched on: one lookup per flow
+/// instead of one test per rule (a first sync checks every UDP frontend).
+/// A flow is stale when any rule for its destination says so.
+#[derive(Clone, Debug, Default)]
+pub struct StaleIndex {
+    addresses: BTreeMap<SocketAddr, Vec<BTreeSet<SocketAddr>>>,
+    node_ports: BTreeMap<u16, Vec<BTreeSet<SocketAddr>>>,
+}
+
+impl StaleIndex {
+    pub fn new<'a>(rules: impl IntoIterator<Item = &'a StaleFlows>) -> StaleIndex {
+        let mut index = StaleIndex::default();
+        for r in rules {
+            let slot = match r.frontend {
+                FrontendMatch::Address(a) => index.addresses.entry(a).or_default(),
+                FrontendMatch::NodePort(p) => index.node_ports.entry(p).or_default(),
+            };
+            if !slot.contains(&r.allowed) {
+                slot.push(r.allowed.clone());
+            }
+        }
+        index
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty() && self.node_ports.is_empty()
+    }
+
+    /// Whether a UDP flow sent to `orig_dst` and answered from `reply_src`
+    /// is stale under any rule (as [`StaleFlows::matches`] on each).
+    pub fn matches(&self, orig_dst: SocketAddr, reply_src: SocketAddr) -> bool {
+        let hit = |sets: Option<&Vec<BTreeSet<SocketAddr>>>| {
+            sets.is_some_and(|sets| sets.iter().any(|allowed| !allowed.contains(&reply_src)))
+        };
+        hit(self.addresses.get(&orig_dst)) || hit(self.node_ports.get(&orig_dst.port()))
     }
 }
 
@@ -92,6 +133,41 @@ pub fn stale_udp(
         matches.extend(o.into_iter().flat_map(frontends));
         matches.extend(n.into_iter().flat_map(frontends));
         out.extend(matches.into_iter().map(|frontend| StaleFlows { frontend, allowed: new_eps.clone() }));
+    }
+    out
+}
+
+/// The stale UDP flows of one sync, per family, for a backend that keeps the
+/// snapshot of its last successful sync (`old`; None when it has none, as
+/// after a start or a failed sync): the Services the request names as
+/// changed, or, on a full request, every Service of either snapshot whose
+/// plan differs. With `everything`, every UDP port of every Service counts
+/// as changed (flows left by a previous process may point anywhere).
+pub fn stale_udp_of_sync(
+    families: impl IntoIterator<Item = IpFamily>,
+    old: Option<&Snapshot>,
+    request: &SyncRequest,
+    everything: bool,
+) -> BTreeMap<IpFamily, Vec<StaleFlows>> {
+    let new = &request.snapshot;
+    let names: BTreeSet<&ServiceName> = if request.full || everything || old.is_none() {
+        let mut all: BTreeSet<&ServiceName> = new.services().map(|p| p.name()).collect();
+        all.extend(old.into_iter().flat_map(|o| o.services().map(|p| p.name())));
+        all
+    } else {
+        request.changed.iter().collect()
+    };
+    let mut out = BTreeMap::new();
+    for family in families {
+        let mut work = Vec::new();
+        for name in &names {
+            let (o, n) = (old.and_then(|s| s.service(name)), new.service(name));
+            if !everything && old.is_some() && ServicePlan::unchanged(o, n) {
+                continue;
+            }
+            work.extend(stale_udp(family, o.map(|p| &**p), n.map(|p| &**p), everything));
+        }
+        out.insert(family, work);
     }
     out
 }

@@ -385,3 +385,22 @@ impl Dataplane for RecordingDataplane {
         Ok(())
     }
 }
+
+/// Panics when an error of `e`'s chain repeats its source's message (a
+/// `"…: {source}"` message with the same source returned by `source()`):
+/// [`crate::ErrorChain`] would print that cause twice. Each cause belongs
+/// either in the message or in `source()`, never both.
+pub fn assert_each_cause_once(e: &(dyn std::error::Error + 'static)) {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(source) = err.source() {
+            let (message, inner) = (err.to_string(), source.to_string());
+            assert!(
+                inner.is_empty() || !message.contains(&inner),
+                "{message:?} repeats its source {inner:?}; the chain prints: {}",
+                crate::ErrorChain(e)
+            );
+        }
+        current = err.source();
+    }
+}

@@ -192,3 +192,43 @@ fn stale_udp_flows_are_the_cores_answer() {
     let none = with(&[]);
     assert_eq!(stale_udp(IpFamily::V4, Some(&none), Some(&one), false).len(), 1);
 }
+
+/// A backend that keeps the snapshot of its last sync asks the core once
+/// per sync: partial requests look at the changed Services, full ones at
+/// every Service whose plan differs, and without an old snapshot every UDP
+/// port is checked.
+#[test]
+fn stale_udp_of_a_sync() {
+    use proxy_core::stale::{StaleIndex, stale_udp_of_sync};
+    let svc = ServiceBuilder::new("ns", "dns", "10.96.0.10").port("dns", 53, "UDP").build();
+    let web = ServiceBuilder::new("ns", "web", "10.96.0.11").port("http", 80, "TCP").build();
+    let snap = |ips: &[&str]| {
+        let slice = ips
+            .iter()
+            .fold(SliceBuilder::new("ns", "dns-1", "dns").port("dns", 53, "UDP"), |s, ip| s.endpoint(endpoint(ip)))
+            .build();
+        synced(vec![svc.clone(), web.clone()], vec![slice]).snapshot()
+    };
+    let (two, one) = (snap(&["10.0.0.1", "10.0.0.2"]), snap(&["10.0.0.1"]));
+    let request = |full: bool, changed: &[&str]| SyncRequest {
+        snapshot: one.clone(),
+        changed: std::sync::Arc::new(changed.iter().map(|n| name(n)).collect()),
+        full,
+    };
+    let index = |work: std::collections::BTreeMap<IpFamily, Vec<_>>| StaleIndex::new(work.values().flatten());
+    let (dst, gone, kept) =
+        ("10.96.0.10:53".parse().unwrap(), "10.0.0.2:53".parse().unwrap(), "10.0.0.1:53".parse().unwrap());
+
+    let partial = index(stale_udp_of_sync(IpFamily::ALL, Some(&two), &request(false, &["dns"]), false));
+    assert!(partial.matches(dst, gone) && !partial.matches(dst, kept));
+    // A partial request that does not name the Service checks nothing.
+    assert!(index(stale_udp_of_sync(IpFamily::ALL, Some(&two), &request(false, &["web"]), false)).is_empty());
+    // A full one compares every Service.
+    let full = index(stale_udp_of_sync(IpFamily::ALL, Some(&two), &request(true, &[]), false));
+    assert!(full.matches(dst, gone) && !full.matches(dst, kept));
+    // Nothing changed: nothing to check.
+    assert!(index(stale_udp_of_sync(IpFamily::ALL, Some(&one), &request(true, &[]), false)).is_empty());
+    // No old snapshot (a start): every UDP port is checked against its endpoints now.
+    let start = index(stale_udp_of_sync(IpFamily::ALL, None, &request(false, &[]), true));
+    assert!(start.matches(dst, gone) && start.matches(dst, dst) && !start.matches(dst, kept));
+}

@@ -1,10 +1,19 @@
-//! Removing stale UDP conntrack entries over netlink.
+//! Removing stale UDP entries from the kernel's conntrack table over
+//! netlink (feature `conntrack`).
 //!
-//! Which flows are stale is the core's answer ([`proxy_core::stale`]); this
-//! module deletes them from the kernel's conntrack table, for every backend
-//! that relies on it (iptables; IPVS through the same crate). CLI
-//! equivalent, per flow:
-//! `conntrack -D -p udp --orig-src S --orig-dst D --sport SP --dport DP`.
+//! Which flows are stale is the core's answer ([`crate::stale`]); this
+//! module deletes them, for every backend whose flows go through the
+//! kernel's conntrack: iptables, nftables and IPVS (with
+//! `net.ipv4.vs.conntrack=1`, IPVS rewrites the entry's reply tuple to the
+//! real server, so the same match holds). eBPF keeps its own connection
+//! table in a map and deletes from it with the same answer. CLI equivalent,
+//! per flow: `conntrack -D -p udp --orig-src S --orig-dst D --sport SP --dport DP`.
+//!
+//! It lives in proxy-core, behind a feature, because every backend may
+//! depend on proxy-core and on nothing of another backend's (DESIGN.md);
+//! proxy-core itself stays free of netlink unless a backend asks for it.
+//! No crate offers conntrack deletion over netlink; netlink-packet-netfilter
+//! builds and parses the messages, this module only sends them.
 //!
 //! Netlink sockets belong to the namespace of the thread that opens them,
 //! so all of it runs through [`NetNamespace::run`].
@@ -16,12 +25,21 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, N
 use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
-use proxy_core::{IpFamily, NetNamespace};
 use tracing::debug;
 
-use crate::error::Error;
+use crate::model::IpFamily;
+use crate::netns::NetNamespace;
+pub use crate::stale::{FrontendMatch, StaleFlows, StaleIndex};
 
-pub use proxy_core::stale::{FrontendMatch, StaleFlows};
+/// A conntrack netlink operation that failed (the kernel's errno in `source`).
+#[derive(Debug, thiserror::Error)]
+#[error("conntrack {operation} failed")]
+pub struct ConntrackError {
+    /// What was being done: `open netlink socket`, `dump`, `delete`, `enter network namespace`.
+    pub operation: &'static str,
+    #[source]
+    pub source: io::Error,
+}
 
 /// The parts of a conntrack entry we look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,8 +52,8 @@ pub struct Flow {
 }
 
 /// Whether `flow` is stale under any of `rules` (the core's [`StaleFlows`]).
-pub fn is_stale(flow: &Flow, rules: &[StaleFlows]) -> bool {
-    flow.protocol == 17 && rules.iter().any(|r| r.matches(flow.orig_dst, flow.reply_src))
+pub fn is_stale(flow: &Flow, rules: &StaleIndex) -> bool {
+    flow.protocol == 17 && rules.matches(flow.orig_dst, flow.reply_src)
 }
 
 fn nf_family(family: IpFamily) -> NetfilterProtoFamily {
@@ -189,24 +207,26 @@ fn dump(sock: &Socket, family: IpFamily, seq: u32) -> io::Result<Vec<Flow>> {
 }
 
 /// Deletes the stale UDP flows of `family` in `netns`; returns how many.
-pub fn clear_stale_udp(netns: &NetNamespace, family: IpFamily, rules: Vec<StaleFlows>) -> Result<usize, Error> {
-    let err = |operation: &str| {
-        let operation = operation.to_string();
-        move |source| Error::Conntrack { operation, source }
-    };
+pub fn clear_stale_udp(
+    netns: &NetNamespace,
+    family: IpFamily,
+    rules: Vec<StaleFlows>,
+) -> Result<usize, ConntrackError> {
+    let err = |operation: &'static str| move |source| ConntrackError { operation, source };
     netns
-        .run(move || -> Result<usize, Error> {
+        .run(move || -> Result<usize, ConntrackError> {
             let sock = open().map_err(err("open netlink socket"))?;
             let flows = dump(&sock, family, 1).map_err(err("dump"))?;
+            let index = StaleIndex::new(&rules);
             let mut deleted = 0;
-            for (i, flow) in flows.iter().filter(|f| is_stale(f, &rules)).enumerate() {
+            for (i, flow) in flows.iter().filter(|f| is_stale(f, &index)).enumerate() {
                 let seq = 2 + i as u32;
                 send(&sock, &delete_message(family, seq, flow)).map_err(err("delete"))?;
                 match receive(&sock, seq, |_| {}) {
                     Ok(()) => deleted += 1,
                     // Expired meanwhile.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                    Err(e) => return Err(Error::Conntrack { operation: "delete".into(), source: e }),
+                    Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {}
+                    Err(e) => return Err(ConntrackError { operation: "delete", source: e }),
                 }
                 debug!(?flow, "deleted stale UDP conntrack entry");
             }
@@ -239,6 +259,7 @@ mod tests {
             },
             StaleFlows { frontend: FrontendMatch::NodePort(30053), allowed: BTreeSet::new() },
         ];
+        let rules = StaleIndex::new(&rules);
         assert!(!is_stale(&flow("10.96.0.10:53", "10.244.2.2:53"), &rules));
         assert!(is_stale(&flow("10.96.0.10:53", "10.244.9.9:53"), &rules), "DNATed to a gone endpoint");
         assert!(is_stale(&flow("10.96.0.10:53", "10.96.0.10:53"), &rules), "never DNATed");
