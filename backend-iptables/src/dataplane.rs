@@ -355,7 +355,7 @@ impl IptablesDataplane {
                         }
                     }
                 }
-                fs.trees.changed(&refreshed, &fs.services, &mut candidates, &mut gone);
+                fs.trees.changed(&refreshed, &fs.services, &fs.written, &mut candidates, &mut gone);
                 let (payload, stats) = sync::partial_payload_of(&fs.written, &candidates, &gone, false);
                 let planned = started.elapsed();
                 if !payload.is_empty() {

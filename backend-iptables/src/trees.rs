@@ -235,20 +235,29 @@ impl Trees {
             .flat_map(move |id| (0..self.trees[id.index()].chains.len()).map(move |i| self.chain(id, i, services)))
     }
 
-    /// The chains a refresh may have changed, and the names it removed.
+    /// The chains a refresh changed (content not as `written` records it),
+    /// and the names it removed. Only those are materialized: gathering a
+    /// leaf's rules costs a lookup per entry, and a rebuilt tree has as many
+    /// entries as Services.
     pub fn changed<'a>(
         &'a self,
         refreshed: &'a [Refresh; 6],
         services: &'a BTreeMap<ServiceName, ServiceRules>,
+        written: &crate::sync::Written,
         out: &mut Vec<DesiredChain<'a>>,
         gone: &mut Vec<(crate::restore::Table, String)>,
     ) {
         for id in TreeId::ALL {
+            let cache = &self.trees[id.index()];
+            let differs =
+                |i: &usize| written.get(&(id.table(), cache.chains[*i].name.clone())) != Some(&cache.hash_of(*i));
             match &refreshed[id.index()] {
                 Refresh::Unchanged => {}
-                Refresh::Leaves(chains) => out.extend(chains.iter().map(|i| self.chain(id, *i, services))),
+                Refresh::Leaves(chains) => {
+                    out.extend(chains.iter().filter(|i| differs(i)).map(|i| self.chain(id, *i, services)))
+                }
                 Refresh::Rebuilt { gone: names } => {
-                    out.extend((0..self.trees[id.index()].chains.len()).map(|i| self.chain(id, i, services)));
+                    out.extend((0..cache.chains.len()).filter(differs).map(|i| self.chain(id, i, services)));
                     gone.extend(names.iter().map(|n| (id.table(), n.clone())));
                 }
             }
