@@ -97,7 +97,7 @@ struct ServiceState {
     /// What the service maps hold after the last successful apply.
     cache: Option<maps::Programmed>,
     /// Each Service's share of `cache` (None: unknown, the next sync is full).
-    by_service: Option<BTreeMap<proxy_core::ServiceName, render::Desired>>,
+    by_service: Option<BTreeMap<proxy_core::ServiceName, render::Share>>,
     /// Which Service holds each frontend.
     owners: BTreeMap<layout::SvcKey, proxy_core::ServiceName>,
     /// The last full render skipped frontends two Services claim: partial
@@ -350,9 +350,12 @@ impl SyncJob {
         state.cache = Some(current);
         state.totals = totals;
         state.contested = !desired.skipped.is_empty();
-        let by_service = std::mem::take(&mut desired.by_service);
+        let by_service: BTreeMap<_, _> = std::mem::take(&mut desired.by_service)
+            .into_iter()
+            .map(|(n, part)| (n, render::Share::new(part)))
+            .collect();
         state.owners =
-            by_service.iter().flat_map(|(name, part)| part.frontends.keys().map(move |k| (*k, name.clone()))).collect();
+            by_service.iter().flat_map(|(name, part)| part.frontend_keys().map(move |k| (*k, name.clone()))).collect();
         state.by_service = Some(by_service);
         Ok(SyncStats { apply: stats, udp_flushed: 0 })
     }
@@ -392,7 +395,7 @@ impl SyncJob {
                 tracing::warn!(backend = MODE, "{unsupported}");
                 self.metrics.skipped_frontends.inc();
             }
-            let old = index.get(name).cloned().unwrap_or_default();
+            let old = index.get(name).map(render::Share::desired).unwrap_or_default();
             for ((_, n), ((_, minus), (_, plus))) in
                 need.iter_mut().zip(maps::needs(&old).iter().zip(maps::needs(&new)))
             {
@@ -422,7 +425,8 @@ impl SyncJob {
                 }
             }
             state.owners.extend(new.frontends.keys().map(|k| (*k, name.clone())));
-            if new.frontends.is_empty() && new.routes.is_empty() {
+            let new = render::Share::new(new);
+            if new.is_empty() {
                 index.remove(&name);
             } else {
                 index.insert(name, new);

@@ -63,6 +63,54 @@ pub struct Desired {
     pub by_service: BTreeMap<ServiceName, Desired>,
 }
 
+/// One Service's share of the maps as the dataplane keeps it between syncs:
+/// the frontends, routes and source ranges of its [`Desired`], in sorted
+/// boxed slices. A B-tree node has room for 11 entries however few it holds,
+/// so a Service's share as `Desired` took about 1.6 KiB, 16 MiB at 10,000
+/// Services; this form about a third of that (issue 16).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Share {
+    frontends: Box<[(SvcKey, SvcVal)]>,
+    routes: Box<[(u64, RouteSpec)]>,
+    source_ranges: Box<[(u32, SrcRangeData)]>,
+}
+
+impl Share {
+    /// Keeps a Service's share (its other fields are empty for a share).
+    pub fn new(part: Desired) -> Share {
+        Share {
+            frontends: part.frontends.into_iter().collect(),
+            routes: part
+                .routes
+                .into_iter()
+                .map(|(id, mut r)| {
+                    r.backends.shrink_to_fit();
+                    (id, r)
+                })
+                .collect(),
+            source_ranges: part.source_ranges.into_iter().collect(),
+        }
+    }
+
+    /// The share as the `Desired` it was made from.
+    pub fn desired(&self) -> Desired {
+        Desired {
+            frontends: self.frontends.iter().copied().collect(),
+            routes: self.routes.iter().cloned().collect(),
+            source_ranges: self.source_ranges.iter().copied().collect(),
+            ..Desired::default()
+        }
+    }
+
+    pub fn frontend_keys(&self) -> impl Iterator<Item = &SvcKey> {
+        self.frontends.iter().map(|(k, _)| k)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty() && self.routes.is_empty()
+    }
+}
+
 impl Desired {
     /// Adds `part` (one Service's share), skipping frontends another
     /// Service already claims; returns whether anything was skipped.

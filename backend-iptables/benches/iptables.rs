@@ -346,7 +346,12 @@ fn profile_desired(n: usize, eps: usize) {
         plans(n, eps, 0).into_iter().map(|p| (p.name().clone(), render_service(&Arc::new(p), &cfg))).collect();
     for _ in 0..3 {
         let t = Instant::now();
-        let d = desired(&cfg, &services);
+        let mut trees = backend_iptables::trees::Trees::default();
+        for (name, r) in &services {
+            trees.update(name, None, Some(r));
+        }
+        trees.refresh(&cfg, &services);
+        let d = desired(&cfg, &services, &trees);
         let t1 = t.elapsed();
         let w = backend_iptables::sync::written(&d);
         let t2 = t.elapsed();

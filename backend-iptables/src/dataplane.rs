@@ -23,6 +23,7 @@ use crate::render::{self, RenderConfig, ServiceRules};
 use crate::supported;
 use crate::sync::{self, Rewrite, Written};
 use crate::sysctl::{SysctlError, Sysctls};
+use crate::trees::Trees;
 use proxy_core::stale::{StaleFlows, stale_udp};
 use proxy_core::{KernelWorker, conntrack};
 
@@ -96,8 +97,16 @@ impl Settings {
 struct FamilyState {
     cfg: Option<RenderConfig>,
     services: BTreeMap<ServiceName, ServiceRules>,
+    /// The dispatch trees over `services`, kept up to date by `update_renders`.
+    trees: Trees,
+    /// (rules, chains) per table (nat, filter) of the Services' own chains,
+    /// kept as Services are rendered, so no sync has to count them all.
+    own_counts: [(usize, usize); 2],
     written: Written,
 }
+
+/// The Services a sync re-rendered, with their previous renders (`None`: new).
+type Touched = Vec<(ServiceName, Option<ServiceRules>)>;
 
 /// How much a sync does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,7 +322,8 @@ impl IptablesDataplane {
             let family = *family;
             let cfg = self.settings.render_config(family, snapshot.masquerade());
             let fs = state.families.entry(family).or_default();
-            let work = update_renders(fs, snapshot, request, &cfg, mode == Mode::Rewrite);
+            let config_changed = fs.cfg.as_ref() != Some(&cfg);
+            let (work, touched) = update_renders(fs, snapshot, request, &cfg, mode == Mode::Rewrite);
             conntrack_work.entry(family).or_default().extend(work);
             // Checked (one read) on every full request: someone resetting it
             // breaks localhost node ports as surely as a deleted rule.
@@ -328,8 +338,46 @@ impl IptablesDataplane {
                 }
                 state.localnet_set = true;
             }
-            let desired = render::desired(&cfg, &fs.services);
+            let fs = state.families.entry(family).or_default();
+            let refreshed = fs.trees.refresh(&cfg, &fs.services);
+            let counts = family_counts(&cfg, fs);
+            for (key, n) in [("nat rules", counts[0].0), ("filter rules", counts[1].0)] {
+                *outcome.objects.entry(key.to_string()).or_insert(0) += n as u64;
+            }
+            *outcome.objects.entry("chains".to_string()).or_insert(0) += (counts[0].1 + counts[1].1) as u64;
             let started = Instant::now();
+            if mode == Mode::Partial && !config_changed {
+                // Only what the changed Services touched: their own chains
+                // and the tree chains that hold their entries.
+                let mut candidates = Vec::new();
+                let mut gone = Vec::new();
+                for (name, old) in &touched {
+                    let new = fs.services.get(name);
+                    candidates.extend(new.into_iter().flat_map(ServiceRules::desired_chains));
+                    for c in old.iter().flat_map(|o| &o.chains) {
+                        if !new.is_some_and(|n| n.chains.iter().any(|x| x.table == c.table && x.name == c.name)) {
+                            gone.push((c.table, c.name.clone()));
+                        }
+                    }
+                }
+                fs.trees.changed(&refreshed, &fs.services, &fs.written, &mut candidates, &mut gone);
+                let (payload, stats) = sync::partial_payload_of(&fs.written, &candidates, &gone, false);
+                let planned = started.elapsed();
+                if !payload.is_empty() {
+                    commits = commits.wrapping_add(payload.table_count() as u32);
+                    if let Err(e) = self.exec.restore_from(family, &payload) {
+                        result = Err(e);
+                        break;
+                    }
+                    debug!(ip_family = %family, mode = mode.as_str(), chains_written = stats.chains_written, chains_deleted = stats.chains_deleted,
+                        rules_written = stats.rules_written, plan_ms = planned.as_millis() as u64,
+                        restore_ms = (started.elapsed() - planned).as_millis() as u64, "restored");
+                }
+                drop(payload);
+                sync::record_partial(&mut fs.written, &candidates, &gone);
+                continue;
+            }
+            let desired = render::desired(&cfg, &fs.services, &fs.trees);
             let (payload, stats, drift) = if read {
                 // What iptables-save shows plans the payload and is compared
                 // with what we wrote: one read per family and table.
@@ -347,13 +395,6 @@ impl IptablesDataplane {
                 (p, s, Drift::default())
             };
             let planned = started.elapsed();
-            let nat_rules: usize =
-                desired.iter().filter(|c| c.table == crate::restore::Table::Nat).map(|c| c.rule_count()).sum();
-            let filter_rules: usize =
-                desired.iter().filter(|c| c.table == crate::restore::Table::Filter).map(|c| c.rule_count()).sum();
-            *outcome.objects.entry("nat rules".to_string()).or_insert(0) += nat_rules as u64;
-            *outcome.objects.entry("filter rules".to_string()).or_insert(0) += filter_rules as u64;
-            *outcome.objects.entry("chains".to_string()).or_insert(0) += desired.len() as u64;
             if !drift.is_empty() {
                 drift.log(family);
                 drift.record(&mut outcome);
@@ -526,19 +567,35 @@ impl IptablesDataplane {
     }
 }
 
-/// Re-renders the Services that need it; returns the conntrack work.
+/// (rules, chains) per table (nat, filter) of everything we own in a family.
+fn family_counts(cfg: &RenderConfig, fs: &FamilyState) -> [(usize, usize); 2] {
+    let mut out = render::static_counts(cfg);
+    for part in [fs.own_counts, fs.trees.counts()] {
+        for (o, p) in out.iter_mut().zip(part) {
+            o.0 += p.0;
+            o.1 += p.1;
+        }
+    }
+    out
+}
+
+/// Re-renders the Services that need it, keeping the trees and counts up
+/// to date; returns the conntrack work and the Services re-rendered.
 fn update_renders(
     fs: &mut FamilyState,
     snapshot: &Snapshot,
     request: &SyncRequest,
     cfg: &RenderConfig,
     full: bool,
-) -> Vec<StaleFlows> {
+) -> (Vec<StaleFlows>, Touched) {
     let family = cfg.family;
     let mut work = Vec::new();
+    let mut touched = Vec::new();
     let config_changed = fs.cfg.as_ref() != Some(cfg);
     if config_changed {
         fs.cfg = Some(cfg.clone());
+        // Tree shapes depend on the configuration (family, leaf size).
+        fs.trees = Trees::default();
     }
     let everything = full || request.full || config_changed;
     let candidates: Vec<ServiceName> = if everything {
@@ -559,16 +616,26 @@ fn update_renders(
             continue;
         }
         work.extend(stale_udp(family, old.map(|o| &*o.plan), new.map(|p| &**p), full));
-        match new {
-            Some(plan) => {
-                fs.services.insert(name, render::render_service(plan, cfg));
-            }
-            None => {
-                fs.services.remove(&name);
+        let old = match new {
+            Some(plan) => fs.services.insert(name.clone(), render::render_service(plan, cfg)),
+            None => fs.services.remove(&name),
+        };
+        let new = fs.services.get(&name);
+        fs.trees.update(&name, old.as_ref(), new);
+        for (rules, sign) in [(old.as_ref(), false), (new, true)] {
+            for (o, c) in fs.own_counts.iter_mut().zip(rules.map(ServiceRules::own_counts).unwrap_or_default()) {
+                if sign {
+                    o.0 += c.0;
+                    o.1 += c.1;
+                } else {
+                    o.0 -= c.0;
+                    o.1 -= c.1;
+                }
             }
         }
+        touched.push((name, old));
     }
-    work
+    (work, touched)
 }
 
 #[async_trait]

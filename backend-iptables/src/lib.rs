@@ -40,6 +40,7 @@ pub mod sync;
 pub mod sysctl;
 pub mod trace;
 pub mod tree;
+pub mod trees;
 
 pub use config::IptablesConfig;
 pub use dataplane::{IptablesDataplane, MODE, Settings};

@@ -42,7 +42,8 @@ use proxy_core::{
 
 use crate::names::{self, hashed};
 use crate::restore::{Rule, Table, escape_comment, escape_comment_word, net, socket, unescape_comment};
-use crate::tree::{self, KeyKind, TreeChain, TreeEntry, TreeSpec};
+use crate::tree::{self, KeyKind, TreeSpec};
+use crate::trees::Trees;
 
 /// Everything rendering depends on besides the plans, for one IP family.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,7 +135,7 @@ impl RenderConfig {
         }
     }
 
-    fn tree_spec(&self, tree: TreeId) -> TreeSpec {
+    pub(crate) fn tree_spec(&self, tree: TreeId) -> TreeSpec {
         let tag = self.family.as_str();
         let (key, root, kind) = match tree {
             TreeId::NatServices => (KeyKind::Destination(self.family), names::SERVICES, "DST"),
@@ -145,6 +146,16 @@ impl RenderConfig {
             TreeId::HealthChecks => (KeyKind::ProtoPort, names::HEALTHCHECKS, "HC"),
         };
         TreeSpec { key, stride: self.stride, leaf_max: self.leaf_max, root, kind, tag }
+    }
+
+    /// The rules after a tree root's own: where local destinations go on to
+    /// the node-port trees.
+    pub(crate) fn tree_tail(&self, tree: TreeId) -> Vec<String> {
+        match tree {
+            TreeId::NatServices => nodeport_hook(self, names::NODEPORTS),
+            TreeId::FilterServices => nodeport_hook(self, names::FW_NODEPORTS),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -182,7 +193,7 @@ impl TreeId {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -255,6 +266,27 @@ pub struct ServiceRules {
 }
 
 impl ServiceRules {
+    /// The Service's own chains as desired chains.
+    pub fn desired_chains(&self) -> impl Iterator<Item = DesiredChain<'_>> {
+        self.chains.iter().map(|c| DesiredChain {
+            table: c.table,
+            name: Cow::Borrowed(&c.name),
+            hash: c.hash,
+            body: ChainBody::Service(&c.rules),
+        })
+    }
+
+    /// (rules, chains) per table (nat, filter) of the Service's own chains.
+    pub fn own_counts(&self) -> [(usize, usize); 2] {
+        let mut out = [(0, 0); 2];
+        for c in &self.chains {
+            let slot = &mut out[usize::from(c.table != Table::Nat)];
+            slot.0 += c.rules.len();
+            slot.1 += 1;
+        }
+        out
+    }
+
     pub fn rule_count(&self) -> usize {
         self.chains.iter().map(|c| c.rules.len()).sum::<usize>()
             + self.entries.iter().flatten().map(|e| e.rules.len()).sum::<usize>()
@@ -708,7 +740,9 @@ pub struct DesiredChain<'a> {
 pub enum ChainBody<'a> {
     Owned(Vec<String>),
     Service(&'a [String]),
-    Tree(TreeChain<'a>, Vec<String>),
+    /// A tree chain: a leaf's entries (or an inner chain's dispatch rules),
+    /// then the root's tail.
+    Tree(Vec<&'a [String]>),
 }
 
 impl DesiredChain<'_> {
@@ -716,7 +750,7 @@ impl DesiredChain<'_> {
         match &self.body {
             ChainBody::Owned(r) => Box::new(r.iter().map(String::as_str)),
             ChainBody::Service(r) => Box::new(r.iter().map(String::as_str)),
-            ChainBody::Tree(t, tail) => Box::new(t.rules().chain(tail.iter().map(String::as_str))),
+            ChainBody::Tree(groups) => Box::new(groups.iter().flat_map(|g| g.iter().map(String::as_str))),
         }
     }
 
@@ -724,7 +758,7 @@ impl DesiredChain<'_> {
         match &self.body {
             ChainBody::Owned(r) => r.len(),
             ChainBody::Service(r) => r.len(),
-            ChainBody::Tree(t, tail) => t.rule_count() + tail.len(),
+            ChainBody::Tree(groups) => groups.iter().map(|g| g.len()).sum(),
         }
     }
 }
@@ -865,56 +899,28 @@ fn static_chains(cfg: &RenderConfig) -> Vec<DesiredChain<'static>> {
     chains
 }
 
-/// The complete desired state of one family: every chain we own.
-pub fn desired<'a>(cfg: &RenderConfig, services: &'a BTreeMap<ServiceName, ServiceRules>) -> Vec<DesiredChain<'a>> {
+/// The complete desired state of one family: every chain we own. `trees`
+/// must have been refreshed against `services` ([`Trees::refresh`]).
+pub fn desired<'a>(
+    cfg: &RenderConfig,
+    services: &'a BTreeMap<ServiceName, ServiceRules>,
+    trees: &'a Trees,
+) -> Vec<DesiredChain<'a>> {
     let mut chains: Vec<DesiredChain<'a>> = static_chains(cfg);
-    for s in services.values() {
-        for c in &s.chains {
-            chains.push(DesiredChain {
-                table: c.table,
-                name: Cow::Borrowed(&c.name),
-                hash: c.hash,
-                body: ChainBody::Service(&c.rules),
-            });
-        }
-    }
-    for tree_id in TreeId::ALL {
-        let mut entries: Vec<TreeEntry<'a>> = Vec::new();
-        let mut seen_hairpin = BTreeSet::new();
-        for s in services.values() {
-            for e in &s.entries[tree_id.index()] {
-                if tree_id == TreeId::Hairpin && !seen_hairpin.insert(e.key) {
-                    continue;
-                }
-                entries.push(TreeEntry { key: e.key, rules: &e.rules, hash: e.hash });
-            }
-        }
-        entries.sort_by_key(|e| e.key);
-        let spec = cfg.tree_spec(tree_id);
-        let tail = match tree_id {
-            TreeId::NatServices => nodeport_hook(cfg, names::NODEPORTS),
-            TreeId::FilterServices => nodeport_hook(cfg, names::FW_NODEPORTS),
-            _ => Vec::new(),
-        };
-        for (i, t) in tree::build(&spec, &entries).into_iter().enumerate() {
-            let hash = if i == 0 {
-                let mut h = DefaultHasher::new();
-                t.hash.hash(&mut h);
-                tail.hash(&mut h);
-                h.finish()
-            } else {
-                t.hash
-            };
-            let tail = if i == 0 { tail.clone() } else { Vec::new() };
-            chains.push(DesiredChain {
-                table: tree_id.table(),
-                name: Cow::Owned(t.name.clone()),
-                hash,
-                body: ChainBody::Tree(t, tail),
-            });
-        }
-    }
+    chains.extend(services.values().flat_map(ServiceRules::desired_chains));
+    chains.extend(trees.all(services));
     chains
+}
+
+/// (rules, chains) per table (nat, filter) of the fixed chains.
+pub fn static_counts(cfg: &RenderConfig) -> [(usize, usize); 2] {
+    let mut out = [(0, 0); 2];
+    for c in static_chains(cfg) {
+        let slot = &mut out[usize::from(c.table != Table::Nat)];
+        slot.0 += c.rule_count();
+        slot.1 += 1;
+    }
+    out
 }
 
 #[cfg(test)]

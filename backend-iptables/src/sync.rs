@@ -272,14 +272,31 @@ pub fn partial_payload<'a>(
     desired: &'a [DesiredChain<'a>],
     check_all: bool,
 ) -> (Payload<'a>, PayloadStats) {
+    let want: BTreeSet<(Table, &str)> = desired.iter().map(|c| (c.table, &*c.name)).collect();
+    let gone: Vec<(Table, String)> =
+        written.keys().filter(|(t, n)| !want.contains(&(*t, n.as_str()))).cloned().collect();
+    partial_payload_of(written, desired, &gone, check_all)
+}
+
+/// A partial payload from the chains that may have changed (`candidates`:
+/// those whose hash differs from `written` are rewritten) and the chains no
+/// longer desired (`gone`: deleted if we wrote them). What
+/// [`partial_payload`] does for the whole desired state, for a caller that
+/// knows what changed, so that its cost follows the change (issue 16).
+pub fn partial_payload_of<'a>(
+    written: &Written,
+    candidates: &'a [DesiredChain<'a>],
+    gone: &[(Table, String)],
+    check_all: bool,
+) -> (Payload<'a>, PayloadStats) {
     let mut payload = Payload::new();
     let mut stats = PayloadStats::default();
     let canary = canary_rule();
-    let want: BTreeSet<(Table, &str)> = desired.iter().map(|c| (c.table, &*c.name)).collect();
     let changed: Vec<&DesiredChain<'_>> =
-        desired.iter().filter(|c| written.get(&(c.table, c.name.to_string())) != Some(&c.hash)).collect();
-    let mut gone: Vec<&(Table, String)> = written.keys().filter(|(t, n)| !want.contains(&(*t, n.as_str()))).collect();
+        candidates.iter().filter(|c| written.get(&(c.table, c.name.to_string())) != Some(&c.hash)).collect();
+    let mut gone: Vec<&(Table, String)> = gone.iter().filter(|k| written.contains_key(*k)).collect();
     gone.sort();
+    gone.dedup();
     let touched: BTreeSet<Table> = changed.iter().map(|c| c.table).chain(gone.iter().map(|(t, _)| *t)).collect();
     for table in TABLES {
         if check_all || touched.contains(&table) {
@@ -298,4 +315,14 @@ pub fn partial_payload<'a>(
         stats.chains_deleted += 1;
     }
     (payload, stats)
+}
+
+/// Records what a partial payload of `candidates` and `gone` wrote.
+pub fn record_partial(written: &mut Written, candidates: &[DesiredChain<'_>], gone: &[(Table, String)]) {
+    for (table, name) in gone {
+        written.remove(&(*table, name.clone()));
+    }
+    for c in candidates {
+        written.insert((c.table, c.name.to_string()), c.hash);
+    }
 }

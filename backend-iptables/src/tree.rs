@@ -123,48 +123,54 @@ pub struct TreeSpec {
     pub tag: &'static str,
 }
 
-/// Something to place in a tree: its key and its rules (texts without `-A CHAIN`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TreeEntry<'a> {
+/// Something to place in a tree: its key, how many rules it adds to its
+/// leaf and a hash of those rules. The tree is built from these alone (its
+/// shape depends on keys and weights, a leaf's hash on its entries' hashes),
+/// so it can be kept between syncs while the rules live in the render cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeEntry {
     pub key: u128,
-    pub rules: &'a [String],
-    /// A hash of `rules`, computed once by whoever made them.
+    /// Number of rules.
+    pub weight: usize,
+    /// A hash of the rules, computed once by whoever made them.
     pub hash: u64,
 }
 
 /// One chain of a built tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TreeChain<'a> {
+pub struct TreeChain {
     pub name: String,
     /// A hash of the chain's content: equal hashes, equal rules.
     pub hash: u64,
-    pub body: Body<'a>,
+    pub body: Body,
 }
 
 /// What a tree chain holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Body<'a> {
-    /// Entries' rules, in key order.
-    Leaf(Vec<&'a [String]>),
+pub enum Body {
+    /// The rules of the entries at these positions of the input, in key
+    /// order, `rules` of them in all.
+    Leaf { entries: std::ops::Range<usize>, rules: usize },
     /// One rule per child.
     Dispatch(Vec<String>),
 }
 
-impl TreeChain<'_> {
-    /// Every rule of the chain, in order.
-    pub fn rules(&self) -> Box<dyn Iterator<Item = &str> + '_> {
-        match &self.body {
-            Body::Leaf(groups) => Box::new(groups.iter().flat_map(|g| g.iter().map(String::as_str))),
-            Body::Dispatch(rules) => Box::new(rules.iter().map(String::as_str)),
-        }
-    }
-
+impl TreeChain {
     pub fn rule_count(&self) -> usize {
         match &self.body {
-            Body::Leaf(groups) => groups.iter().map(|g| g.len()).sum(),
+            Body::Leaf { rules, .. } => *rules,
             Body::Dispatch(rules) => rules.len(),
         }
     }
+}
+
+/// A leaf's hash: its entries' hashes in order.
+pub fn leaf_hash(entries: &[TreeEntry]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for e in entries {
+        e.hash.hash(&mut h);
+    }
+    h.finish()
 }
 
 fn common_prefix_len(a: u128, b: u128, width: u8) -> u8 {
@@ -193,37 +199,39 @@ pub fn chain_name(spec: &TreeSpec, prefix: u128, len: u8) -> String {
 
 /// Builds a tree over entries, which must be sorted by key (entries with
 /// equal keys keep their order). The root comes first in the result.
-pub fn build<'a>(spec: &TreeSpec, entries: &[TreeEntry<'a>]) -> Vec<TreeChain<'a>> {
+pub fn build(spec: &TreeSpec, entries: &[TreeEntry]) -> Vec<TreeChain> {
     debug_assert!(entries.windows(2).all(|w| w[0].key <= w[1].key), "tree entries must be sorted");
     let mut out = Vec::new();
-    node(spec, entries, 0, spec.root.to_string(), &mut out);
+    node(spec, entries, 0, 0, spec.root.to_string(), &mut out);
     out
 }
 
-fn weight(entries: &[TreeEntry<'_>]) -> usize {
-    entries.iter().map(|e| e.rules.len()).sum()
+fn weight(entries: &[TreeEntry]) -> usize {
+    entries.iter().map(|e| e.weight).sum()
 }
 
-fn leaf<'a>(name: String, entries: &[TreeEntry<'a>]) -> TreeChain<'a> {
-    let mut h = DefaultHasher::new();
-    for e in entries {
-        e.hash.hash(&mut h);
+/// A leaf over `entries`, which start at position `base` of the input.
+fn leaf(name: String, base: usize, entries: &[TreeEntry]) -> TreeChain {
+    TreeChain {
+        name,
+        hash: leaf_hash(entries),
+        body: Body::Leaf { entries: base..base + entries.len(), rules: weight(entries) },
     }
-    TreeChain { name, hash: h.finish(), body: Body::Leaf(entries.iter().map(|e| e.rules).collect()) }
 }
 
 /// One child of an inner node: its compressed prefix and where its entries are.
-struct Child<'e, 'a> {
+struct Child<'e> {
     prefix: u128,
     len: u8,
     start: usize,
-    entries: &'e [TreeEntry<'a>],
+    entries: &'e [TreeEntry],
 }
 
-fn node<'a>(spec: &TreeSpec, entries: &[TreeEntry<'a>], len: u8, name: String, out: &mut Vec<TreeChain<'a>>) {
+/// A node over `entries`, which start at position `base` of the input.
+fn node(spec: &TreeSpec, entries: &[TreeEntry], base: usize, len: u8, name: String, out: &mut Vec<TreeChain>) {
     let width = spec.key.width();
     if weight(entries) <= spec.leaf_max || len >= width || entries.len() <= 1 {
-        out.push(leaf(name, entries));
+        out.push(leaf(name, base, entries));
         return;
     }
     let slot = out.len();
@@ -258,7 +266,7 @@ fn node<'a>(spec: &TreeSpec, entries: &[TreeEntry<'a>], len: u8, name: String, o
         if w > spec.leaf_max && c.len < width && c.entries.len() > 1 {
             let child = chain_name(spec, c.prefix, c.len);
             rules.push(dispatch_rule(spec, c, &child));
-            node(spec, c.entries, c.len, child, out);
+            node(spec, c.entries, base + c.start, c.len, child, out);
             i += 1;
             continue;
         }
@@ -282,14 +290,14 @@ fn node<'a>(spec: &TreeSpec, entries: &[TreeEntry<'a>], len: u8, name: String, o
         // The packed children are consecutive in `entries`.
         let from = packed[0].start;
         let count: usize = packed.iter().map(|c| c.entries.len()).sum();
-        out.push(leaf(bin, &entries[from..from + count]));
+        out.push(leaf(bin, base + from, &entries[from..from + count]));
     }
     let mut h = DefaultHasher::new();
     rules.hash(&mut h);
     out[slot] = TreeChain { name, hash: h.finish(), body: Body::Dispatch(rules) };
 }
 
-fn dispatch_rule(spec: &TreeSpec, c: &Child<'_, '_>, target: &str) -> String {
+fn dispatch_rule(spec: &TreeSpec, c: &Child<'_>, target: &str) -> String {
     let m = spec.key.prefix_match(c.prefix, c.len);
     if m.is_empty() { format!("-j {target}") } else { format!("{m} -j {target}") }
 }
@@ -309,10 +317,9 @@ mod tests {
         }
     }
 
-    fn entries(ips: &[&str], rules: &[String]) -> Vec<TreeEntry<'static>> {
-        let rules: &'static [String] = Box::leak(rules.to_vec().into_boxed_slice());
+    fn entries(ips: &[&str], rules: &[String]) -> Vec<TreeEntry> {
         let mut v: Vec<_> =
-            ips.iter().map(|ip| TreeEntry { key: ip_key(ip.parse().unwrap()), rules, hash: 1 }).collect();
+            ips.iter().map(|ip| TreeEntry { key: ip_key(ip.parse().unwrap()), weight: rules.len(), hash: 1 }).collect();
         v.sort_by_key(|e| e.key);
         v
     }
@@ -343,7 +350,7 @@ mod tests {
             assert!(c.rule_count() <= 8, "{} has {}", c.name, c.rule_count());
             assert!(c.name.len() <= 28);
         }
-        let leaves: usize = t.iter().filter(|c| matches!(c.body, Body::Leaf(_))).map(|c| c.rule_count()).sum();
+        let leaves: usize = t.iter().filter(|c| matches!(c.body, Body::Leaf { .. })).map(|c| c.rule_count()).sum();
         assert_eq!(leaves, 65);
         // Names are a function of the prefix only: rebuilding after adding
         // one address changes only the chains on its path.
