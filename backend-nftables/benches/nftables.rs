@@ -131,7 +131,7 @@ fn main() {
         figures(*n, endpoints, changes, null.clone(), "none (render + encode only)");
         if root {
             let ns = Netns::new(i);
-            figures(*n, endpoints, changes, Arc::new(SystemKernel { netns: NetNamespace::named(&ns.0) }), "6.18");
+            figures(*n, endpoints, changes, Arc::new(SystemKernel::new(NetNamespace::named(&ns.0))), "6.18");
         } else {
             println!("(kernel figures skipped: not root)");
         }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -186,7 +187,12 @@ struct Inner {
     settings: Settings,
     kernel: Arc<dyn Kernel>,
     state: Mutex<State>,
+    /// The last ruleset generation the event monitor has handled
+    /// (`NO_GENERATION` before the first).
+    monitor_generation: AtomicU64,
 }
+
+const NO_GENERATION: u64 = u64::MAX;
 
 fn families(f: FamilySet) -> Vec<IpFamily> {
     f.iter().collect()
@@ -195,7 +201,8 @@ fn families(f: FamilySet) -> Vec<IpFamily> {
 impl NftablesDataplane {
     pub fn new(settings: Settings, kernel: Arc<dyn Kernel>) -> Self {
         let state = Mutex::new(State { needs_full: true, ..State::default() });
-        NftablesDataplane { inner: Arc::new(Inner { settings, kernel, state }) }
+        let monitor_generation = AtomicU64::new(NO_GENERATION);
+        NftablesDataplane { inner: Arc::new(Inner { settings, kernel, state, monitor_generation }) }
     }
 
     /// The real backend for a daemon's context.
@@ -210,7 +217,7 @@ impl NftablesDataplane {
             node_ips: ctx.node_ips.clone(),
             conntrack: true,
         };
-        let kernel = Arc::new(SystemKernel { netns: ctx.netns.clone() });
+        let kernel = Arc::new(SystemKernel::new(ctx.netns.clone()));
         let dp = NftablesDataplane::new(settings, kernel);
         dp.watch();
         Ok(dp)
@@ -236,7 +243,12 @@ impl NftablesDataplane {
                     inner.repair(&change);
                 }
             };
-            if let Err(e) = crate::monitor::run(&netns, &subscribed, &alive, &on_change) {
+            let handled = |generation: u32| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.monitor_generation.store(u64::from(generation), Ordering::Release);
+                }
+            };
+            if let Err(e) = crate::monitor::run(&netns, &subscribed, &alive, &on_change, &handled) {
                 warn!(error = %e, "nf_tables event monitor stopped; changes by others are repaired at the next periodic sync");
             }
         });
@@ -244,6 +256,16 @@ impl NftablesDataplane {
             // Either the subscription or the thread's end (the sender dropped).
             Ok(_) => drop(rx.recv()),
             Err(e) => warn!(error = %e, "nf_tables event monitor not started"),
+        }
+    }
+
+    /// The last ruleset generation the event monitor has handled (repaired
+    /// if it was someone else's change to our table); `None` before the
+    /// first or without [`NftablesDataplane::watch`].
+    pub fn monitor_generation(&self) -> Option<u32> {
+        match self.inner.monitor_generation.load(Ordering::Acquire) {
+            NO_GENERATION => None,
+            g => Some(g as u32),
         }
     }
 
@@ -268,9 +290,12 @@ impl Inner {
     /// Rewrites our table after someone else changed it (see [`crate::monitor`]).
     fn repair(&self, change: &crate::monitor::Change) {
         let started = std::time::Instant::now();
+        if change.port.is_some_and(|p| self.kernel.commits_from(p)) {
+            return; // our own commit
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if change.generation.is_some() && change.generation == state.trusted_generation {
-            return; // our own commit
+            return; // our own commit, through a kernel that cannot say so by port
         }
         if state.families.values().all(|fs| fs.skeleton.is_none()) {
             return; // nothing written (yet, or cleaned up)
