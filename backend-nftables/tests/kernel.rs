@@ -228,6 +228,41 @@ fn endpoint_change_is_elements_only() {
     assert_eq!(inspect_matches(&rt, &dp, &snapshot), Ok(()));
 }
 
+/// Service sets are created with a size (so the kernel picks its
+/// fixed-size hash), and a size is a limit: a partial sync that would put
+/// more elements in a set than it was created for rewrites the table with
+/// bigger sets instead of failing (`ENFILE`).
+#[test]
+fn a_set_outgrowing_its_size_is_rewritten_bigger() {
+    require_root!();
+    let rt = rt();
+    let ns = Netns::new("grow");
+    let (services, slices) = catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let kernel = Arc::new(Recording { inner: SystemKernel::new(ns.ns()), log: Mutex::new(Vec::new()) });
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), kernel.clone());
+    rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
+    // 1,200 endpoints for one Service: past the smallest set size (1,024).
+    for half in 0..2u32 {
+        let mut slice = proxy_core::testing::SliceBuilder::new("ns1", &format!("basic-big-{half}"), "basic")
+            .port("http", 8080, "TCP");
+        for i in 0..600u32 {
+            let n = half * 600 + i;
+            let ip = format!("10.181.{}.{}", n / 250, n % 250 + 1);
+            slice = slice.endpoint(proxy_core::testing::endpoint(&ip).node("node-2"));
+        }
+        common::apply_slice(&mut t, slice);
+    }
+    kernel.log.lock().unwrap().clear();
+    let snapshot = t.snapshot();
+    rt.block_on(dp.sync(request(snapshot.clone(), &["ns1/basic"], false))).unwrap();
+    let log = kernel.log.lock().unwrap().clone();
+    assert!(log.iter().flatten().any(|m| m == "delete table switchyard"), "rewritten: {log:?}");
+    assert_eq!(inspect_matches(&rt, &dp, &snapshot), Ok(()));
+    let endpoints = SystemKernel::new(ns.ns()).elements(IpFamily::V4, render::sets::ENDPOINTS).unwrap();
+    assert!(endpoints.len() > 1200, "{} endpoints elements", endpoints.len());
+}
+
 /// Deletes one element of `set` (of `frontends`: one for outside sources,
 /// which `inspect()` reads) with our own netlink code, as another program would.
 fn delete_one_element(ns: &Netns, set: &str) {
