@@ -1,8 +1,10 @@
 //! The kernel side: what the dataplane asks of nf_tables, and the real
-//! implementation (one netlink socket per call, opened inside the
-//! backend's network namespace).
+//! implementation (one netlink socket, opened inside the backend's network
+//! namespace on first use and kept).
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Mutex;
 
 use proxy_core::{IpFamily, NetNamespace};
 
@@ -56,31 +58,75 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     fn table(&self, family: IpFamily) -> Result<TableDump, Error>;
     /// The ruleset generation (moves with every commit by anyone).
     fn generation(&self) -> Result<u32, Error>;
+    /// Whether a transaction whose `NEWGEN` event names netlink port `port`
+    /// as its sender was committed through [`Kernel::apply`] (the event
+    /// monitor's test for "someone else changed our table").
+    fn commits_from(&self, port: u32) -> bool {
+        let _ = port;
+        false
+    }
 }
 
 /// The real kernel, in a network namespace.
-#[derive(Clone, Debug)]
+///
+/// Every call goes through one socket, opened in the namespace on first use
+/// and kept: entering the namespace costs a thread and a `setns`, and the
+/// socket's port id is what tells our commits from anyone else's in the
+/// event stream. After any failed call the socket is replaced, so that an
+/// unread reply to a failed request cannot be taken for the answer to the
+/// next one.
+#[derive(Debug)]
 pub struct SystemKernel {
-    pub netns: NetNamespace,
+    netns: NetNamespace,
+    conn: Mutex<Connection>,
 }
+
+#[derive(Debug, Default)]
+struct Connection {
+    open: Option<Conn>,
+    /// Ports of sockets replaced after a failure: their commits' events may
+    /// still be on their way to the monitor.
+    retired: VecDeque<u32>,
+}
+
+/// Ports of replaced sockets kept (a socket is replaced only after a failure).
+const RETIRED_PORTS: usize = 16;
 
 fn nl(operation: &str, e: NlError) -> Error {
     Error::Netlink { operation: operation.to_string(), source: e }
 }
 
 impl SystemKernel {
-    fn run<T: Send>(
-        &self,
-        operation: &str,
-        f: impl FnOnce(&mut Conn) -> Result<T, NlError> + Send,
-    ) -> Result<T, Error> {
-        self.netns
-            .run(|| {
-                let mut c = Conn::open().map_err(NlError::Io)?;
-                f(&mut c)
-            })
-            .map_err(|e| Error::Namespace { netns: self.netns.label(), source: e })?
-            .map_err(|e| nl(operation, e))
+    pub fn new(netns: NetNamespace) -> SystemKernel {
+        SystemKernel { netns, conn: Mutex::new(Connection::default()) }
+    }
+
+    pub fn netns(&self) -> &NetNamespace {
+        &self.netns
+    }
+
+    fn run<T>(&self, operation: &str, f: impl FnOnce(&mut Conn) -> Result<T, NlError>) -> Result<T, Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = match conn.open.take() {
+            Some(c) => c,
+            // A netlink socket belongs to the namespace it was created in,
+            // whichever thread uses it later.
+            None => self
+                .netns
+                .run(Conn::open)
+                .map_err(|e| Error::Namespace { netns: self.netns.label(), source: e })?
+                .map_err(|e| nl(operation, NlError::Io(e)))?,
+        };
+        let r = f(&mut c);
+        if r.is_ok() {
+            conn.open = Some(c);
+        } else {
+            if conn.retired.len() == RETIRED_PORTS {
+                conn.retired.pop_front();
+            }
+            conn.retired.push_back(c.port());
+        }
+        r.map_err(|e| nl(operation, e))
     }
 }
 
@@ -143,5 +189,10 @@ impl Kernel for SystemKernel {
 
     fn generation(&self) -> Result<u32, Error> {
         self.run("read generation", |c| c.generation())
+    }
+
+    fn commits_from(&self, port: u32) -> bool {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.open.as_ref().is_some_and(|c| c.port() == port) || conn.retired.contains(&port)
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,7 +19,7 @@ use crate::decide;
 use crate::error::Error;
 use crate::inspect;
 use crate::netlink::nft::Batch;
-use crate::netlink::{Elem, ElemData};
+use crate::netlink::{Elem, ElemData, SetSpec};
 use crate::render::{self, Behaviour, Chain, PortObjects, RenderConfig, SERVICE_SETS, Skeleton, TABLE, sets};
 
 /// The `--proxy-mode` name.
@@ -83,6 +84,10 @@ struct FamilyState {
     /// The skeleton in the kernel, and the behaviours it was built for.
     skeleton: Option<Skeleton>,
     written_behaviours: BTreeSet<Behaviour>,
+    /// Elements per Service set (effective keys), kept as Services change.
+    counts: BTreeMap<&'static str, usize>,
+    /// The size each Service set was created with at the last full rewrite.
+    sizes: BTreeMap<&'static str, u32>,
 }
 
 impl FamilyState {
@@ -105,6 +110,9 @@ impl FamilyState {
                     m.retain(|(n, _)| n != name);
                     if m.is_empty() {
                         self.owners.remove(&k);
+                        if let Some(c) = self.counts.get_mut(set) {
+                            *c = c.saturating_sub(1);
+                        }
                     }
                 }
                 if let Some(t) = touched.as_deref_mut() {
@@ -125,6 +133,9 @@ impl FamilyState {
                     t.insert(k.clone());
                 }
                 let owners = self.owners.entry(k).or_default();
+                if owners.is_empty() {
+                    *self.counts.entry(set).or_insert(0) += 1;
+                }
                 let at = owners.partition_point(|(n, _)| n < name);
                 owners.insert(at, (name.clone(), e.clone()));
             }
@@ -138,6 +149,34 @@ impl FamilyState {
         }
     }
 }
+
+impl FamilyState {
+    /// The size to create each Service set with: twice its elements, at
+    /// least `MIN_SET_SIZE`. A size makes the kernel pick its fixed-size
+    /// hash over the resizable rhashtable, which loads about twice as fast
+    /// (`benches/kernel_cost.rs`: 100,000 elements in 190 ms instead of
+    /// 390-560 ms); but it is also a limit (`ENFILE` beyond it), so a
+    /// partial sync that would pass it is made a full rewrite instead
+    /// ([`FamilyState::outgrown`]), which sizes the sets anew.
+    fn set_sizes(&self) -> BTreeMap<&'static str, u32> {
+        SERVICE_SETS
+            .iter()
+            .map(|set| {
+                let n = self.counts.get(set).copied().unwrap_or(0);
+                (*set, u32::try_from(n.saturating_mul(2)).unwrap_or(u32::MAX).max(MIN_SET_SIZE))
+            })
+            .collect()
+    }
+
+    /// Whether a Service set holds more elements than it was created for.
+    fn outgrown(&self) -> bool {
+        self.counts.iter().any(|(set, n)| self.sizes.get(set).is_some_and(|size| *n > *size as usize))
+    }
+}
+
+/// The smallest size a Service set is created with (a fixed hash of this
+/// size takes about 11 KiB of buckets).
+const MIN_SET_SIZE: u32 = 1024;
 
 /// Whose element an element is: its key, except that a frontend is one
 /// element per class whatever its behaviour (the first part of its key),
@@ -186,7 +225,12 @@ struct Inner {
     settings: Settings,
     kernel: Arc<dyn Kernel>,
     state: Mutex<State>,
+    /// The last ruleset generation the event monitor has handled
+    /// (`NO_GENERATION` before the first).
+    monitor_generation: AtomicU64,
 }
+
+const NO_GENERATION: u64 = u64::MAX;
 
 fn families(f: FamilySet) -> Vec<IpFamily> {
     f.iter().collect()
@@ -195,7 +239,8 @@ fn families(f: FamilySet) -> Vec<IpFamily> {
 impl NftablesDataplane {
     pub fn new(settings: Settings, kernel: Arc<dyn Kernel>) -> Self {
         let state = Mutex::new(State { needs_full: true, ..State::default() });
-        NftablesDataplane { inner: Arc::new(Inner { settings, kernel, state }) }
+        let monitor_generation = AtomicU64::new(NO_GENERATION);
+        NftablesDataplane { inner: Arc::new(Inner { settings, kernel, state, monitor_generation }) }
     }
 
     /// The real backend for a daemon's context.
@@ -210,7 +255,7 @@ impl NftablesDataplane {
             node_ips: ctx.node_ips.clone(),
             conntrack: true,
         };
-        let kernel = Arc::new(SystemKernel { netns: ctx.netns.clone() });
+        let kernel = Arc::new(SystemKernel::new(ctx.netns.clone()));
         let dp = NftablesDataplane::new(settings, kernel);
         dp.watch();
         Ok(dp)
@@ -236,7 +281,12 @@ impl NftablesDataplane {
                     inner.repair(&change);
                 }
             };
-            if let Err(e) = crate::monitor::run(&netns, &subscribed, &alive, &on_change) {
+            let handled = |generation: u32| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.monitor_generation.store(u64::from(generation), Ordering::Release);
+                }
+            };
+            if let Err(e) = crate::monitor::run(&netns, &subscribed, &alive, &on_change, &handled) {
                 warn!(error = %e, "nf_tables event monitor stopped; changes by others are repaired at the next periodic sync");
             }
         });
@@ -244,6 +294,16 @@ impl NftablesDataplane {
             // Either the subscription or the thread's end (the sender dropped).
             Ok(_) => drop(rx.recv()),
             Err(e) => warn!(error = %e, "nf_tables event monitor not started"),
+        }
+    }
+
+    /// The last ruleset generation the event monitor has handled (repaired
+    /// if it was someone else's change to our table); `None` before the
+    /// first or without [`NftablesDataplane::watch`].
+    pub fn monitor_generation(&self) -> Option<u32> {
+        match self.inner.monitor_generation.load(Ordering::Acquire) {
+            NO_GENERATION => None,
+            g => Some(g as u32),
         }
     }
 
@@ -268,25 +328,32 @@ impl Inner {
     /// Rewrites our table after someone else changed it (see [`crate::monitor`]).
     fn repair(&self, change: &crate::monitor::Change) {
         let started = std::time::Instant::now();
+        if change.port.is_some_and(|p| self.kernel.commits_from(p)) {
+            return; // our own commit
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if change.generation.is_some() && change.generation == state.trusted_generation {
-            return; // our own commit
+            return; // our own commit, through a kernel that cannot say so by port
         }
         if state.families.values().all(|fs| fs.skeleton.is_none()) {
             return; // nothing written (yet, or cleaned up)
         }
         let kinds = &change.kinds;
         let mut seq = 1;
-        for (family, fs) in &state.families {
+        for fs in state.families.values_mut() {
+            fs.sizes.clear();
+        }
+        for (family, fs) in state.families.iter_mut() {
             let Some(skel) = &fs.skeleton else { continue };
             let mut b = Batch::new(render::nfproto(*family), seq);
-            write_full(&mut b, fs, skel);
+            let sizes = write_full(&mut b, fs, skel);
             seq = seq.wrapping_add(b.messages() as u32 + 2);
             if let Err(e) = self.kernel.apply(&Transaction::from_batch(b)) {
                 warn!(error = %proxy_core::ErrorChain(&e), "repair of our nf_tables table failed; the next sync rewrites it");
                 state.needs_full = true;
                 return;
             }
+            fs.sizes = sizes;
         }
         state.trusted_generation = self.kernel.generation().ok();
         for (k, n) in kinds {
@@ -407,9 +474,13 @@ impl Inner {
             }
             let behaviours: BTreeSet<Behaviour> = fs.behaviours.keys().copied().collect();
             let mut batch = Batch::new(render::nfproto(family), seq);
+            if !rewrite && fs.outgrown() {
+                debug!(?family, "a Service set outgrew its size; rewriting the table");
+                rewrite = true;
+            }
             if rewrite {
                 let skel = render::skeleton(&cfg, &behaviours);
-                write_full(&mut batch, fs, &skel);
+                fs.sizes = write_full(&mut batch, fs, &skel);
                 fs.skeleton = Some(skel);
                 fs.written_behaviours = behaviours;
             } else {
@@ -651,13 +722,18 @@ impl Inner {
 }
 
 /// A full rewrite of one family: the table deleted and written again, in one transaction.
-fn write_full(batch: &mut Batch, fs: &FamilyState, skel: &Skeleton) {
+/// Returns the sizes the Service sets were created with.
+fn write_full(batch: &mut Batch, fs: &FamilyState, skel: &Skeleton) -> BTreeMap<&'static str, u32> {
     // `add table` first so that `delete table` cannot fail on a fresh node.
     batch.add_table(TABLE);
     batch.del_table(TABLE);
     batch.add_table(TABLE);
+    let sizes = fs.set_sizes();
     for (i, s) in skel.sets.iter().enumerate() {
-        batch.add_set(TABLE, s, i as u32 + 1);
+        match sizes.get(s.name.as_str()) {
+            Some(n) => batch.add_set(TABLE, &SetSpec { size: Some(*n), ..s.clone() }, i as u32 + 1),
+            None => batch.add_set(TABLE, s, i as u32 + 1),
+        }
     }
     for c in &skel.chains {
         batch.add_chain(TABLE, &c.name, c.hook);
@@ -684,6 +760,7 @@ fn write_full(batch: &mut Batch, fs: &FamilyState, skel: &Skeleton) {
             batch.elements(TABLE, set, v, false);
         }
     }
+    sizes
 }
 
 #[async_trait]

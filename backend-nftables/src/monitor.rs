@@ -1,9 +1,15 @@
 //! Watching nf_tables for changes to our table (`nft monitor`): the
 //! `NFNLGRP_NFTABLES` multicast group reports every object a transaction
-//! adds or deletes, then `NEWGEN` with the new generation and the process
-//! that committed it. A transaction that touched our table and is not one
-//! of our own commits (its generation is not the one we saw after our last
-//! commit) is a change by someone else: the dataplane repairs it at once.
+//! adds or deletes, then `NEWGEN` with the new generation, the process that
+//! committed it and, as the message's sender, the netlink port of the
+//! socket it was committed through. A transaction that touched our table
+//! and did not come through our own socket is a change by someone else:
+//! the dataplane repairs it at once.
+//!
+//! (Telling our commits by generation instead, "the generation read after
+//! our last commit", took every transaction but the last of a sync that
+//! commits one per family for someone else's, and the repair that followed
+//! rewrote the table and wiped the affinity entries.)
 
 use std::io;
 use std::time::Duration;
@@ -24,6 +30,8 @@ pub struct Change {
     /// The committing process, as the kernel names it (`nft`, pid 1234).
     pub process: Option<String>,
     pub pid: Option<u32>,
+    /// The netlink port of the socket the transaction came through.
+    pub port: Option<u32>,
     /// What it did to our objects, in order (`delete chain services`, ...;
     /// the first 16).
     pub what: Vec<String>,
@@ -76,13 +84,15 @@ fn describe(m: &crate::netlink::wire::Message<'_>) -> Option<(&'static str, Stri
 }
 
 /// Runs until `keep_going` says stop (checked at least twice a second),
-/// calling `on_change` for every transaction that touched our table.
-/// Blocking; opens its socket in `netns`.
+/// calling `on_change` for every transaction that touched our table, then
+/// `handled` with every generation seen (whether it touched our table or
+/// not). Blocking; opens its socket in `netns`.
 pub fn run(
     netns: &NetNamespace,
     subscribed: &(dyn Fn() + Sync),
     keep_going: &(dyn Fn() -> bool + Sync),
     on_change: &(dyn Fn(Change) + Sync),
+    handled: &(dyn Fn(u32) + Sync),
 ) -> io::Result<()> {
     netns.run(|| -> io::Result<()> {
         let sock = Conn::monitor()?;
@@ -104,6 +114,7 @@ pub fn run(
                         generation: None,
                         process: None,
                         pid: None,
+                        port: None,
                         what: vec!["events lost".into()],
                         kinds: lost,
                     });
@@ -120,10 +131,12 @@ pub fn run(
                             generation: Some(generation),
                             process,
                             pid,
+                            port: Some(m.port),
                             what: std::mem::take(&mut pending),
                             kinds: std::mem::take(&mut kinds),
                         });
                     }
+                    handled(generation);
                 } else if let Some((k, d)) = describe(&m) {
                     *kinds.entry(k.to_string()).or_insert(0) += 1;
                     if pending.len() < 16 {

@@ -393,7 +393,7 @@ pub fn skeleton(cfg: &RenderConfig, behaviours: &BTreeSet<Behaviour>) -> Skeleto
         key_type: nft::concat(key),
         key_len,
         data,
-        timeout_ms: None,
+        ..SetSpec::default()
     };
     // Exactly address . port: what `dnat` reads, and what nft prints as
     // `dnat ip to … map @endpoints`.

@@ -9,5 +9,5 @@ use crate::error::Error;
 
 /// Reads the ruleset generation: fails when nf_tables is missing.
 pub fn probe(netns: &NetNamespace) -> Result<(), Error> {
-    SystemKernel { netns: netns.clone() }.generation().map(|_| ())
+    SystemKernel::new(netns.clone()).generation().map(|_| ())
 }

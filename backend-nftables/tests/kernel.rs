@@ -126,7 +126,7 @@ fn inspect_matches(rt: &tokio::runtime::Runtime, dp: &NftablesDataplane, snapsho
 fn skeleton_loads_in_both_families() {
     require_root!();
     let ns = Netns::new("skel");
-    let kernel = Arc::new(SystemKernel { netns: ns.ns() });
+    let kernel = Arc::new(SystemKernel::new(ns.ns()));
     for family in [IpFamily::V4, IpFamily::V6] {
         let mut cfg = RenderConfig::new(family);
         cfg.masquerade.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/64".parse().unwrap()];
@@ -191,7 +191,7 @@ fn catalog_reads_back_as_expected() {
         }
         let mut t = tracker(planner(families, masquerade()), services, slices);
         let snapshot = t.snapshot();
-        let dp = NftablesDataplane::new(settings(&ns, families), Arc::new(SystemKernel { netns: ns.ns() }));
+        let dp = NftablesDataplane::new(settings(&ns, families), Arc::new(SystemKernel::new(ns.ns())));
         rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
         assert_eq!(inspect_matches(&rt, &dp, &snapshot), Ok(()), "{tag}\n{}", ns.nft("list ruleset"));
         assert!(!snapshot.expected_state().frontends.is_empty());
@@ -207,7 +207,7 @@ fn endpoint_change_is_elements_only() {
     let ns = Netns::new("partial");
     let (services, slices) = catalog();
     let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
-    let kernel = Arc::new(Recording { inner: SystemKernel { netns: ns.ns() }, log: Mutex::new(Vec::new()) });
+    let kernel = Arc::new(Recording { inner: SystemKernel::new(ns.ns()), log: Mutex::new(Vec::new()) });
     let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), kernel.clone());
     rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
     // basic: one local, one remote endpoint → replace the remote one.
@@ -228,10 +228,45 @@ fn endpoint_change_is_elements_only() {
     assert_eq!(inspect_matches(&rt, &dp, &snapshot), Ok(()));
 }
 
+/// Service sets are created with a size (so the kernel picks its
+/// fixed-size hash), and a size is a limit: a partial sync that would put
+/// more elements in a set than it was created for rewrites the table with
+/// bigger sets instead of failing (`ENFILE`).
+#[test]
+fn a_set_outgrowing_its_size_is_rewritten_bigger() {
+    require_root!();
+    let rt = rt();
+    let ns = Netns::new("grow");
+    let (services, slices) = catalog();
+    let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
+    let kernel = Arc::new(Recording { inner: SystemKernel::new(ns.ns()), log: Mutex::new(Vec::new()) });
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), kernel.clone());
+    rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
+    // 1,200 endpoints for one Service: past the smallest set size (1,024).
+    for half in 0..2u32 {
+        let mut slice = proxy_core::testing::SliceBuilder::new("ns1", &format!("basic-big-{half}"), "basic")
+            .port("http", 8080, "TCP");
+        for i in 0..600u32 {
+            let n = half * 600 + i;
+            let ip = format!("10.181.{}.{}", n / 250, n % 250 + 1);
+            slice = slice.endpoint(proxy_core::testing::endpoint(&ip).node("node-2"));
+        }
+        common::apply_slice(&mut t, slice);
+    }
+    kernel.log.lock().unwrap().clear();
+    let snapshot = t.snapshot();
+    rt.block_on(dp.sync(request(snapshot.clone(), &["ns1/basic"], false))).unwrap();
+    let log = kernel.log.lock().unwrap().clone();
+    assert!(log.iter().flatten().any(|m| m == "delete table switchyard"), "rewritten: {log:?}");
+    assert_eq!(inspect_matches(&rt, &dp, &snapshot), Ok(()));
+    let endpoints = SystemKernel::new(ns.ns()).elements(IpFamily::V4, render::sets::ENDPOINTS).unwrap();
+    assert!(endpoints.len() > 1200, "{} endpoints elements", endpoints.len());
+}
+
 /// Deletes one element of `set` (of `frontends`: one for outside sources,
 /// which `inspect()` reads) with our own netlink code, as another program would.
 fn delete_one_element(ns: &Netns, set: &str) {
-    let kernel = SystemKernel { netns: ns.ns() };
+    let kernel = SystemKernel::new(ns.ns());
     let elems = kernel.elements(IpFamily::V4, set).unwrap();
     let e = elems
         .iter()
@@ -257,7 +292,7 @@ fn tampering_is_repaired_on_the_event() {
     let (services, slices) = catalog();
     let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
     let snapshot = t.snapshot();
-    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), Arc::new(SystemKernel { netns: ns.ns() }));
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), Arc::new(SystemKernel::new(ns.ns())));
     // Returns once subscribed: no tamper below can come before it.
     dp.watch();
     rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
@@ -272,7 +307,7 @@ fn tampering_is_repaired_on_the_event() {
         tamper();
         let took = eventually(&rt, what, || {
             inspect_matches(&rt, &dp, &snapshot).is_ok() && {
-                let dump = SystemKernel { netns: ns.ns() }.table(IpFamily::V4).unwrap();
+                let dump = SystemKernel::new(ns.ns()).table(IpFamily::V4).unwrap();
                 dump.chains.iter().any(|(c, n)| c == "svc-external" && *n > 0)
             }
         });
@@ -285,6 +320,71 @@ fn tampering_is_repaired_on_the_event() {
     assert!(outcome.repairs.contains_key("element"), "{:?}", outcome.repairs);
 }
 
+/// Remembers a client of the first affinity frontend of the IPv4 table in
+/// the `affinity` map, as the packet path does (`affinity-members` key:
+/// frontend . route . timeout . endpoint; `affinity`: frontend . route .
+/// client → endpoint), through a socket of its own. Returns the element.
+fn remember_a_client(ns: &Netns) -> Elem {
+    let kernel = SystemKernel::new(ns.ns());
+    let members = kernel.elements(IpFamily::V4, render::sets::MEMBERS).unwrap();
+    let m = members.first().expect("an affinity Service in the catalog");
+    let mut key = m.key[..16].to_vec();
+    key.extend_from_slice(&[192, 0, 2, 99]);
+    let e = Elem { key, data: backend_nftables::netlink::ElemData::Value(m.key[20..28].to_vec()), userdata: None };
+    let mut b = Batch::new(render::nfproto(IpFamily::V4), 1);
+    b.elements(TABLE, render::sets::AFFINITY, &[&e], false);
+    kernel.apply(&Transaction::from_batch(b)).unwrap();
+    e
+}
+
+/// A dual-stack sync commits one transaction per family, and only someone
+/// else's commits may be repaired: taking any of ours for a stranger's
+/// rewrote the table, which wiped what the packet path had remembered
+/// (session affinity). Nothing is repaired or reported, and the remembered
+/// client stays.
+#[test]
+fn own_dual_stack_commits_are_not_repaired() {
+    require_root!();
+    let rt = rt();
+    let ns = Netns::new("own");
+    let (mut services, mut slices) = catalog();
+    let (s6, sl6) = catalog_v6();
+    services.extend(s6);
+    slices.extend(sl6);
+    let mut t = tracker(planner(FamilySet::DUAL, masquerade()), services, slices);
+    let kernel = Arc::new(SystemKernel::new(ns.ns()));
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), kernel.clone());
+    rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
+    // Before the monitor starts: this commit is someone else's, and not seen.
+    let remembered = remember_a_client(&ns);
+    dp.watch();
+    for round in 0..3u8 {
+        // The dual-stack Service changes in both families: one transaction each.
+        for (name, local, remote, kind) in [
+            ("dual-4", "10.180.0.60".to_string(), format!("10.180.1.{}", 70 + round), "IPv4"),
+            ("dual-6", "fd00:10::60".to_string(), format!("fd00:10:0:1::{}", 70 + round), "IPv6"),
+        ] {
+            common::apply_slice(
+                &mut t,
+                proxy_core::testing::SliceBuilder::new("v6", name, "dual")
+                    .port("http", 8080, "TCP")
+                    .address_type(kind)
+                    .endpoint(proxy_core::testing::endpoint(&local).node(common::NODE))
+                    .endpoint(proxy_core::testing::endpoint(&remote).node("node-2")),
+            );
+        }
+        let out = rt.block_on(dp.sync(request(t.snapshot(), &["v6/dual"], false))).unwrap();
+        assert!(out.repairs.is_empty(), "round {round}: {:?}", out.repairs);
+    }
+    let last = kernel.generation().unwrap();
+    eventually(&rt, "the monitor handled every commit", || dp.monitor_generation().is_some_and(|g| g >= last));
+    let out = rt.block_on(dp.sync(request(t.snapshot(), &[], false))).unwrap();
+    assert!(out.repairs.is_empty(), "our own commits were taken for someone else's: {:?}", out.repairs);
+    let affinity = kernel.elements(IpFamily::V4, render::sets::AFFINITY).unwrap();
+    assert!(affinity.iter().any(|e| e.key == remembered.key), "the remembered client was wiped: {affinity:?}");
+    assert_eq!(inspect_matches(&rt, &dp, &t.snapshot()), Ok(()));
+}
+
 /// Without the monitor, a full request takes the kernel as witness: what
 /// someone else changed is found, rewritten and reported.
 #[test]
@@ -295,7 +395,7 @@ fn full_request_repairs_and_reports_drift() {
     let (services, slices) = catalog();
     let mut t = tracker(planner(FamilySet::V4, masquerade()), services, slices);
     let snapshot = t.snapshot();
-    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), Arc::new(SystemKernel { netns: ns.ns() }));
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::V4), Arc::new(SystemKernel::new(ns.ns())));
     rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
     let quiet = rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
     assert!(quiet.repairs.is_empty(), "no drift, nothing repaired: {:?}", quiet.repairs);
@@ -307,7 +407,7 @@ fn full_request_repairs_and_reports_drift() {
     ns.nft("flush chain ip switchyard svc-pod");
     let out = rt.block_on(dp.sync(request(snapshot.clone(), &[], true))).unwrap();
     assert!(out.repairs.contains_key("rule"), "{:?}", out.repairs);
-    let dump = SystemKernel { netns: ns.ns() }.table(IpFamily::V4).unwrap();
+    let dump = SystemKernel::new(ns.ns()).table(IpFamily::V4).unwrap();
     assert!(dump.chains.iter().any(|(c, n)| c == "svc-pod" && *n > 0), "rules restored: {dump:?}");
 }
 
@@ -330,11 +430,11 @@ fn cleanup_removes_only_ours() {
     assert!(other(&ns));
     let (services, slices) = catalog();
     let mut t = tracker(planner(FamilySet::DUAL, masquerade()), services, slices);
-    let dp = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel { netns: ns.ns() }));
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel::new(ns.ns())));
     rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
-    let ours = |f| SystemKernel { netns: ns.ns() }.table(f).unwrap().exists;
+    let ours = |f| SystemKernel::new(ns.ns()).table(f).unwrap().exists;
     assert!(ours(IpFamily::V4) && ours(IpFamily::V6));
-    let fresh = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel { netns: ns.ns() }));
+    let fresh = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel::new(ns.ns())));
     rt.block_on(fresh.cleanup()).unwrap();
     assert!(!ours(IpFamily::V4) && !ours(IpFamily::V6), "our tables are gone");
     assert!(other(&ns), "someone else's table stays");
@@ -357,7 +457,7 @@ fn traffic_flows_through_the_table() {
     let mut t = tracker(planner(FamilySet::V4, masquerade()), vec![svc], vec![slice]);
     let mut s = Settings::new(lab.ns("node"));
     s.node_ips = vec![common::NODE_IP.parse().unwrap()];
-    let dp = NftablesDataplane::new(s, Arc::new(SystemKernel { netns: lab.ns("node") }));
+    let dp = NftablesDataplane::new(s, Arc::new(SystemKernel::new(lab.ns("node"))));
     rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
     let to = "172.30.0.10:80".parse().unwrap();
     let got = lab.tcp("client", to).unwrap();
@@ -385,7 +485,7 @@ fn nft_cli_lists_the_ruleset() {
     services.extend(s6);
     slices.extend(sl6);
     let mut t = tracker(planner(FamilySet::DUAL, masquerade()), services, slices);
-    let dp = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel { netns: ns.ns() }));
+    let dp = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel::new(ns.ns())));
     rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
     let out = Command::new("ip").args(["netns", "exec", &ns.0, "nft", "list", "ruleset"]).output().expect("nft");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -34,7 +34,7 @@ const USAGE: &str = "usage: switchyard-bench [--quick] [--switchyard-bin PATH] [
 
 /// Modes the project ships; one that is not registered in this build is
 /// listed as not measured, with the reason.
-const KNOWN_MODES: &[&str] = &["iptables", "ipvs", "ebpf"];
+const KNOWN_MODES: &[&str] = &["iptables", "ipvs", "ebpf", "nftables"];
 
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";

@@ -81,8 +81,14 @@ pub mod attr {
     pub const SET_KEY_LEN: u16 = 5;
     pub const SET_DATA_TYPE: u16 = 6;
     pub const SET_DATA_LEN: u16 = 7;
+    pub const SET_POLICY: u16 = 8;
+    pub const SET_DESC: u16 = 9;
     pub const SET_ID: u16 = 10;
     pub const SET_TIMEOUT: u16 = 11;
+    pub const SET_USERDATA: u16 = 13;
+    pub const SET_DESC_SIZE: u16 = 1;
+    pub const SET_DESC_CONCAT: u16 = 2;
+    pub const SET_FIELD_LEN: u16 = 1;
 
     pub const SET_ELEM_LIST_TABLE: u16 = 1;
     pub const SET_ELEM_LIST_SET: u16 = 2;
@@ -99,10 +105,14 @@ pub mod attr {
 
 /// Set flags (`NFT_SET_*`).
 pub mod set_flags {
+    pub const CONSTANT: u32 = 0x2;
+    pub const INTERVAL: u32 = 0x4;
     pub const MAP: u32 = 0x8;
     pub const TIMEOUT: u32 = 0x10;
     /// Updated from the packet path (`dynset`).
     pub const EVAL: u32 = 0x20;
+    /// The key is a concatenation described by `NFTA_SET_DESC_CONCAT`.
+    pub const CONCAT: u32 = 0x80;
 }
 
 /// `NFT_DATA_VERDICT`: the data type of a verdict map.
@@ -400,7 +410,7 @@ pub struct Hook {
 }
 
 /// A set or map declaration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetSpec {
     pub name: String,
     pub flags: u32,
@@ -414,6 +424,14 @@ pub struct SetSpec {
     pub data: Option<SetData>,
     /// Default element timeout (sets with [`set_flags::TIMEOUT`]).
     pub timeout_ms: Option<u64>,
+    /// The expected number of elements (`NFTA_SET_DESC_SIZE`, `size` in nft).
+    pub size: Option<u32>,
+    /// The byte length of each part of a concatenated key
+    /// (`NFTA_SET_DESC_CONCAT`; empty: not described).
+    pub fields: Vec<u32>,
+    /// nft's set userdata (`NFTA_SET_USERDATA`): how the CLI prints and
+    /// parses the key and data.
+    pub userdata: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -611,6 +629,25 @@ impl Batch {
         self.w.attr_be32(attr::SET_ID, id);
         if let Some(t) = spec.timeout_ms {
             self.w.attr_be64(attr::SET_TIMEOUT, t);
+        }
+        if spec.size.is_some() || !spec.fields.is_empty() {
+            let desc = self.w.nest(attr::SET_DESC);
+            if let Some(n) = spec.size {
+                self.w.attr_be32(attr::SET_DESC_SIZE, n);
+            }
+            if !spec.fields.is_empty() {
+                let list = self.w.nest(attr::SET_DESC_CONCAT);
+                for len in &spec.fields {
+                    let el = self.w.nest(attr::LIST_ELEM);
+                    self.w.attr_be32(attr::SET_FIELD_LEN, *len);
+                    self.w.nest_end(el);
+                }
+                self.w.nest_end(list);
+            }
+            self.w.nest_end(desc);
+        }
+        if let Some(u) = &spec.userdata {
+            self.w.attr(attr::SET_USERDATA, u);
         }
         self.w.end();
     }

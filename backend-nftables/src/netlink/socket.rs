@@ -44,6 +44,7 @@ impl NlError {
 pub struct Conn {
     sock: Socket,
     seq: u32,
+    port: u32,
 }
 
 fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
@@ -58,7 +59,7 @@ impl Conn {
     /// Opens a socket in the calling thread's namespace.
     pub fn open() -> io::Result<Conn> {
         let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
+        let port = sock.bind_auto()?.port_number();
         sock.connect(&NlAddr::new(0, 0))?;
         // Acknowledgements without the request echoed: a refused 48 KiB
         // element message would otherwise come back whole.
@@ -82,7 +83,13 @@ impl Conn {
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             );
         }
-        Ok(Conn { sock, seq: 1 })
+        Ok(Conn { sock, seq: 1, port })
+    }
+
+    /// The socket's netlink port id: the kernel names it as the sender of
+    /// the `NEWGEN` event of every transaction committed through it.
+    pub fn port(&self) -> u32 {
+        self.port
     }
 
     /// A socket subscribed to nf_tables change events (`nft monitor`).

@@ -249,7 +249,7 @@ fn sets_and_chains_decode_independently() {
                 nft::concat(&[nft::types::IP6ADDR, nft::types::INET_SERVICE, nft::types::MARK]),
                 24,
             )),
-            timeout_ms: None,
+            ..SetSpec::default()
         },
         3,
     );

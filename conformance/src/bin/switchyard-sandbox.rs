@@ -13,7 +13,7 @@ use conformance::sandbox::{SandboxConfig, run};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The proxy mode to run (`iptables`, `ipvs`, `ebpf`, or a plugin).
+    /// The proxy mode to run (`iptables`, `ipvs`, `ebpf`, `nftables`, or a plugin).
     #[arg(long, default_value = "iptables")]
     mode: String,
     /// The switchyard binary (default: next to this one, else on PATH).
