@@ -155,6 +155,10 @@ fn blocking_within<O: Outcome>(within: Duration, what: &str, mut check: impl FnM
             Err(last) if Instant::now() >= deadline => give_up(within, what, &last),
             Err(_) => {}
         }
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the poll pause of a plain test outside any executor: the one blocking wait the rule allows"
+        )]
         std::thread::sleep(pause);
         pause = next_pause(pause);
     }
