@@ -15,6 +15,7 @@ fn host_client() {
     host_client_main();
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_follow_the_plans() {
     if let Some(reason) = skip_reason() {

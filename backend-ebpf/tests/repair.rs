@@ -32,6 +32,7 @@ fn repairs(out: &proxy_core::SyncOutcome, kind: &str) -> u64 {
 /// Finding 5: a detached datapath is seen and repaired while the backend
 /// runs, without a restart, and every repair is reported by a sync; while
 /// re-attaching is impossible the backend is Down and inspect says where.
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detached_datapath_is_repaired_and_reported() {
     if let Some(reason) = skip_reason() {
@@ -148,6 +149,7 @@ async fn detached_datapath_is_repaired_and_reported() {
 
 /// Finding 5, as `switchyard inspect` (a fresh process) sees it: the maps
 /// are intact, the hooks are not, and that is a difference.
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_reports_a_detached_datapath() {
     if let Some(reason) = skip_reason() {
@@ -184,6 +186,7 @@ async fn inspect_reports_a_detached_datapath() {
 
 /// Finding 6: a pod created after the last sync reaches Services without
 /// another sync (link events attach the programs at once).
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_interfaces_are_attached_without_a_sync() {
     if let Some(reason) = skip_reason() {
@@ -295,6 +298,7 @@ fn private_dataplane(lab: &Lab) -> backend_ebpf::EbpfDataplane {
 /// Finding 9 (eBPF): runs that end without cleanup, in namespaces that are
 /// then deleted, leave at most one bpffs mount of ours; pins of deleted
 /// interfaces go; cleanup leaves nothing.
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_leave_no_bpffs_behind() {
     if let Some(reason) = skip_reason() {

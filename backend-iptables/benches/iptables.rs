@@ -319,7 +319,7 @@ fn main() {
     for &n in &a.sizes {
         render_figures(n, a.endpoints);
     }
-    if !lab::is_root() {
+    if !testkit::is_root() {
         println!("SKIPPED restore and latency figures: need root");
         return;
     }

@@ -1,4 +1,4 @@
-//! Real packets in throwaway network namespaces (root only; skipped loudly otherwise).
+//! Real packets in throwaway network namespaces (root only; ignored otherwise: see `testkit::needs_root`).
 //!
 //! Topology, one set of namespaces per test, names `swy-ipt-<pid>-<n>-<role>`:
 //!
@@ -15,40 +15,13 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backend_iptables::{IptablesDataplane, Variant};
-use common::lab::{Lab, is_root};
+use common::lab::Lab;
 use common::*;
 use proxy_core::testing::{ServiceBuilder, SliceBuilder, endpoint};
 use proxy_core::{ChangeTracker, FamilySet, IpFamily};
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("SKIPPED {}: needs root (network namespaces and iptables)", module_path!());
-            return;
-        }
-    };
-}
-
-fn patience() -> Duration {
-    Duration::from_millis(
-        std::env::var("SWITCHYARD_TEST_PATIENCE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000),
-    )
-}
-
-/// Retries `f` until it returns Some, within the patience.
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + patience();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn services() -> (Vec<ServiceBuilder>, Vec<SliceBuilder>) {
     let svcs = vec![
@@ -87,7 +60,7 @@ async fn real_packets(variant: Variant) {
     let vip: SocketAddr = "172.30.0.10:80".parse().unwrap();
     // From outside: both endpoints, source masqueraded (not a cluster source).
     let mut seen = std::collections::BTreeSet::new();
-    eventually("both endpoints answer the client", || {
+    testkit::eventually_sync("both endpoints answer the client", || {
         let answer = lab.tcp("client", vip).ok()?;
         let (pod, peer) = answer.split_once(' ')?;
         assert!(peer.starts_with("10.180."), "client traffic to a ClusterIP is masqueraded, endpoint saw {peer}");
@@ -97,7 +70,7 @@ async fn real_packets(variant: Variant) {
     .await;
     // From a pod: source preserved, except hairpin (pod1 to itself) which is masqueraded.
     let mut seen = std::collections::BTreeSet::new();
-    eventually("pod1 reaches both endpoints", || {
+    testkit::eventually_sync("pod1 reaches both endpoints", || {
         let answer = lab.tcp("pod1", vip).ok()?;
         let (pod, peer) = answer.split_once(' ')?;
         match pod {
@@ -145,21 +118,21 @@ async fn real_packets(variant: Variant) {
     }
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_packets_nft() {
-    require_root!();
     real_packets(Variant::Nft).await;
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_packets_legacy() {
-    require_root!();
     real_packets(Variant::Legacy).await;
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_sync_canary_and_stale_udp() {
-    require_root!();
     use proxy_core::Dataplane;
     let variant = Variant::Nft;
     let lab = Lab::new();
@@ -215,9 +188,9 @@ async fn partial_sync_canary_and_stale_udp() {
     assert!(lab.tcp("client", "172.30.0.10:80".parse().unwrap()).unwrap().starts_with("pod1"));
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_from_leftovers_and_cleans_up() {
-    require_root!();
     use proxy_core::Dataplane;
     for variant in [Variant::Nft, Variant::Legacy] {
         let lab = Lab::new();
@@ -268,9 +241,9 @@ async fn converges_from_leftovers_and_cleans_up() {
     }
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_packets_ipv6() {
-    require_root!();
     use proxy_core::Dataplane;
     let lab = Lab::new();
     lab.echo("pod1", &[8080], &[]);
@@ -297,7 +270,7 @@ async fn real_packets_ipv6() {
     dp.sync(request(snapshot.clone(), &[], true)).await.unwrap();
     let vip: SocketAddr = "[fd00:30::20]:80".parse().unwrap();
     let mut seen = std::collections::BTreeSet::new();
-    eventually("both IPv6 endpoints answer", || {
+    testkit::eventually_sync("both IPv6 endpoints answer", || {
         let answer = lab.tcp("client", vip).ok()?;
         seen.insert(answer.split(' ').next()?.to_string());
         (seen.len() == 2).then_some(())
@@ -420,7 +393,7 @@ async fn full_sync_repairs_tampering(variant: Variant) {
     let out = dp.sync(periodic(&snapshot)).await.unwrap();
     assert_eq!(out.repairs, repairs(&[("rule", 1)]), "{variant}");
     let mut seen = std::collections::BTreeSet::new();
-    eventually("both endpoints answer again", || {
+    testkit::eventually_sync("both endpoints answer again", || {
         seen.insert(lab.tcp("client", vip).ok()?.split(' ').next()?.to_string());
         (seen.len() == 2).then_some(())
     })
@@ -445,24 +418,24 @@ async fn full_sync_repairs_tampering(variant: Variant) {
     }
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_sync_repairs_tampering_nft() {
-    require_root!();
     full_sync_repairs_tampering(Variant::Nft).await;
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_sync_repairs_tampering_legacy() {
-    require_root!();
     full_sync_repairs_tampering(Variant::Legacy).await;
 }
 
 /// Every rule shape we write reads back from the kernel as we wrote it, so
 /// a periodic full sync of an untouched kernel reports no repair (and, on
 /// nf_tables, commits nothing): no false drift, every sync period.
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_false_drift_for_any_rule_shape() {
-    require_root!();
     use proxy_core::Dataplane;
     for variant in [Variant::Nft, Variant::Legacy] {
         for (families, (services, slices)) in [(FamilySet::V4, catalog()), (FamilySet::DUAL, catalog_v6())] {
@@ -500,9 +473,9 @@ fn set_route_localnet(lab: &Lab, value: &str) {
 /// node ports; cleanup from a fresh process (a new backend value, as
 /// `switchyard --cleanup` or another mode's start-up makes) puts back what
 /// was there if we changed it, and leaves a value we did not change alone.
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_localnet_is_restored_on_cleanup() {
-    require_root!();
     use proxy_core::Dataplane;
     for before in ["0", "1"] {
         let lab = Lab::new();

@@ -1,7 +1,7 @@
 //! The IPVS dataplane against a real kernel, in network namespaces made here.
 //!
-//! Needs root and a kernel with IPVS. On a host without IPVS the tests skip
-//! loudly; inside `cargo xtask vm test` (`SWITCHYARD_VM=1`) a missing feature
+//! Needs root (`#[testkit::needs_root]`: ignored without it) and a kernel
+//! with IPVS. On a host without IPVS the tests skip loudly; inside `cargo xtask vm test` (`SWITCHYARD_VM=1`) a missing feature
 //! is a failure. Each test has its own namespaces (`swy-ipvs-<pid>-<n>`),
 //! deleted on every path by a guard.
 
@@ -16,7 +16,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backend_ipvs::client::{Ipvs, NetlinkIpvs};
@@ -26,21 +25,18 @@ use proxy_core::{
     BackendContext, ChangeTracker, DataplaneError, NetNamespace, PlannerConfig, Protocol, ServiceName, Snapshot,
     SyncRequest, TrackerConfig,
 };
+use testkit::plan;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A network namespace that is deleted when dropped.
+/// A network namespace of the test (a [`testkit::Netns`]: `swy-ipvs-<pid>-<n>`), deleted when dropped.
 struct Netns {
     name: String,
+    guard: testkit::Netns,
 }
 
 impl Netns {
     fn new() -> Netns {
-        let name = format!("swy-ipvs-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        sh(&format!("ip netns add {name}"));
-        let ns = Netns { name };
-        ns.exec("ip link set lo up");
-        ns
+        let guard = testkit::Netns::for_test("ipvs");
+        Netns { name: guard.name().to_string(), guard }
     }
 
     fn handle(&self) -> NetNamespace {
@@ -52,12 +48,6 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
     assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
@@ -66,11 +56,6 @@ fn sh(cmd: &str) -> String {
 
 fn in_vm() -> bool {
     std::env::var_os("SWITCHYARD_VM").is_some()
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Whether IPVS can be tested here; prints why not (and fails inside the VM).
@@ -107,12 +92,9 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
+#[testkit::needs_root]
 #[test]
 fn probe_reports_unavailable_cleanly_without_ipvs() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root to create a network namespace");
-        return;
-    }
     let ns = Netns::new();
     let ctx = BackendContext::new("node-a", ns.handle());
     let result = rt().block_on(backend_ipvs::factory().probe(&ctx));
@@ -144,12 +126,9 @@ fn web_objects(
     (vec![svc, np], vec![slice.build()])
 }
 
+#[testkit::needs_root]
 #[test]
 fn sync_inspect_partial_and_cleanup() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
     let ns = Netns::new();
     if !ipvs_available(&ns) {
         return;
@@ -205,12 +184,9 @@ fn sync_inspect_partial_and_cleanup() {
     rt.block_on(fresh.cleanup()).unwrap();
 }
 
+#[testkit::needs_root]
 #[test]
 fn foreign_virtual_servers_are_left_alone() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
     let ns = Netns::new();
     if !ipvs_available(&ns) {
         return;
@@ -241,25 +217,18 @@ fn foreign_virtual_servers_are_left_alone() {
 
 /// Real packets: a client on the node reaches a pod through the ClusterIP,
 /// and an established connection survives the endpoint leaving (weight 0).
+#[testkit::needs_root]
 #[test]
 fn tcp_through_a_cluster_ip_and_graceful_termination() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
     let node = Netns::new();
     if !ipvs_available(&node) {
         return;
     }
     let pod = Netns::new();
-    let veth = format!("swyv{}", COUNTER.fetch_add(1, Ordering::SeqCst));
-    node.exec(&format!("ip link add {veth} type veth peer name eth0 netns {}", pod.name));
-    node.exec(&format!("ip addr add 10.244.1.1/24 dev {veth}"));
-    node.exec(&format!("ip link set {veth} up"));
-    node.exec("sysctl -qw net.ipv4.ip_forward=1");
-    pod.exec("ip addr add 10.244.1.5/24 dev eth0");
-    pod.exec("ip link set eth0 up");
-    pod.exec("ip route add default via 10.244.1.1");
+    // testkit's star plan: the pod 10.244.1.5 behind the node's 10.244.1.1.
+    let (gw, ip) = (plan::cidr(plan::pod_gateway(1), 24), plan::cidr(plan::pod_ip(1), 24));
+    plan::spoke(&node.guard, "vpod", &pod.guard, &gw, &ip).unwrap();
+    plan::forward(&node.guard).unwrap();
 
     // An echo server in the pod: answers with the client address it saw.
     let listener = pod.handle().run(|| TcpListener::bind("10.244.1.5:8080")).unwrap().unwrap();
@@ -352,14 +321,11 @@ fn connect_after_endpoint_returns(
 /// too): what `rules_script` writes reads back from the kernel as written, so
 /// a full sync rewrites nothing; a flushed helper chain, a deleted jump and a
 /// flushed set are found and put right.
+#[testkit::needs_root]
 #[test]
 fn helper_rules_and_sets_are_compared_and_repaired() {
     use backend_ipvs::rules::{self, Member, RulesRepair, SetKind, Sets};
     use proxy_core::{IpFamily, MasqueradeConfig};
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
     let ns = Netns::new();
     let here = ns.handle();
     let families = [IpFamily::V4, IpFamily::V6];
@@ -420,12 +386,9 @@ fn table_lines(save: &str, table: &str) -> Vec<String> {
 /// flushed, a jump deleted, a sysctl reset) is put right by the next full
 /// sync and reported in `repairs` by kind; cleanup from a fresh process puts
 /// the sysctls back.
+#[testkit::needs_root]
 #[test]
 fn full_sync_repairs_what_someone_else_broke() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
     let ns = Netns::new();
     if !ipvs_available(&ns) {
         return;
@@ -515,12 +478,9 @@ fn full_sync_repairs_what_someone_else_broke() {
 /// ClusterIP, a virtual server there and a NodePort one on a node address,
 /// a `KUBE-*` ipset) is removed by `remove_other_proxy`; a virtual server
 /// on neither, and a set of another name, stay.
+#[testkit::needs_root]
 #[test]
 fn another_proxys_ipvs_state_is_removed_and_nothing_else() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
     let ns = Netns::new();
     if !ipvs_available(&ns) {
         return;

@@ -16,7 +16,6 @@
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 #![allow(clippy::unwrap_used, reason = "a benchmark with broken setup should stop")]
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,20 +104,6 @@ fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-struct Netns(String);
-impl Netns {
-    fn new(n: usize) -> Netns {
-        let name = format!("swy-nftb-{}-{n}", std::process::id());
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
-        Netns(name)
-    }
-}
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
 }
@@ -181,18 +166,18 @@ fn main() {
             _ => {}
         }
     }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = testkit::is_root();
     println!(
         "| Services x endpoints | kernel | full sync | in kernel calls | CPU | one endpoint changed p50 | in kernel calls p50 | CPU p50 | wall p99 | periodic full, nothing changed |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (i, n) in sizes.iter().enumerate() {
+    for n in &sizes {
         let null = Arc::new(NullKernel::default());
         figures(*n, endpoints, changes, null.clone(), "none (render + encode only)");
         if root {
-            let ns = Netns::new(i);
-            figures(*n, endpoints, changes, Arc::new(SystemKernel::new(NetNamespace::named(&ns.0))), "6.18");
+            // Deleted when the guard drops (`swy-nftb-<pid>-<n>`).
+            let ns = testkit::Netns::unique("nftb").unwrap();
+            figures(*n, endpoints, changes, Arc::new(SystemKernel::new(NetNamespace::named(ns.name()))), "6.18");
         } else {
             println!("(kernel figures skipped: not root)");
         }

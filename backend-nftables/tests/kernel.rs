@@ -1,5 +1,5 @@
 //! Against the real kernel, in throwaway network namespaces (root only;
-//! skips loudly otherwise). The Service catalog and the namespace lab are
+//! ignored otherwise: see `testkit::needs_root`). The Service catalog and the namespace lab are
 //! backend-iptables' test fixtures (one address plan for every backend).
 
 #![allow(clippy::unwrap_used, reason = "tests")]
@@ -9,77 +9,34 @@ mod common;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use backend_nftables::client::{Kernel, SystemKernel, TableDump, Transaction};
 use backend_nftables::netlink::Elem;
 use backend_nftables::netlink::nft::Batch;
 use backend_nftables::render::{self, RenderConfig, TABLE};
 use backend_nftables::{Error, NftablesDataplane, Settings};
-use common::lab::{Lab, is_root};
+use common::lab::Lab;
 use common::{catalog, catalog_v6, masquerade, planner, request, tracker};
 use proxy_core::{Dataplane, FamilySet, IpFamily, NetNamespace, ProgrammedState, Snapshot};
 
-/// How long convergence may take (`SWITCHYARD_TEST_PATIENCE_MS`, default 10 s).
-fn patience() -> Duration {
-    std::env::var("SWITCHYARD_TEST_PATIENCE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis)
-}
-
-/// Polls `check` until it holds; panics naming `what` when the patience runs out.
-fn eventually(rt: &tokio::runtime::Runtime, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < patience(), "not within {:?}: {what}", patience());
-        // The sleep is created inside the runtime (creating it outside
-        // panics: "no reactor running").
-        rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
-    }
-}
-
-/// A network namespace for one test, deleted on drop.
-struct Netns(String);
+/// A network namespace for one test (a [`testkit::Netns`]: `swy-nft-<pid>-<n>-<tag>`), deleted on drop.
+struct Netns(testkit::Netns);
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        let name = format!("swy-nft-{}-{tag}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success()).unwrap_or(false);
-        assert!(ok, "ip netns add {name}");
-        Netns(name)
+        let name = format!("{}-{tag}", testkit::netns::unique_prefix("nft"));
+        Netns(testkit::Netns::create(name).unwrap_or_else(|e| panic!("a namespace for the test: {e}")))
     }
 
     fn ns(&self) -> NetNamespace {
-        NetNamespace::named(&self.0)
+        NetNamespace::named(self.0.name())
     }
 
     fn nft(&self, args: &str) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft"])
-            .args(args.split_whitespace())
-            .output()
-            .expect("nft");
+        let out = self.0.exec("nft", &args.split_whitespace().collect::<Vec<_>>()).expect("nft");
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("SKIPPED: needs root (network namespaces, nf_tables)");
-            return;
-        }
-    };
 }
 
 /// The real kernel, recording what each transaction contained.
@@ -122,9 +79,9 @@ fn inspect_matches(rt: &tokio::runtime::Runtime, dp: &NftablesDataplane, snapsho
     if diff.is_empty() { Ok(()) } else { Err(diff.iter().map(|d| format!("{d}\n")).collect()) }
 }
 
+#[testkit::needs_root]
 #[test]
 fn skeleton_loads_in_both_families() {
-    require_root!();
     let ns = Netns::new("skel");
     let kernel = Arc::new(SystemKernel::new(ns.ns()));
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -177,9 +134,9 @@ fn skeleton_loads_in_both_families() {
 
 /// Every behaviour of the catalog, IPv4 and dual-stack: what `inspect()`
 /// reads back from the kernel is what the core expects.
+#[testkit::needs_root]
 #[test]
 fn catalog_reads_back_as_expected() {
-    require_root!();
     let rt = rt();
     for (tag, families) in [("v4", FamilySet::V4), ("dual", FamilySet::DUAL)] {
         let ns = Netns::new(&format!("cat-{tag}"));
@@ -200,9 +157,9 @@ fn catalog_reads_back_as_expected() {
 
 /// A partial sync for one changed endpoint sends only set elements (no
 /// rule, no chain, no verdict), and leaves the kernel as a full sync would.
+#[testkit::needs_root]
 #[test]
 fn endpoint_change_is_elements_only() {
-    require_root!();
     let rt = rt();
     let ns = Netns::new("partial");
     let (services, slices) = catalog();
@@ -232,9 +189,9 @@ fn endpoint_change_is_elements_only() {
 /// fixed-size hash), and a size is a limit: a partial sync that would put
 /// more elements in a set than it was created for rewrites the table with
 /// bigger sets instead of failing (`ENFILE`).
+#[testkit::needs_root]
 #[test]
 fn a_set_outgrowing_its_size_is_rewritten_bigger() {
-    require_root!();
     let rt = rt();
     let ns = Netns::new("grow");
     let (services, slices) = catalog();
@@ -284,9 +241,9 @@ fn delete_one_element(ns: &Netns, set: &str) {
 /// Someone else deletes our table, flushes the ruleset, flushes one of our
 /// chains or deletes an element: the event monitor rewrites the table at
 /// once (no sync involved), and the next sync reports the repair.
+#[testkit::needs_root]
 #[test]
 fn tampering_is_repaired_on_the_event() {
-    require_root!();
     let rt = rt();
     let ns = Netns::new("events");
     let (services, slices) = catalog();
@@ -305,13 +262,14 @@ fn tampering_is_repaired_on_the_event() {
     ] {
         let before = Instant::now();
         tamper();
-        let took = eventually(&rt, what, || {
+        let polled = Instant::now();
+        testkit::eventually_blocking(what, || {
             inspect_matches(&rt, &dp, &snapshot).is_ok() && {
                 let dump = SystemKernel::new(ns.ns()).table(IpFamily::V4).unwrap();
                 dump.chains.iter().any(|(c, n)| c == "svc-external" && *n > 0)
             }
         });
-        times.push((what, took, before.elapsed()));
+        times.push((what, polled.elapsed(), before.elapsed()));
     }
     eprintln!("repair times (tamper to restored, polled): {times:?}");
     let outcome = rt.block_on(dp.sync(request(snapshot.clone(), &[], false))).unwrap();
@@ -342,9 +300,9 @@ fn remember_a_client(ns: &Netns) -> Elem {
 /// rewrote the table, which wiped what the packet path had remembered
 /// (session affinity). Nothing is repaired or reported, and the remembered
 /// client stays.
+#[testkit::needs_root]
 #[test]
 fn own_dual_stack_commits_are_not_repaired() {
-    require_root!();
     let rt = rt();
     let ns = Netns::new("own");
     let (mut services, mut slices) = catalog();
@@ -377,7 +335,9 @@ fn own_dual_stack_commits_are_not_repaired() {
         assert!(out.repairs.is_empty(), "round {round}: {:?}", out.repairs);
     }
     let last = kernel.generation().unwrap();
-    eventually(&rt, "the monitor handled every commit", || dp.monitor_generation().is_some_and(|g| g >= last));
+    testkit::eventually_blocking("the monitor handled every commit", || {
+        dp.monitor_generation().is_some_and(|g| g >= last)
+    });
     let out = rt.block_on(dp.sync(request(t.snapshot(), &[], false))).unwrap();
     assert!(out.repairs.is_empty(), "our own commits were taken for someone else's: {:?}", out.repairs);
     let affinity = kernel.elements(IpFamily::V4, render::sets::AFFINITY).unwrap();
@@ -387,9 +347,9 @@ fn own_dual_stack_commits_are_not_repaired() {
 
 /// Without the monitor, a full request takes the kernel as witness: what
 /// someone else changed is found, rewritten and reported.
+#[testkit::needs_root]
 #[test]
 fn full_request_repairs_and_reports_drift() {
-    require_root!();
     let rt = rt();
     let ns = Netns::new("witness");
     let (services, slices) = catalog();
@@ -413,9 +373,9 @@ fn full_request_repairs_and_reports_drift() {
 
 /// Cleanup removes our tables (both families) and nothing else, also from
 /// a fresh process (a new dataplane value), and succeeds when there is nothing.
+#[testkit::needs_root]
 #[test]
 fn cleanup_removes_only_ours() {
-    require_root!();
     let rt = rt();
     let ns = Netns::new("cleanup");
     let other = |ns: &Netns| -> bool {
@@ -444,9 +404,9 @@ fn cleanup_removes_only_ours() {
 
 /// Real packets: a ClusterIP reaches its pod through the rules, from a
 /// client outside the node (masqueraded) and from the node itself.
+#[testkit::needs_root]
 #[test]
 fn traffic_flows_through_the_table() {
-    require_root!();
     let rt = rt();
     let lab = Lab::new();
     lab.echo("pod1", &[8080], &[]);
@@ -475,9 +435,9 @@ fn traffic_flows_through_the_table() {
 /// result). Every kind of rule we install, for the whole catalog (ClusterIP,
 /// NodePort, load balancers with source ranges, affinity, local policies,
 /// no endpoints), in both families, must list.
+#[testkit::needs_root]
 #[test]
 fn nft_cli_lists_the_ruleset() {
-    require_root!();
     let rt = rt();
     let ns = Netns::new("list");
     let (mut services, mut slices) = catalog();
@@ -487,7 +447,7 @@ fn nft_cli_lists_the_ruleset() {
     let mut t = tracker(planner(FamilySet::DUAL, masquerade()), services, slices);
     let dp = NftablesDataplane::new(settings(&ns, FamilySet::DUAL), Arc::new(SystemKernel::new(ns.ns())));
     rt.block_on(dp.sync(request(t.snapshot(), &[], true))).unwrap();
-    let out = Command::new("ip").args(["netns", "exec", &ns.0, "nft", "list", "ruleset"]).output().expect("nft");
+    let out = Command::new("ip").args(["netns", "exec", ns.0.name(), "nft", "list", "ruleset"]).output().expect("nft");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "nft list ruleset: {:?}\n{stderr}\n{stdout}", out.status);

@@ -20,22 +20,7 @@ fn fake() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_plugin.py").to_string()
 }
 
-fn patience() -> Duration {
-    let ms = std::env::var("SWITCHYARD_TEST_PATIENCE_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    Duration::from_millis(ms)
-}
-
-/// Retries `check` until it returns Some, within the patience.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + patience();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use testkit::{eventually_sync as eventually, patience};
 
 struct Fixture {
     dir: tempfile::TempDir,

@@ -10,7 +10,6 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -156,24 +155,7 @@ impl Daemon {
             cmd.arg("--config").arg(path);
         }
         let fd = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
-        let cpu = spec.cpu;
-        // SAFETY: between fork and exec only async-signal-safe calls:
-        // setns(2), sched_setaffinity(2), sigprocmask(2).
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-                if let Some(cpu) = cpu {
-                    let mut set = nix::sched::CpuSet::new();
-                    if set.set(cpu).is_ok() {
-                        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-                    }
-                }
-                // The harness blocks SIGINT/SIGTERM for its signal thread;
-                // the daemon must receive them.
-                let _ = nix::sys::signal::SigSet::all().thread_unblock();
-                Ok(())
-            });
-        }
+        crate::lab::spawn_inside(&mut cmd, fd, spec.cpu);
         let spawned = SystemTime::now();
         let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", spec.binary.display()))?;
         let pid = child.id() as i32;

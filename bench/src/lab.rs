@@ -10,6 +10,9 @@
 //!  ext    (192.168.0.2) ─eth0══vx┘
 //! ```
 //!
+//! The addresses are testkit's star plan (`testkit::plan`), shared with the
+//! eBPF backend's tests; the namespaces are `testkit::Netns` guards.
+//!
 //! Names are `swy-bench-<pid>-<n>-<host>`. Everything a lab creates (namespaces,
 //! a cgroup, a private bpffs mount) is recorded in a process-wide list that
 //! the `Drop` guard and the signal handler both empty, so a lab is removed on
@@ -20,16 +23,16 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use proxy_core::NetNamespace;
+use testkit::{Netns, plan};
 
-pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 10);
-pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub use testkit::cgroup2_root;
+pub use testkit::plan::{CLUSTER_CIDR, NODE_IP};
 pub const POD_PORT: u16 = 8080;
 /// The pod listener's accept queue: more than one connect series (2,200
 /// connections back to back), so a slow server thread never drops a SYN.
@@ -45,8 +48,6 @@ pub fn is_pod_address(ip: Ipv4Addr) -> bool {
     let [a, b, c, _] = ip.octets();
     (a, b, c) == (10, 244, 2)
 }
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// What must be undone if the process is interrupted: namespaces, cgroups,
 /// bpffs mounts, child processes (by pid).
@@ -94,49 +95,12 @@ fn unmount(path: &Path) {
 
 /// Runs a command; Err with its stderr when it fails.
 pub fn quiet(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
+    testkit::run(program, args).map_err(|e| e.to_string())
 }
 
 /// Removes labs of earlier runs killed with SIGKILL (their pid is gone).
 pub fn collect_stale() -> Vec<String> {
-    let mut removed = Vec::new();
-    let stale = |name: &str| {
-        name.strip_prefix("swy-bench-")
-            .and_then(|rest| rest.split('-').next())
-            .is_some_and(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists())
-    };
-    if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if stale(&name) && quiet("ip", &["netns", "del", &name]).is_ok() {
-                removed.push(name);
-            }
-        }
-    }
-    if let Some(root) = cgroup2_root()
-        && let Ok(entries) = std::fs::read_dir(&root)
-    {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if stale(&name) && std::fs::remove_dir(e.path()).is_ok() {
-                removed.push(e.path().display().to_string());
-            }
-        }
-    }
-    removed
-}
-
-/// The cgroup v2 hierarchy: the hybrid layout's `unified`, or a pure v2 root.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("cgroup.procs").exists() && (p.ends_with("unified") || p.join("cgroup.controllers").exists()))
+    testkit::netns::collect_stale("bench")
 }
 
 /// Pins the calling thread to one CPU (ignored when it does not exist).
@@ -146,6 +110,24 @@ pub fn pin_to(cpu: Option<usize>) {
         if set.set(cpu).is_ok() {
             let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
         }
+    }
+}
+
+/// Makes `cmd` start inside the namespace `netns` (an open
+/// `/run/netns/NAME`), pinned to `cpu`, with every signal unblocked: the
+/// harness blocks SIGINT/SIGTERM for its signal thread, and the daemon or
+/// kube-proxy it starts must receive them.
+pub fn spawn_inside(cmd: &mut std::process::Command, netns: std::fs::File, cpu: Option<usize>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls:
+    // setns(2), sched_setaffinity(2), sigprocmask(2).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            pin_to(cpu);
+            let _ = nix::sys::signal::SigSet::all().thread_unblock();
+            Ok(())
+        });
     }
 }
 
@@ -172,7 +154,7 @@ pub struct Lab {
     /// A private bpffs mount of this lab, when asked for.
     pub bpffs: Option<PathBuf>,
     pub cpus: Cpus,
-    namespaces: Vec<String>,
+    namespaces: Vec<Netns>,
     stop: Arc<AtomicBool>,
     server: Option<JoinHandle<()>>,
 }
@@ -180,8 +162,7 @@ pub struct Lab {
 impl Lab {
     /// Builds the namespaces and starts the pod's echo server. Needs root.
     pub fn create(cpus: Cpus, with_bpffs: bool) -> Result<Lab, String> {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("swy-bench-{}-{n}-", std::process::id());
+        let prefix = format!("{}-", testkit::netns::unique_prefix("bench"));
         let mut lab = Lab {
             prefix,
             cgroup: None,
@@ -218,32 +199,29 @@ impl Lab {
         NetNamespace::named(&self.ns_name(host))
     }
 
-    fn add_ns(&mut self, host: &str) -> Result<String, String> {
+    /// Creates a namespace of the lab; its guard is the last in `namespaces`.
+    fn add_ns(&mut self, host: &str) -> Result<(), String> {
         let name = self.ns_name(host);
         // Recorded before creation: the signal path removes it even if we
         // are interrupted between the two.
         leftovers().namespaces.insert(name.clone());
-        self.namespaces.push(name.clone());
-        quiet("ip", &["netns", "add", &name])?;
-        quiet("ip", &["-n", &name, "link", "set", "lo", "up"])?;
-        Ok(name)
+        self.namespaces.push(Netns::create(name).map_err(|e| e.to_string())?);
+        Ok(())
     }
 
     fn wire(&mut self) -> Result<(), String> {
-        let node = self.add_ns("node")?;
-        for (dev, host, node_addr, addr, gw) in [
-            ("vc", "client", "10.244.1.1/24", "10.244.1.5/24", "10.244.1.1"),
-            ("vp", "pod", "10.244.2.1/24", "10.244.2.5/24", "10.244.2.1"),
-            ("vx", "ext", "192.168.0.10/24", "192.168.0.2/24", "192.168.0.10"),
+        self.add_ns("node")?;
+        for (dev, host, node_addr, addr) in [
+            ("vc", "client", plan::pod_gateway(1), plan::pod_ip(1)),
+            ("vp", "pod", plan::pod_gateway(2), plan::pod_ip(2)),
+            ("vx", "ext", plan::NODE_IP, plan::EXT_IP),
         ] {
-            let peer = self.add_ns(host)?;
-            quiet("ip", &["link", "add", dev, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns", &peer])?;
-            quiet("ip", &["-n", &node, "addr", "add", node_addr, "dev", dev])?;
-            quiet("ip", &["-n", &node, "link", "set", dev, "up"])?;
-            quiet("ip", &["-n", &peer, "addr", "add", addr, "dev", "eth0"])?;
-            quiet("ip", &["-n", &peer, "link", "set", "eth0", "up"])?;
-            quiet("ip", &["-n", &peer, "route", "add", "default", "via", gw])?;
+            self.add_ns(host)?;
+            let (node, peer) = (&self.namespaces[0], &self.namespaces[self.namespaces.len() - 1]);
+            plan::spoke(node, dev, peer, &plan::cidr(node_addr, 24), &plan::cidr(addr, 24))
+                .map_err(|e| e.to_string())?;
         }
+        let node = self.ns_name("node");
         let pod = self.ns_name("pod");
         for i in 0..20 {
             quiet("ip", &["-n", &pod, "addr", "add", &format!("{}/32", pod_endpoint(i)), "dev", "eth0"])?;
@@ -329,8 +307,8 @@ impl Lab {
             l.mounts.remove(&m);
         }
         for ns in self.namespaces.drain(..).rev() {
-            let _ = quiet("ip", &["netns", "del", &ns]);
-            l.namespaces.remove(&ns);
+            l.namespaces.remove(ns.name());
+            let _ = ns.delete();
         }
         if let Some(cg) = self.cgroup.take() {
             let _ = std::fs::remove_dir(&cg);

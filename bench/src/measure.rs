@@ -53,6 +53,44 @@ impl Settings {
     }
 }
 
+/// A change series' figures: from sending each change to the sync that
+/// carried it, and to the new endpoint's first answer (in µs).
+#[derive(Default)]
+pub(crate) struct ChangeSeries {
+    kernel: Vec<f64>,
+    conn: Vec<f64>,
+}
+
+impl ChangeSeries {
+    /// Records change `v`, sent at `t0`; false when its sync never came
+    /// (the series stops there: every later change would wait behind it).
+    pub(crate) fn record(
+        &mut self,
+        row: &mut Row,
+        v: impl std::fmt::Display,
+        t0: SystemTime,
+        synced: Option<SystemTime>,
+        answered: Option<SystemTime>,
+        timeout: Duration,
+    ) -> bool {
+        let Some(at) = synced else {
+            row.errors.push(format!("change {v}: no sync within {:.0} s", timeout.as_secs_f64()));
+            return false;
+        };
+        self.kernel.push(us_since(t0, at));
+        match answered {
+            Some(t) => self.conn.push(us_since(t0, t)),
+            None => row.errors.push(format!("change {v}: the new endpoint never answered")),
+        }
+        true
+    }
+
+    pub(crate) fn finish(self, row: &mut Row) {
+        row.change_kernel = Some(Samples::new(self.kernel));
+        row.change_connect = Some(Samples::new(self.conn));
+    }
+}
+
 pub(crate) fn us_since(t0: SystemTime, t: SystemTime) -> f64 {
     match t.duration_since(t0) {
         Ok(d) => d.as_secs_f64() * 1e6,
@@ -477,8 +515,7 @@ pub fn switchyard(
     if n >= 3 {
         // One endpoint at a time, each change waited for.
         let mut generation = d.synced_generation();
-        let mut kernel = Vec::new();
-        let mut conn = Vec::new();
+        let mut changes = ChangeSeries::default();
         let start = Instant::now();
         for v in 1..=s.change_reps {
             if v > 3 && start.elapsed().as_secs_f64() > s.change_budget_s {
@@ -489,23 +526,14 @@ pub fn switchyard(
             let t0 = SystemTime::now();
             st.api.api().apply(&objects::slice_json(&new));
             generation += 1;
-            let ev = d.wait_sync(generation, timeout);
+            let synced = d.wait_sync(generation, timeout).map(|ev| ev.at);
             let answered = prober.join().ok().flatten();
-            match ev {
-                Some(ev) => kernel.push(us_since(t0, ev.at)),
-                None => {
-                    row.errors.push(format!("change {v}: no sync within {:.0} s", timeout.as_secs_f64()));
-                    break;
-                }
-            }
-            match answered {
-                Some(t) => conn.push(us_since(t0, t)),
-                None => row.errors.push(format!("change {v}: the new endpoint never answered")),
+            if !changes.record(&mut row, v, t0, synced, answered, timeout) {
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        row.change_kernel = Some(Samples::new(kernel));
-        row.change_connect = Some(Samples::new(conn));
+        changes.finish(&mut row);
 
         // Churn: a steady stream of one-endpoint changes to other Services.
         let before = d.footprint();

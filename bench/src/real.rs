@@ -23,7 +23,6 @@
 //! Churn is not measured here (the fake API server's rows have it).
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -38,7 +37,7 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, DaemonSpec, proc_footprint};
 use crate::lab::{CLUSTER_CIDR, LEFTOVERS, Lab};
-use crate::measure::{Settings, data_plane, last, us_since, watch_for};
+use crate::measure::{ChangeSeries, Settings, data_plane, last, us_since, watch_for};
 use crate::objects::{self, NAMESPACE, NODE_NAME, Svc};
 use crate::report::{Footprint, Kind, Row};
 use crate::stats::Samples;
@@ -232,27 +231,12 @@ fn start_kube_proxy(
     std::fs::write(&config_path, config.to_string()).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let log = std::fs::File::create(dir.join("kube-proxy.log")).map_err(|e| e.to_string())?;
     let fd = std::fs::File::open(PathBuf::from("/run/netns").join(lab.ns_name("node"))).map_err(|e| e.to_string())?;
-    let cpu = s.cpus.dataplane;
     let mut cmd = Command::new(bins.kube_proxy());
     cmd.arg(format!("--config={}", config_path.display()))
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
-    // SAFETY: between fork and exec only async-signal-safe calls: setns(2),
-    // sched_setaffinity(2), sigprocmask(2) (as crate::daemon does).
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-            if let Some(cpu) = cpu {
-                let mut set = nix::sched::CpuSet::new();
-                if set.set(cpu).is_ok() {
-                    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-                }
-            }
-            let _ = nix::sys::signal::SigSet::all().thread_unblock();
-            Ok(())
-        });
-    }
+    crate::lab::spawn_inside(&mut cmd, fd, s.cpus.dataplane);
     let spawned = SystemTime::now();
     let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", bins.kube_proxy().display()))?;
     LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner()).pids.insert(child.id() as i32);
@@ -352,7 +336,7 @@ fn measure(proxy: Proxy, switchyard: &Path, n: usize, eps: usize, s: &Settings, 
             Running::Switchyard(d) => d.synced_generation(),
             Running::KubeProxy { .. } => 0,
         };
-        let (mut kernel, mut conn) = (Vec::new(), Vec::new());
+        let mut changes = ChangeSeries::default();
         let start = Instant::now();
         for v in 1..=s.change_reps {
             if v > 3 && start.elapsed().as_secs_f64() > s.change_budget_s {
@@ -369,21 +353,12 @@ fn measure(proxy: Proxy, switchyard: &Path, n: usize, eps: usize, s: &Settings, 
             generation += 1;
             let synced = wait_sync_after(&rt, &p, t0, generation, timeout);
             let answered = prober.join().ok().flatten();
-            match synced {
-                Some(at) => kernel.push(us_since(t0, at)),
-                None => {
-                    row.errors.push(format!("change {v}: no sync within {:.0} s", timeout.as_secs_f64()));
-                    break;
-                }
-            }
-            match answered {
-                Some(t) => conn.push(us_since(t0, t)),
-                None => row.errors.push(format!("change {v}: the new endpoint never answered")),
+            if !changes.record(row, v, t0, synced, answered, timeout) {
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        row.change_kernel = Some(Samples::new(kernel));
-        row.change_connect = Some(Samples::new(conn));
+        changes.finish(row);
     }
     let (rss_load, cpu_load) = load_footprint.map_or((f64::NAN, f64::NAN), |(r, own, ch)| (r, own + ch));
     let rss_after = proc_footprint(p.pid()).map_or(f64::NAN, |f| f.0);

@@ -34,7 +34,7 @@ use tracing::{debug, info};
 use crate::apiserver::{ControlPlane, ControlPlaneConfig, FIELD_MANAGER, ReferenceBinaries};
 use crate::error::{ConformanceError, Result};
 use crate::lab::Lab;
-use crate::patience::{eventually, patience};
+use crate::patience::{patience, poll};
 use crate::relay::Relay;
 use crate::scenario::{Kind, ObjectKey, ObjectStore, object_key};
 
@@ -265,7 +265,7 @@ impl ApiObjects {
         }
         let what = format!("{kind:?} {}", if ns.is_empty() { name.clone() } else { format!("{ns}/{name}") });
         let client = self.client.clone();
-        let waited = eventually(patience(), || {
+        let waited = poll(patience(), || {
             let (client, body, status) = (client.clone(), body.clone(), status.clone());
             let (ns, name) = (ns.clone(), name.clone());
             async move {

@@ -546,7 +546,7 @@ impl ExternalDriver {
     /// on a mismatch: the probes judge behaviour, and the report lists
     /// inspect differences.
     async fn settle(&self, start: Instant, expected: &ProgrammedState, bound: Duration) -> Result<Converged> {
-        let waited = crate::patience::eventually(bound, || async {
+        let waited = crate::patience::poll(bound, || async {
             match self.inspect().await {
                 Ok(Some(found)) if expected.diff(&found).is_empty() => Ok(()),
                 Ok(_) => Err(()),
@@ -561,17 +561,20 @@ impl ExternalDriver {
     }
 
     async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM first (a clean stop), then SIGKILL by pid if it lingers.
-            if let Some(pid) = c.id() {
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-            }
-            if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
-                let _ = c.start_kill();
-                let _ = c.wait().await;
-            }
-        }
+        terminate(self.child.take(), Duration::from_secs(5)).await;
+    }
+}
+
+/// Stops a process the suite started: SIGTERM first (a clean stop), then
+/// SIGKILL by pid if it lingers past `grace`; reaped either way.
+pub(crate) async fn terminate(child: Option<tokio::process::Child>, grace: Duration) {
+    let Some(mut c) = child else { return };
+    if let Some(pid) = c.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, c.wait()).await.is_err() {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
     }
 }
 
@@ -765,7 +768,7 @@ mod tests {
         )
         .expect("scenario");
         driver.start(&scenario.objects, &ProgrammedState::default(), Duration::from_millis(200)).await.expect("starts");
-        let logged = crate::patience::eventually(Duration::from_secs(5), || async {
+        let logged = crate::patience::poll(Duration::from_secs(5), || async {
             std::fs::read_to_string(&log).ok().filter(|s| !s.is_empty()).ok_or(())
         })
         .await;

@@ -46,7 +46,7 @@ use tracing::{debug, warn};
 use crate::apisource::ApiLab;
 use crate::driver::{Converged, Driver, DriverFactory};
 use crate::error::{ConformanceError, Result};
-use crate::patience::eventually;
+use crate::patience::poll;
 use crate::relay::http_get_in;
 use crate::scenario::ObjectStore;
 
@@ -323,7 +323,7 @@ impl KubeProxyDriver {
     /// After a write at `since`: every family that queued a change since then
     /// has synced since it queued. Best effort within `bound`.
     async fn settle(&mut self, since: f64, bound: Duration) {
-        let waited = eventually(bound, || async {
+        let waited = poll(bound, || async {
             let t = self.sync_times().await.map_err(|_| ())?;
             let queued: Vec<(&String, &f64)> = t.last_queued.iter().filter(|(_, q)| **q >= since).collect();
             let done = !queued.is_empty() && queued.iter().all(|(f, q)| t.last_sync.get(*f).is_some_and(|s| s >= *q));
@@ -336,16 +336,7 @@ impl KubeProxyDriver {
     }
 
     async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if let Some(pid) = c.id() {
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-            }
-            if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
-                let _ = c.start_kill();
-                let _ = c.wait().await;
-            }
-        }
+        crate::driver::terminate(self.child.take(), Duration::from_secs(10)).await;
     }
 
     /// `KUBE-*` chains and kube-proxy's nftables tables left in node1.

@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use proxy_core::{BackendContext, FamilySet, MasqueradeConfig, NetNamespace, NodePortAddresses};
+use testkit::{Netns, cgroup2_root};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tracing::{debug, info, warn};
@@ -23,8 +23,6 @@ use crate::addresses::{self, HostKind, HostPlan};
 use crate::agent::{AGENT_SUBCOMMAND, AgentArgs, AgentRequest, AgentResponse, EchoPorts};
 use crate::error::{ConformanceError, Result};
 use crate::patience::patience;
-
-static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// What a lab is built with.
 #[derive(Clone, Debug)]
@@ -94,7 +92,8 @@ impl Agent {
 #[derive(Debug)]
 pub struct Lab {
     info: LabInfo,
-    namespaces: Vec<String>,
+    /// Guards of the lab's namespaces, in creation order.
+    namespaces: Vec<Netns>,
     agents: BTreeMap<&'static str, Agent>,
     torn_down: bool,
 }
@@ -105,26 +104,12 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<()> {
-    let command = format!("{program} {}", args.join(" "));
-    debug!(%command, "lab");
-    let out = std::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| ConformanceError::LabCommand { command: command.clone(), message: e.to_string() })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(ConformanceError::LabCommand { command, message: String::from_utf8_lossy(&out.stderr).trim().to_string() })
-    }
+    debug!(command = %format!("{program} {}", args.join(" ")), "lab");
+    testkit::run(program, args).map_err(command_failed)
 }
 
-/// Finds the cgroup v2 hierarchy: the hybrid layout's `unified`, or a pure v2 root.
-fn cgroup2_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("cgroup.procs").exists() && (p.ends_with("unified") || p.join("cgroup.controllers").exists()))
+fn command_failed(e: testkit::CommandError) -> ConformanceError {
+    ConformanceError::LabCommand { command: e.command, message: e.message }
 }
 
 /// Whether the kernel has SCTP, asked inside a lab namespace.
@@ -151,8 +136,7 @@ impl Lab {
         if uid != 0 {
             return Err(ConformanceError::NotRoot { uid });
         }
-        let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("swy-lab-{}-{n}-", std::process::id());
+        let prefix = format!("{}-", testkit::netns::unique_prefix("lab"));
         let ipv6 = Path::new("/proc/sys/net/ipv6").exists();
         let mut lab = Lab {
             info: LabInfo {
@@ -349,8 +333,9 @@ impl Lab {
         }
         self.agents.clear();
         for ns in self.namespaces.drain(..).rev() {
-            if let Err(e) = ip(&["netns", "del", &ns]) {
-                warn!(namespace = %ns, error = %e, "could not delete lab namespace");
+            let name = ns.name().to_string();
+            if let Err(e) = ns.delete() {
+                warn!(namespace = %name, error = %e, "could not delete lab namespace");
             }
         }
         if let Some(cg) = self.info.cgroup.take()
@@ -372,32 +357,7 @@ impl Drop for Lab {
 /// Deletes namespaces and cgroups of labs whose runner process is gone
 /// (a run killed with SIGKILL cannot clean up after itself).
 pub fn collect_stale() -> Vec<String> {
-    let mut removed = Vec::new();
-    let alive = |pid: &str| Path::new("/proc").join(pid).exists();
-    let stale = |name: &str| {
-        name.strip_prefix("swy-lab-")
-            .and_then(|rest| rest.split('-').next())
-            .is_some_and(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && !alive(pid))
-    };
-    if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if stale(&name) && ip(&["netns", "del", &name]).is_ok() {
-                removed.push(name);
-            }
-        }
-    }
-    if let Some(root) = cgroup2_root()
-        && let Ok(entries) = std::fs::read_dir(&root)
-    {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if stale(&name) && std::fs::remove_dir(e.path()).is_ok() {
-                removed.push(root.join(name).display().to_string());
-            }
-        }
-    }
-    removed
+    testkit::netns::collect_stale("lab")
 }
 
 /// A batch of `ip` commands against lab namespaces.
@@ -446,15 +406,14 @@ impl Wiring<'_> {
     }
 }
 
-/// Creates and wires every namespace; `created` collects names for teardown.
-fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
+/// Creates and wires every namespace; `created` collects their guards for teardown.
+fn wire(prefix: &str, ipv6: bool, created: &mut Vec<Netns>) -> Result<()> {
     let w = Wiring { prefix, ipv6 };
     let mut all: Vec<&str> = vec!["fab"];
     all.extend(addresses::HOSTS.iter().map(|h| h.name));
     for host in &all {
-        let ns = w.ns(host);
-        ip(&["netns", "add", &ns])?;
-        created.push(ns);
+        // Loopback comes up here too.
+        created.push(Netns::create(w.ns(host)).map_err(command_failed)?);
     }
     // ICMP rate limits are per namespace and per peer: one scenario's
     // rejections (or a routing loop's time-exceeded messages) would make the
@@ -480,7 +439,6 @@ fn wire(prefix: &str, ipv6: bool, created: &mut Vec<String>) -> Result<()> {
             settings.extend(router);
         }
         w.sysctl(host, &settings)?;
-        w.in_ns(host, &["link", "set", "lo", "up"])?;
     }
 
     // The fabric: a bridge for the cluster network, routes to node1 for Service ranges.

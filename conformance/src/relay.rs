@@ -166,7 +166,7 @@ mod tests {
         drop(relay);
         tokio::task::yield_now().await;
         // Dropped: no longer accepting (the listener closes with its task).
-        let refused = crate::patience::eventually(Duration::from_secs(5), || async {
+        let refused = crate::patience::poll(Duration::from_secs(5), || async {
             match tokio::net::TcpStream::connect(addr).await {
                 Err(_) => Ok(()),
                 Ok(_) => Err(()),

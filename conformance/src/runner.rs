@@ -19,7 +19,7 @@ use crate::error::ConformanceError;
 use crate::expect::{self, Observed, SourceContext};
 use crate::lab::{self, Lab};
 use crate::oracle;
-use crate::patience::{eventually, patience, scaled};
+use crate::patience::{patience, poll, scaled};
 use crate::report::{Report, ScenarioResult, Status, StepRecord};
 use crate::scenario::{
     AffinityExpiry, Churn, Expectation, Hold, Kind, NodePortAddressesSpec, Probe, Restart, Scenario, Step, Update,
@@ -427,7 +427,7 @@ impl Run<'_> {
             timeout_ms: probe.timeout.map_or(DEFAULT_PROBE_TIMEOUT, |d| d.0).as_millis() as u64,
         };
         let srcctx = SourceContext { client: src, node_addresses: addresses::node1_addresses() };
-        let waited = eventually(self.bound(within), || async {
+        let waited = poll(self.bound(within), || async {
             let attempts = self.attempts(&probe.from, &req).await.map_err(|e| (vec![e], None))?;
             expect::check(expect, &srcctx, &attempts).map_err(|p| (p, Some(Observed::from_attempts(&attempts))))
         })
@@ -573,7 +573,7 @@ impl Run<'_> {
         relaxed.sticky = true; // one connection reaches one endpoint
         let srcctx = SourceContext { client: src, node_addresses: addresses::node1_addresses() };
         // Retried within the patience: a black-box proxy may still be converging.
-        let waited = eventually(patience(), || async {
+        let waited = poll(patience(), || async {
             let attempts = self.attempts(&hold.from, &req).await.map_err(|e| (vec![e], Vec::new()))?;
             match expect::check(&relaxed, &srcctx, &attempts) {
                 Ok(_) => Ok(attempts),

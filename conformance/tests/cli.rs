@@ -31,12 +31,9 @@ fn usage_errors_exit_2() {
     assert_eq!(code, Some(2), "no scenario selected");
 }
 
+#[testkit::needs_root]
 #[test]
 fn sigterm_tears_the_lab_down() {
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("SKIPPED: the lab needs root");
-        return;
-    }
     // A black-box backend whose binary does nothing: probes fail slowly,
     // which leaves time to interrupt the run while the lab is up.
     let mut child = bin()

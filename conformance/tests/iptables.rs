@@ -9,12 +9,9 @@ use std::sync::Arc;
 use conformance::driver::{DriverFactory, InProcess};
 use conformance::{Lab, LabConfig, Scenario, SuiteConfig};
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread")]
 async fn every_scenario_passes_or_is_unsupported_on_iptables() {
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("SKIPPED: the lab needs root");
-        return;
-    }
     let registry = conformance::default_registry();
     let factory = registry.get("iptables").expect("iptables is built in").clone();
     let scenarios = Scenario::load_dir(&conformance::builtin_scenarios_dir()).expect("scenarios");

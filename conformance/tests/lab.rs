@@ -8,14 +8,6 @@ use std::net::SocketAddr;
 use conformance::agent::{AgentRequest, AgentResponse, EchoPorts, Outcome, Proto};
 use conformance::{Lab, LabConfig};
 
-fn root() -> bool {
-    let uid = nix::unistd::geteuid().as_raw();
-    if uid != 0 {
-        eprintln!("SKIPPED: the lab needs root (uid {uid})");
-    }
-    uid == 0
-}
-
 fn config() -> LabConfig {
     let mut ports = EchoPorts::default();
     ports.insert(Proto::Tcp, 8080);
@@ -38,11 +30,9 @@ fn replied(outcomes: &[Outcome], host: &str, peer_ip: &str) -> bool {
         .all(|o| matches!(o, Outcome::Reply { host: h, peer } if h == host && peer.ip().to_string() == peer_ip))
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_lab_is_wired_like_a_cluster_and_torn_down() {
-    if !root() {
-        return;
-    }
     let lab = Lab::create(config()).await.expect("lab");
     let prefix = lab.info().prefix.clone();
     assert!(prefix.starts_with(&format!("swy-lab-{}-", std::process::id())));
@@ -89,11 +79,9 @@ async fn the_lab_is_wired_like_a_cluster_and_torn_down() {
     );
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_the_lab_tears_it_down() {
-    if !root() {
-        return;
-    }
     let lab = Lab::create(config()).await.expect("lab");
     let prefix = lab.info().prefix.clone();
     drop(lab);

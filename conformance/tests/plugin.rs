@@ -11,12 +11,9 @@ use std::sync::Arc;
 use conformance::driver::{DriverFactory, InProcess};
 use conformance::{Lab, LabConfig, Scenario, Status, SuiteConfig};
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_plugin_passes_its_subset() {
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("SKIPPED: the lab needs root");
-        return;
-    }
     if std::process::Command::new("nft").arg("--version").output().is_err() {
         eprintln!("SKIPPED: nft is not installed");
         return;

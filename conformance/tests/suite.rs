@@ -13,14 +13,6 @@ use conformance::driver::{DriverFactory, InProcess};
 use conformance::report::Status;
 use conformance::{Lab, LabConfig, Scenario, SuiteConfig};
 
-fn root() -> bool {
-    let uid = nix::unistd::geteuid().as_raw();
-    if uid != 0 {
-        eprintln!("SKIPPED: the lab needs root (uid {uid})");
-    }
-    uid == 0
-}
-
 fn scenarios(names: &[&str]) -> Vec<Scenario> {
     let all = Scenario::load_dir(&conformance::builtin_scenarios_dir()).expect("scenarios");
     all.into_iter().filter(|s| names.is_empty() || names.contains(&s.name.as_str())).collect()
@@ -43,11 +35,9 @@ fn backend(mode: &'static str, faults: fixture::Faults) -> Arc<dyn DriverFactory
     Arc::new(InProcess { factory: fixture::factory(mode, faults) })
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_correct_backend_passes_and_a_broken_one_fails_with_evidence() {
-    if !root() {
-        return;
-    }
     let names = [
         "clusterip-single-port",
         "clusterip-from-every-client",
@@ -97,11 +87,9 @@ async fn a_correct_backend_passes_and_a_broken_one_fails_with_evidence() {
     assert!(!report.differences.is_empty(), "backends that behave differently are flagged");
 }
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fixture_passes_every_scenario_it_supports() {
-    if !root() {
-        return;
-    }
     if std::env::var_os("SWITCHYARD_CONFORMANCE_FULL").is_none() {
         eprintln!("SKIPPED: set SWITCHYARD_CONFORMANCE_FULL=1 to run every scenario against the fixture");
         return;

@@ -67,40 +67,16 @@ fn node_port_address_selection() {
     assert!(!cidrs.selects(ip("192.168.1.1"), &primary));
 }
 
-/// A namespace this test owns, deleted on drop.
-struct TestNs(String);
-
-impl TestNs {
-    fn create() -> Option<TestNs> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: needs root to create a network namespace");
-            return None;
-        }
-        let name = format!("swy-core-{}", std::process::id());
-        let ok = std::process::Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success());
-        if !matches!(ok, Ok(true)) {
-            eprintln!("SKIP: `ip netns add` failed (no iproute2 or no netns support)");
-            return None;
-        }
-        Some(TestNs(name))
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn links_seen_by(ns: &NetNamespace) -> String {
     let out = ns.command("ip").unwrap().args(["-o", "link", "show"]).output().unwrap();
     String::from_utf8(out.stdout).unwrap()
 }
 
+#[testkit::needs_root]
 #[tokio::test]
 async fn work_runs_inside_the_namespace_and_nowhere_else() {
-    let Some(guard) = TestNs::create() else { return };
-    let ns = NetNamespace::named(&guard.0);
+    let guard = testkit::Netns::for_test("core");
+    let ns = NetNamespace::named(guard.name());
     // A fresh namespace has only loopback, whatever the host has.
     let inside = links_seen_by(&ns);
     assert_eq!(inside.lines().count(), 1, "{inside}");
@@ -109,7 +85,7 @@ async fn work_runs_inside_the_namespace_and_nowhere_else() {
     // thread stays where it was.
     let own = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
     let seen = ns.run_async(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap()).await.unwrap();
-    let target = std::fs::metadata(format!("/run/netns/{}", guard.0)).unwrap();
+    let target = std::fs::metadata(guard.path()).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(seen.to_string_lossy(), format!("net:[{}]", target.ino()));
     assert_eq!(std::fs::read_link("/proc/thread-self/ns/net").unwrap(), own);

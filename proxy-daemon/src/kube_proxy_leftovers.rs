@@ -92,7 +92,7 @@ pub fn remove(opts: &Options) -> Result<Removed, String> {
     }
 
     // 2. nftables: `nft delete table ip kube-proxy`, `... ip6 kube-proxy`.
-    let kernel = backend_nftables::client::SystemKernel { netns: opts.netns.clone() };
+    let kernel = backend_nftables::client::SystemKernel::new(opts.netns.clone());
     for family in IpFamily::ALL {
         if let Err(e) = backend_nftables::cleanup::delete_table(&kernel, family, NFTABLES_TABLE) {
             failed.push(format!("nftables table {family} {NFTABLES_TABLE}: {}", ErrorChain(&e)));

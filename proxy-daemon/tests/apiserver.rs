@@ -202,9 +202,7 @@ async fn a_verb_missing_from_the_role_is_reported_by_resource_and_verb() {
 #[tokio::test]
 #[ignore = "needs etcd and kube-apiserver from `./x reference`; run by `./x test` (tier apiserver)"]
 async fn iptables_in_a_namespace_programs_what_the_apiserver_holds() {
-    if !can_use_netns("iptables_in_a_namespace_programs_what_the_apiserver_holds") {
-        panic!("this test needs root and `ip netns`; ./x test runs it as root");
-    }
+    assert!(testkit::is_root(), "this test needs root and `ip netns`; ./x test runs it as root");
     let (cp, kubeconfig) = control_plane(|_| {}).await;
     // The node's address, as a kubelet would report it.
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cp.admin_client());
@@ -347,9 +345,7 @@ async fn apiserver_requests(cp: &ControlPlane, verb: &str, resource: &str) -> f6
 #[tokio::test]
 #[ignore = "needs etcd and kube-apiserver from `./x reference`; run by `./x test` (tier apiserver)"]
 async fn an_apiserver_restart_keeps_the_rules_and_converges_by_relisting() {
-    if !can_use_netns("an_apiserver_restart_keeps_the_rules_and_converges_by_relisting") {
-        panic!("this test needs root and `ip netns`; ./x test runs it as root");
-    }
+    assert!(testkit::is_root(), "this test needs root and `ip netns`; ./x test runs it as root");
     let (mut cp, kubeconfig) = control_plane(|_| {}).await;
     let ns = NetnsHandle::create();
     let dir = tempfile::tempdir().unwrap();
@@ -511,9 +507,7 @@ async fn eventually_count(cp: &ControlPlane, want: i64) -> i64 {
 #[ignore = "needs etcd, kube-apiserver and kube-proxy from `./x reference`; run by `./x test` (tier apiserver)"]
 async fn a_60_second_outage_loses_nothing_and_healthz_answers_as_kube_proxys() {
     const OUTAGE: Duration = Duration::from_secs(60);
-    if !can_use_netns("a_60_second_outage_loses_nothing_and_healthz_answers_as_kube_proxys") {
-        panic!("this test needs root and `ip netns`; ./x test runs it as root");
-    }
+    assert!(testkit::is_root(), "this test needs root and `ip netns`; ./x test runs it as root");
     let (mut cp, kubeconfig) = control_plane(|_| {}).await;
     // The node's address, as a kubelet reports it (kube-proxy takes its node IP from there).
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cp.admin_client());

@@ -3,7 +3,7 @@
 //! per-namespace timeouts and `tcp_be_liberal` are written there, the
 //! host-wide `nf_conntrack_max` and `hashsize` are left alone outside the
 //! host's namespace, and the root namespace's values do not move.
-//! Needs root; skips loudly without it.
+//! Needs root; ignored without it (see `testkit::needs_root`).
 #![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
@@ -37,11 +37,9 @@ fn ns_value(ns: &NetnsHandle, name: &str) -> u64 {
     out.trim().parse().unwrap()
 }
 
+#[testkit::needs_root]
 #[test]
 fn init_only_sets_kube_proxys_conntrack_sysctls_in_its_namespace() {
-    if !can_use_netns("init_only_sets_kube_proxys_conntrack_sysctls_in_its_namespace") {
-        return;
-    }
     let root_before = root_values();
     let ns = NetnsHandle::create();
     let max_before = ns_value(&ns, "nf_conntrack_max");
@@ -75,11 +73,9 @@ fn init_only_sets_kube_proxys_conntrack_sysctls_in_its_namespace() {
     assert_eq!(root_values(), root_before, "the root namespace's values moved");
 }
 
+#[testkit::needs_root]
 #[test]
 fn zero_leaves_every_value_as_the_kernel_has_it() {
-    if !can_use_netns("zero_leaves_every_value_as_the_kernel_has_it") {
-        return;
-    }
     let ns = NetnsHandle::create();
     let before: Vec<u64> = NAMES.iter().map(|n| ns_value(&ns, n)).collect();
     let bin = switchyard_bin();
@@ -92,11 +88,9 @@ fn zero_leaves_every_value_as_the_kernel_has_it() {
 }
 
 /// The daemon applies them at start, before serving (as kube-proxy does).
+#[testkit::needs_root]
 #[tokio::test]
 async fn the_daemon_applies_them_at_start() {
-    if !can_use_netns("the_daemon_applies_them_at_start") {
-        return;
-    }
     let root_before = root_values();
     let ns = NetnsHandle::create();
     let dir = tempfile::tempdir().unwrap();

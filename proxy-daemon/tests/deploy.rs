@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, NODE_A, NetnsHandle, WEB, can_use_netns, eventually, patience, run, switchyard_bin};
+use common::{Daemon, NODE_A, NetnsHandle, WEB, eventually, patience, run, switchyard_bin};
 use proxy_core::{BackendContext, BackendFactory, Dataplane, DataplaneError, Registry};
 use proxy_daemon::config::{FileFlavour, Layers, load};
 
@@ -165,11 +165,9 @@ async fn the_manifests_pass_server_side_validation() {
 /// `/proc/sys` read-only (what an unprivileged container sees). Each mode it
 /// is for becomes ready and programs the kernel; without the init step the
 /// proxy stops at start, naming the sysctl.
+#[testkit::needs_root]
 #[tokio::test]
 async fn the_capabilities_overlay_runs_with_only_its_capabilities() {
-    if !can_use_netns("the_capabilities_overlay_runs_with_only_its_capabilities") {
-        return;
-    }
     let Some(docs) = render("overlays/capabilities") else { return };
     let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
     let security = &pod["containers"][0]["securityContext"];

@@ -358,9 +358,7 @@ fn cleanup(lab: &Lab) -> (Option<i32>, String) {
 #[tokio::test]
 #[ignore = "needs etcd, kube-apiserver and kube-proxy from `./x reference`; run by `./x test` (tier apiserver)"]
 async fn cleanup_removes_what_kube_proxy_left_in_each_mode() {
-    if !can_use_netns("cleanup_removes_what_kube_proxy_left_in_each_mode") {
-        panic!("this test needs root and `ip netns`; ./x test runs it as root");
-    }
+    assert!(testkit::is_root(), "this test needs root and `ip netns`; ./x test runs it as root");
     let (cp, _) = control_plane().await;
     let dir = tempfile::tempdir().unwrap();
     for mode in ["iptables", "nftables"] {
@@ -462,17 +460,13 @@ async fn swap(kube_proxy_mode: &str, mode: &str) {
 #[tokio::test]
 #[ignore = "needs etcd, kube-apiserver and kube-proxy from `./x reference`; run by `./x test` (tier apiserver)"]
 async fn swap_from_kube_proxy_iptables_cuts_no_connection() {
-    if !can_use_netns("swap_from_kube_proxy_iptables_cuts_no_connection") {
-        panic!("this test needs root and `ip netns`; ./x test runs it as root");
-    }
+    assert!(testkit::is_root(), "this test needs root and `ip netns`; ./x test runs it as root");
     swap("iptables", "iptables").await;
 }
 
 #[tokio::test]
 #[ignore = "needs etcd, kube-apiserver and kube-proxy from `./x reference`; run by `./x test` (tier apiserver)"]
 async fn swap_from_kube_proxy_nftables_cuts_no_connection() {
-    if !can_use_netns("swap_from_kube_proxy_nftables_cuts_no_connection") {
-        panic!("this test needs root and `ip netns`; ./x test runs it as root");
-    }
+    assert!(testkit::is_root(), "this test needs root and `ip netns`; ./x test runs it as root");
     swap("nftables", "nftables").await;
 }

@@ -1,6 +1,6 @@
 //! Tests that need root: the daemon in a network namespace made for the
-//! test (`swy-dmn-<pid>-<n>`), never the root namespace. They skip loudly
-//! without root.
+//! test (`swy-dmn-<pid>-<n>`), never the root namespace. Without root they are
+//! ignored (see `testkit::needs_root`).
 #![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
@@ -15,11 +15,9 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
 
 /// `--netns`: healthCheckNodePort servers listen inside the programmed
 /// namespace, not in the daemon's own.
+#[testkit::needs_root]
 #[tokio::test]
 async fn health_check_servers_bind_in_the_programmed_namespace() {
-    if !can_use_netns("health_check_servers_bind_in_the_programmed_namespace") {
-        return;
-    }
     let ns = NetnsHandle::create();
     let dir = tempfile::tempdir().unwrap();
     let hc_port = free_port();
@@ -48,11 +46,9 @@ async fn health_check_servers_bind_in_the_programmed_namespace() {
 
 /// The real iptables backend, end to end, inside a namespace: programs,
 /// inspects as desired, leaves rules in place on SIGTERM, cleans up.
+#[testkit::needs_root]
 #[tokio::test]
 async fn iptables_mode_in_a_namespace() {
-    if !can_use_netns("iptables_mode_in_a_namespace") {
-        return;
-    }
     if !proxy_daemon::default_registry().modes().iter().any(|m| m == "iptables") {
         eprintln!("SKIPPED iptables_mode_in_a_namespace: the iptables backend is not registered yet");
         return;
@@ -103,11 +99,9 @@ async fn iptables_mode_in_a_namespace() {
 /// and `switchyard_drift_repairs_total` counts the repair. Finding 9:
 /// `route_localnet`, set for localhost node ports, is back to what it was
 /// (0 in a new namespace) after `--cleanup`.
+#[testkit::needs_root]
 #[tokio::test]
 async fn iptables_mode_repairs_tampering_within_the_sync_period() {
-    if !can_use_netns("iptables_mode_repairs_tampering_within_the_sync_period") {
-        return;
-    }
     let ns = NetnsHandle::create();
     let route_localnet = || ns.exec(&["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]).1.trim().to_string();
     assert_eq!(route_localnet(), "0");
@@ -176,11 +170,9 @@ async fn iptables_mode_repairs_tampering_within_the_sync_period() {
 /// Services (wiping every rule) and report ready. Now the daemon delivers
 /// nothing until the manifests are whole: the kernel keeps what it holds,
 /// `/readyz` names the problem, and the fix is programmed.
+#[testkit::needs_root]
 #[tokio::test]
 async fn a_restart_on_a_malformed_manifest_keeps_the_rules() {
-    if !can_use_netns("a_restart_on_a_malformed_manifest_keeps_the_rules") {
-        return;
-    }
     let ns = NetnsHandle::create();
     let dir = tempfile::tempdir().unwrap();
     let good = format!("{WEB}---{NODE_A}");

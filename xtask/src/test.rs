@@ -5,6 +5,12 @@ use std::time::Instant;
 
 use crate::demo::{binary, target_dir};
 
+/// Turns on the tests marked `#[testkit::needs_root]` (read when they are
+/// compiled): `./x test` runs as root and runs every test; a plain
+/// `cargo test` lists those as ignored. Set for every tier, so that each
+/// tier builds with the same environment and none rebuilds another's work.
+pub const ROOT_TESTS_ENV: (&str, &str) = ("SWITCHYARD_ROOT_TESTS", "1");
+
 /// One tier: a name and the commands it runs (all must succeed).
 struct Tier {
     name: &'static str,
@@ -166,7 +172,7 @@ pub fn run(args: &[String]) -> ExitCode {
         let mut outcome = "ok".to_string();
         for cmd in &tier.commands {
             println!("$ {}", cmd.join(" "));
-            match Command::new(&cmd[0]).args(&cmd[1..]).status() {
+            match Command::new(&cmd[0]).args(&cmd[1..]).env(ROOT_TESTS_ENV.0, ROOT_TESTS_ENV.1).status() {
                 Ok(s) if s.success() => {}
                 Ok(s) => {
                     outcome = format!("FAILED ({} exited with {s})", cmd.join(" "));

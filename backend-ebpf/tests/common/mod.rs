@@ -2,8 +2,10 @@
 //! Shared lab for the root tests: real packets through the eBPF dataplane, in network namespaces this test
 //! creates (`swy-bpf-<pid>-<n>-*`), with a cgroup it creates for the socket
 //! hooks and a pin directory of its own under /sys/fs/bpf/switchyard/.
-//! Everything is torn down by a guard on every exit path. Needs root and a
-//! kernel with BPF; skips loudly otherwise.
+//! Everything is torn down by a guard on every exit path. Needs root (the
+//! tests are `#[testkit::needs_root]`) and a kernel with BPF and cgroup v2
+//! (skipped loudly otherwise). The addresses are testkit's star plan
+//! (`testkit::plan`).
 //!
 //! Topology (one node, two pods, one outside client):
 //!
@@ -20,7 +22,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,15 +34,14 @@ use proxy_core::{
     BackendContext, ChangeTracker, Dataplane, MasqueradeConfig, NetNamespace, PlannerConfig, Snapshot, SyncRequest,
     TrackerConfig,
 };
+use testkit::{Netns, plan};
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// The node's InternalIP ([`testkit::plan::NODE_IP`]), as the tests write addresses.
 pub const NODE_IP: &str = "192.168.0.10";
 
+/// Why this machine cannot run the lab although we are root (the tests are
+/// `#[testkit::needs_root]`: without root they are ignored, not run).
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
     if cgroup_root().is_none() {
         return Some("no cgroup v2 mount".into());
     }
@@ -48,10 +49,7 @@ pub fn skip_reason() -> Option<String> {
 }
 
 pub fn cgroup_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+    testkit::cgroup2_root()
 }
 
 pub fn sh(args: &[&str]) {
@@ -66,10 +64,10 @@ pub struct Lab {
     pub bpffs: PathBuf,
     pub cgroup: PathBuf,
     pub pin: PathBuf,
+    /// The lab's namespaces (node first), deleted when their guards drop.
+    namespaces: Vec<Netns>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
-    /// Pods added after the start ([`Lab::add_pod`]).
-    extra: Vec<String>,
 }
 
 impl Lab {
@@ -82,8 +80,7 @@ impl Lab {
     }
 
     pub fn new() -> Lab {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("swy-bpf-{}-{n}", std::process::id());
+        let prefix = testkit::netns::unique_prefix("bpf");
         let cgroup = cgroup_root().expect("checked").join(&prefix);
         // Pins go to a bpffs of our own, so that parallel runs never collide
         // and unmounting frees whatever a failed run left.
@@ -91,54 +88,41 @@ impl Lab {
         std::fs::create_dir_all(&bpffs).expect("create bpffs dir");
         sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().expect("utf-8")]);
         let pin = bpffs.join("switchyard");
-        let lab = Lab {
+        let mut lab = Lab {
             prefix,
             bpffs,
             cgroup,
             pin,
+            namespaces: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
-            extra: Vec::new(),
         };
         for ns in ["node", "p1", "p2", "ext"] {
-            sh(&["ip", "netns", "add", &lab.ns(ns)]);
-            sh(&["ip", "-n", &lab.ns(ns), "link", "set", "lo", "up"]);
+            lab.namespaces.push(Netns::create(lab.ns(ns)).unwrap_or_else(|e| panic!("{e}")));
         }
-        let node = lab.ns("node");
-        for (dev, peer, node_addr, addr, gw) in [
-            ("vp1", "p1", "10.244.1.1/24", "10.244.1.5/24", "10.244.1.1"),
-            ("vp2", "p2", "10.244.2.1/24", "10.244.2.5/24", "10.244.2.1"),
-            ("vext", "ext", "192.168.0.10/24", "192.168.0.2/24", "192.168.0.10"),
+        let [node, p1, p2, ext] = &lab.namespaces[..] else { unreachable!("four namespaces") };
+        for (dev, peer, node_addr, addr) in [
+            ("vp1", p1, plan::pod_gateway(1), plan::pod_ip(1)),
+            ("vp2", p2, plan::pod_gateway(2), plan::pod_ip(2)),
+            ("vext", ext, plan::NODE_IP, plan::EXT_IP),
         ] {
-            let peer_ns = lab.ns(peer);
-            sh(&["ip", "link", "add", dev, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns", &peer_ns]);
-            sh(&["ip", "-n", &node, "addr", "add", node_addr, "dev", dev]);
-            sh(&["ip", "-n", &node, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", &peer_ns, "addr", "add", addr, "dev", "eth0"]);
-            sh(&["ip", "-n", &peer_ns, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", &peer_ns, "route", "add", "default", "via", gw]);
+            plan::spoke(node, dev, peer, &plan::cidr(node_addr, 24), &plan::cidr(addr, 24))
+                .unwrap_or_else(|e| panic!("{e}"));
         }
-        sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        plan::forward(node).unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir(&lab.cgroup).expect("create test cgroup");
         lab
     }
 
     /// A pod created while the backend runs: namespace `<prefix>-<pod>`,
     /// its `eth0` paired with `v<pod>` on the node, `10.244.<subnet>.5/24`
-    /// behind the node's `10.244.<subnet>.1` (`ip link add vPOD netns NODE
-    /// type veth peer name eth0 netns POD`, as a CNI plugin does).
+    /// behind the node's `10.244.<subnet>.1` (`ip -n NODE link add vPOD type
+    /// veth peer name eth0 netns POD`, as a CNI plugin does: `plan::spoke`).
     pub fn add_pod(&mut self, pod: &str, subnet: u8) {
-        let (node, peer) = (self.ns("node"), self.ns(pod));
-        self.extra.push(pod.to_string());
-        sh(&["ip", "netns", "add", &peer]);
-        sh(&["ip", "-n", &peer, "link", "set", "lo", "up"]);
-        let dev = format!("v{pod}");
-        sh(&["ip", "link", "add", &dev, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns", &peer]);
-        sh(&["ip", "-n", &node, "addr", "add", &format!("10.244.{subnet}.1/24"), "dev", &dev]);
-        sh(&["ip", "-n", &node, "link", "set", &dev, "up"]);
-        sh(&["ip", "-n", &peer, "addr", "add", &format!("10.244.{subnet}.5/24"), "dev", "eth0"]);
-        sh(&["ip", "-n", &peer, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", &peer, "route", "add", "default", "via", &format!("10.244.{subnet}.1")]);
+        let peer = Netns::create(self.ns(pod)).unwrap_or_else(|e| panic!("{e}"));
+        let (gw, ip) = (plan::cidr(plan::pod_gateway(subnet), 24), plan::cidr(plan::pod_ip(subnet), 24));
+        plan::spoke(&self.namespaces[0], &format!("v{pod}"), &peer, &gw, &ip).unwrap_or_else(|e| panic!("{e}"));
+        self.namespaces.push(peer);
     }
 
     /// An echo server in a pod: answers "<pod> <peer address>" over TCP 8080 and UDP 5353.
@@ -233,10 +217,8 @@ impl Drop for Lab {
         // node namespace: never touch the root namespace's interfaces.
         let cfg = EbpfConfig { pin_path: self.pin.clone(), ..EbpfConfig::default() };
         let _ = self.netns("node").run(move || backend_ebpf::cleanup::cleanup(&cfg));
-        let extra = std::mem::take(&mut self.extra);
-        for ns in ["node", "p1", "p2", "ext"].into_iter().chain(extra.iter().map(String::as_str)) {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(ns)]).status();
-        }
+        // The namespaces go first (their guards), then the cgroup and the bpffs.
+        self.namespaces.clear();
         let _ = std::fs::remove_dir(&self.cgroup);
         let _ = Command::new("umount").arg(&self.bpffs).status();
         let _ = std::fs::remove_dir(&self.bpffs);
@@ -485,27 +467,7 @@ pub fn pods_hit(lab: &Lab, client: &str, to: &str, n: usize) -> std::collections
         .collect()
 }
 
-/// How long convergence may take (`SWITCHYARD_TEST_PATIENCE_MS`, default 10 s).
-pub fn patience() -> Duration {
-    std::env::var("SWITCHYARD_TEST_PATIENCE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis)
-}
-
-/// Polls `check` until it returns true; panics naming `what` (and the last
-/// value seen) once the patience has run out.
-pub async fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, T)) -> T {
-    let deadline = std::time::Instant::now() + patience();
-    loop {
-        let (ok, seen) = check();
-        if ok {
-            return seen;
-        }
-        assert!(std::time::Instant::now() < deadline, "not within {:?}: {what} (last: {seen:?})", patience());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+pub use testkit::{eventually_sync as eventually, patience};
 
 /// Raw bpf(2) for what a test does to the datapath from outside the backend
 /// (an operator's `bpftool link detach`, another tool's programs).

@@ -13,41 +13,31 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backend_iptables::{IptablesDataplane, Variant};
 use nix::sched::{CloneFlags, setns};
 use proxy_core::{BackendContext, FamilySet, IpFamily, MasqueradeConfig, NetNamespace};
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use testkit::Netns;
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    testkit::ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
-static LABS: AtomicUsize = AtomicUsize::new(0);
-
-/// The namespaces of one test; deleted on drop (also when the test panics).
+/// The namespaces of one test ([`testkit::Netns`] guards): deleted on drop,
+/// also when the test panics.
 pub struct Lab {
     prefix: String,
-    created: Vec<String>,
+    created: Vec<Netns>,
 }
 
 impl Lab {
     pub fn new() -> Lab {
-        let prefix = format!("swy-ipt-{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::SeqCst));
+        let prefix = testkit::netns::unique_prefix("ipt");
         let mut lab = Lab { prefix, created: Vec::new() };
         for role in ["node", "pod1", "pod2", "client"] {
-            let name = lab.name(role);
-            ip(&["netns", "add", &name]);
-            lab.created.push(name.clone());
-            ip(&["-n", &name, "link", "set", "lo", "up"]);
+            let ns = Netns::create(lab.name(role)).unwrap_or_else(|e| panic!("{e}"));
+            lab.created.push(ns);
         }
         let (node, pod1, pod2, client) = (lab.name("node"), lab.name("pod1"), lab.name("pod2"), lab.name("client"));
         // Links are created inside the node namespace and their peers moved out: the root namespace is never touched.
@@ -188,8 +178,6 @@ impl Drop for Lab {
                 let _ = std::fs::remove_file(path);
             }
         }
-        for name in self.created.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
+        // Then the namespaces go, as their guards drop.
     }
 }

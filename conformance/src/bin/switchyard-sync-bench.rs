@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,14 +22,6 @@ use proxy_core::{
     BackendContext, ChangeTracker, NetNamespace, PlannerConfig, ProxyEvent, ResourceEvent, ServiceName, SyncRequest,
     TrackerConfig,
 };
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn ip(i: usize, base: u8) -> String {
     Ipv4Addr::new(10, base + (i >> 16) as u8, (i >> 8) as u8, i as u8).to_string()
@@ -72,9 +64,9 @@ fn main() -> ExitCode {
     };
     println!("backend services endpoints phase seconds");
     let mut failed = false;
-    for (n, mode) in backends.iter().enumerate() {
-        for (m, &services) in sizes.iter().enumerate() {
-            if let Err(e) = rt.block_on(run(&registry, mode, services, endpoints, n * 100 + m)) {
+    for mode in &backends {
+        for &services in &sizes {
+            if let Err(e) = rt.block_on(run(&registry, mode, services, endpoints)) {
                 eprintln!("{mode} {services}: {e}");
                 failed = true;
             }
@@ -88,16 +80,10 @@ async fn run(
     mode: &str,
     services: usize,
     endpoints: usize,
-    n: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let name = format!("swy-bench-{}-{n}", std::process::id());
-    let status = Command::new("ip").args(["netns", "add", &name]).status()?;
-    if !status.success() {
-        return Err(format!("ip netns add {name} failed").into());
-    }
-    let _guard = Netns(name.clone());
-    Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status()?;
-    let ctx = BackendContext::new("node-a", NetNamespace::named(&name));
+    // Deleted when the guard drops, whatever happens below.
+    let netns = testkit::Netns::unique("bench")?;
+    let ctx = BackendContext::new("node-a", NetNamespace::named(netns.name()));
     let factory = registry.get(mode)?;
     factory.probe(&ctx).await?;
     let dp = factory.build(&ctx).await?;

@@ -12,12 +12,9 @@ use std::sync::Arc;
 use conformance::driver::{DriverFactory, InProcess};
 use conformance::{Lab, LabConfig, Scenario, Status, SuiteConfig};
 
+#[testkit::needs_root]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_custom_dataplane_passes_the_suite() {
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("SKIPPED: the lab needs root");
-        return;
-    }
     let mut registry = conformance::default_registry();
     registry.register(custom_dataplane::factory()).expect("a new mode");
     let factory = registry.get(custom_dataplane::MODE).expect("registered").clone();

@@ -1,36 +1,14 @@
 //! Helpers shared by the daemon's integration tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long convergence may take (`SWITCHYARD_TEST_PATIENCE_MS`, default 10 s).
-pub fn patience() -> Duration {
-    std::env::var("SWITCHYARD_TEST_PATIENCE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis)
-}
-
-/// Waits until `check` is true, polling; panics with `what` after the patience runs out.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + patience();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {:?}: {what}", patience());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+#[allow(unused_imports, reason = "each test binary uses a different subset")]
+pub use testkit::{eventually, patience};
 
 /// A minimal HTTP/1.1 exchange (no client crate needed): (status, headers, body).
 pub fn http(method: &str, addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String, String)> {
@@ -299,36 +277,17 @@ status:
   addresses: [{type: InternalIP, address: 192.168.50.1}]
 "#;
 
-/// Whether tests that need root and network namespaces can run; prints why not.
-pub fn can_use_netns(test: &str) -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces)");
-        return false;
-    }
-    let ok = Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !ok {
-        eprintln!("SKIPPED {test}: `ip netns` is not available");
-    }
-    ok
-}
-
-/// A network namespace made for one test (`swy-dmn-<pid>-<n>`), with
-/// loopback up; deleted on drop, whatever happened.
+/// A network namespace made for one test (`swy-dmn-<pid>-<n>`, a
+/// [`testkit::Netns`]), with loopback up; deleted on drop, whatever happened.
 pub struct NetnsHandle {
     pub name: String,
+    _guard: testkit::Netns,
 }
 
 impl NetnsHandle {
     pub fn create() -> NetnsHandle {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("swy-dmn-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        let status = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
-        assert!(status.success(), "ip netns add {name}");
-        let h = NetnsHandle { name };
-        let status = Command::new("ip").args(["-n", &h.name, "link", "set", "lo", "up"]).status().expect("ip link");
-        assert!(status.success(), "lo up in {}", h.name);
-        h
+        let guard = testkit::Netns::for_test("dmn");
+        NetnsHandle { name: guard.name().to_string(), _guard: guard }
     }
 
     pub fn ns(&self) -> proxy_core::NetNamespace {
@@ -346,12 +305,6 @@ impl NetnsHandle {
     pub fn exec(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec");
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into())
-    }
-}
-
-impl Drop for NetnsHandle {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 

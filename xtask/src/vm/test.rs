@@ -61,6 +61,8 @@ fn build_tests(packages: &[String], release: bool) -> Result<Vec<Artifact>, Stri
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.args(["test", "--no-run", "--message-format=json-render-diagnostics"]);
+    // The VM runs as root: its tests are built with the root-only ones on.
+    cmd.env(crate::test::ROOT_TESTS_ENV.0, crate::test::ROOT_TESTS_ENV.1);
     for p in packages {
         cmd.args(["-p", p]);
     }
