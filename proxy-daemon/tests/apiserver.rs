@@ -20,33 +20,6 @@ use conformance::apiserver::{ControlPlane, ControlPlaneConfig, ReferenceBinaries
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams};
 
-/// The objects every test starts with: this node, one Service with one endpoint.
-const NODE1: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: 10.96.0.10
-  ports: [{name: http, port: 80, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints:
-- addresses: [10.0.1.1]
-  conditions: {ready: true}
-  nodeName: node1
-"#;
-
 const LATE: &str = r#"
 apiVersion: v1
 kind: Service
@@ -57,10 +30,10 @@ spec:
 "#;
 
 /// A control plane with `deploy/base/rbac.yaml` (edited by `edit_role`, to take
-/// a verb away) and [`NODE1`] applied; returns it with a kubeconfig for the
+/// a verb away) and [`NODE1_WEB`] applied; returns it with a kubeconfig for the
 /// ServiceAccount the RBAC binds.
 async fn control_plane(edit_role: impl FnOnce(&mut serde_json::Value)) -> (ControlPlane, PathBuf) {
-    control_plane_with(edit_role, NODE1).await
+    control_plane_with(edit_role, NODE1_WEB).await
 }
 
 /// Removes `verb` from the ClusterRole's rule for `resource`.
@@ -396,7 +369,7 @@ async fn a_watch_expired_by_etcd_compaction_is_relisted() {
     };
     let mut cp = ControlPlane::start(&bins, &config).await.unwrap_or_else(|e| panic!("{e}"));
     cp.apply_yaml(RBAC).await.unwrap();
-    cp.apply_yaml(NODE1).await.unwrap();
+    cp.apply_yaml(NODE1_WEB).await.unwrap();
     cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n").await.unwrap();
     cp.apply_yaml(LATE).await.unwrap();
     let kubeconfig = cp.service_account_kubeconfig("kube-system", "switchyard").await.unwrap();

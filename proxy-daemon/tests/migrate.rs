@@ -31,31 +31,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 
 /// This node, and one Service whose endpoint is the pod of [`Lab`].
-const OBJECTS: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: 10.96.0.10
-  ports: [{name: http, port: 80, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints:
-- addresses: [10.0.1.1]
-  conditions: {ready: true}
-  nodeName: node1
-"#;
+const OBJECTS: &str = NODE1_WEB;
 
 const CLUSTER_IP: &str = "10.96.0.10:80";
 

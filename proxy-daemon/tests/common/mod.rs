@@ -450,3 +450,31 @@ pub fn rbac_with(edit_role: impl FnOnce(&mut serde_json::Value)) -> Vec<serde_js
     edit_role(docs.iter_mut().find(|d| d["kind"] == "ClusterRole").expect("deploy/base/rbac.yaml has a ClusterRole"));
     docs
 }
+
+/// Node `node1` and Service `default/web` (ClusterIP 10.96.0.10:80) with one
+/// ready endpoint, 10.0.1.1:8080 on node1: what the API-server tests start from.
+pub const NODE1_WEB: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.0.1.1]
+  conditions: {ready: true}
+  nodeName: node1
+"#;
