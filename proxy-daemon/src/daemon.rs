@@ -301,18 +301,21 @@ fn apply_oom_score_adj(value: i32) {
     }
 }
 
+/// [`apply_conntrack`] on a blocking thread (it writes /proc files).
+async fn apply_conntrack_off_thread(cfg: &Config) -> Result<(), DaemonError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || apply_conntrack(&cfg))
+        .await
+        .map_err(|e| DaemonError::Startup(format!("conntrack settings: {e}")))?
+}
+
 /// `--init-only`: what needs full privileges (the conntrack sysctls and the
 /// mode's own, see [`BackendFactory::init_only`]), then exit. The main
 /// process can then run with only `CAP_NET_ADMIN` and a read-only `/proc/sys`
 /// (deploy/overlays/capabilities).
 pub async fn init_only(cfg: &Config, registry: &Registry) -> Result<(), DaemonError> {
     let factory = registry.get(&cfg.mode).map_err(|e| DaemonError::Config(e.to_string()))?.clone();
-    {
-        let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || apply_conntrack(&cfg))
-            .await
-            .map_err(|e| DaemonError::Startup(format!("conntrack settings: {e}")))??;
-    }
+    apply_conntrack_off_thread(cfg).await?;
     // The Node is not read here (an init container may run before the API
     // server is reachable): what a mode sets does not depend on its addresses.
     let metrics = Arc::new(Mutex::new(prometheus_client::registry::Registry::default()));
@@ -361,12 +364,7 @@ pub async fn run(cfg: Config, registry: Registry, log: LogHandle) -> Result<(), 
 
     // 3. kube-proxy's process settings, then the ports.
     apply_oom_score_adj(cfg.oom_score_adj);
-    {
-        let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || apply_conntrack(&cfg))
-            .await
-            .map_err(|e| DaemonError::Startup(format!("conntrack settings: {e}")))??;
-    }
+    apply_conntrack_off_thread(&cfg).await?;
     let health_listener = bind_or_report("health", cfg.healthz_bind_address, cfg.bind_address_hard_fail)?;
     let metrics_listener = bind_or_report("metrics", cfg.metrics_bind_address, cfg.bind_address_hard_fail)?;
 

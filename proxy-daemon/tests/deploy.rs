@@ -7,9 +7,8 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use common::{Daemon, NODE_A, NetnsHandle, WEB, eventually, patience, run, switchyard_bin};
+use common::{Daemon, NODE_A, NetnsHandle, WEB, eventually, run, switchyard_bin};
 use proxy_core::{BackendContext, BackendFactory, Dataplane, DataplaneError, Registry};
 use proxy_daemon::config::{FileFlavour, Layers, load};
 
@@ -210,7 +209,7 @@ async fn the_capabilities_overlay_runs_with_only_its_capabilities() {
 
         // Without the init container: kube-proxy's conntrack defaults cannot be written.
         let mut alone = Daemon::start_in_netns_with(&ns.name, &confined, &bin, dir.path(), &args);
-        let code = exit_code(&mut alone.child).await;
+        let code = alone.exit_code().await;
         let log = alone.log_text();
         assert!(code.is_some_and(|c| c != 0), "{mode}: started without its sysctls: {code:?}\n{log}");
         assert!(log.contains("nf_conntrack_tcp_timeout") && log.contains("Read-only"), "{mode}: {log}");
@@ -244,18 +243,6 @@ async fn the_capabilities_overlay_runs_with_only_its_capabilities() {
         let (code, _, err) =
             run(Path::new("ip"), &["netns", "exec", &ns.name, bin.to_str().unwrap(), "--cleanup"], &[]);
         assert_eq!(code, Some(0), "{mode}: --cleanup: {err}");
-    }
-}
-
-/// The exit code of a process expected to stop by itself, within the patience.
-async fn exit_code(child: &mut std::process::Child) -> Option<i32> {
-    let deadline = Instant::now() + patience();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        assert!(Instant::now() < deadline, "still running after {:?}", patience());
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

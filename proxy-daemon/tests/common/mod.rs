@@ -208,6 +208,12 @@ impl Daemon {
     pub async fn terminate(&mut self) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.exit_code().await
+    }
+
+    /// Waits for the daemon to exit and returns its code; `None` (and
+    /// SIGKILL) when it still runs after the patience.
+    pub async fn exit_code(&mut self) -> Option<i32> {
         let deadline = Instant::now() + patience();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
